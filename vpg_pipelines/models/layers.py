@@ -1,0 +1,43 @@
+"""Building blocks shared by the VAR, Infinity and InfinityStar transformers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling.kv_cache import KVCache
+
+
+def step_causal_mask(
+    token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor | None:
+    """Additive attention mask for new tokens attending to ``cached`` tokens plus themselves.
+
+    ``token_steps`` is ``(N,)``: the step each new token belongs to. A new token sees every cached
+    token and every new token of its own or an earlier step (block-causal over scales). Returns
+    ``None`` when all new tokens belong to one step (no masking needed).
+    """
+    if token_steps.numel() == 0 or bool((token_steps == token_steps[0]).all()):
+        return None
+    allowed = token_steps[None, :] <= token_steps[:, None]  # (N, N)
+    mask = torch.zeros(token_steps.shape[0], cached + token_steps.shape[0], dtype=dtype, device=token_steps.device)
+    mask[:, cached:].masked_fill_(~allowed, float("-inf"))
+    return mask
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layer: int,
+    kv_cache: KVCache | None,
+    store: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """SDPA over (cache + new keys). ``q, k, v``: (R, H, N, hd); returns (R, H, N, hd)."""
+    if kv_cache is not None:
+        k, v = kv_cache.append(layer, k, v, store=store)
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
