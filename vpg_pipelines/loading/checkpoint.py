@@ -1,0 +1,112 @@
+"""Reading checkpoint files safely and loading them strictly, with errors a person can act on."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose keys do not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike, unwrap: Iterable[str] = ("model", "state_dict")) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.safetensors`` / ``.pth`` file or a sharded index ``.json``.
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is
+    refused. A dict holding the weights under one of the ``unwrap`` keys is unwrapped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        index = sorted(path.glob("*.index.json"))
+        if not index:
+            raise CheckpointError(f"{path} is a folder without a '*.index.json' shard index")
+        path = index[0]
+    name = path.name.lower()
+    try:
+        if name.endswith(".index.json"):
+            return _read_sharded(path)
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif name.endswith(_TORCH_SUFFIXES):
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(
+                f"unsupported checkpoint type '{path.suffix}' for {path}; expected .safetensors, "
+                f"{', '.join(_TORCH_SUFFIXES)} or a sharded '*.index.json'"
+            )
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated file, foreign format, refused pickle
+        raise CheckpointError(f"could not read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if isinstance(state, Mapping):
+        for key in unwrap:
+            inner = state.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                state = inner
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    weight_map = json.loads(index_path.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path} has no 'weight_map'")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(read_state_dict(index_path.parent / shard, unwrap=()))
+    return state
+
+
+def describe_mismatch(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], ignore_unexpected: Iterable[str] = ()
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and ``key: checkpoint shape vs model shape`` lines."""
+    expected = module.state_dict(keep_vars=True)
+    ignored = set(ignore_unexpected)
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected and k not in ignored)
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    )
+    return missing, unexpected, wrong
+
+
+def load_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    what: str = "checkpoint",
+    ignore_unexpected: Iterable[str] = (),
+    assign: bool = False,
+) -> None:
+    """``load_state_dict(strict=True)`` with one readable error listing every mismatch.
+
+    ``ignore_unexpected`` names checkpoint keys that carry no learned information and are dropped
+    knowingly (e.g. derived buffers the official files include).
+    """
+    missing, unexpected, wrong = describe_mismatch(module, state_dict, ignore_unexpected)
+    if missing or unexpected or wrong:
+        lines = [f"{what} does not match {type(module).__name__}:"]
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+            if keys:
+                shown = keys[:20] + ([f"... and {len(keys) - 20} more"] if len(keys) > 20 else [])
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(shown))
+        raise CheckpointError("\n".join(lines))
+    ignored = set(ignore_unexpected)
+    filtered = {k: v for k, v in state_dict.items() if k not in ignored}
+    module.load_state_dict(filtered, strict=True, assign=assign)
