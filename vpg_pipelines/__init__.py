@@ -1,3 +1,11 @@
 """Visual Prefix Guidance for next-scale autoregressive image and video models."""
 
+from .guidance.cfg import ClassifierFreeGuidance
+from .guidance.prefix import PrefixGuidance
+from .models.var.transformer import VARTransformer
+from .models.var.vqvae import VARVQVAE
+from .pipelines.pipeline_vpg_var import VPGVARPipeline
+
 __version__ = "0.1.0"
+
+__all__ = ["ClassifierFreeGuidance", "PrefixGuidance", "VARTransformer", "VARVQVAE", "VPGVARPipeline"]

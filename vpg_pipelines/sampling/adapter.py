@@ -19,8 +19,9 @@ adapter must accept per-row ``position_ids`` instead of assuming a contiguous sl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

@@ -113,6 +113,41 @@ class KVCache:
         self.capacity = capacity
         return self
 
+    def clone_rows(self, index: torch.Tensor | list[int], length: int, capacity: int) -> KVCache:
+        """A new cache holding the first ``length`` tokens of rows ``index``."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        new = KVCache(self.num_layers, len(index), capacity)
+        for layer in range(self.num_layers):
+            if self.keys[layer] is None:
+                continue
+            idx = index.to(self.keys[layer].device)
+            for src, dst in ((self.keys, new.keys), (self.values, new.values)):
+                old = src[layer]
+                dst[layer] = old.new_empty((len(index), old.shape[1], capacity, old.shape[3]))
+                dst[layer][:, :, :length] = old[idx, :, :length]
+            new.lengths[layer] = length
+        new.visible = self.visible
+        return new
+
+    def extend_rows(self, other: KVCache, capacity: int | None = None) -> KVCache:
+        """Append ``other``'s rows after this cache's rows (both must hold the same tokens count)."""
+        if other.lengths != self.lengths:
+            raise RuntimeError(f"cannot stack caches of lengths {self.lengths} and {other.lengths}")
+        capacity = self.capacity if capacity is None else capacity
+        for layer in range(self.num_layers):
+            end = self.lengths[layer]
+            for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
+                a, b = mine[layer], theirs[layer]
+                if a is None:
+                    continue
+                new = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], capacity, a.shape[3]))
+                new[: a.shape[0], :, :end] = a[:, :, :end]
+                new[a.shape[0] :, :, :end] = b[:, :, :end]
+                mine[layer] = new
+        self.rows += other.rows
+        self.capacity = capacity
+        return self
+
     def to(self, *args, **kwargs) -> KVCache:
         """Move the stored tensors in place (keeps the object identity for offload hooks)."""
         for store in (self.keys, self.values):

@@ -1,0 +1,332 @@
+"""Class-conditional VAR with Visual Prefix Guidance, as a diffusers pipeline."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+
+from ..guidance.cfg import ClassifierFreeGuidance
+from ..guidance.prefix import PrefixGuidance
+from ..models.var.adapter import VARAdapter
+from ..models.var.transformer import VARTransformer
+from ..models.var.vqvae import VARVQVAE
+from ..sampling.next_scale import SamplerTrace, run_next_scale
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+PAPER_VPG_SCALES = {16: 3.0, 20: 2.4, 24: 1.8, 30: 1.3}
+"""The paper's VPG operating points for the released VAR depths (all at corruption 0.5)."""
+DEFAULT_VPG_SCALE = 1.5
+
+
+def imagenet_id2label() -> dict[str, str]:
+    """The 1000 ImageNet-1k class names (DiT's ``id2label`` convention: synonyms comma-separated)."""
+    text = resources.files("vpg_pipelines").joinpath("data/imagenet_id2label.json").read_text()
+    return json.loads(text)
+
+
+class VPGVARPipeline(DiffusionPipeline):
+    r"""Class-conditional image generation with VAR and Visual Prefix Guidance.
+
+    Components:
+        transformer ([`VARTransformer`]): the next-scale transformer.
+        vae ([`VARVQVAE`]): the multi-scale VQVAE (decoder and codebook).
+        id2label (`dict`, *optional*): class id -> name(s), comma-separated synonyms. Defaults to the
+            ImageNet-1k names for 1000-class models and ``"class <i>"`` otherwise.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, transformer: VARTransformer, vae: VARVQVAE, id2label: dict | None = None) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae)
+        if id2label is None:
+            n = transformer.config.num_classes
+            id2label = imagenet_id2label() if n == 1000 else {str(i): f"class {i}" for i in range(n)}
+        id2label = {str(k): str(v) for k, v in id2label.items()}
+        self.register_to_config(id2label=id2label)
+        self.labels: dict[str, int] = {}
+        for key, value in id2label.items():
+            for name in value.split(","):
+                self.labels.setdefault(name.strip().lower(), int(key))
+        self.labels = dict(sorted(self.labels.items()))
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+        self._interrupt = False
+
+    # -- diffusers-style properties -------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        """Number of scales (one sampling step each)."""
+        return len(self.transformer.config.patch_nums)
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    # -- labels ---------------------------------------------------------------------------------
+    def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
+        """Map class names (case-insensitive, any synonym) to class ids."""
+        names = [label] if isinstance(label, str) else list(label)
+        ids = []
+        for name in names:
+            key = name.strip().lower()
+            if key not in self.labels:
+                close = difflib.get_close_matches(key, self.labels.keys(), n=5, cutoff=0.6)
+                hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ValueError(f"`prompt` class name {name!r} is not one of this model's classes.{hint}")
+            ids.append(self.labels[key])
+        return ids
+
+    def _class_ids(self, prompt: Any, class_labels: Any) -> list[int]:
+        items = prompt if prompt is not None else class_labels
+        if isinstance(items, torch.Tensor):
+            items = items.flatten().tolist()
+        if isinstance(items, (str, numbers.Integral)):
+            items = [items]
+        ids = []
+        for item in items:
+            if isinstance(item, str):
+                ids.extend(self.get_label_ids(item))
+            else:
+                ids.append(int(item))
+        return ids
+
+    # -- validation -----------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        prompt: Any,
+        class_labels: Any,
+        num_images_per_prompt: Any,
+        guidance_scale: Any,
+        top_k: Any,
+        top_p: Any,
+        more_smooth: Any,
+        generator: Any,
+        output_type: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+    ) -> list[int]:
+        """Validate every argument; return the class ids (before ``num_images_per_prompt``)."""
+        if (prompt is None) == (class_labels is None):
+            raise ValueError("Pass exactly one of `prompt` (class names or ids) and `class_labels` (class ids).")
+        arg = "prompt" if prompt is not None else "class_labels"
+        value = prompt if prompt is not None else class_labels
+        allowed = (str, numbers.Integral, list, tuple, torch.Tensor)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise TypeError(f"`{arg}` has to be a class name, a class id or a list of them, but is {type(value)}")
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"`{arg}` is an empty list; pass at least one class.")
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
+                    raise TypeError(f"`{arg}` entries must be class names or integer ids, got {item!r}")
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.numel() == 0):
+            raise ValueError(f"`{arg}` tensor must hold integer class ids, got {value.dtype} with {value.numel()} values")
+        listed = value if isinstance(value, (list, tuple)) else [value]
+        if class_labels is not None and any(isinstance(v, str) for v in listed):
+            raise TypeError("`class_labels` takes integer ids; pass class names as `prompt`.")
+        ids = self._class_ids(prompt, class_labels)
+        n = self.transformer.config.num_classes
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"`{arg}` class ids must be in [0, {n - 1}], got {bad}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, numbers.Integral) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
+        _check_number("guidance_scale", guidance_scale, low=0.0)
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables it), got {top_k!r}")
+        _check_number("top_p", top_p, low=0.0, high=1.0)
+        if not isinstance(more_smooth, bool):
+            raise TypeError(f"`more_smooth` must be a bool, got {more_smooth!r}")
+        batch = len(ids) * num_images_per_prompt
+        if isinstance(generator, list):
+            if len(generator) != batch:
+                raise ValueError(
+                    f"You have passed a list of generators of length {len(generator)}, but requested an effective "
+                    f"batch size of {batch}. Make sure the batch size matches the length of the generators."
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise TypeError("`generator` list entries must be torch.Generator objects")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError("`callback_on_step_end` must be callable")
+        inputs = callback_on_step_end_tensor_inputs or []
+        if not isinstance(inputs, (list, tuple)) or any(k not in self._callback_tensor_inputs for k in inputs):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {inputs}"
+            )
+        return ids
+
+    def prefix_guidance(
+        self,
+        vpg_scale: float | None,
+        vpg_corruption: float,
+        vpg_mode: str,
+        vpg_refresh: str,
+        vpg_scales: str | Sequence[int],
+    ) -> PrefixGuidance:
+        """Validated VPG settings; ``vpg_scale=None`` takes the paper's value for this depth."""
+        if vpg_scale is None:
+            vpg_scale = PAPER_VPG_SCALES.get(self.transformer.config.depth, DEFAULT_VPG_SCALE)
+        if isinstance(vpg_scales, tuple):
+            vpg_scales = list(vpg_scales)
+        guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
+        guidance.guided_scales(self.num_timesteps, set())  # range check of explicit scale lists
+        return guidance
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | int | Sequence[str | int] | None = None,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.5,
+        top_k: int = 900,
+        top_p: float = 0.96,
+        more_smooth: bool = False,
+        vpg_scale: float | None = None,
+        vpg_corruption: float = 0.5,
+        vpg_mode: str = "full",
+        vpg_refresh: str = "persistent",
+        vpg_scales: str | Sequence[int] = "all",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        trace: SamplerTrace | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate class-conditional images.
+
+        Defaults are the official VAR evaluation settings (cfg 1.5, top-k 900, top-p 0.96, no
+        Gumbel smoothing); the demo notebook uses ``guidance_scale=4, top_p=0.95``.
+
+        Args:
+            prompt: class name(s) (any synonym, case-insensitive, e.g. ``"golden retriever"``) or
+                class id(s). Exactly one of ``prompt`` / ``class_labels``.
+            class_labels: class id(s), as in diffusers' ``DiTPipeline``.
+            num_images_per_prompt: images per class (adjacent in the output).
+            guidance_scale: the official VAR ``cfg``: scale k uses ``(1+t)·cond − t·uncond`` with
+                ``t = cfg·k/(K−1)``. ``0`` turns CFG off (no null-class rows are run).
+            top_k, top_p: the official filters (``top_k=0`` / ``top_p=0`` disable them; ``top_k=1``
+                is greedy).
+            more_smooth: the official Gumbel-softmax smoothing (visuals only, not for FID).
+            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). ``None``: the paper's value for this depth
+                (d16 3.0, d20 2.4, d24 1.8, d30 1.3), else 1.5.
+            vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced.
+            vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
+            vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
+            vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or
+                a list of scale indices in ``[0, num_scales − 1]``.
+            generator: a ``torch.Generator`` or one per image (then image ``i`` depends only on
+                ``generator[i]``, so a batch equals the images generated one by one).
+            output_type: ``"pil"``, ``"np"`` (B, H, W, 3), ``"pt"`` (B, 3, H, W) in [0, 1], or
+                ``"latent"`` (the cumulative VQVAE feature map ``f_hat``).
+            return_dict: return an ``ImagePipelineOutput`` (else a tuple).
+            callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after
+                every scale; may return ``{"latents": ...}`` to edit ``f_hat``; set
+                ``pipe._interrupt = True`` to stop early (the image decodes from what was sampled).
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (``["latents"]``).
+            trace: a ``SamplerTrace`` to fill with per-scale branch logits and patterns.
+
+        Returns:
+            ``ImagePipelineOutput`` with ``images``, or ``(images,)``.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        ids = self.check_inputs(
+            prompt, class_labels, num_images_per_prompt, guidance_scale, top_k, top_p, more_smooth,
+            generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+        cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule="linear")
+
+        device = self._execution_device
+        labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
+        adapter = VARAdapter(self.transformer, self.vae)
+        state = adapter.prepare(
+            labels, with_null=cfg.is_active(self.num_timesteps), device=device, dtype=self.transformer.dtype,
+            top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth,
+        )
+
+        with self.progress_bar(total=self.num_timesteps) as progress:
+
+            def on_step(step, st) -> bool:
+                if callback_on_step_end is not None:
+                    kwargs = {name: getattr(st, name) for name in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
+                    st.latents = outputs.pop("latents", st.latents)
+                progress.update()
+                return self.interrupt
+
+            run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
+
+        if output_type == "latent":
+            images = state.latents
+        else:
+            decoded = adapter.decode(state)
+            images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_official(
+        cls,
+        var_checkpoint: str,
+        vae_checkpoint: str,
+        config: dict | None = None,
+        torch_dtype: torch.dtype | None = None,
+        id2label: dict | None = None,
+    ) -> VPGVARPipeline:
+        """Build the pipeline from the released ``var_d*.pth`` and ``vae_ch160v4096z32.pth`` files.
+
+        Args:
+            var_checkpoint, vae_checkpoint: local paths, or official file names fetched from the
+                hub repo ``FoundationVision/var`` through ``huggingface_hub`` (``"var_d16.pth"``).
+            config: optional ``{"vqvae": {...}, "var": {...}}`` with the official constructor
+                arguments (needed for non-standard sizes); inferred from the weights otherwise.
+            torch_dtype: cast the models (e.g. ``torch.float16``).
+        """
+        from ..loading.var import load_official_var
+
+        transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
+        return cls(transformer=transformer, vae=vae, id2label=id2label)
+
+
+def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and low is not None and value < low:
+        ok = False
+    if ok and high is not None and value > high:
+        ok = False
+    if not ok:
+        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` must be a finite number {rng}, got {value!r}")
