@@ -16,7 +16,8 @@ from pathlib import Path
 def main(info_dir: str) -> None:
     info = Path(info_dir)
     synsets = info.joinpath("imagenet_synsets.txt").read_text().split()
-    lemmas = dict(line.split("\t", 1) for line in info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines())
+    lines = info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines()
+    lemmas = dict(line.split("\t", 1) for line in lines)
     if len(synsets) != 1000:
         raise SystemExit(f"expected 1000 synsets, found {len(synsets)}")
     id2label = {str(i): lemmas[s].strip() for i, s in enumerate(synsets)}

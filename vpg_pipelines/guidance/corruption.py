@@ -41,10 +41,6 @@ class CorruptionPattern:
     selected: torch.Tensor
     random_content: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> CorruptionPattern:
-        rc = None if self.random_content is None else self.random_content.to(device, non_blocking=True)
-        return CorruptionPattern(self.source.to(device, non_blocking=True), self.selected.to(device, non_blocking=True), rc)
-
 
 def draw_pattern(
     batch: int,

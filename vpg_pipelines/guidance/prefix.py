@@ -53,11 +53,14 @@ class PrefixGuidance:
             raise ValueError(f"`vpg_mode` must be one of {MODES}, got {self.mode!r}")
         if self.refresh not in REFRESH:
             raise ValueError(f"`vpg_refresh` must be one of {REFRESH}, got {self.refresh!r}")
-        if isinstance(self.scales, str):
-            if self.scales not in SCALE_PRESETS:
-                raise ValueError(f"`vpg_scales` must be one of {SCALE_PRESETS} or a list of scale indices, got {self.scales!r}")
-        elif not all(isinstance(s, int) and not isinstance(s, bool) for s in self.scales):
-            raise ValueError(f"`vpg_scales` must be 'all', 'semantic' or a list of integer scale indices, got {self.scales!r}")
+        scales_ok = self.scales in SCALE_PRESETS if isinstance(self.scales, str) else (
+            isinstance(self.scales, Sequence)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in self.scales)
+        )
+        if not scales_ok:
+            raise ValueError(
+                f"`vpg_scales` must be 'all', 'semantic' or a list of integer scale indices, got {self.scales!r}"
+            )
 
     @property
     def is_noop(self) -> bool:

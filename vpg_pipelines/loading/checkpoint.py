@@ -17,7 +17,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or whose keys do not fit the model."""
 
 
-def read_state_dict(path: str | os.PathLike, unwrap: Iterable[str] = ("model", "state_dict")) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | os.PathLike, unwrap: Iterable[str] = ("model", "state_dict")
+) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``.safetensors`` / ``.pth`` file or a sharded index ``.json``.
 
     ``.pth`` files are read with ``torch.load(weights_only=True)``: a pickle that would run code is

@@ -136,7 +136,7 @@ class VPGVARPipeline(DiffusionPipeline):
                 if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
                     raise TypeError(f"`{arg}` entries must be class names or integer ids, got {item!r}")
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.numel() == 0):
-            raise ValueError(f"`{arg}` tensor must hold integer class ids, got {value.dtype} with {value.numel()} values")
+            raise ValueError(f"`{arg}` tensor must hold integer class ids, got {value.dtype} ({value.numel()} values)")
         listed = value if isinstance(value, (list, tuple)) else [value]
         if class_labels is not None and any(isinstance(v, str) for v in listed):
             raise TypeError("`class_labels` takes integer ids; pass class names as `prompt`.")
