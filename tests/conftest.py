@@ -21,3 +21,17 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return shared_path()
+
+
+@pytest.fixture(scope="session")
+def var_pipe():
+    """The tiny official-format VAR of the parity fixtures as a pipeline (progress bar off)."""
+    import json
+
+    from vpg_pipelines import VPGVARPipeline
+
+    root = shared_path("parity", "var")
+    config = json.loads((root / "config.json").read_text())
+    pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -179,7 +179,9 @@ class _Run:
             rows = self.layout.condition_rows
             positions = inp.position_ids.expand(rows, -1)
             content = None if inp.content is None else inp.content.repeat(conditions, 1, 1)
-            if prefixes == 2:
+            if prefixes == 2 and step.index > self.last:  # kept rows (tests only): clean input, no draw
+                content, positions = content.repeat(2, 1, 1), positions.repeat(2, 1)
+            elif prefixes == 2:
                 pattern = self.draw(step)
                 self.patterns[step.index] = pattern
                 corr_content, corr_positions = self.corrupted_input(step, pattern)
@@ -214,8 +216,7 @@ class _Run:
             t.corrupted[step.index] = corrupted
         t.guided[step.index] = out
         t.codes[step.index] = codes
-        if step.index in self.patterns:
-            t.patterns[step.index] = self.patterns[step.index]
+        t.patterns.update(self.patterns)
         t.inputs.append(inp)
         t.cache_bytes[step.index] = self.cache.memory_bytes()
 
