@@ -1,5 +1,6 @@
 """Visual Prefix Guidance for next-scale autoregressive image and video models."""
 
+from .demo import load_demo_pipeline
 from .guidance.cfg import ClassifierFreeGuidance
 from .guidance.prefix import PrefixGuidance
 from .models.var.transformer import VARTransformer
@@ -8,4 +9,11 @@ from .pipelines.pipeline_vpg_var import VPGVARPipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassifierFreeGuidance", "PrefixGuidance", "VARTransformer", "VARVQVAE", "VPGVARPipeline"]
+__all__ = [
+    "ClassifierFreeGuidance",
+    "PrefixGuidance",
+    "VARTransformer",
+    "VARVQVAE",
+    "VPGVARPipeline",
+    "load_demo_pipeline",
+]

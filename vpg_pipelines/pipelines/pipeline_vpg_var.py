@@ -159,8 +159,8 @@ class VPGVARPipeline(DiffusionPipeline):
         if isinstance(generator, list):
             if len(generator) != batch:
                 raise ValueError(
-                    f"You have passed a list of generators of length {len(generator)}, but requested an effective "
-                    f"batch size of {batch}. Make sure the batch size matches the length of the generators."
+                    f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
+                    f"an effective batch size of {batch}. Make sure the batch size matches the length of the generators."
                 )
             if not all(isinstance(g, torch.Generator) for g in generator):
                 raise TypeError("`generator` list entries must be torch.Generator objects")

@@ -1,0 +1,52 @@
+"""The bundled tiny model: a class-conditional VAR trained here on rendered emoji (offline)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+DEMO_FOLDER = "assets/demo"
+DEMO_SETTINGS = {"guidance_scale": 2.0, "top_k": 0, "top_p": 0.95, "vpg_scale": 2.0}
+"""Sampling settings the demo uses (chosen on the quality benchmark, see docs/benchmarks.md)."""
+
+
+def demo_path() -> Path:
+    return Path(str(resources.files("vpg_pipelines").joinpath(DEMO_FOLDER)))
+
+
+def load_demo_pipeline(device: str | torch.device = "cpu"):
+    """The bundled tiny :class:`VPGVARPipeline` (class names usable as prompts), on ``device``."""
+    from .pipelines.pipeline_vpg_var import VPGVARPipeline
+
+    path = demo_path()
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(f"the bundled demo model is missing from {path} (reinstall vpg-pipelines)")
+    return VPGVARPipeline.from_pretrained(str(path)).to(device)
+
+
+def run_demo(out: str | Path, num_seeds: int = 4, vpg_scale: float | None = None, device: str = "cpu") -> Path:
+    """Write a labelled grid: every class x ``num_seeds`` seeds, without VPG | with VPG."""
+    from .visual import comparison_grid
+
+    pipe = load_demo_pipeline(device)
+    pipe.set_progress_bar_config(desc="demo")
+    settings = dict(DEMO_SETTINGS)
+    if vpg_scale is not None:
+        settings["vpg_scale"] = vpg_scale
+    w = settings.pop("vpg_scale")
+    classes = sorted(int(k) for k in pipe.config.id2label)
+    names = [pipe.config.id2label[str(c)].split(",")[0] for c in classes]
+    labels = [c for c in classes for _ in range(num_seeds)]
+    row_titles = [f"{n} #{s}" for n in names for s in range(num_seeds)]
+
+    def sample(scale: float):
+        generators = [torch.Generator().manual_seed(s) for _ in classes for s in range(num_seeds)]
+        return pipe(class_labels=labels, vpg_scale=scale, generator=generators, **settings).images
+
+    grid = comparison_grid([sample(1.0), sample(w)], ["without VPG", f"with VPG (w={w:g})"], row_titles, cell=96)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
