@@ -160,7 +160,7 @@ class VPGVARPipeline(DiffusionPipeline):
             if len(generator) != batch:
                 raise ValueError(
                     f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
-                    f"an effective batch size of {batch}. Make sure the batch size matches the length of the generators."
+                    f"an effective batch size of {batch}. Make sure the batch size matches the generators."
                 )
             if not all(isinstance(g, torch.Generator) for g in generator):
                 raise TypeError("`generator` list entries must be torch.Generator objects")
