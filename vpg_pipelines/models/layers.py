@@ -8,17 +8,14 @@ import torch.nn.functional as F
 from ..sampling.kv_cache import KVCache
 
 
-def step_causal_mask(
-    token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor | None:
+def step_causal_mask(token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Additive attention mask for new tokens attending to ``cached`` tokens plus themselves.
 
     ``token_steps`` is ``(N,)``: the step each new token belongs to. A new token sees every cached
-    token and every new token of its own or an earlier step (block-causal over scales). Returns
-    ``None`` when all new tokens belong to one step (no masking needed).
+    token and every new token of its own or an earlier step (block-causal over scales). Callers
+    pass no mask at all when the new tokens belong to one step (deciding that from host-side step
+    metadata, so no device synchronisation is needed).
     """
-    if token_steps.numel() == 0 or bool((token_steps == token_steps[0]).all()):
-        return None
     allowed = token_steps[None, :] <= token_steps[:, None]  # (N, N)
     mask = torch.zeros(token_steps.shape[0], cached + token_steps.shape[0], dtype=dtype, device=token_steps.device)
     mask[:, cached:].masked_fill_(~allowed, float("-inf"))

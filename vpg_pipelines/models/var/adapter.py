@@ -93,6 +93,7 @@ class VARAdapter:
             batch.content,
             batch.position_ids,
             include_start=batch.content is None,
+            multi_scale=len(batch.steps) > 1,
             kv_cache=kv_cache,
             store_kv=all(s.store_kv for s in batch.steps),
             hidden_hook=hidden_hook,

@@ -197,6 +197,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
         content: torch.Tensor | None,
         position_ids: torch.Tensor,
         include_start: bool = False,
+        multi_scale: bool = False,
         kv_cache: KVCache | None = None,
         store_kv: bool = True,
         hidden_hook: HiddenHook | None = None,
@@ -211,6 +212,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
                 Tokens of several scales attend block-causally; donors of corrupted sites keep
                 their own scale, so the scale of a token is read off row 0.
             include_start: prepend the start token (class embedding + ``pos_start``).
+            multi_scale: the tokens span several scales (then they attend block-causally).
             kv_cache: cache to attend to and extend (``store_kv``); ``None`` attends to the tokens only.
             hidden_hook: called as ``hook(block_index, hidden)`` after every block.
             last_tokens: return only the logits of the last ``n`` tokens.
@@ -225,7 +227,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
         token_scale = self.site_scale[position_ids[0]]
         x = x + (self.lvl_embed(token_scale)[None] + self.pos_1LC[0, position_ids])
         cached = kv_cache.length if kv_cache is not None else 0
-        mask = step_causal_mask(token_scale, cached, dtype=x.dtype)
+        mask = step_causal_mask(token_scale, cached, dtype=x.dtype) if multi_scale else None
         mod = self.shared_ada_lin(cond) if self.config.shared_aln else cond
         for i, block in enumerate(self.blocks):
             x = block(x, mod, i, kv_cache, mask, store_kv)
@@ -238,4 +240,4 @@ class VARTransformer(ModelMixin, ConfigMixin):
     def teacher_forced_logits(self, class_labels: torch.Tensor, teacher_input: torch.Tensor) -> torch.Tensor:
         """Official ``VAR.forward``: logits (B, L, V) from labels and the (B, L-1, Cvae) input."""
         ids = torch.arange(self.num_sites, device=teacher_input.device).expand(teacher_input.shape[0], -1)
-        return self.forward(class_labels, teacher_input, ids, include_start=True)
+        return self.forward(class_labels, teacher_input, ids, include_start=True, multi_scale=True)
