@@ -97,8 +97,8 @@ def test_persistent_cache_equals_from_scratch_corrupted_prefix(var_pipe, scales,
             contents.append(c.repeat(2, 1, 1))
             positions.append(p.repeat(2, 1))
         with torch.no_grad():
-            logits = model(labels, torch.cat(contents, 1), torch.cat(positions, 1), include_start=True, multi_scale=True,
-                           last_tokens=trace.inputs[k].position_ids.shape[0])
+            logits = model(labels, torch.cat(contents, 1), torch.cat(positions, 1), include_start=True,
+                           multi_scale=True, last_tokens=trace.inputs[k].position_ids.shape[0])
         s = ClassifierFreeGuidance(4.0, schedule="linear").scale_at(k, 4)
         expected = ClassifierFreeGuidance.combine(logits[:2], logits[2:], s)
         torch.testing.assert_close(trace.corrupted[k], expected, atol=1e-5, rtol=1e-5)
