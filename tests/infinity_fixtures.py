@@ -1,0 +1,34 @@
+"""Shared loaders for the Infinity parity fixtures (plain and 8B-style patchify)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+from safetensors.torch import load_file
+
+from tests.conftest import shared_path
+from vpg_pipelines.loading.infinity import load_official_infinity
+
+FOLDERS = ["plain", "patchify"]
+
+
+def fixture_root(folder: str):
+    return shared_path("parity", "infinity") if folder == "plain" else shared_path("parity", "infinity", folder)
+
+
+@cache
+def load_fixture(folder: str):
+    """(transformer, vae, cases, config, meta) of one fixture folder, loaded once per session."""
+    root = fixture_root(folder)
+    config = json.loads((root / "config.json").read_text())
+    transformer, vae = load_official_infinity(root / "infinity.safetensors", root / "vae.safetensors", config=config)
+    cases = load_file(str(root / "cases.safetensors"))
+    meta = json.loads((root / "cases.json").read_text())
+    return transformer, vae, cases, config, meta
+
+
+def report(name: str, actual, expected) -> float:
+    err = (actual.float() - expected.float()).abs().max().item()
+    print(f"{name}: max abs error {err:.3e}")
+    return err
