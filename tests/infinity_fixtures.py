@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import shared_path
 from vpg_pipelines.loading.infinity import load_official_infinity
+from vpg_pipelines.models.infinity.adapter import InfinityAdapter
+from vpg_pipelines.models.infinity.schedules import schedule_from_template
 
 FOLDERS = ["plain", "patchify"]
 
@@ -32,3 +34,14 @@ def report(name: str, actual, expected) -> float:
     err = (actual.float() - expected.float()).abs().max().item()
     print(f"{name}: max abs error {err:.3e}")
     return err
+
+
+def make_adapter_state(folder: str, tau, top_k=1, top_p=0.0, with_null=True):
+    """An adapter on a fixture's models and a prepared state for its schedule and prompts."""
+    transformer, vae, cases, config, meta = load_fixture(folder)
+    adapter = InfinityAdapter(transformer, vae)
+    schedule = schedule_from_template(config["h_div_w_template"], config["pn"],
+                                      bool(transformer.config.apply_spatial_patchify))
+    state = adapter.prepare(cases["text.features"], cases["text.lens"], schedule, with_null=with_null, tau=tau,
+                            top_k=top_k, top_p=top_p)
+    return adapter, state, cases, meta

@@ -9,12 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.infinity_fixtures import load_fixture, report
+from tests.infinity_fixtures import load_fixture, make_adapter_state, report
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
-from vpg_pipelines.guidance.corruption import apply_corruption
-from vpg_pipelines.guidance.prefix import PrefixGuidance
-from vpg_pipelines.models.infinity.adapter import InfinityAdapter
-from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.sampling.adapter import NextScaleAdapter
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
@@ -23,21 +19,11 @@ CASES = [("plain", "cfg3_logits_tau0p5"), ("plain", "cfg2_layer-1_tau1"),
          ("patchify", "cfg3_logits_tau1"), ("patchify", "cfg1p5_logits_tau0p5")]
 
 
-def _setup(folder: str, tau, top_k=1, top_p=0.0, with_null=True):
-    transformer, vae, cases, config, meta = load_fixture(folder)
-    adapter = InfinityAdapter(transformer, vae)
-    schedule = schedule_from_template(config["h_div_w_template"], config["pn"],
-                                      bool(transformer.config.apply_spatial_patchify))
-    state = adapter.prepare(cases["text.features"], cases["text.lens"], schedule, with_null=with_null, tau=tau,
-                            top_k=top_k, top_p=top_p)
-    return adapter, state, cases, meta
-
-
 @pytest.mark.parametrize("folder,tag", CASES)
 def test_greedy_sample_matches_official(folder, tag):
     _, _, _, _, meta = load_fixture(folder)
     case = next(c for c in meta["sampling_cases"] if c["tag"] == tag)
-    adapter, state, cases, _ = _setup(folder, case["tau_list"])
+    adapter, state, cases, _ = make_adapter_state(folder, case["tau_list"])
     assert isinstance(adapter, NextScaleAdapter)
     cfg = ClassifierFreeGuidance(scale=case["cfg_list"], layer=case["cfg_insertion_layer"][0])
     trace = SamplerTrace()
@@ -74,92 +60,3 @@ def test_stored_sample_image_tolerance_is_the_fixtures_own():
         vae.float()
     fixture_gap = report("official stored image vs float64 decode of its codes", stored, exact)
     assert report("our float32 decode vs float64 decode", ours, exact) <= 1e-5 < ATOL < fixture_gap
-
-
-def test_no_cfg_runs_single_rows_and_vpg_identity():
-    """CFG off: B condition rows; VPG with w = 1 leaves the greedy sample unchanged."""
-    adapter, state, _, _ = _setup("plain", 1.0, with_null=False)
-    assert adapter.num_condition_rows(state) == 2
-    with torch.no_grad():
-        run_next_scale(adapter, state, generator=torch.Generator().manual_seed(0))
-    adapter2, state2, _, _ = _setup("plain", 1.0, with_null=False)
-    vpg = PrefixGuidance(scale=1.0, corruption=0.5, always_compute=True)
-    with torch.no_grad():
-        run_next_scale(adapter2, state2, vpg=vpg, generator=torch.Generator().manual_seed(0))
-    for a, b in zip(state.bits, state2.bits):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("folder", ["plain", "patchify"])
-def test_persistent_corrupted_branch_equals_replay(folder):
-    """With CFG and VPG (persistent), the corrupted branch's logits at every scale equal a from-scratch
-    block-causal pass over the corrupted prefix built from the recorded patterns."""
-    adapter, state, _, _ = _setup(folder, 1.0, top_k=900, top_p=0.97)
-    cfg = ClassifierFreeGuidance(scale=3.0)
-    vpg = PrefixGuidance(scale=1.5, corruption=0.5)
-    trace = SamplerTrace()
-    with torch.no_grad():
-        run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=torch.Generator().manual_seed(1), trace=trace)
-        steps = adapter.steps(state)
-        assert set(trace.corrupted) == set(range(1, len(steps)))
-        k = len(steps) - 2
-        transformer, cond = adapter.transformer, state.condition
-        contents, positions, scales = [], [], []
-        for s in steps[1 : k + 1]:
-            c, p = apply_corruption(trace.inputs[s.index].content, trace.inputs[s.index].position_ids,
-                                    trace.patterns[s.index], "full")
-            contents.append(c.repeat(2, 1, 1))
-            positions.append(p.repeat(2, 1))
-            scales.append(torch.full((s.num_sites,), s.scale))
-        start_pos = torch.zeros(4, 1, dtype=torch.long)
-        scale_ids = torch.cat([torch.zeros(1, dtype=torch.long), *scales])
-        logits = transformer(cond, torch.cat(contents, 1), torch.cat([start_pos, *positions], 1), scale_ids,
-                             cond_index=torch.arange(4), include_start=True, token_steps=scale_ids,
-                             last_tokens=steps[k].num_sites)
-        logits = logits.view(4, steps[k].num_sites, -1, 2)
-        guided = ClassifierFreeGuidance.combine(logits[:2], logits[2:], 3.0)
-    err = report(f"{folder} persistent corrupted branch vs replay", guided, trace.corrupted[k])
-    assert err <= ATOL
-
-
-def test_random_content_is_a_code_of_random_bits():
-    adapter, _, _, _ = _setup("patchify", 1.0)
-    content = adapter.random_content(5, torch.Generator().manual_seed(0), torch.device("cpu"))
-    d = adapter.vae.config.codebook_dim
-    assert content.shape == (5, 4 * d)
-    per_site = content.view(5, d, 4)  # channel c*4 + j
-    torch.testing.assert_close(per_site.norm(dim=1), torch.ones(5, 4))
-    assert torch.allclose(per_site.abs(), torch.full_like(per_site, d**-0.5))
-
-
-def test_sampling_uses_official_top_p_on_bit_pairs():
-    adapter, state, _, _ = _setup("plain", 1.0, top_k=900, top_p=0.97, with_null=False)
-    step = adapter.steps(state)[1]
-    logits = torch.zeros(2, step.num_sites, 16, 2)
-    logits[..., 1] = 4.0  # p(bit=0) = 0.018 <= 0.03: removed by top-p 0.97
-    bits = adapter.sample(state, logits, step, torch.Generator().manual_seed(0))
-    assert bits.shape == (2, step.num_sites, 16) and bool((bits == 1).all())
-    logits[..., 1] = 1.0  # p(bit=0) = 0.27: both kept, draws of both values
-    bits = adapter.sample(state, logits, step, torch.Generator().manual_seed(0))
-    assert 0 < bits.float().mean().item() < 1
-
-
-@pytest.mark.parametrize("mode,refresh,layer,scales", [
-    ("full", "resample", 0, "all"), ("token", "persistent", -1, "semantic"),
-    ("position", "persistent", 0, [3, 4]), ("codebook", "persistent", -1, "all"),
-])
-def test_vpg_variants_run_through_the_adapter(mode, refresh, layer, scales):
-    adapter, state, _, _ = _setup("patchify", 1.0, top_k=900, top_p=0.97)
-    vpg = PrefixGuidance(scale=1.5, corruption=0.5, mode=mode, refresh=refresh, scales=scales)
-    trace = SamplerTrace()
-    with torch.no_grad():
-        run_next_scale(adapter, state, cfg=ClassifierFreeGuidance(2.0, layer=layer), vpg=vpg,
-                       generator=torch.Generator().manual_seed(3), trace=trace)
-    guided = sorted(trace.corrupted)
-    assert guided and 0 not in guided
-    if scales == [3, 4]:
-        assert guided == [3, 4]
-    for k in guided:
-        torch.testing.assert_close(trace.guided[k], trace.corrupted[k] + 1.5 * (trace.clean[k] - trace.corrupted[k]))
-    assert any(not torch.allclose(trace.clean[k], trace.corrupted[k]) for k in guided)
-    assert len(state.bits) == state.schedule.num_scales and state.next_input is None
