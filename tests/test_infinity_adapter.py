@@ -137,3 +137,28 @@ def test_offload_hooks_on_cpu_give_the_same_sample(hooks):
     state = adapter.prepare(cases["text.features"], cases["text.lens"], schedule, with_null=True)
     latents, image = run(adapter, state)
     assert torch.equal(latents, reference[0]) and torch.equal(image, reference[1])
+
+
+def test_bfloat16_weights_run_close_to_float32():
+    """A bf16 copy keeps a float32 residual stream (as the official autocast run does): teacher-forced
+    logits stay close, and the cached sampler runs with a bf16 KV cache and float32 logits."""
+    import copy
+
+    transformer, vae, cases, config, _ = load_fixture("plain")
+    schedule = schedule_from_template(config["h_div_w_template"], config["pn"])
+    half = copy.deepcopy(transformer).to(torch.bfloat16)
+    args = (cases["text.features"], cases["text.lens"], cases["transformer.teacher_forcing_input"], schedule)
+    with torch.no_grad():
+        full_logits = transformer.teacher_forced_logits(*args)
+        half_logits = half.teacher_forced_logits(*args)
+    assert half_logits.dtype == torch.float32
+    assert (half_logits - full_logits).abs().max() < 0.05 * full_logits.abs().max()
+    adapter = InfinityAdapter(half, copy.deepcopy(vae).to(torch.bfloat16))
+    state = adapter.prepare(cases["text.features"], cases["text.lens"], schedule, with_null=True)
+    trace = SamplerTrace()
+    with torch.no_grad():
+        run_next_scale(adapter, state, cfg=ClassifierFreeGuidance(3.0), vpg=PrefixGuidance(1.5),
+                       generator=torch.Generator().manual_seed(0), trace=trace)
+        image = adapter.vae.decode(state.latents[:, :, :, :4, :4])
+    assert all(t.dtype == torch.float32 for t in trace.guided.values())
+    assert state.latents.dtype == torch.float32 and image.dtype == torch.float32

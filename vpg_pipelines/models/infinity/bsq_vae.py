@@ -322,7 +322,7 @@ class InfinityBSQVAE(ModelMixin, ConfigMixin):
     @apply_forward_hook
     def encode_features(self, images: torch.Tensor) -> torch.Tensor:
         """Continuous encoder output ``(B, d, H/p, W/p)`` float32 of images in [-1, 1]."""
-        return self.encoder(images).float()
+        return self.encoder(images.to(self.dtype)).float()
 
     @apply_forward_hook
     def encode(self, images: torch.Tensor, scale_schedule: Sequence[Sequence[int]]) -> BSQEncoding:
@@ -410,7 +410,7 @@ class InfinityBSQVAE(ModelMixin, ConfigMixin):
         """Images ``(B, 3, H, W)`` in [-1, 1] (clamped) from a ``(B, d, [1,] h, w)`` latent."""
         if latent.dim() == 5:
             latent = latent.squeeze(2)
-        return self.decoder(latent).clamp(-1, 1)
+        return self.decoder(latent.to(self.dtype)).float().clamp(-1, 1)
 
 
 def canonical_vae_state_dict(

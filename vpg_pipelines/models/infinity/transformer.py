@@ -38,6 +38,21 @@ MAX_SCALE_MUL = math.log(100.0)
 NUM_LEVELS = 15
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` that casts its input to the weight dtype (a bf16 model keeps a float32 residual
+    stream, as the official code does under autocast)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+class LayerNorm(nn.LayerNorm):
+    """Affine LayerNorm computed in float32 whatever the parameter dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+
+
 def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm without affine, computed in float32."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
@@ -115,7 +130,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
 
 
 class PoolAttention(nn.Module):
@@ -127,9 +142,9 @@ class PoolAttention(nn.Module):
             raise ValueError(f"`embed_dim` {embed_dim} is not divisible by the {num_heads} text-pool heads")
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
         self.mat_q = nn.Parameter(torch.zeros(1, num_heads, self.head_dim))
-        self.mat_kv = nn.Linear(kv_dim, 2 * embed_dim, bias=False)
+        self.mat_kv = Linear(kv_dim, 2 * embed_dim, bias=False)
         self.v_bias = nn.Parameter(torch.zeros(embed_dim))
-        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj = Linear(embed_dim, embed_dim)
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``text`` (R, L, kv_dim), ``mask`` (R, L) -> pooled (R, embed_dim)."""
@@ -166,10 +181,10 @@ class SelfAttention(nn.Module):
         self.cos_attn = cos_attn
         if cos_attn:
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
-        self.mat_qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
+        self.mat_qkv = Linear(embed_dim, 3 * embed_dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(embed_dim))
         self.v_bias = nn.Parameter(torch.zeros(embed_dim))
-        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj = Linear(embed_dim, embed_dim)
 
     def forward(
         self,
@@ -204,10 +219,10 @@ class CrossAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
-        self.mat_q = nn.Linear(embed_dim, embed_dim)
-        self.mat_kv = nn.Linear(embed_dim, 2 * embed_dim, bias=False)
+        self.mat_q = Linear(embed_dim, embed_dim)
+        self.mat_kv = Linear(embed_dim, 2 * embed_dim, bias=False)
         self.v_bias = nn.Parameter(torch.zeros(embed_dim))
-        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj = Linear(embed_dim, embed_dim)
 
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, cond_index: torch.Tensor
@@ -227,8 +242,8 @@ class CrossAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -245,11 +260,11 @@ class InfinityBlock(nn.Module):
         if shared_aln:
             self.ada_gss = nn.Parameter(torch.zeros(1, 1, 6, embed_dim))
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 6 * embed_dim))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(embed_dim, 6 * embed_dim))
         self.sa = SelfAttention(embed_dim, num_heads, cos_attn)
         self.ca = CrossAttention(embed_dim, num_heads)
         self.ffn = FeedForward(embed_dim, ffn_hidden_width(embed_dim, mlp_ratio))
-        self.ca_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.ca_norm = LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(
         self,
@@ -264,14 +279,14 @@ class InfinityBlock(nn.Module):
         store: bool,
     ) -> torch.Tensor:
         if self.shared_aln:
-            mod = self.ada_gss + modulation  # modulation: shared (R, 1, 6, C)
+            mod = self.ada_gss.float() + modulation  # modulation: shared (R, 1, 6, C), float32
         else:
-            mod = self.ada_lin(modulation).view(-1, 1, 6, x.shape[-1])
+            mod = self.ada_lin(modulation).float().view(-1, 1, 6, x.shape[-1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)
-        h = (_layer_norm(x, self.eps) * (scale1 + 1) + shift1).to(x.dtype)
+        h = _layer_norm(x, self.eps) * (scale1 + 1) + shift1
         x = x + self.sa(h, rope, layer, kv_cache, attn_mask, store) * gamma1
-        x = x + self.ca(self.ca_norm(x), condition.memory, condition.mask, cond_index)
-        h = (_layer_norm(x, self.eps) * (scale2 + 1) + shift2).to(x.dtype)
+        x = x + self.ca(self.ca_norm(x), condition.memory, condition.mask, cond_index).float()
+        h = _layer_norm(x, self.eps) * (scale2 + 1) + shift2
         return x + self.ffn(h) * gamma2
 
 
@@ -289,14 +304,14 @@ class AdaLNBeforeHead(nn.Module):
     def __init__(self, embed_dim: int, norm_eps: float) -> None:
         super().__init__()
         self.eps = norm_eps
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * embed_dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(embed_dim, 2 * embed_dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1]).unbind(2)
+        scale, shift = self.ada_lin(cond).float().view(-1, 1, 2, x.shape[-1]).unbind(2)
         return _layer_norm(x, self.eps) * (scale + 1) + shift
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     """Linear to 6C viewed as (R, 1, 6, C)."""
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
@@ -357,10 +372,10 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         self.pos_start = nn.Parameter(torch.zeros(1, 1, dim))
         self.text_norm = RMSNorm(text_channels, norm_eps)
         self.text_proj_for_sos = TextAttentivePool(text_channels, dim)
-        self.text_proj_for_ca = nn.Sequential(nn.Linear(text_channels, dim), nn.GELU(approximate="tanh"),
-                                              nn.Linear(dim, dim))
+        self.text_proj_for_ca = nn.Sequential(Linear(text_channels, dim), nn.GELU(approximate="tanh"),
+                                              Linear(dim, dim))
         self.lvl_embed = nn.Embedding(NUM_LEVELS, dim)
-        self.word_embed = nn.Linear(self.bits_per_site, dim)
+        self.word_embed = Linear(self.bits_per_site, dim)
         if shared_aln:
             self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(dim, 6 * dim))
         blocks = [InfinityBlock(dim, num_heads, mlp_ratio, norm_eps, shared_aln, cos_attn) for _ in range(depth)]
@@ -372,7 +387,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
                 [BlockChunk(blocks[i * per : (i + 1) * per]) for i in range(num_block_chunks)]
             )
         self.head_nm = AdaLNBeforeHead(dim, norm_eps)
-        self.head = nn.Linear(dim, 2 * self.bits_per_site)
+        self.head = Linear(dim, 2 * self.bits_per_site)
 
     # -- structure ---------------------------------------------------------------------------------
     def iter_blocks(self) -> Iterator[InfinityBlock]:
@@ -407,12 +422,12 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         if text_features.shape[1] != self.config.text_channels:
             raise ValueError(f"`text_features` width {text_features.shape[1]} != text_channels "
                              f"{self.config.text_channels}")
-        features = text_features.to(self.cfg_uncond.dtype)
+        features = text_features.float()
         if null_rows:
             if int(lens.max()) > self.cfg_uncond.shape[0]:
                 raise ValueError(f"prompts of up to {self.cfg_uncond.shape[0]} tokens are supported for the null "
                                  f"condition, got {int(lens.max())}")
-            null = torch.cat([self.cfg_uncond[: int(n)] for n in lens]).to(features.device)
+            null = torch.cat([self.cfg_uncond[: int(n)] for n in lens]).to(features.device, torch.float32)
             features = torch.cat([features, null])
             lens = torch.cat([lens, lens])
         normed = self.text_norm(features)
@@ -454,20 +469,19 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             cond_index = torch.arange(condition.rows, device=position_ids.device)
         cond_index = cond_index.to(condition.pooled.device)
         cond = condition.pooled[cond_index]
-        dtype = self.word_embed.weight.dtype if content is not None else self.pos_start.dtype
         parts = []
         if include_start:
-            parts.append((cond[:, None] + self.pos_start).to(dtype))
+            parts.append(cond[:, None] + self.pos_start.float())
         if content is not None:
-            parts.append(self.word_embed(content.to(dtype)))
+            parts.append(self.word_embed(content).float())
         if not parts:
             raise ValueError("nothing to run: pass `content` or `include_start=True`")
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if position_ids.shape != x.shape[:2] or scale_ids.shape != (x.shape[1],):
             raise ValueError(f"`position_ids` {tuple(position_ids.shape)} / `scale_ids` {tuple(scale_ids.shape)} "
                              f"do not match the {tuple(x.shape[:2])} tokens")
-        level = self.lvl_embed(scale_ids.to(x.device))
-        modulation = self.shared_ada_lin(cond) if self.config.shared_aln else cond
+        level = self.lvl_embed(scale_ids.to(x.device)).float()
+        modulation = self.shared_ada_lin(cond).float() if self.config.shared_aln else cond
         rope = rope_cos_sin(position_ids.to(x.device), self.config.embed_dim // self.config.num_heads)
         mask = None
         if token_steps is not None:
@@ -483,7 +497,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
                 x = hidden_hook(i, x)
         if last_tokens is not None:
             x = x[:, -last_tokens:]
-        return self.head(self.head_nm(x.float(), cond.float())).float()
+        return self.head(self.head_nm(x, cond)).float()
 
     def teacher_forced_logits(
         self,
