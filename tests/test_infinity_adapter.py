@@ -162,3 +162,21 @@ def test_bfloat16_weights_run_close_to_float32():
         image = adapter.vae.decode(state.latents[:, :, :, :4, :4])
     assert all(t.dtype == torch.float32 for t in trace.guided.values())
     assert state.latents.dtype == torch.float32 and image.dtype == torch.float32
+
+
+def test_negative_prompt_rows_replace_the_null_rows():
+    """A negative prompt given as the learned null text reproduces the null rows exactly."""
+    adapter, state, cases, _ = make_adapter_state("plain", 1.0)
+    lens = cases["text.lens"].tolist()
+    negative = torch.cat([adapter.transformer.cfg_uncond[:n] for n in lens]).detach()
+    schedule = state.schedule
+    with torch.no_grad():
+        other = adapter.prepare(cases["text.features"], lens, schedule, with_null=True,
+                                negative_features=negative, negative_lens=lens)
+    torch.testing.assert_close(other.condition.pooled, state.condition.pooled)
+    torch.testing.assert_close(other.condition.memory, state.condition.memory)
+    with pytest.raises(ValueError, match="negative_lens"):
+        adapter.prepare(cases["text.features"], lens, schedule, with_null=True, negative_features=negative,
+                        negative_lens=lens[:1])
+    with pytest.raises(ValueError, match="tau"):
+        adapter.prepare(cases["text.features"], lens, schedule, with_null=True, tau=[1.0, 2.0])

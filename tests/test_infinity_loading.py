@@ -73,3 +73,21 @@ def test_a_vae_file_is_not_a_transformer(tmp_path):
         load_infinity_transformer(fixture_root("plain") / "vae.safetensors")
     with pytest.raises(CheckpointError, match="not an Infinity BSQ-VAE"):
         load_infinity_vae(fixture_root("plain") / "infinity.safetensors")
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    from vpg_pipelines.models.infinity import InfinityBSQVAE, InfinityTransformer
+
+    root = fixture_root("patchify")
+    transformer, vae = load_official_infinity(root / "infinity.safetensors", root / "vae.safetensors")
+    transformer.save_pretrained(tmp_path / "transformer")
+    vae.save_pretrained(tmp_path / "vae")
+    transformer2 = InfinityTransformer.from_pretrained(tmp_path / "transformer")
+    vae2 = InfinityBSQVAE.from_pretrained(tmp_path / "vae")
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert public(transformer2.config) == public(transformer.config)
+    assert transformer2.config.apply_spatial_patchify == 1 and vae2.config.patch_size == 8
+    _same_weights(transformer2, transformer.state_dict())
+    _same_weights(vae2, vae.state_dict())
