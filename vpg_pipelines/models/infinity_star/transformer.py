@@ -34,8 +34,8 @@ class FastRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(x32.dtype)
         return out.to(x.dtype)
 
 
@@ -57,7 +57,7 @@ def rope_angles(position_ids: torch.Tensor, head_dim: int, base: float = 10000.0
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs ``(x[2i], x[2i+1])`` of ``x`` ``(R, H, N, hd)`` by the angles (float32)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(-2).to(x.dtype)
@@ -153,7 +153,7 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         text_channels: channels of the text features (T5).
         text_maxlen: the model's text length; visual tokens sit at ``text_maxlen + step`` on the
             RoPE scale axis (the text uses ``0 .. L-1``).
-        embed_dim, depth, block_chunks, num_heads, num_key_value_heads, mlp_ratio: the architecture
+        embed_dim, depth, num_block_chunks, num_heads, num_key_value_heads, mlp_ratio: the architecture
             (the released 8B: 4096, 36, 6, 32, 8, 4).
         semantic_bits / detail_bits: bits per site of the two heads (each bit has
             ``num_of_label_value`` logits).
@@ -174,7 +174,7 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         text_maxlen: int = 512,
         embed_dim: int = 4096,
         depth: int = 36,
-        block_chunks: int = 6,
+        num_block_chunks: int = 6,
         num_heads: int = 32,
         num_key_value_heads: int = 8,
         mlp_ratio: float = 4.0,
@@ -192,8 +192,8 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
                 f"`embed_dim` ({embed_dim}) must be divisible by `num_heads` ({num_heads}), and `num_heads` "
                 f"by `num_key_value_heads` ({num_key_value_heads})"
             )
-        if block_chunks < 1 or depth % block_chunks:
-            raise ValueError(f"`depth` ({depth}) must be divisible by `block_chunks` ({block_chunks})")
+        if num_block_chunks < 1 or depth % num_block_chunks:
+            raise ValueError(f"`depth` ({depth}) must be divisible by `num_block_chunks` ({num_block_chunks})")
         dim = embed_dim
         self.cfg_uncond = nn.Parameter(torch.zeros(null_text_len, text_channels))
         self.text_proj = nn.Linear(text_channels, dim)
@@ -201,11 +201,11 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         self.word_embed = nn.Linear(vae_channels, dim)
         self.norm_hidden_sates = FastRMSNorm(dim)  # (sic) the official name
         blocks = [StarBlock(dim, num_heads, num_key_value_heads, mlp_ratio, qkvo_bias) for _ in range(depth)]
-        if block_chunks == 1:
+        if num_block_chunks == 1:
             self.blocks = nn.ModuleList(blocks)
         else:
-            per = depth // block_chunks
-            chunks = [BlockChunk(blocks[i * per : (i + 1) * per]) for i in range(block_chunks)]
+            per = depth // num_block_chunks
+            chunks = [BlockChunk(blocks[i * per : (i + 1) * per]) for i in range(num_block_chunks)]
             self.block_chunks = nn.ModuleList(chunks)
         self.head = nn.Linear(dim, detail_bits * num_of_label_value)
         if two_stage:
@@ -216,7 +216,7 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         return self.config.embed_dim // self.config.num_heads
 
     def iter_blocks(self):
-        if self.config.block_chunks == 1:
+        if self.config.num_block_chunks == 1:
             yield from self.blocks
         else:
             for chunk in self.block_chunks:
