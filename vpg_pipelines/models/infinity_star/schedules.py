@@ -330,6 +330,12 @@ def plan_steps(
         target = tuple(schedule[per_clip * (clip + 1) - 1])
         detail = grid[1] * grid[2] >= detail_scale_min_tokens
         semantic_head = rel < semantic_scales
+        if semantic_head == detail and semantic_bits != detail_bits:
+            raise ValueError(
+                f"scale {si} {grid} would take logits from the {'semantic' if semantic_head else 'detail'} head "
+                f"but codes from the {'detail' if detail else 'semantic'} codebook; check `semantic_scales` "
+                f"({semantic_scales}) against `detail_scale_min_tokens` ({detail_scale_min_tokens})"
+            )
         times = min(reps[si], max_repeat_times)
         for r in range(times):
             last = r == times - 1
