@@ -199,3 +199,59 @@ def test_empty_negative_prompt_uses_the_learned_null_text(fixture):
     run_next_scale(adapter, state, cfg=_apg(args), trace=explicit, on_step=lambda s, _: s.index >= 5)
     for i in range(6):
         torch.testing.assert_close(implicit.guided[i], explicit.guided[i], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("hooks", ["sequential", "model"])
+@torch.no_grad()
+def test_offload_hooks_on_cpu_give_the_same_steps(fixture, hooks):
+    """accelerate's hooks (CPU as execution device): sequential offload keeps weights on meta until their
+    module's forward runs, so nothing in the sampling path (text prefix, null text, steps, code lifting,
+    decoding) may read a weight outside a forward; model offload re-sends every call's arguments."""
+    import copy
+
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    adapter, plan, cases, meta, args, _ = fixture
+    vpg = PrefixGuidance(scale=2.0, corruption=0.5, refresh="resample", scales=[12])
+
+    def run(ad):
+        trace = SamplerTrace()
+        state = ad.prepare(plan, [cases["text.features"]], None,
+                           forced_bits=[cases[f"forced_bits.step{i}"] for i in range(meta["steps"])])
+        run_next_scale(ad, state, cfg=_apg(args), vpg=vpg, trace=trace, generator=torch.Generator().manual_seed(5),
+                       on_step=lambda s, _: s.index >= 40)
+        return trace, ad.latents(state)
+
+    reference, latents = run(adapter)
+    transformer, vae = copy.deepcopy(adapter.transformer), copy.deepcopy(adapter.vae)
+    for module in (transformer, vae):
+        if hooks == "sequential":
+            cpu_offload(module, execution_device=torch.device("cpu"))
+        else:
+            cpu_offload_with_hook(module, execution_device=torch.device("cpu"))
+    if hooks == "sequential":
+        assert transformer.cfg_uncond.device.type == "meta" and vae.proj_up.weight.device.type == "meta"
+    trace, offloaded_latents = run(InfinityStarAdapter(transformer, vae))
+    for i in reference.guided:
+        assert torch.equal(trace.guided[i], reference.guided[i]), i
+    assert torch.equal(offloaded_latents, latents)
+    small = latents[:, :, :1, :2, :3]
+    assert torch.equal(vae.decode(small), adapter.vae.decode(small))
+
+
+@torch.no_grad()
+def test_a_batch_of_two_equals_two_single_runs(fixture):
+    """The official sampler takes one sample; ours batches them (APG and the draws stay per sample)."""
+    adapter, plan, cases, meta, args, _ = fixture
+    text, negative = cases["text.features"], cases["negative_text.features"]
+    forced = [cases[f"forced_bits.step{i}"] for i in range(12)]
+    single = SamplerTrace()
+    run_next_scale(adapter, adapter.prepare(plan, [text], [negative], forced_bits=forced), cfg=_apg(args),
+                   trace=single, on_step=lambda s, _: s.index >= 11)
+    pair = SamplerTrace()
+    doubled = [b.repeat(2, 1, 1, 1, 1) for b in forced]
+    state = adapter.prepare(plan, [text, text], [negative, negative], forced_bits=doubled)
+    assert adapter.num_condition_rows(state) == 4
+    run_next_scale(adapter, state, cfg=_apg(args), trace=pair, on_step=lambda s, _: s.index >= 11)
+    for i in range(12):
+        torch.testing.assert_close(pair.guided[i], single.guided[i].repeat(2, 1, 1), atol=1e-5, rtol=0)
