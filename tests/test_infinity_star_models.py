@@ -17,7 +17,7 @@ from vpg_pipelines.models.infinity_star.loading import (
     load_infinity_star_vae,
 )
 from vpg_pipelines.models.infinity_star.transformer import InfinityStarTransformer, apply_rope, rope_angles
-from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
+from vpg_pipelines.models.infinity_star.video_vae import DERIVED_KEYS, InfinityStarVideoVAE
 
 
 def _manifest(name: str) -> dict:
@@ -45,7 +45,11 @@ def test_vae_matches_the_released_keys_and_shapes():
     manifest = _manifest("infinity_star_videovae")
     with torch.device("meta"):
         model = InfinityStarVideoVAE()
-    assert _shapes(model) == manifest["state_dict"]
+    expected = manifest["state_dict"]
+    derived = {k for k in expected if DERIVED_KEYS.match(k)}
+    # exactly the four codebook bit-weight buffers (stored twice by the official alias) are not kept
+    assert derived == {f"{m}.lfq_{b}.mask" for m in ("quantize", "quantizer") for b in ("semantic", "detail")}
+    assert _shapes(model) == {k: v for k, v in expected.items() if k not in derived}
     assert model.codebook_dim == manifest["config"]["codebook_dim"]
 
 
@@ -66,7 +70,7 @@ def test_configs_are_read_off_the_released_shapes():
     assert (v["semantic_bits"], v["detail_bits"], v["use_feat_proj"]) == (16, 64, 2)
     with torch.device("meta"):
         rebuilt_vae = InfinityStarVideoVAE(**v)
-    assert _shapes(rebuilt_vae) == {k: list(x.shape) for k, x in vstate.items()}
+    assert _shapes(rebuilt_vae) == {k: list(x.shape) for k, x in vstate.items() if not DERIVED_KEYS.match(k)}
 
 
 def test_sharded_folder_and_vae_pth_load_strictly(tmp_path):
@@ -141,3 +145,22 @@ def test_bad_arguments_are_rejected():
         model(torch.zeros(1, 2, 64), torch.zeros(1, 1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="use_feat_proj"):
         InfinityStarVideoVAE(use_feat_proj=1)
+
+
+def test_save_and_reload_in_diffusers_format(tmp_path):
+    root = shared_path("parity", "infinity_star")
+    transformer = load_infinity_star_transformer(root / "infinity_star.safetensors", text_maxlen=64)
+    vae = load_infinity_star_vae(root / "videovae.safetensors", detail_scale_min_tokens=100)
+    transformer.save_pretrained(tmp_path / "transformer")
+    vae.save_pretrained(tmp_path / "vae")
+    t2 = InfinityStarTransformer.from_pretrained(tmp_path / "transformer")
+    v2 = InfinityStarVideoVAE.from_pretrained(tmp_path / "vae")
+    assert t2.config.text_maxlen == 64 and v2.config.detail_scale_min_tokens == 100
+    for a, b in ((transformer, t2), (vae, v2)):
+        theirs = b.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in a.state_dict().items())
+    # reduced precision keeps the heads in float32 (their logits are float32 in the official code)
+    half = InfinityStarTransformer.from_pretrained(tmp_path / "transformer", torch_dtype=torch.bfloat16)
+    assert half.word_embed.weight.dtype == torch.bfloat16 and half.head.weight.dtype == torch.float32
+    out = half(torch.zeros(1, 2, 64), torch.zeros(1, 2, 4, dtype=torch.long), head="semantic")
+    assert out.dtype == torch.float32 and out.shape == (1, 2, 32)

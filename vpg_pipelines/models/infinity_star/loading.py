@@ -18,7 +18,7 @@ from accelerate import init_empty_weights
 
 from ...loading.checkpoint import CheckpointError, load_strict, read_state_dict
 from .transformer import InfinityStarTransformer
-from .video_vae import InfinityStarVideoVAE
+from .video_vae import DERIVED_KEYS, InfinityStarVideoVAE
 
 RELEASED_720P = {
     "transformer": "infinitystar_8b_720p_weights",
@@ -69,6 +69,11 @@ def infer_transformer_config(state: dict[str, torch.Tensor], text_maxlen: int = 
     return config
 
 
+def _bits(state: dict[str, torch.Tensor], book: str, default: int) -> int:
+    mask = state.get(f"quantizer.lfq_{book}.mask")
+    return int(mask.shape[0]) if mask is not None else default
+
+
 def infer_vae_config(state: dict[str, torch.Tensor], detail_scale_min_tokens: int = 750) -> dict:
     """Constructor arguments of :class:`InfinityStarVideoVAE` from a state dict's shapes."""
     try:
@@ -96,8 +101,8 @@ def infer_vae_config(state: dict[str, torch.Tensor], detail_scale_min_tokens: in
             "layers_per_block": layers,
             "temporal_compression": (2,) * time_stages,
             "spatial_compression": (2,) * space_stages,
-            "semantic_bits": state["quantizer.lfq_semantic.mask"].shape[0],
-            "detail_bits": state["quantizer.lfq_detail.mask"].shape[0],
+            "semantic_bits": _bits(state, "semantic", 16),
+            "detail_bits": _bits(state, "detail", 64),
             "detail_scale_min_tokens": detail_scale_min_tokens,
             "use_feat_proj": 2 if "proj_up.weight" in state else 0,
         }
@@ -118,7 +123,8 @@ def build_vae(config: dict, state: dict[str, torch.Tensor] | None = None) -> Inf
     with init_empty_weights():
         model = InfinityStarVideoVAE(**config)
     if state is not None:
-        load_strict(model, state, what="InfinityStar video VAE checkpoint", assign=True)
+        derived = [k for k in state if DERIVED_KEYS.match(k)]
+        load_strict(model, state, what="InfinityStar video VAE checkpoint", ignore_unexpected=derived, assign=True)
     return model.eval()
 
 

@@ -7,13 +7,15 @@ a semantic codebook (16 bits) for small scales and a detail codebook (64 bits) f
 scale's codes are interpolated (trilinearly, over channel, height and width) to the clip's full
 latent size before they are added to the summed codes.
 
-State-dict keys equal the official ``infinitystar_videovae.pth`` (``vae`` entry), including the
-duplicated ``quantize.*`` / ``quantizer.*`` masks of the official module alias.
+State-dict keys equal the official ``infinitystar_videovae.pth`` (``vae`` entry) except the four
+codebook ``mask`` buffers (``2 ** i``, stored twice through the official ``quantize`` alias), which
+hold no learned values and are not kept (see :data:`DERIVED_KEYS`; safetensors cannot store aliases).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
+
+DERIVED_KEYS = re.compile(r"^quantizer?\.lfq_(semantic|detail)\.mask$")
+"""Keys of the official file that hold no learned values (the codebooks' ``2 ** i`` bit weights)."""
 
 ConvCache = dict[nn.Module, torch.Tensor]
 """Last input frames of every causal convolution, carried from one temporal chunk to the next."""
@@ -302,8 +307,6 @@ class BinarySphericalCodebook(nn.Module):
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
-        # The official buffer (2**i; wraps around for 64 bits) is kept so that the keys match.
-        self.register_buffer("mask", 2 ** torch.arange(bits - 1, -1, -1))
 
     def codes(self, bits: torch.Tensor) -> torch.Tensor:
         """``(B, t, h, w, d)`` bits in {0, 1} -> ``(B, d, t, h, w)`` float32 unit-norm codes."""
@@ -406,7 +409,6 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
         self.decoder = VideoDecoder(latent_channels, out_channels, block_out_channels, layers_per_block,
                                     tuple(temporal_compression), tuple(spatial_compression))
         self.quantizer = TwoStageQuantizer(semantic_bits, detail_bits)
-        self.quantize = self.quantizer  # official alias: the masks appear under both names
         if use_feat_proj == 2:
             self.proj_down, self.proj_down_two = nn.Linear(dim, dim), nn.Linear(dim, dim)
             self.proj_up, self.proj_up_two = nn.Linear(dim, dim), nn.Linear(dim, dim)
