@@ -4,12 +4,13 @@ The official video sampler draws every bit with ``torch.multinomial``, so the fi
 of all 61 (scale, repetition) steps (the official image-to-video mechanism extended to every step)
 and records the APG-guided logits of each step and the final summed codes.
 
-Tolerance on the guided logits: the README asks 1e-4, but APG multiplies the float32 noise of the
-difference ``cond - uncond`` by ``cfg - 1 = 33``; the raw logits of this random tiny model carry
-~7e-6 of float32 noise (their float32 and float64 evaluations differ by that much), so independent
-float32 implementations of the same math land ~3e-4 apart on the guided logits (our float64
-evaluation is 2.7e-4 from the fixture as well). We therefore check 5e-4 on the guided logits, plus a
-mean error two orders of magnitude below any real defect, and the README's 1e-4 on the summed codes.
+Tolerance on the guided logits: APG multiplies the float32 noise of ``cond - uncond`` by
+``cfg - 1 = 33`` and the video scales' ``1 / tau = 2.5`` multiplies it again. The raw logits of this
+random tiny model carry ~7e-6 of float32 noise (their float32 and float64 evaluations differ by that
+much), so two float32 implementations of the same math land up to ~3e-4 apart on the guided video
+logits; our float64 evaluation is 2.7e-4 from the fixture too. We check the README's 1e-4 on the
+image-clip steps (tau 1) and on the summed codes, 5e-4 on the video-clip steps, and a mean error two
+orders of magnitude below any real defect.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ FIXTURE_ARGS = {
     "cfg": 34.0,
     "apg_norm_threshold": 0.05,
 }
-GUIDED_ATOL = 5e-4
+GUIDED_ATOL = 1e-4  # README, image clip (tau = 1)
+GUIDED_VIDEO_ATOL = 5e-4  # video clip (tau = 0.4): see the module docstring
 GUIDED_MEAN_ATOL = 1e-4
 SUMMED_ATOL = 1e-4
 
@@ -93,19 +95,22 @@ def test_forced_code_replay_matches_official(fixture):
     state = _prepare(fixture)
     trace = SamplerTrace()
     run_next_scale(adapter, state, cfg=_apg(args), trace=trace, generator=torch.Generator().manual_seed(0))
-    worst = 0.0
-    for i in range(meta["steps"]):
+    worst = {1.0: 0.0, args["tau_video"]: 0.0}
+    for step in plan.steps:
+        i = step.index
         expected = cases[f"guided_logits.step{i}"]
         got = trace.guided[i]
         assert got.dtype == torch.float32 and got.shape == expected.shape
         err = (got - expected).abs()
-        worst = max(worst, err.max().item())
-        assert err.max().item() <= GUIDED_ATOL, f"step {i}: guided logits max abs error {err.max().item():.2e}"
+        worst[step.tau] = max(worst[step.tau], err.max().item())
+        atol = GUIDED_ATOL if step.tau == 1.0 else GUIDED_VIDEO_ATOL
+        assert err.max().item() <= atol, f"step {i}: guided logits max abs error {err.max().item():.2e}"
         assert err.mean().item() <= GUIDED_MEAN_ATOL, f"step {i}: mean abs error {err.mean().item():.2e}"
         assert torch.equal(trace.codes[i], cases[f"forced_bits.step{i}"])
     summed = adapter.latents(state)
     summed_err = (summed - cases["summed_codes"]).abs().max().item()
-    print(f"guided logits max abs error {worst:.2e}; summed codes max abs error {summed_err:.2e}")
+    print(f"guided logits max abs error: image clip {worst[1.0]:.2e}, video clip {worst[args['tau_video']]:.2e}; "
+          f"summed codes max abs error {summed_err:.2e}")
     assert summed.shape == cases["summed_codes"].shape
     assert summed_err <= SUMMED_ATOL
 
