@@ -149,16 +149,28 @@ def test_several_steps_in_one_call_equal_sequential_calls(fixture):
     steps = adapter.steps(state)
     chunk = [steps[32], steps[35], steps[40]]
     assert steps[32].store_kv and not steps[35].store_kv and steps[40].extra["ref_sids"] == (10,)
-    cache = KVCache(adapter.num_layers, 1, adapter.num_prefix_tokens(state) + sum(s.num_sites for s in chunk))
-    adapter.prefill(state, cache)
     content = torch.cat([trace.inputs[s.index].content for s in chunk], dim=1)
     positions = torch.cat([trace.inputs[s.index].position_ids for s in chunk])[None]
-    logits = adapter.forward(state, RowBatch(torch.tensor([0]), content, positions, chunk), cache,
-                             last_tokens=chunk[-1].num_sites)
-    torch.testing.assert_close(logits, trace.guided[40], atol=2e-5, rtol=0)
-    with pytest.raises(ValueError, match="span semantic and detail"):
-        adapter.forward(state, RowBatch(torch.tensor([0]), content, positions, chunk), cache, last_tokens=None)
+    batch = RowBatch(torch.tensor([0]), content, positions, chunk)
+    calls = []
 
+    def hook(block, hidden):
+        calls.append(hidden.shape[1])
+        return hidden
+
+    for hidden_hook in (None, hook):  # consecutive calls / one call with a dense block mask
+        cache = KVCache(adapter.num_layers, 1, adapter.num_prefix_tokens(state) + sum(s.num_sites for s in chunk))
+        adapter.prefill(state, cache)
+        logits = adapter.forward(state, batch, cache, hidden_hook, last_tokens=chunk[-1].num_sites + 4)
+        torch.testing.assert_close(logits[:, 4:], trace.guided[40], atol=2e-5, rtol=0)
+        torch.testing.assert_close(logits[:, :4], trace.guided[35], atol=2e-5, rtol=0)
+        # consecutive calls keep the cache layout of separate calls (text, then the stored scale 10); one
+        # mixed call (a step that must not be stored) stores nothing, as VAR's block-causal call
+        stored = chunk[0].num_sites if hidden_hook is None else 0
+        assert cache.length == adapter.num_prefix_tokens(state) + stored
+    assert calls == [content.shape[1]] * adapter.num_layers
+    with pytest.raises(ValueError, match="span semantic and detail"):
+        adapter.forward(state, batch, cache, last_tokens=None)
 
 @torch.no_grad()
 def test_sampling_draws_bits_and_forcing_keeps_the_generator_stream(fixture):

@@ -260,33 +260,61 @@ class InfinityStarAdapter:
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
     ) -> torch.Tensor:
-        """Logits ``(R, N or last_tokens, 2 d)``, already multiplied by ``1 / tau`` of their scale."""
+        """Logits ``(R, N or last_tokens, 2 d)``, already multiplied by ``1 / tau`` of their scale.
+
+        Several steps in one call: each step sees the text, its ``ref_sids`` (cached or earlier in the
+        call) and itself. Without a ``hidden_hook`` they run as consecutive single-step calls (exact,
+        and no dense mask: a replay of the 720p video scales would need one of tens of GB); with a
+        hook (whose per-token data spans the whole call) they run as one call with an additive mask.
+        """
         steps = [state.plan.steps[s.index] for s in batch.steps]
         sizes = [s.num_sites for s in steps]
-        if batch.content is None or batch.content.shape[1] != sum(sizes):
-            raise ValueError(f"the batch must carry content for {sum(sizes)} sites")
-        returned = sum(sizes) if last_tokens is None else last_tokens
+        total = sum(sizes)
+        if batch.content is None or batch.content.shape[1] != total:
+            raise ValueError(f"the batch must carry content for {total} sites")
+        returned = total if last_tokens is None else min(last_tokens, total)
         tail, covered = [], 0
         for s in reversed(steps):
             if covered >= returned:
                 break
             tail.append(s)
             covered += s.num_sites
-        heads = {s.semantic_head for s in tail}
-        if len(heads) > 1:
+        if len({s.semantic_head for s in tail}) > 1:
             raise ValueError("the returned tokens span semantic and detail scales; ask for fewer `last_tokens`")
-        ranges, mask = self._visibility(state, steps, kv_cache.length, sizes)
+        head = "semantic" if tail[0].semantic_head else "detail"
+        content = batch.content.to(state.dtype)
         coords = state.unpack_positions(batch.position_ids.to(state.device))
+        if len(steps) == 1 or hidden_hook is not None:
+            store = all(s.store_kv for s in steps)
+            logits = self._call(state, steps, content, coords, kv_cache, store, head, hidden_hook, last_tokens)
+            return self._apply_tau(logits, steps)
+        outs, start = [], 0
+        for s in steps:
+            end = start + s.num_sites
+            keep = max(0, min(s.num_sites, returned - (total - end)))
+            # stored steps stay in the cache (later steps of the call may refer to them; the layout of
+            # the cache is the same as after separate calls)
+            logits = self._call(state, [s], content[:, start:end], coords[:, start:end], kv_cache, s.store_kv,
+                                head if keep else "none", None, keep or 1)
+            if keep:
+                outs.append(self._apply_tau(logits, [s]))
+            start = end
+        return torch.cat(outs, dim=1)
+
+    def _call(self, state, steps, content, coords, kv_cache, store, head, hook, last_tokens) -> torch.Tensor:
+        ranges, mask = self._visibility(state, steps, kv_cache.length, [s.num_sites for s in steps])
         previous, kv_cache.visible = kv_cache.visible, ranges
         try:
-            logits = self.transformer(
-                inputs=batch.content.to(state.dtype), position_ids=coords, kv_cache=kv_cache,
-                store_kv=all(s.store_kv for s in steps), attn_mask=mask,
-                head="semantic" if tail[0].semantic_head else "detail",
-                hidden_hook=hidden_hook, last_tokens=last_tokens,
+            return self.transformer(
+                inputs=content, position_ids=coords, kv_cache=kv_cache, store_kv=store, attn_mask=mask,
+                head=head, hidden_hook=hook, last_tokens=last_tokens,
             )
         finally:
             kv_cache.visible = previous
+
+    @staticmethod
+    def _apply_tau(logits: torch.Tensor, steps: list[StarStep]) -> torch.Tensor:
+        """``logits * (1 / tau)`` per token (the official multiplies by the reciprocal)."""
         inv_tau = torch.cat([torch.full((s.num_sites,), 1 / s.tau) for s in steps])[-logits.shape[1] :]
         if bool((inv_tau == inv_tau[0]).all()):
             return logits.mul(float(inv_tau[0]))
