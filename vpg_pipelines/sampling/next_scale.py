@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.corruption import CorruptionPattern, apply_corruption, draw_pattern
 from ..guidance.prefix import PrefixGuidance
@@ -123,7 +124,8 @@ class _Run:
         split = BranchLayout(self.layout.batch, self.layout.conditions, prefixes).split(logits)
         if self.cfg is None or self.cfg.layer != 0:
             return split[:, 0]
-        return ClassifierFreeGuidance.combine(split[:, 0], split[:, 1], strength)
+        # the condition-axis term's own combine (CFG, or InfinityStar's APG)
+        return self.cfg.combine(split[:, 0], split[:, 1], strength)
 
     def replay_corrupted(self, chunk: list[ScaleStep], patterns: dict[int, CorruptionPattern], cache: KVCache,
                          last_tokens: int | None) -> torch.Tensor:
@@ -225,7 +227,7 @@ def run_next_scale(
     adapter: NextScaleAdapter,
     state: Any,
     *,
-    cfg: ClassifierFreeGuidance | None = None,
+    cfg: ClassifierFreeGuidance | AdaptiveProjectedGuidance | None = None,
     vpg: PrefixGuidance | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     on_step: StepCallback | None = None,

@@ -1,0 +1,89 @@
+"""Adaptive projected guidance (APG) over the condition axis, as InfinityStar applies it to logits.
+
+``diff = cond - uncond`` is scaled down so that its RMS over (sites, channels) is at most
+``norm_threshold``, split into the parts parallel and orthogonal to ``cond`` (projection in float64
+over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)``.
+The interface mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`, so the sampler
+uses either as its condition-axis term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULES = ("constant", "linear")
+
+
+def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parts of ``v0`` parallel and orthogonal to ``v1`` over the last two dims (computed in float64)."""
+    dtype = v0.dtype
+    v0, v1 = v0.double(), v1.double()
+    v1 = torch.nn.functional.normalize(v1, dim=[-1, -2])
+    parallel = (v0 * v1).sum(dim=[-1, -2], keepdim=True) * v1
+    return parallel.to(dtype), (v0 - parallel).to(dtype)
+
+
+@dataclass(frozen=True)
+class AdaptiveProjectedGuidance:
+    """APG with a per-scale strength ``s_k``.
+
+    Args:
+        scale: the guidance strength (InfinityStar's ``cfg``, 34 for the released 720p model), or one
+            value per scale.
+        norm_threshold: the RMS bound of the difference (``apg_norm_threshold``; 0 disables it).
+        eta: weight of the parallel part (0 in the released settings).
+        schedule: ``"constant"`` or ``"linear"`` (``1 + scale * k / (K - 1)``) as for CFG.
+        layer: only 0 (logits) is supported; kept for interface parity with CFG.
+    """
+
+    scale: float | Sequence[float] = 34.0
+    norm_threshold: float = 0.05
+    eta: float = 0.0
+    schedule: str = "constant"
+    layer: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.layer != 0:
+            raise ValueError(f"APG combines logits only: `layer` must be 0, got {self.layer}")
+        if not (isinstance(self.norm_threshold, (int, float)) and self.norm_threshold >= 0):
+            raise ValueError(f"`norm_threshold` must be a number >= 0, got {self.norm_threshold!r}")
+        if not isinstance(self.eta, (int, float)) or self.eta != self.eta:
+            raise ValueError(f"`eta` must be a number, got {self.eta!r}")
+        values = list(self.scale) if isinstance(self.scale, Sequence) else [self.scale]
+        if not values or not all(isinstance(v, (int, float)) and v == v for v in values):
+            raise ValueError(f"`guidance_scale` must be a number or a non-empty list of numbers, got {self.scale!r}")
+
+    def scale_at(self, scale_index: int, num_scales: int) -> float:
+        """The strength ``s_k`` at scale ``scale_index`` of ``num_scales``."""
+        if isinstance(self.scale, Sequence):
+            if len(self.scale) != num_scales:
+                raise ValueError(f"`guidance_scale` list has {len(self.scale)} values for {num_scales} scales")
+            return float(self.scale[scale_index])
+        if self.schedule == "linear":
+            return 1.0 + float(self.scale) * scale_index / max(num_scales - 1, 1)
+        return float(self.scale)
+
+    def is_active(self, num_scales: int) -> bool:
+        """Null rows are needed as soon as one scale is guided (their cache is shared)."""
+        return any(self.scale_at(k, num_scales) != 1.0 for k in range(num_scales))
+
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, step_scale: float) -> torch.Tensor:
+        """Guided logits from ``cond`` / ``uncond`` ``(..., n, V)``; the norms run over the last two dims.
+
+        A strength of 1 returns ``cond`` (the official sampler skips guidance there).
+        """
+        if step_scale == 1.0:
+            return cond
+        diff = cond - uncond
+        if self.norm_threshold > 0:
+            n, v = diff.shape[-2:]
+            rms = 1 / math.sqrt(n * v) * diff.norm(p=2, dim=[-1, -2], keepdim=True)
+            diff = diff * torch.minimum(torch.ones_like(diff), self.norm_threshold / rms)
+        parallel, orthogonal = _project(diff, cond)
+        return cond + (step_scale - 1) * (orthogonal + self.eta * parallel)
