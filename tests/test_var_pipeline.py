@@ -254,6 +254,36 @@ def test_cli_generate_compare_and_convert(var_pipe, tmp_path, capsys):
                  "--config", str(config), "--out", str(folder)]) == 2  # never overwrites
 
 
+# -- accelerate offload ------------------------------------------------------------------------------
+@pytest.mark.parametrize("hooks", ["sequential", "model"])
+def test_offload_hooks_on_cpu_give_the_same_images(hooks):
+    """accelerate's hooks with the CPU as execution device: sequential offload keeps weights on meta until
+    their module's forward runs (so nothing in the sampling path reads a weight outside a forward), and
+    model offload re-sends every call's arguments (so the KV cache object must survive `send_to_device`)."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    root = shared_path("parity", "var")
+    cfg = json.loads((root / "config.json").read_text())
+
+    def make():
+        pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=cfg)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    kw = dict(class_labels=[1, 2], vpg_scale=3.0, vpg_mode="codebook", more_smooth=True, output_type="pt")
+    reference = make()(**kw, generator=gens(0, 1)).images
+    pipe = make()
+    for module in (pipe.transformer, pipe.vae):
+        if hooks == "sequential":
+            cpu_offload(module, execution_device=torch.device("cpu"))
+        else:
+            cpu_offload_with_hook(module, execution_device=torch.device("cpu"))
+    if hooks == "sequential":
+        assert pipe.transformer.head.weight.device.type == "meta"
+    images = pipe(**kw, generator=gens(0, 1)).images
+    assert torch.equal(images, reference)
+
+
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
 

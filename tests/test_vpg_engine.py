@@ -226,3 +226,38 @@ def test_pipeline_runs_every_option(var_pipe, preset):
             out = var_pipe(class_labels=[1, 2], vpg_scale=3.0, vpg_mode=mode, vpg_refresh=refresh, vpg_scales=preset,
                            generator=torch.Generator().manual_seed(0), output_type="pt")
             assert out.images.shape == (2, 3, 64, 64) and torch.isfinite(out.images).all()
+
+
+@pytest.mark.parametrize("scales", ["all", [2, 3]])
+def test_cfg_at_a_hidden_layer_composes_with_the_persistent_branch(var_pipe, scales):
+    """CFG mixing hidden states after block 0 (it then shapes block 1's cached keys/values) inside each
+    prefix branch: the incremental corrupted branch equals a from-scratch pass with the same mixing."""
+    from vpg_pipelines.sampling.branches import BranchLayout
+
+    model = var_pipe.transformer
+    adapter = VARAdapter(model, var_pipe.vae)
+    cfg = ClassifierFreeGuidance(4.0, schedule="linear", layer=-model.config.depth)
+    state = adapter.prepare(torch.tensor(LABELS), with_null=True, device=torch.device("cpu"), dtype=torch.float32)
+    trace = SamplerTrace()
+    with torch.no_grad():
+        run_next_scale(adapter, state, cfg=cfg, vpg=PrefixGuidance(3.0, scales=scales),
+                       generator=torch.Generator().manual_seed(0), trace=trace)
+    labels = torch.tensor(LABELS + [model.null_class] * 2)
+    layout = BranchLayout(batch=2, conditions=2, prefixes=1)
+    for k in sorted(trace.corrupted):
+        contents, positions, strengths = [], [torch.zeros(4, 1, dtype=torch.long)], [torch.ones(1)]
+        for j in range(1, k + 1):
+            inp = trace.inputs[j]
+            c, p = apply_corruption(inp.content, inp.position_ids, trace.patterns[j], "full")
+            contents.append(c.repeat(2, 1, 1))
+            positions.append(p.repeat(2, 1))
+            strengths.append(torch.full((p.shape[1],), cfg.scale_at(j, 4)))
+        s = torch.cat(strengths)
+
+        def hook(block, h, s=s):
+            return layout.mix_conditions(h, s) if block == 0 else h
+
+        with torch.no_grad():
+            logits = model(labels, torch.cat(contents, 1), torch.cat(positions, 1), include_start=True,
+                           multi_scale=True, hidden_hook=hook, last_tokens=trace.inputs[k].position_ids.shape[0])
+        torch.testing.assert_close(trace.corrupted[k], logits[:2], atol=1e-5, rtol=1e-5)
