@@ -352,7 +352,8 @@ def load_run_pipeline(run_dir: str | Path):
 
 
 @torch.no_grad()
-def sample_quality(pipe, test_images: np.ndarray, per_class: int, guidance_scale: float, seed: int) -> dict:
+def sample_quality(pipe, test_images: np.ndarray, per_class: int, guidance_scale: float, seed: int,
+                   vpg_scale: float = 1.0) -> dict:
     """Class accuracy of samples under the reference classifier and FD to the held-out images."""
     from benchmarks.quality_metrics import (
         DEFAULT_CLASSIFIER,
@@ -368,19 +369,20 @@ def sample_quality(pipe, test_images: np.ndarray, per_class: int, guidance_scale
     n = pipe.transformer.config.num_classes
     labels = np.repeat(np.arange(n), per_class)
     images = pipe(class_labels=list(range(n)), num_images_per_prompt=per_class, guidance_scale=guidance_scale,
-                  top_k=0, top_p=0.95, generator=torch.Generator().manual_seed(seed), output_type="np").images
+                  vpg_scale=vpg_scale, top_k=0, top_p=0.95, generator=torch.Generator().manual_seed(seed),
+                  output_type="np").images
     images = (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
     fd = frechet_distance(extract_features(images, classifier), extract_features(test_images, classifier))
-    return {"guidance_scale": guidance_scale, "samples": len(labels),
+    return {"guidance_scale": guidance_scale, "vpg_scale": vpg_scale, "samples": len(labels),
             "classifier_accuracy": classifier_accuracy(images, labels, classifier), "fd_to_heldout": fd}
 
 
 def evaluate_run(run_dir: Path, test_images: np.ndarray, per_class: int, seed: int) -> list[dict]:
     pipe = load_run_pipeline(run_dir)
     results = []
-    for guidance in (0.0, 1.5, 3.0):
+    for guidance, vpg in ((0.0, 1.0), (1.5, 1.0), (3.0, 1.0), (3.0, 1.5)):
         start = time.perf_counter()
-        result = sample_quality(pipe, test_images, per_class, guidance, seed + 7)
+        result = sample_quality(pipe, test_images, per_class, guidance, seed + 7, vpg_scale=vpg)
         result["seconds"] = time.perf_counter() - start
         print(f"[eval] {result}", flush=True)
         results.append(result)
@@ -390,7 +392,7 @@ def evaluate_run(run_dir: Path, test_images: np.ndarray, per_class: int, seed: i
 @torch.no_grad()
 def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Path, seed: int,
                 per_class: int = 6, guidance_scale: float = 3.0) -> np.ndarray:
-    """One row per class; returns the images as uint8 (C*per_class, 32, 32, 3)."""
+    """One row per class (CFG only); returns the images as uint8 (C*per_class, 32, 32, 3)."""
     from PIL import Image
 
     from vpg_pipelines import VPGVARPipeline
@@ -399,7 +401,8 @@ def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Pa
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
     images = pipe(class_labels=list(range(len(names))), num_images_per_prompt=per_class,
-                  guidance_scale=guidance_scale, top_k=0, top_p=0.95, generator=generator, output_type="np").images
+                  guidance_scale=guidance_scale, vpg_scale=1.0, top_k=0, top_p=0.95, generator=generator,
+                  output_type="np").images
     images = (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
     rows = images.reshape(len(names), per_class, *images.shape[1:])
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
@@ -455,6 +458,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     test_u8 = arrays["images"][keep][heldout.numpy()]
     if args.eval_only:
+        pipe = load_run_pipeline(out)
+        sample_grid(pipe.vae, pipe.transformer, names, out / "samples.png", seed=args.seed)
         config = json.loads((out / "config.json").read_text())
         config["evaluation"] = evaluate_run(out, test_u8, args.eval_per_class, args.seed)
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
