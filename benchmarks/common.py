@@ -71,22 +71,54 @@ def parity_dir() -> Path:
     return Path(os.environ.get("VPG_SHARED", REPO.parent / "shared")) / "parity" / "var"
 
 
-def load_tiny_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
-    """The bundled demo model when installed, else the tiny parity model; returns (pipe, description)."""
-    from vpg_pipelines import VPGVARPipeline, load_demo_pipeline
+def load_parity_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The tiny official-format model of the parity fixtures (``../shared/parity/var``)."""
+    from vpg_pipelines import VPGVARPipeline
 
-    try:
-        pipe, name = load_demo_pipeline(device), "bundled demo model"
-    except FileNotFoundError:
-        root = parity_dir()
-        if not (root / "var.safetensors").exists():
-            raise FileNotFoundError(f"neither the demo model nor the parity model ({root}) is available") from None
-        config = json.loads((root / "config.json").read_text())
-        pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
-        name = "tiny parity model (depth 2, width 128, scales 1-4, 64 px)"
+    root = parity_dir()
+    if not (root / "var.safetensors").exists():
+        raise FileNotFoundError(f"the parity model is missing from {root} (set VPG_SHARED)")
+    config = json.loads((root / "config.json").read_text())
+    pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     pipe = _to(pipe, device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, name
+    return pipe
+
+
+PARITY_NAME = "tiny parity model (depth 2, width 128, scales 1-4, 64 px)"
+
+
+def load_tiny_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
+    """The bundled demo model when installed, else the tiny parity model; returns (pipe, description)."""
+    from vpg_pipelines import load_demo_pipeline
+
+    try:
+        pipe = _to(load_demo_pipeline(device), device, dtype)
+    except FileNotFoundError:
+        return load_parity_pipeline(device, dtype), PARITY_NAME
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, "bundled demo model"
+
+
+def build_pipeline(model: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Any, str]:
+    """``model``: ``tiny`` (demo model, else parity model), ``parity``, or ``d16``/``d20``/``d24``/``d30``."""
+    if model == "tiny":
+        return load_tiny_pipeline(device, dtype)
+    if model == "parity":
+        return load_parity_pipeline(device, dtype), PARITY_NAME
+    depth = parse_depth(model)
+    return build_random_pipeline(depth, device, dtype, seed), f"VAR-d{depth} 256 px, random weights"
+
+
+def parse_depth(model: str) -> int:
+    if not model.startswith("d") or not model[1:].isdigit() or int(model[1:]) not in FULL_SIZE_DEPTHS:
+        choices = ["tiny", "parity"] + [f"d{d}" for d in FULL_SIZE_DEPTHS]
+        raise ValueError(f"`--model` must be one of {choices}, got {model!r}")
+    return int(model[1:])
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _to(pipe, device: str, dtype: torch.dtype):
@@ -94,24 +126,6 @@ def _to(pipe, device: str, dtype: torch.dtype):
     if dtype != pipe.transformer.dtype:  # (diffusers warns on every dtype cast, even a no-op one)
         pipe = pipe.to(dtype=dtype)
     return pipe
-
-
-def build_pipeline(model: str, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[Any, str]:
-    """``model`` is ``tiny`` or ``d16``/``d20``/``d24``/``d30`` (random weights)."""
-    if model == "tiny":
-        return load_tiny_pipeline(device, dtype)
-    depth = parse_depth(model)
-    return build_random_pipeline(depth, device, dtype, seed), f"VAR-d{depth} 256 px, random weights"
-
-
-def parse_depth(model: str) -> int:
-    if not model.startswith("d") or not model[1:].isdigit() or int(model[1:]) not in FULL_SIZE_DEPTHS:
-        raise ValueError(f"`--model` must be 'tiny' or one of {[f'd{d}' for d in FULL_SIZE_DEPTHS]}, got {model!r}")
-    return int(model[1:])
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # -- timing and memory -----------------------------------------------------------------------------
