@@ -43,7 +43,7 @@ def random_models(depth: int, device: str = "cpu", seed: int = 0):
     attention's log scale, which keeps its log(4) start; the VQVAE keeps PyTorch's default init
     under the seed. Real weights are not needed for timing.
     """
-    from vpg_pipelines import VARTransformer, VARVQVAE
+    from vpg_pipelines import VARVQVAE, VARTransformer
 
     torch.manual_seed(seed)
     with torch.device(device):
