@@ -5,7 +5,7 @@ Every configuration samples the same classes with the same seed; repetitions are
 ratios are taken per round against the CFG-only run of that round. The VQVAE decode is the same for
 every configuration, so it is timed on its own: "sampler" ratios exclude it, "end-to-end" ratios add
 the decode time of the same round. Peak memory is measured per configuration in a fresh process on
-CPU (peak RSS) and with ``torch.cuda.max_memory_allocated`` on CUDA.
+CPU (peak RSS, forked from a clean fork server) and with ``torch.cuda.max_memory_allocated`` on CUDA.
 
     python -m benchmarks.vpg_overhead --model tiny --repeats 20
     python -m benchmarks.vpg_overhead --model d16 --device cuda --dtype float16 --batch 1 8
@@ -144,13 +144,21 @@ def _memory_child(model: str, device: str, dtype: str, threads: int, args: argpa
 
 
 def measure_memory(pipe, args: argparse.Namespace, batch: int) -> dict[str, dict[str, int]]:
-    """Per configuration: a fresh process on CPU (peak RSS is per process), in-process on CUDA."""
+    """Per configuration: a fresh process on CPU (peak RSS is per process), in-process on CUDA.
+
+    CPU children are forked from a fork server that has imported this module but built no model,
+    so a child's peak holds its own model and run only (and the imports are paid once).
+    """
     out = {}
+    ctx = None
+    if pipe.device.type != "cuda":
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
     for name in args.configs:
-        if pipe.device.type == "cuda":
+        if ctx is None:
             out[name] = _measure_memory(pipe, args, name, batch)
             continue
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
             job = pool.submit(_memory_child, args.model, args.device, args.dtype, torch.get_num_threads(), args,
                               name, batch)
             out[name] = job.result()
