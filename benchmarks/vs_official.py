@@ -141,7 +141,10 @@ def make_runs(pipe, official, args: argparse.Namespace, batch: int) -> dict[str,
     labels = labels_for(pipe.transformer.config.num_classes, batch)
     label_tensor = torch.tensor(labels, device=device)
     dtype = DTYPES[args.dtype]
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext)
+
+    def autocast():
+        """The official code keeps float32 weights and runs half precision under autocast (as its demo)."""
+        return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
     def ours() -> torch.Tensor:
         generator = torch.Generator(device).manual_seed(args.seed)
@@ -159,7 +162,7 @@ def make_runs(pipe, official, args: argparse.Namespace, batch: int) -> dict[str,
             return adapter.decode(state).add(1).mul(0.5).clamp(0, 1)
 
     def theirs() -> torch.Tensor:
-        with torch.inference_mode(), (autocast() if callable(autocast) else autocast):
+        with torch.inference_mode(), autocast():
             return official.autoregressive_infer_cfg(batch, label_tensor, g_seed=args.seed, cfg=args.guidance_scale,
                                                      top_k=args.top_k, top_p=args.top_p)
 
