@@ -128,6 +128,36 @@ def _to(pipe, device: str, dtype: torch.dtype):
     return pipe
 
 
+class TransformerFlops:
+    """Matmul FLOPs of every :class:`VARTransformer` call (a forward pre-hook; the cost model of the sampler).
+
+    Per row: linear layers per token, the AdaLN projections per row, and attention scores and values
+    over everything the call attends to (the cached tokens plus the call's own, as SDPA computes them).
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        cfg = transformer.config
+        self.dim, self.depth, self.vocab = cfg.embed_dim, cfg.depth, cfg.vocab_size
+        self.hidden = round(cfg.embed_dim * cfg.mlp_ratio)
+        self.ada = 0 if cfg.shared_aln else 6 * cfg.embed_dim * cfg.embed_dim
+        self.total = 0.0
+        self._handle = transformer.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs) -> None:
+        position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[2]
+        cache = kwargs.get("kv_cache")
+        last = kwargs.get("last_tokens")
+        rows, n = position_ids.shape
+        context = (cache.length if cache is not None else 0) + n
+        c = self.dim
+        per_token = 2 * (4 * c * c + 2 * c * self.hidden) + 4 * c * context
+        per_row = self.depth * (n * per_token + 2 * self.ada) + 2 * 2 * c * c
+        self.total += rows * (per_row + 2 * c * self.vocab * (n if last is None else last))
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 # -- timing and memory -----------------------------------------------------------------------------
 def synchronize(device: str) -> None:
     if torch.device(device).type == "cuda":

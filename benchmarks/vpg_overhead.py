@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import (
     DTYPES,
+    TransformerFlops,
     build_pipeline,
     count_params,
     current_rss,
@@ -167,7 +168,21 @@ def measure_memory(pipe, args: argparse.Namespace, batch: int) -> dict[str, dict
 
 # -- one benchmark ---------------------------------------------------------------------------------
 def bench_batch(pipe, args: argparse.Namespace, batch: int) -> dict[str, Any]:
-    runs = {name: make_run(pipe, args, name, batch) for name in args.configs}
+    counter = TransformerFlops(pipe.transformer)
+    flops: dict[str, float] = {}
+
+    def counted(name: str):
+        run = make_run(pipe, args, name, batch)
+
+        def wrapped() -> torch.Tensor:
+            before = counter.total
+            out = run()
+            flops.setdefault(name, counter.total - before)
+            return out
+
+        return wrapped
+
+    runs = {name: counted(name) for name in args.configs}
     latents = runs[BASELINE]()
 
     def decode() -> torch.Tensor:
@@ -176,6 +191,7 @@ def bench_batch(pipe, args: argparse.Namespace, batch: int) -> dict[str, Any]:
 
     runs["decode"] = decode
     series = interleaved(runs, args.repeats, args.warmup, str(pipe.device))
+    counter.remove()
     decode_times = series.pop("decode").times
     ratios = paired_ratios(series, BASELINE)
     base_e2e = [t + d for t, d in zip(series[BASELINE].times, decode_times)]
@@ -187,6 +203,8 @@ def bench_batch(pipe, args: argparse.Namespace, batch: int) -> dict[str, Any]:
             "median": s.median,
             "ratio": ratios[name],
             "end_to_end_ratio": [a / b for a, b in zip(e2e, base_e2e)],
+            "transformer_flops": flops[name],
+            "flop_ratio": flops[name] / flops[BASELINE],
         }
     if not args.no_memory:
         memory = measure_memory(pipe, args, batch)
@@ -233,7 +251,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"torch {m['torch']}; cfg {a['guidance_scale']}, top-k {a['top_k']}, top-p {a['top_p']}, "
             f"VPG w={a['vpg_scale']} p={a['vpg_corruption']}.")
     header = ["batch", "configuration", "sampler median [min–max]", "ratio vs CFG (paired median [range])",
-              "end-to-end ratio", "peak memory (sampler / decode)", "peak vs CFG"]
+              "transformer FLOP ratio", "end-to-end ratio", "peak memory (sampler / decode)", "peak vs CFG"]
     rows = []
     for b in result["batches"]:
         base_mem = b["configs"][BASELINE].get("memory")
@@ -249,12 +267,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                 b["batch"], f"`{name}`",
                 f"{fmt_seconds(c['median'])} [{fmt_seconds(min(times))}–{fmt_seconds(max(times))}]",
                 "1" if name == BASELINE else f"{median(c['ratio']):.2f}× [{fmt_range(c['ratio'])}]",
+                f"{c['flop_ratio']:.2f}×" if name != BASELINE else f"1 ({c['transformer_flops'] / 1e9:.3g} GFLOP)",
                 "1" if name == BASELINE else f"{median(c['end_to_end_ratio']):.2f}×",
                 mem_text, over_text,
             ])
         dec = b["decode_times"]
         rows.append([b["batch"], "(VQVAE decode)", f"{fmt_seconds(median(dec))} [{fmt_seconds(min(dec))}–"
-                     f"{fmt_seconds(max(dec))}]", "", "", "", ""])
+                     f"{fmt_seconds(max(dec))}]", "", "", "", "", ""])
     memory_note = ("Peak memory: CUDA `max_memory_allocated` (weights included)." if result["device"].startswith("cuda")
                    else "Peak memory: peak RSS of a fresh process per configuration (weights, Python and torch "
                    "runtime included).")
