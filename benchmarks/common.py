@@ -164,40 +164,55 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+CLOCKS = ("wall", "cpu")
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
+    """``(wall seconds, process CPU seconds, result)`` of ``fn()`` (CUDA work synchronised)."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     synchronize(device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
 @dataclass
 class Series:
-    """Repeated measurements of one configuration (seconds)."""
+    """Repeated measurements of one configuration: ``times`` on the chosen clock, both clocks kept."""
 
-    times: list[float] = field(default_factory=list)
+    clock: str = "wall"
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def times(self) -> list[float]:
+        return self.wall if self.clock == "wall" else self.cpu
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
-    def spread(self) -> tuple[float, float]:
-        return min(self.times), max(self.times)
 
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str,
+                clock: str = "wall") -> dict[str, Series]:
+    """Time every run ``repeats`` times, round-robin (rotating the order), after ``warmup`` rounds.
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str) -> dict[str, Series]:
-    """Time every run ``repeats`` times, round-robin (rotating the order), after ``warmup`` rounds."""
+    ``clock="cpu"`` ranks by the process's CPU time, which other processes competing for the cores
+    inflate much less than wall time (use one torch thread with it: spinning threads count too).
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"`clock` must be one of {CLOCKS}, got {clock!r}")
     names = list(runs)
     for _ in range(warmup):
         for name in names:
             runs[name]()
-    series = {name: Series() for name in names}
+    series = {name: Series(clock) for name in names}
     for rep in range(repeats):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds, _ = timed(runs[name], device)
-            series[name].times.append(seconds)
+            wall, cpu, _ = timed(runs[name], device)
+            series[name].wall.append(wall)
+            series[name].cpu.append(cpu)
     return series
 
 
@@ -262,6 +277,16 @@ def machine_info(device: str) -> dict:
     except OSError:
         pass
     return info
+
+
+def run_header(result: dict, settings: str) -> str:
+    """One line saying what ran where, for the top of a results table."""
+    m, a = result["machine"], result["args"]
+    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    return (f"**{result['model']}** ({result['params'] / 1e6:.1f} M transformer parameters) on `{a['device']}`{gpu}, "
+            f"{a['dtype']}; {a['repeats']} interleaved rounds after {a['warmup']} warm-up, {a['clock']} clock; "
+            f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}; "
+            f"cfg {a['guidance_scale']}, top-k {a['top_k']}, top-p {a['top_p']}; {settings}.")
 
 
 def fmt_seconds(seconds: float) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    CLOCKS,
     DTYPES,
     TransformerFlops,
     build_pipeline,
@@ -37,6 +38,7 @@ from benchmarks.common import (
     paired_ratios,
     peak_rss,
     reset_peak_rss,
+    run_header,
     write_outputs,
 )
 
@@ -71,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="rank by wall time, or by this process's CPU time (shared CPUs; use with --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--out-json", default=None)
@@ -78,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if BASELINE not in args.configs:
         args.configs = [BASELINE, *args.configs]
+    if args.clock == "cpu" and args.device.startswith("cuda"):
+        p.error("--clock cpu measures host CPU time; use --clock wall on CUDA")
     if args.repeats < 1 or args.warmup < 0 or min(args.batch) < 1:
         p.error("--repeats must be >= 1, --warmup >= 0 and every --batch >= 1")
     return args
@@ -190,16 +196,20 @@ def bench_batch(pipe, args: argparse.Namespace, batch: int) -> dict[str, Any]:
             return pipe.vae.decode_latent(latents)
 
     runs["decode"] = decode
-    series = interleaved(runs, args.repeats, args.warmup, str(pipe.device))
+    series = interleaved(runs, args.repeats, args.warmup, str(pipe.device), args.clock)
     counter.remove()
-    decode_times = series.pop("decode").times
+    decode = series.pop("decode")
+    decode_times = decode.times
     ratios = paired_ratios(series, BASELINE)
     base_e2e = [t + d for t, d in zip(series[BASELINE].times, decode_times)]
-    result: dict[str, Any] = {"batch": batch, "decode_times": decode_times, "configs": {}}
+    result: dict[str, Any] = {"batch": batch, "decode_times": decode_times, "decode_wall": decode.wall,
+                              "decode_cpu": decode.cpu, "configs": {}}
     for name, s in series.items():
         e2e = [t + d for t, d in zip(s.times, decode_times)]
         result["configs"][name] = {
             "times": s.times,
+            "wall": s.wall,
+            "cpu": s.cpu,
             "median": s.median,
             "ratio": ratios[name],
             "end_to_end_ratio": [a / b for a, b in zip(e2e, base_e2e)],
@@ -243,13 +253,8 @@ def memory_overhead(m: dict[str, int], base: dict[str, int]) -> float:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
     a = result["args"]
-    head = (f"**{result['model']}** ({result['params'] / 1e6:.1f} M transformer parameters), device `{a['device']}`"
-            f"{' (' + m['gpu'] + ')' if 'gpu' in m else ''}, {a['dtype']}, {a['repeats']} interleaved rounds after "
-            f"{a['warmup']} warm-up; {m['date']}, {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-            f"torch {m['torch']}; cfg {a['guidance_scale']}, top-k {a['top_k']}, top-p {a['top_p']}, "
-            f"VPG w={a['vpg_scale']} p={a['vpg_corruption']}.")
+    head = run_header(result, f"VPG w={a['vpg_scale']} p={a['vpg_corruption']}, sampler without the VQVAE decode")
     header = ["batch", "configuration", "sampler median [min–max]", "ratio vs CFG (paired median [range])",
               "transformer FLOP ratio", "end-to-end ratio", "peak memory (sampler / decode)", "peak vs CFG"]
     rows = []

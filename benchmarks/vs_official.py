@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    CLOCKS,
     DTYPES,
     build_pipeline,
     count_params,
@@ -37,6 +38,7 @@ from benchmarks.common import (
     interleaved,
     machine_info,
     markdown_table,
+    run_header,
     synchronize,
     write_outputs,
 )
@@ -69,10 +71,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=1, help="1 = greedy (outputs must agree)")
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="rank by wall time, or by this process's CPU time (shared CPUs; use with --threads 1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-json", default=None)
     p.add_argument("--out-md", default=None)
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.device.startswith("cuda"):
+        p.error("--clock cpu measures host CPU time; use --clock wall on CUDA")
     if args.repeats < 1 or args.warmup < 0 or min(args.batch) < 1:
         p.error("--repeats must be >= 1, --warmup >= 0 and every --batch >= 1")
     return args
@@ -187,11 +193,13 @@ def bench_batch(pipe, official, args: argparse.Namespace, batch: int) -> dict[st
     images = {name: run().float() for name, run in runs.items()}
     synchronize(str(pipe.device))
     diffs = {name: (images[name] - images["official"]).abs().max().item() for name in OURS}
-    series = interleaved(runs, args.repeats, args.warmup, str(pipe.device))
+    series = interleaved(runs, args.repeats, args.warmup, str(pipe.device), args.clock)
     result = {
         "batch": batch,
         "max_abs_image_diff": diffs,
         "times": {name: s.times for name, s in series.items()},
+        "wall": {name: s.wall for name, s in series.items()},
+        "cpu": {name: s.cpu for name, s in series.items()},
         "median": {name: s.median for name, s in series.items()},
         # official time / our time, per round (> 1: ours is faster)
         "speedup": {name: [o / u for o, u in zip(series["official"].times, series[name].times)] for name in OURS},
@@ -202,11 +210,7 @@ def bench_batch(pipe, official, args: argparse.Namespace, batch: int) -> dict[st
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    m, a = result["machine"], result["args"]
-    head = (f"**{result['model']}** ({result['params'] / 1e6:.1f} M transformer parameters), device `{a['device']}`"
-            f"{' (' + m['gpu'] + ')' if 'gpu' in m else ''}, {a['dtype']}, {a['repeats']} interleaved rounds after "
-            f"{a['warmup']} warm-up; {m['date']}, {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-            f"torch {m['torch']}; cfg {a['guidance_scale']}, top-k {a['top_k']}, top-p {a['top_p']}, decode included.")
+    head = run_header(result, "no VPG, VQVAE decode included")
     header = ["batch", "sampler", "median [min–max]", "our speed vs official (paired median [range])",
               "max abs image diff vs official"]
     cuda = any("working_memory" in b for b in result["batches"])
