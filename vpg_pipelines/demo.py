@@ -9,7 +9,7 @@ import torch
 
 DEMO_FOLDER = "assets/demo"
 DEMO_SETTINGS = {"guidance_scale": 3.0, "top_k": 0, "top_p": 0.95, "vpg_scale": 1.5}
-"""Sampling settings the demo uses (nucleus sampling and the CFG strength that scored best in training/train_tiny.py's evaluation)."""
+"""Sampling settings of the demo (nucleus sampling and the best-scoring CFG in train_tiny.py's evaluation)."""
 
 
 def demo_path() -> Path:
