@@ -50,7 +50,7 @@ def test_greedy_sample_matches_official(folder, tag):
 def test_stored_sample_image_tolerance_is_the_fixtures_own():
     """Why the sampled images get 2e-4: decoding the official summed codes in float64 differs from the
     stored official image by more than 1e-4 (1.14e-4 for plain cfg2, sample 0), while our float32
-    decoder stays within 1e-5 of that float64 decode."""
+    decoder stays within 2e-5 of that float64 decode (1.0e-5 to 1.2e-5 depending on the thread count)."""
     _, vae, cases, _, _ = load_fixture("plain")
     tag = "cfg2_layer-1_tau1"
     codes, stored = cases[f"sample.{tag}.summed_codes"][:1], cases[f"sample.{tag}.image"][:1]
@@ -59,4 +59,4 @@ def test_stored_sample_image_tolerance_is_the_fixtures_own():
         exact = vae.double().decode(codes.double()).float()
         vae.float()
     fixture_gap = report("official stored image vs float64 decode of its codes", stored, exact)
-    assert report("our float32 decode vs float64 decode", ours, exact) <= 1e-5 < ATOL < fixture_gap
+    assert report("our float32 decode vs float64 decode", ours, exact) <= 2e-5 < ATOL < fixture_gap
