@@ -22,4 +22,13 @@ def test_vpg_demo_writes_the_labelled_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["demo", "--out", str(out), "--seeds", "1"]) == 0
     grid = PIL.Image.open(out)
-    assert grid.width > 2 * 96 and grid.height > 30 * 96
+    assert grid.width > 2 * 64 and grid.height > 30 * 64  # one row per class
+
+
+def test_vpg_demo_classes_and_strips(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["demo", "--out", str(out), "--seeds", "3", "--classes", "face-happy,plant"]) == 0
+    grid = PIL.Image.open(out)
+    assert 2 * 64 < grid.height < 3 * 64 + 80 and grid.width > 6 * 64  # two rows, 3 + 3 images each
+    assert main(["demo", "--out", str(tmp_path / "bad.png"), "--classes", "no-such-class"]) == 2
+    assert not (tmp_path / "bad.png").exists()

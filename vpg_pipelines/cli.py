@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="vpg_demo.png")
     demo.add_argument("--seeds", type=int, default=4, help="number of seeds (rows per class)")
     demo.add_argument("--vpg-scale", type=float, default=None)
+    demo.add_argument("--classes", default=None,
+                      help="comma-separated class names to draw (default: all 30), e.g. face-happy,plant")
 
     conv = sub.add_parser("convert", help="official VAR files -> a diffusers-style pipeline folder (safetensors)")
     conv.add_argument("--var", required=True, help="official var_d*.pth (local path or hub file name)")
@@ -147,7 +149,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    path = run_demo(args.out, num_seeds=args.seeds, vpg_scale=args.vpg_scale)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    path = run_demo(args.out, num_seeds=args.seeds, vpg_scale=args.vpg_scale, classes=classes)
     print(f"wrote {path}")
 
 

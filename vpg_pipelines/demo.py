@@ -26,8 +26,15 @@ def load_demo_pipeline(device: str | torch.device = "cpu"):
     return VPGVARPipeline.from_pretrained(str(path)).to(device)
 
 
-def run_demo(out: str | Path, num_seeds: int = 4, vpg_scale: float | None = None, device: str = "cpu") -> Path:
-    """Write a labelled grid: every class x ``num_seeds`` seeds, without VPG | with VPG."""
+def run_demo(
+    out: str | Path,
+    num_seeds: int = 4,
+    vpg_scale: float | None = None,
+    classes: list[str] | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Write a labelled grid: one row per class (all 30, or the ``classes`` named), ``num_seeds``
+    seeds without VPG | the same seeds with VPG."""
     from .visual import comparison_grid
 
     pipe = load_demo_pipeline(device)
@@ -36,16 +43,16 @@ def run_demo(out: str | Path, num_seeds: int = 4, vpg_scale: float | None = None
     if vpg_scale is not None:
         settings["vpg_scale"] = vpg_scale
     w = settings.pop("vpg_scale")
-    classes = sorted(int(k) for k in pipe.config.id2label)
-    names = [pipe.config.id2label[str(c)].split(",")[0] for c in classes]
-    labels = [c for c in classes for _ in range(num_seeds)]
-    row_titles = [f"{n} #{s}" for n in names for s in range(num_seeds)]
+    ids = pipe.get_label_ids(classes) if classes else sorted(int(k) for k in pipe.config.id2label)
+    names = [pipe.config.id2label[str(c)].split(",")[0] for c in ids]
+    labels = [c for c in ids for _ in range(num_seeds)]
 
-    def sample(scale: float):
-        generators = [torch.Generator().manual_seed(s) for _ in classes for s in range(num_seeds)]
-        return pipe(class_labels=labels, vpg_scale=scale, generator=generators, **settings).images
+    def sample(scale: float) -> list[list]:
+        generators = [torch.Generator().manual_seed(s) for _ in ids for s in range(num_seeds)]
+        images = pipe(class_labels=labels, vpg_scale=scale, generator=generators, **settings).images
+        return [images[i * num_seeds:(i + 1) * num_seeds] for i in range(len(ids))]
 
-    grid = comparison_grid([sample(1.0), sample(w)], ["without VPG", f"with VPG (w={w:g})"], row_titles, cell=96)
+    grid = comparison_grid([sample(1.0), sample(w)], ["without VPG", f"with VPG (w={w:g})"], names, cell=64)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

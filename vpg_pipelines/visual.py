@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+Cell = Image.Image | Sequence[Image.Image]
+
 
 def _font(size: int) -> ImageFont.ImageFont:
     try:
@@ -14,8 +16,12 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _strip(cell: Cell) -> list[Image.Image]:
+    return [cell] if isinstance(cell, Image.Image) else list(cell)
+
+
 def comparison_grid(
-    columns: Sequence[Sequence[Image.Image]],
+    columns: Sequence[Sequence[Cell]],
     column_titles: Sequence[str],
     row_titles: Sequence[str] | None = None,
     cell: int | None = None,
@@ -23,31 +29,42 @@ def comparison_grid(
 ) -> Image.Image:
     """Columns of images side by side with a title above each column (and optionally each row).
 
-    ``columns[c][r]`` is the image of row ``r`` in column ``c``; every column must have the same
-    number of rows. Images are resized (nearest, so small images stay crisp) to ``cell`` pixels.
+    ``columns[c][r]`` is the entry of row ``r`` in column ``c``: one image, or a sequence of images
+    shown as a strip (e.g. the same seeds with and without VPG). Every column must have the same
+    number of rows and strips in one column the same length. Images are resized (nearest, so small
+    images stay crisp) to ``cell`` pixels.
     """
     if not columns or len(columns) != len(column_titles):
         raise ValueError("`columns` and `column_titles` must be non-empty and of the same length")
-    rows = len(columns[0])
-    if any(len(c) != rows for c in columns):
-        raise ValueError("every column needs the same number of images")
-    cell = cell or max(128, max(im.width for col in columns for im in col))
-    font = _font(max(12, cell // 10))
+    strips = [[_strip(entry) for entry in column] for column in columns]
+    rows = len(strips[0])
+    if any(len(c) != rows for c in strips):
+        raise ValueError("every column needs the same number of rows")
+    counts = [len(column[0]) if column else 1 for column in strips]
+    if any(len(s) != n for column, n in zip(strips, counts) for s in column):
+        raise ValueError("strips in one column must hold the same number of images")
+    cell = cell or max(128, max(im.width for col in strips for s in col for im in s))
+    font = _font(max(12, min(cell // 10, 20)))
     title_h = font.getbbox("Ag")[3] + 2 * padding
     left = 0
     if row_titles is not None:
         left = max(font.getbbox(t)[2] for t in row_titles) + 2 * padding
-    width = left + len(columns) * (cell + padding) + padding
+    gap = 3 * padding  # between columns; images inside a strip sit `padding // 3` apart
+    inner = max(1, padding // 3)
+    widths = [n * cell + (n - 1) * inner for n in counts]
+    width = left + sum(widths) + gap * (len(columns) - 1) + 2 * padding
     height = title_h + rows * (cell + padding) + padding
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
-    for c, (title, images) in enumerate(zip(column_titles, columns)):
-        x = left + padding + c * (cell + padding)
+    x = left + padding
+    for title, column, w in zip(column_titles, strips, widths):
         tw = font.getbbox(title)[2]
-        draw.text((x + (cell - tw) // 2, padding), title, fill="black", font=font)
-        for r, image in enumerate(images):
+        draw.text((x + (w - tw) // 2, padding), title, fill="black", font=font)
+        for r, strip in enumerate(column):
             y = title_h + r * (cell + padding)
-            grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
+            for i, image in enumerate(strip):
+                grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (x + i * (cell + inner), y))
+        x += w + gap
     if row_titles is not None:
         for r, title in enumerate(row_titles):
             y = title_h + r * (cell + padding) + cell // 2 - title_h // 2
