@@ -424,3 +424,19 @@ def test_cpu_offload_gives_the_same_images(offload):
         torch.testing.assert_close(images, reference, atol=1e-4, rtol=0)
     if offload == "model":
         assert all(p.device.type == "cpu" for p in pipe.transformer.parameters())
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_cli_generates_from_a_saved_infinity_folder(tmp_path, capsys):
+    from vpg_pipelines.cli import main
+
+    folder = tmp_path / "infinity-vpg"
+    make_pipe(text=True).save_pretrained(folder)
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--model", str(folder), "--prompt", "a red cat", "--prompt", "3",
+                 "--negative-prompt", "blue", "--height", "256", "--width", "256", "--vpg-scale", "2", "--seed", "0",
+                 "--compare", "--out", str(out), "--device", "cpu"]) == 0
+    grid = PIL.Image.open(out)
+    assert grid.width > 2 * 256 and grid.height > 2 * 256
+    assert main(["generate", "--model", "demo", "--prompt", "1", "--height", "256", "--out", str(out)]) == 2
+    assert "Infinity" in capsys.readouterr().err
