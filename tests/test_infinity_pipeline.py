@@ -391,10 +391,14 @@ def test_bfloat16_runs_on_cpu():
     pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors", config=config,
                                              torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
     embeds, mask = fixture_embeds()
-    images = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, vpg_scale=2.0, generator=gens(0, 1),
-                  output_type="pt").images
-    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    latents = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, vpg_scale=2.0, generator=gens(0, 1),
+                   output_type="latent").images
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+    with torch.no_grad():  # a bf16 decode of the full 256 px image takes minutes on a CPU: a corner only
+        corner = pipe.vae.decode(latents[:, :, :4, :4])
+    assert corner.dtype == torch.float32 and torch.isfinite(corner).all()
 
 
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
