@@ -271,8 +271,11 @@ def test_callback_sees_each_scale_and_its_edits_reach_later_scales(pipe, capsys)
 
     kw = dict(prompt="a red cat", top_k=1, top_p=0.0, output_type="latent")
     plain = pipe(**kw).images
-    edited = pipe(**kw, callback_on_step_end=zero_after_first).images
+    trace = SamplerTrace()
+    edited = pipe(**kw, callback_on_step_end=zero_after_first, trace=trace).images
     assert not torch.equal(plain, edited)
+    assert trace.inputs[1].content.abs().sum() == 0  # scale 1 starts from the zeroed codes
+    assert trace.inputs[2].content.abs().sum() > 0
     pipe.set_progress_bar_config(disable=False)
     try:
         pipe(**kw)
@@ -401,6 +404,41 @@ def test_bfloat16_runs_on_cpu():
     assert corner.dtype == torch.float32 and torch.isfinite(corner).all()
 
 
+# -- accelerate offload ------------------------------------------------------------------------------
+def fresh() -> VPGInfinityPipeline:
+    """A pipeline with its own model copies (the fixture models are shared by the other tests)."""
+    root = fixture_root("plain")
+    config = json.loads((root / "config.json").read_text())
+    encoder, tokenizer = tiny_t5()
+    pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors",
+                                             encoder, tokenizer, config=config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("hooks", ["sequential", "model"])
+def test_offload_hooks_on_cpu_give_the_same_images(hooks):
+    """accelerate's hooks on all three models with the CPU as execution device: sequential offload keeps
+    weights on meta until their module's forward runs (so text encoding, sampling and decoding read no
+    weight outside a forward); model offload re-sends every call's arguments."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    kw = dict(prompt=["a red cat", "a blue dog"], negative_prompt="green", vpg_scale=2.0, vpg_mode="codebook",
+              output_type="pt")
+    reference = fresh()(**kw, generator=gens(0, 1)).images
+    pipe = fresh()
+    for module in (pipe.text_encoder, pipe.transformer, pipe.vae):
+        if hooks == "sequential":
+            cpu_offload(module, execution_device=torch.device("cpu"))
+        else:
+            cpu_offload_with_hook(module, execution_device=torch.device("cpu"))
+    if hooks == "sequential":
+        assert pipe.transformer.head.weight.device.type == "meta"
+        assert next(pipe.text_encoder.parameters()).device.type == "meta"
+    images = pipe(**kw, generator=gens(0, 1)).images
+    assert torch.equal(images, reference)
+
+
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
 
@@ -410,16 +448,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offlo
 def test_cpu_offload_gives_the_same_images(offload):
     """Text encoder, transformer and VAE take turns on the GPU; greedy images equal the all-on-GPU run."""
     kw = dict(prompt=["a red cat", "a blue dog"], vpg_scale=2.0, top_k=1, top_p=0.0, output_type="pt")
-
-    def fresh():  # own copies: the fixture models are shared by the other tests
-        root = fixture_root("plain")
-        config = json.loads((root / "config.json").read_text())
-        encoder, tokenizer = tiny_t5()
-        pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors",
-                                                 encoder, tokenizer, config=config)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     reference = fresh().to("cuda")(**kw, generator=gens(0, 1)).images
     pipe = fresh()
     getattr(pipe, f"enable_{offload}_cpu_offload")()
