@@ -5,6 +5,7 @@ from .guidance.cfg import ClassifierFreeGuidance
 from .guidance.prefix import PrefixGuidance
 from .models.var.transformer import VARTransformer
 from .models.var.vqvae import VARVQVAE
+from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline
 from .pipelines.pipeline_vpg_var import VPGVARPipeline
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "PrefixGuidance",
     "VARTransformer",
     "VARVQVAE",
+    "VPGInfinityPipeline",
     "VPGVARPipeline",
     "load_demo_pipeline",
 ]

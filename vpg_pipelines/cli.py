@@ -42,13 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpg", description="Visual Prefix Guidance for next-scale models")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate images with a VAR model")
+    gen = sub.add_parser("generate", help="generate images with a VAR model (or a saved Infinity pipeline folder)")
     gen.add_argument("--model", required=True,
-                     help="'demo' (bundled), a saved pipeline folder, or an official var_d*.pth (with --vae)")
+                     help="'demo' (bundled), a saved pipeline folder (VAR or Infinity), or an official var_d*.pth "
+                          "(with --vae)")
     gen.add_argument("--vae", default=None, help="official VQVAE file (vae_ch160v4096z32.pth) with a .pth --model")
     gen.add_argument("--config", default=None, help="JSON with the official constructor args {'vqvae':…,'var':…}")
     gen.add_argument("--prompt", action="append", required=True,
-                     help="class name or id; repeat for several classes")
+                     help="class name or id (Infinity: text); repeat for several")
+    gen.add_argument("--negative-prompt", default=None, help="Infinity only: replaces the learned null text")
+    gen.add_argument("--height", type=int, default=None, help="Infinity only: output height (snapped to a template)")
+    gen.add_argument("--width", type=int, default=None, help="Infinity only: output width (snapped to a template)")
     gen.add_argument("--num-images", type=int, default=1, help="images per prompt")
     gen.add_argument("--out", default="out.png", help="output PNG (several images: a grid)")
     _add_sampling_args(gen)
@@ -87,7 +91,11 @@ def load_pipeline(model: str, vae: str | None = None, config: str | None = None,
         return load_demo_pipeline()
     path = Path(model)
     if path.is_dir() and (path / "model_index.json").exists():
-        return VPGVARPipeline.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
+        index = json.loads((path / "model_index.json").read_text())
+        cls = VPGVARPipeline
+        if index.get("_class_name") == "VPGInfinityPipeline":
+            from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline as cls
+        return cls.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
     if vae is None:
         raise ValueError(f"--model {model!r} is not a pipeline folder; pass the official VQVAE file with --vae")
     cfg = json.loads(Path(config).read_text()) if config else None
@@ -100,10 +108,15 @@ def _generate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else None)
     pipe = load_pipeline(args.model, args.vae, args.config, dtype).to(device)
-    prompts = [int(p) if p.strip().isdigit() else p for p in args.prompt]
+    text_to_image = type(pipe).__name__ == "VPGInfinityPipeline"
+    prompts = [p if text_to_image or not p.strip().isdigit() else int(p) for p in args.prompt]
     count = len(prompts) * args.num_images
-    kwargs = {k: v for k, v in {"guidance_scale": args.guidance_scale, "top_k": args.top_k,
-                                  "top_p": args.top_p}.items() if v is not None}
+    options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p}
+    if text_to_image:
+        options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
+    elif {args.negative_prompt, args.height, args.width} != {None}:
+        raise ValueError("--negative-prompt, --height and --width apply to Infinity pipeline folders only")
+    kwargs = {k: v for k, v in options.items() if v is not None}
     vpg = dict(vpg_scale=args.vpg_scale, vpg_corruption=args.vpg_corruption, vpg_mode=args.vpg_mode,
                vpg_refresh=args.vpg_refresh, vpg_scales=args.vpg_scales)
 
