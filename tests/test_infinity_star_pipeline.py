@@ -266,6 +266,59 @@ def test_callback_edits_latents_and_can_interrupt(fast_pipe):
                   callback_on_step_end=lambda p, i, s, k: {"latents": torch.zeros(1)})
 
 
+@torch.no_grad()
+def test_texts_of_different_lengths_batch_like_single_runs(parity_pipe, fixture_files):
+    """The official sampler runs one text, its prefix as long as that text; a batch pads to the longest
+    text, and the adapter hides that extra padding from each row (the negative's own padding up to its
+    sample's length stays visible, as officially)."""
+    from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
+    from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
+    from vpg_pipelines.sampling.next_scale import run_next_scale
+
+    _, _, cases, _ = fixture_files
+    adapter = InfinityStarAdapter(parity_pipe.transformer, parity_pipe.vae)
+    plan = parity_pipe.plan(17, **SIZE)
+    texts = [cases["text.features"], cases["text.features"][:4]]
+    negatives = [cases["negative_text.features"], None]
+    forced = [cases[f"forced_bits.step{i}"] for i in range(40)]
+    apg = AdaptiveProjectedGuidance(34.0, norm_threshold=0.05)
+
+    def run(t, n, bits):
+        trace = SamplerTrace()
+        state = adapter.prepare(plan, t, n, forced_bits=bits)
+        run_next_scale(adapter, state, cfg=apg, trace=trace, on_step=lambda s, _: s.index >= 39)
+        return trace, state
+
+    pair, state = run(texts, negatives, [b.repeat(2, 1, 1, 1, 1) for b in forced])
+    assert state.prefix_lengths.tolist() == [7, 4, 7, 4]
+    for b in range(2):
+        single, _ = run(texts[b : b + 1], negatives[b : b + 1], forced)
+        for i in range(40):
+            torch.testing.assert_close(pair.guided[i][b : b + 1], single.guided[i], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("hooks", ["sequential", "model"])
+@torch.no_grad()
+def test_offload_hooks_on_cpu_give_the_same_video(fast_pipe, hooks):
+    """accelerate's hooks with the CPU as execution device on every component: nothing in the pipeline
+    (T5, image encoding, sampling, decoding) may read a weight outside a forward, and the KV cache must
+    survive the hooks' argument moves."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    image = PIL.Image.new("RGB", (40, 30), (200, 30, 90))
+    kw = dict(prompt=["a cat", "dog"], image=image, num_frames=1, **SIZE, vpg_scale=2.0, output_type="pt")
+    reference = fast_pipe(**kw, generator=gens(0, 1)).frames
+    pipe = copy.deepcopy(fast_pipe)
+    for module in (pipe.text_encoder, pipe.transformer, pipe.vae):
+        if hooks == "sequential":
+            cpu_offload(module, execution_device=torch.device("cpu"))
+        else:
+            cpu_offload_with_hook(module, execution_device=torch.device("cpu"))
+    if hooks == "sequential":
+        assert pipe.transformer.word_embed.weight.device.type == "meta"
+    assert torch.equal(pipe(**kw, generator=gens(0, 1)).frames, reference)
+
+
 # -- image-to-video -------------------------------------------------------------------------------
 def test_image_clip_bits_quantize_the_residual(fast_pipe):
     plan = fast_pipe.plan(17, **SIZE)
