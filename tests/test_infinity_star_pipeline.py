@@ -319,6 +319,22 @@ def test_offload_hooks_on_cpu_give_the_same_video(fast_pipe, hooks):
     assert torch.equal(pipe(**kw, generator=gens(0, 1)).frames, reference)
 
 
+def test_diffusers_model_cpu_offload_runs_and_releases_the_vae_after_image_encoding(fast_pipe):
+    """diffusers' model offload (CPU as the 'accelerator', so it runs here): same frames, twice (hooks are
+    re-armed), and the VAE used early for image-to-video is offloaded before sampling."""
+    kw = dict(prompt=["a cat", "dog"], image=PIL.Image.new("RGB", (40, 30), (200, 30, 90)), num_frames=1, **SIZE,
+              vpg_scale=2.0, output_type="pt")
+    reference = fast_pipe(**kw, generator=gens(0, 1)).frames
+    pipe = copy.deepcopy(fast_pipe)
+    pipe.enable_model_cpu_offload(device="cpu")
+    released = []
+    for _ in range(2):  # maybe_free_model_hooks installs new hooks after every call
+        vae_hook = next(h for h in pipe._all_hooks if h.model is pipe.vae)
+        vae_hook.offload = lambda offload=vae_hook.offload: (released.append(True), offload())
+        assert torch.equal(pipe(**kw, generator=gens(0, 1)).frames, reference)
+    assert len(released) == 2
+
+
 # -- image-to-video -------------------------------------------------------------------------------
 def test_image_clip_bits_quantize_the_residual(fast_pipe):
     plan = fast_pipe.plan(17, **SIZE)

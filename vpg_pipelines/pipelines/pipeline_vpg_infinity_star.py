@@ -315,8 +315,19 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         dtype = vae_param.dtype if vae_param.device.type != "meta" else torch.float32
         latent = self.vae.encode(pixels[:, :, None].to(device=device, dtype=dtype), sample_posterior=False)
         bits = image_clip_bits(self.vae, latent.float(), plan)
+        self._release(self.vae)  # under model offload the VAE is not needed again until decoding
         repeat = num_prompts // len(images) * num_videos_per_prompt
         return [b.repeat_interleave(repeat, dim=0) for b in bits]
+
+    def _release(self, module: torch.nn.Module) -> None:
+        """Under ``enable_model_cpu_offload``, move ``module`` back to the CPU now.
+
+        The offload chain (text encoder -> transformer -> VAE) only offloads a module when the next one
+        runs; the VAE used early (image-to-video) would otherwise share the GPU with the transformer.
+        """
+        for hook in getattr(self, "_all_hooks", None) or []:
+            if getattr(hook, "model", None) is module:
+                hook.offload()
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
