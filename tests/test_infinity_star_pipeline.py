@@ -470,6 +470,27 @@ def test_export_to_video_writes_an_mp4_that_reads_back(fast_pipe, fast_video, tm
         export_to_video(video, tmp_path / "bad.mp4", fps=0)
 
 
+# -- benchmark script ------------------------------------------------------------------------------
+def test_clip_benchmark_runs(tmp_path):
+    from benchmarks import infinity_star_clip
+
+    result = infinity_star_clip.main(["--model", "parity", "--size", "fixture", "--frames", "1", "--no-decode",
+                                      "--configs", "guidance,vpg-all", "--device", "cpu", "--dtype", "float32",
+                                      "--out-md", str(tmp_path / "clip.md")])
+    assert set(result["configs"]) == {"guidance", "vpg-all"}
+    assert all(c["steps"] == 33 and c["sample_s"] > 0 and c["peak_bytes"] > 0 for c in result["configs"].values())
+    assert "| `vpg-all` | 33 |" in (tmp_path / "clip.md").read_text()
+    # the random-weight builder of the 8B runs (here at a tiny size: same code path)
+    args = resolve_args(infinity_star_clip.SIZES["fixture"][0])
+    pipe = infinity_star_clip.random_pipeline(
+        args, "cpu", torch.float32, transformer_text_channels=64, transformer_embed_dim=64, transformer_depth=2,
+        transformer_num_block_chunks=2, transformer_num_heads=2, transformer_num_key_value_heads=1,
+        vae_block_out_channels=(8, 8, 8, 8, 8))
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe(prompt_embeds=torch.randn(1, 3, 64), num_frames=1, **SIZE, output_type="latent").frames
+    assert latents.shape == (1, 64, 1, 12, 21) and torch.isfinite(latents).all()
+
+
 # -- accelerate offload ------------------------------------------------------------------------------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
 
