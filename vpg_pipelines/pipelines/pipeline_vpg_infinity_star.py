@@ -383,12 +383,14 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
             apg_norm_threshold: APG's bound on the RMS of ``cond - uncond`` (0.05; 0 disables it).
             tau_image, tau_video: logit temperatures of the image clip (1.0) and video clips (0.4).
             image: image-to-video: the first frame (PIL image, ``(H, W, 3)`` array or ``(3, H, W)``
-                tensor in [0, 1]), one for all prompts or one per prompt. Its codes are forced for
-                every step of the image clip, as the official i2v does.
+                tensor in [0, 1]), one for all prompts or one per prompt. It is cropped to the video's
+                size, encoded (posterior mean) and its codes are forced for every step of the image
+                clip, as the official i2v does.
             prefix_codes: bits forced for the first ``len(prefix_codes)`` steps, one ``(B or 1, t, h, w,
                 d)`` tensor per (scale, repetition) step; the sampler still draws (the generator stream
                 is the official one). Forcing every step replays a recorded generation.
-            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). Default 1.5.
+            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). Default 1.5 (the paper's video value is not
+                available to us).
             vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced (0.1 for video).
             vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
             vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
