@@ -6,16 +6,21 @@ from .guidance.prefix import PrefixGuidance
 from .models.var.transformer import VARTransformer
 from .models.var.vqvae import VARVQVAE
 from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline
+from .pipelines.pipeline_vpg_infinity_star import InfinityStarPipelineOutput, VPGInfinityStarPipeline
 from .pipelines.pipeline_vpg_var import VPGVARPipeline
+from .utils import export_to_video
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClassifierFreeGuidance",
+    "InfinityStarPipelineOutput",
     "PrefixGuidance",
     "VARTransformer",
     "VARVQVAE",
     "VPGInfinityPipeline",
+    "VPGInfinityStarPipeline",
     "VPGVARPipeline",
+    "export_to_video",
     "load_demo_pipeline",
 ]

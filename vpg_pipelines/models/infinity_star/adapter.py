@@ -47,6 +47,7 @@ class InfinityStarState:
     dtype: torch.dtype
     text_maxlen: int
     forced_bits: list[torch.Tensor] = field(default_factory=list)
+    prefix_lengths: torch.Tensor | None = None
     summed: list[torch.Tensor] = field(default_factory=list)
     cache_ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
     strides: tuple[int, int, int] = (1, 1, 1)
@@ -54,6 +55,23 @@ class InfinityStarState:
     @property
     def prefix_tokens(self) -> int:
         return int(self.text_features.shape[1])
+
+    def text_key_mask(self, cond_index: torch.Tensor | None, keys: int) -> torch.Tensor | None:
+        """Additive ``(R, 1, 1, keys)`` mask hiding the text padding beyond each row's sample length.
+
+        The official sampler runs one sample, so its text prefix is as long as that sample's text; in
+        a batch of texts of different lengths, a row must not see the extra padding (``None`` when no
+        row has any).
+        """
+        lengths = self.prefix_lengths
+        if lengths is None or bool((lengths == self.prefix_tokens).all()):
+            return None
+        if cond_index is not None:
+            lengths = lengths[cond_index.to(lengths.device)]
+        index = torch.arange(keys, device=lengths.device)
+        hidden = (index[None, :] >= lengths[:, None]) & (index[None, :] < self.prefix_tokens)
+        mask = torch.zeros(hidden.shape, dtype=torch.float32, device=self.device)
+        return mask.masked_fill_(hidden.to(self.device), float("-inf"))[:, None, None]
 
     def pack_positions(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., 4)`` coordinates -> one integer per site."""
@@ -123,6 +141,8 @@ class InfinityStarAdapter:
         for f in rows:
             if f.dim() != 2 or f.shape[1] != channels or f.shape[0] == 0:
                 raise ValueError(f"text features must be (L > 0, {channels}), got {tuple(f.shape)}")
+        # the prefix length of a sample (officially: its text's length; a longer negative is padded to)
+        sample_lengths = [max(lengths[b::batch]) for b in range(batch)]
         longest = max(lengths)
         padded = torch.zeros(len(rows), longest, channels, device=device, dtype=dtype)
         for i, f in enumerate(rows):
@@ -136,6 +156,7 @@ class InfinityStarAdapter:
             device=device,
             dtype=dtype,
             text_maxlen=self.transformer.config.text_maxlen,
+            prefix_lengths=torch.tensor(sample_lengths * (len(rows) // batch), device=device),
         )
         final = plan.schedule[-1]
         frames = max(p.frame_end for p in plan.packs)
@@ -187,6 +208,7 @@ class InfinityStarAdapter:
             self.transformer(
                 text_features=state.text_features, text_lengths=state.text_lengths, null_text=state.null_text,
                 kv_cache=kv_cache, store_kv=True, head="none",
+                attn_mask=state.text_key_mask(None, state.prefix_tokens),
             )
         finally:
             kv_cache.visible = visible
@@ -286,7 +308,8 @@ class InfinityStarAdapter:
         coords = state.unpack_positions(batch.position_ids.to(state.device))
         if len(steps) == 1 or hidden_hook is not None:
             store = all(s.store_kv for s in steps)
-            logits = self._call(state, steps, content, coords, kv_cache, store, head, hidden_hook, last_tokens)
+            logits = self._call(state, steps, content, coords, kv_cache, store, head, hidden_hook, last_tokens,
+                                batch.cond_index)
             return self._apply_tau(logits, steps)
         outs, start = [], 0
         for s in steps:
@@ -295,14 +318,18 @@ class InfinityStarAdapter:
             # stored steps stay in the cache (later steps of the call may refer to them; the layout of
             # the cache is the same as after separate calls)
             logits = self._call(state, [s], content[:, start:end], coords[:, start:end], kv_cache, s.store_kv,
-                                head if keep else "none", None, keep or 1)
+                                head if keep else "none", None, keep or 1, batch.cond_index)
             if keep:
                 outs.append(self._apply_tau(logits, [s]))
             start = end
         return torch.cat(outs, dim=1)
 
-    def _call(self, state, steps, content, coords, kv_cache, store, head, hook, last_tokens) -> torch.Tensor:
+    def _call(self, state, steps, content, coords, kv_cache, store, head, hook, last_tokens, cond_index):
         ranges, mask = self._visibility(state, steps, kv_cache.length, [s.num_sites for s in steps])
+        keys = sum(b - a for a, b in ranges) + content.shape[1]
+        text_mask = state.text_key_mask(cond_index, keys)
+        if text_mask is not None:
+            mask = text_mask if mask is None else text_mask + mask.to(text_mask)
         previous, kv_cache.visible = kv_cache.visible, ranges
         try:
             return self.transformer(

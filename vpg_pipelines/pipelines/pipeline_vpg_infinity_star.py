@@ -1,0 +1,692 @@
+"""Text-to-video (and image-to-video) with InfinityStar and Visual Prefix Guidance, as a diffusers pipeline."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.video_processor import VideoProcessor
+
+from ..guidance.apg import AdaptiveProjectedGuidance
+from ..guidance.cfg import ClassifierFreeGuidance
+from ..guidance.prefix import PrefixGuidance
+from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
+from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
+from ..models.infinity_star.schedules import StepPlan, plan_steps
+from ..models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve_args, select_schedule
+from ..models.infinity_star.transformer import InfinityStarTransformer
+from ..models.infinity_star.video_vae import InfinityStarVideoVAE
+from ..sampling.next_scale import SamplerTrace, run_next_scale
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+GUIDANCE = ("apg", "cfg")
+DEFAULT_VPG_SCALE = 1.5  # the paper's InfinityStar value is not available to us (docs/vpg.md)
+DEFAULT_VPG_CORRUPTION = 0.1  # the paper asks for a smaller corruption on video
+INFINITY_STAR_HUB_REPO = "FoundationVision/InfinityStar"
+
+
+@dataclass
+class InfinityStarPipelineOutput(BaseOutput):
+    r"""Output of [`VPGInfinityStarPipeline`].
+
+    Args:
+        frames: per video a list of PIL frames (``"pil"``), an array ``(B, F, H, W, 3)`` (``"np"``),
+            a tensor ``(B, F, 3, H, W)`` in [0, 1] (``"pt"``), or the summed codes ``(B, 64, T, h, w)``
+            (``"latent"``).
+    """
+
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+
+
+class _RecordingAdapter(InfinityStarAdapter):
+    """The adapter, keeping the guided logits of the latest step for ``callback_on_step_end``."""
+
+    last_logits: torch.Tensor | None = None
+
+    def sample(self, state: InfinityStarState, logits: torch.Tensor, step, generator) -> torch.Tensor:
+        self.last_logits = logits
+        return super().sample(state, logits, step, generator)
+
+
+class VPGInfinityStarPipeline(DiffusionPipeline):
+    r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
+
+    Components:
+        transformer ([`InfinityStarTransformer`]): the decoder-only next-scale transformer.
+        vae ([`InfinityStarVideoVAE`]): the video VAE with its two BSQ codebooks.
+        text_encoder ([`~transformers.T5EncoderModel`], *optional*): flan-T5-XL for the released model.
+            Without it, pass ``prompt_embeds``.
+        tokenizer ([`~transformers.PreTrainedTokenizer`], *optional*): its tokenizer.
+        official_args (`dict`, *optional*): official ``Args`` settings over the released 720p script's
+            values (``pn``, repetitions, ``semantic_scales``, ``cfg``, taus, ...; see
+            ``models/infinity_star/settings.py``).
+        prompt_suffix (`str`): appended to every prompt (the official scripts' suffix by default).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "logits"]
+
+    def __init__(
+        self,
+        transformer: InfinityStarTransformer,
+        vae: InfinityStarVideoVAE,
+        text_encoder: Any = None,
+        tokenizer: Any = None,
+        official_args: dict | None = None,
+        prompt_suffix: str = PROMPT_SUFFIX,
+    ) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        args = resolve_args(official_args)
+        args["text_channels"] = int(transformer.config.text_channels)
+        if vae.config.detail_scale_min_tokens != args["detail_scale_min_tokens"]:
+            raise ValueError(
+                f"`vae` uses the detail codebook from {vae.config.detail_scale_min_tokens} tokens, the settings from "
+                f"{args['detail_scale_min_tokens']} (`official_args.detail_scale_min_tokens`); they must agree"
+            )
+        self.register_to_config(official_args=args, prompt_suffix=prompt_suffix)
+        self._args = args
+        self.video_processor = VideoProcessor(do_resize=False, do_normalize=True)
+        self._interrupt = False
+        self._guidance_scale = args["cfg"]
+        self._num_timesteps: int | None = None
+
+    # -- diffusers-style properties -------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int | None:
+        """Number of (scale, repetition) steps of the latest call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def fps(self) -> int:
+        """Frames per second of the model's videos (16 for the released models)."""
+        return int(self._args["fps"])
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """``(height, width)`` the official scripts generate (configured budget, ratio 0.571)."""
+        return default_size(self._args)
+
+    def plan(self, num_frames: int, height: int, width: int, tau_image: float | None = None,
+             tau_video: float | None = None) -> StepPlan:
+        """The (scale, repetition) steps of a call; raises ``ValueError`` naming a bad argument."""
+        a = self._args
+        schedule = select_schedule(a, num_frames, height, width)
+        return plan_steps(
+            schedule, a["image_scale_repetition"], a["video_scale_repetition"], semantic_scales=a["semantic_scales"],
+            detail_scale_min_tokens=a["detail_scale_min_tokens"],
+            tau_image=a["tau_image"] if tau_image is None else tau_image,
+            tau_video=a["tau_video"] if tau_video is None else tau_video,
+            semantic_bits=self.transformer.config.semantic_bits, detail_bits=self.transformer.config.detail_bits,
+            max_repeat_times=a["max_repeat_times"], frames_inner_clip=a["frames_inner_clip"],
+            context_frames=a["context_frames"], context_from_largest_no=a["context_from_largest_no"],
+            context_interval=a["context_interval"],
+        )
+
+    # -- text -----------------------------------------------------------------------------------
+    def caption(self, prompt: str, num_frames: int) -> str:
+        """The official caption: prompt + suffix, prefixed with ``<<<t=Ns>>>`` (``append_duration2caption``)."""
+        text = f"{prompt}{self.config.prompt_suffix}"
+        if self._args["append_duration2caption"]:
+            text = f"<<<t={round((num_frames - 1) / self.fps)}s>>>" + text
+        return text
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | Sequence[str], device: torch.device | None = None) -> list[torch.Tensor]:
+        """T5 features ``(L_i, C)`` of each text's real tokens (official: padded to the text length, trimmed).
+
+        The texts are used as given (see :meth:`caption` for the official prompt template).
+        """
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("`prompt` needs a `text_encoder` and a `tokenizer`; pass `prompt_embeds` otherwise")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        device = device or self._execution_device
+        tokens = self.tokenizer(text=texts, max_length=self.transformer.config.text_maxlen, padding="max_length",
+                                truncation=True, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        features = self.text_encoder(input_ids=ids, attention_mask=mask)[0].float()
+        return [f[: int(m.sum())] for f, m in zip(features, mask)]
+
+    @staticmethod
+    def _rows(embeds: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+        if mask is None:
+            return [e.float() for e in embeds]
+        return [e[m.bool().to(e.device)].float() for e, m in zip(embeds, mask)]
+
+    # -- validation -----------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        prompt_embeds: Any,
+        negative_prompt_embeds: Any,
+        prompt_attention_mask: Any,
+        negative_prompt_attention_mask: Any,
+        num_videos_per_prompt: Any,
+        guidance_scale: Any,
+        guidance: Any,
+        apg_norm_threshold: Any,
+        tau_image: Any,
+        tau_video: Any,
+        image: Any,
+        prefix_codes: Any,
+        generator: Any,
+        output_type: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+    ) -> int:
+        """Validate every argument that does not need the schedule; return the number of prompts."""
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `prompt`: {prompt!r} and `prompt_embeds`. Please make sure to only forward one "
+                "of the two."
+            )
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Provide either `prompt` or `prompt_embeds`.")
+        channels = self.transformer.config.text_channels
+        if prompt is not None:
+            if isinstance(prompt, str):
+                batch = 1
+            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+                batch = len(prompt)
+            else:
+                raise TypeError(f"`prompt` has to be of type `str` or a non-empty list of `str` but is {prompt!r}")
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError("`prompt` needs a `text_encoder` and a `tokenizer`; pass `prompt_embeds` instead")
+        else:
+            batch = _check_embeds("prompt_embeds", prompt_embeds, prompt_attention_mask, channels)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Cannot forward both `negative_prompt` and `negative_prompt_embeds`; pass one of the two.")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or not all(isinstance(p, str) for p in negatives):
+                raise TypeError(f"`negative_prompt` has to be a `str` or a list of `str` but is {negative_prompt!r}")
+            if len(negatives) not in (1, batch):
+                raise ValueError(f"`negative_prompt` has {len(negatives)} entries for {batch} prompts")
+            if any(negatives) and (self.text_encoder is None or self.tokenizer is None):
+                raise ValueError("`negative_prompt` needs a `text_encoder`; pass `negative_prompt_embeds` instead")
+        if negative_prompt_embeds is not None:
+            n = _check_embeds("negative_prompt_embeds", negative_prompt_embeds, negative_prompt_attention_mask,
+                              channels)
+            if n not in (1, batch):
+                raise ValueError(f"`negative_prompt_embeds` has {n} rows for {batch} prompts")
+        elif negative_prompt_attention_mask is not None:
+            raise ValueError("`negative_prompt_attention_mask` was given without `negative_prompt_embeds`")
+        if prompt_embeds is None and prompt_attention_mask is not None:
+            raise ValueError("`prompt_attention_mask` was given without `prompt_embeds`")
+        if isinstance(num_videos_per_prompt, bool) or not isinstance(num_videos_per_prompt, numbers.Integral) or (
+            num_videos_per_prompt < 1
+        ):
+            raise ValueError(f"`num_videos_per_prompt` must be an integer >= 1, got {num_videos_per_prompt!r}")
+        _check_number("guidance_scale", guidance_scale, low=0.0)
+        if guidance not in GUIDANCE:
+            raise ValueError(f"`guidance` must be one of {GUIDANCE}, got {guidance!r}")
+        _check_number("apg_norm_threshold", apg_norm_threshold, low=0.0)
+        _check_number("tau_image", tau_image, low=0.0, exclusive=True)
+        _check_number("tau_video", tau_video, low=0.0, exclusive=True)
+        if image is not None and prefix_codes is not None:
+            raise ValueError("Pass at most one of `image` (image-to-video) and `prefix_codes` (forced codes).")
+        if image is not None:
+            images = image if isinstance(image, list) else [image]
+            if len(images) not in (1, batch) or not all(_is_image(i) for i in images):
+                raise TypeError(
+                    f"`image` must be one image (PIL, (H, W, 3) array, (3, H, W) tensor in [0, 1]) or one per prompt "
+                    f"({batch}), got {type(image)}"
+                )
+        if prefix_codes is not None and (
+            not isinstance(prefix_codes, (list, tuple)) or not all(isinstance(c, torch.Tensor) for c in prefix_codes)
+        ):
+            raise TypeError("`prefix_codes` must be a list of bit tensors (B, t, h, w, d), one per forced step")
+        total = batch * num_videos_per_prompt
+        if isinstance(generator, list):
+            if len(generator) != total:
+                raise ValueError(
+                    f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
+                    f"an effective batch size of {total}. Make sure the batch size matches the generators."
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise TypeError("`generator` list entries must be torch.Generator objects")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError("`callback_on_step_end` must be callable")
+        inputs = callback_on_step_end_tensor_inputs
+        if not isinstance(inputs, (list, tuple)) or any(k not in self._callback_tensor_inputs for k in inputs):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {inputs}"
+            )
+        return batch
+
+    def _check_size(self, height: Any, width: Any) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 16 or value % 16:
+                raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}")
+
+    def _forced_codes(self, prefix_codes: Sequence[torch.Tensor], plan: StepPlan, total: int) -> list[torch.Tensor]:
+        if len(prefix_codes) > len(plan.steps):
+            raise ValueError(f"`prefix_codes` has {len(prefix_codes)} entries for {len(plan.steps)} steps")
+        out = []
+        for step, bits in zip(plan.steps, prefix_codes):
+            expected = (*step.grid, plan.bits_of(step))
+            if bits.dim() != 5 or tuple(bits.shape[1:]) != expected or bits.shape[0] not in (1, total):
+                raise ValueError(
+                    f"`prefix_codes[{step.index}]` must be ({total} or 1, {', '.join(map(str, expected))}) bits, got "
+                    f"{tuple(bits.shape)}"
+                )
+            if bits.is_floating_point() or bits.numel() and not bool(((bits == 0) | (bits == 1)).all()):
+                raise ValueError(f"`prefix_codes[{step.index}]` must hold integer bits in {{0, 1}}")
+            out.append(bits.long().expand(total, *expected))
+        return out
+
+    def prepare_image_codes(
+        self, image: Any, plan: StepPlan, num_prompts: int, num_videos_per_prompt: int, device: torch.device
+    ) -> list[torch.Tensor]:
+        """The image clip's forced bits of every sample (official i2v: the reference image as frame 0).
+
+        The image is resized to cover the video and centre-cropped (the official ``transform``), encoded
+        with the VAE (the posterior mean, where the official script draws a posterior sample with the
+        unseeded global RNG), and residual-quantized over the image clip's steps.
+        """
+        _, height, width = plan.clip_grid(0)
+        images = image if isinstance(image, list) else [image]
+        pixels = torch.stack([center_crop_resize(_to_pil(i), height * 16, width * 16) for i in images])
+        vae_param = next(self.vae.parameters())
+        dtype = vae_param.dtype if vae_param.device.type != "meta" else torch.float32
+        latent = self.vae.encode(pixels[:, :, None].to(device=device, dtype=dtype), sample_posterior=False)
+        bits = image_clip_bits(self.vae, latent.float(), plan)
+        self._release(self.vae)  # under model offload the VAE is not needed again until decoding
+        repeat = num_prompts // len(images) * num_videos_per_prompt
+        return [b.repeat_interleave(repeat, dim=0) for b in bits]
+
+    def _release(self, module: torch.nn.Module) -> None:
+        """Under ``enable_model_cpu_offload``, move ``module`` back to the CPU now.
+
+        The offload chain (text encoder -> transformer -> VAE) only offloads a module when the next one
+        runs; the VAE used early (image-to-video) would otherwise share the GPU with the transformer.
+        """
+        for hook in getattr(self, "_all_hooks", None) or []:
+            if getattr(hook, "model", None) is module:
+                hook.offload()
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_videos_per_prompt: int = 1,
+        guidance_scale: float | None = None,
+        guidance: str | None = None,
+        apg_norm_threshold: float | None = None,
+        tau_image: float | None = None,
+        tau_video: float | None = None,
+        image: Any = None,
+        prefix_codes: Sequence[torch.Tensor] | None = None,
+        vpg_scale: float = DEFAULT_VPG_SCALE,
+        vpg_corruption: float = DEFAULT_VPG_CORRUPTION,
+        vpg_mode: str = "full",
+        vpg_refresh: str = "persistent",
+        vpg_scales: str | Sequence[int] = "semantic",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        trace: SamplerTrace | None = None,
+    ) -> InfinityStarPipelineOutput | tuple:
+        r"""Generate videos (or images with ``num_frames=1``).
+
+        Defaults are the released 720p script's settings (APG, cfg 34, norm threshold 0.05, tau 1 / 0.4,
+        81 frames at 16 fps, the configured pixel budget at ratio 0.571: 720x1280 for the 720p model).
+
+        Args:
+            prompt: text(s). The official template is applied: the suffix ``prompt_suffix`` and, with
+                ``append_duration2caption``, a ``<<<t=5s>>>`` prefix. Exactly one of ``prompt`` /
+                ``prompt_embeds``.
+            negative_prompt: text(s) used as given; empty or ``None`` (the official default) uses the
+                model's learned null text.
+            num_frames: 1 (an image) or 1 + 16 k up to the model's ``video_frames`` (default: that).
+            height, width: a size of the official schedules (any aspect template and pixel budget;
+                the error lists them). Default: :attr:`default_size`.
+            num_videos_per_prompt: videos per prompt (adjacent in the output).
+            guidance_scale: the official ``cfg`` (34); 1 turns guidance off (no negative rows run).
+            guidance: ``"apg"`` (adaptive projected guidance, the released setting) or ``"cfg"``
+                (``s * cond + (1 - s) * uncond``). Default from the settings.
+            apg_norm_threshold: APG's bound on the RMS of ``cond - uncond`` (0.05; 0 disables it).
+            tau_image, tau_video: logit temperatures of the image clip (1.0) and video clips (0.4).
+            image: image-to-video: the first frame (PIL image, ``(H, W, 3)`` array or ``(3, H, W)``
+                tensor in [0, 1]), one for all prompts or one per prompt. It is cropped to the video's
+                size, encoded (posterior mean) and its codes are forced for every step of the image
+                clip, as the official i2v does.
+            prefix_codes: bits forced for the first ``len(prefix_codes)`` steps, one ``(B or 1, t, h, w,
+                d)`` tensor per (scale, repetition) step; the sampler still draws (the generator stream
+                is the official one). Forcing every step replays a recorded generation.
+            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). Default 1.5 (the paper's video value is not
+                available to us).
+            vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced (0.1 for video).
+            vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
+            vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
+            vpg_scales: ``"semantic"`` (default: relative scale index < ``semantic_scales``, the paper's
+                scheduled VPG), ``"all"``, or a list of scale indices.
+            generator: a ``torch.Generator`` or one per video (then video ``i`` depends only on ``generator[i]``).
+            prompt_embeds: T5 features ``(B, L, C)``, with ``prompt_attention_mask`` ``(B, L)`` marking
+                the real tokens (default: all). Used as given (no template).
+            negative_prompt_embeds, negative_prompt_attention_mask: the same for the negative prompt.
+            output_type: ``"pil"`` (per video a list of frames), ``"np"`` ``(B, F, H, W, 3)``, ``"pt"``
+                ``(B, F, 3, H, W)`` in [0, 1], or ``"latent"`` (the summed codes ``(B, 64, T, h, w)``).
+                Decoded videos take frame 1 over frame 0, as the official sampler does.
+            return_dict: return an ``InfinityStarPipelineOutput`` (else a tuple).
+            callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every
+                (scale, repetition) step; ``"latents"`` (the summed codes so far, editable by returning
+                ``{"latents": ...}``) and ``"logits"`` (the step's guided logits ``(B, sites, 2 d)``, read
+                only); set ``pipe._interrupt = True`` to stop early.
+            callback_on_step_end_tensor_inputs: the tensors passed (default ``["latents"]``).
+            trace: a ``SamplerTrace`` to fill with per-step branch logits and patterns.
+
+        Returns:
+            ``InfinityStarPipelineOutput`` with ``frames``, or ``(frames,)``.
+        """
+        a = self._args
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        guidance_scale = a["cfg"] if guidance_scale is None else guidance_scale
+        guidance = ("apg" if a["use_apg"] else "cfg") if guidance is None else guidance
+        apg_norm_threshold = a["apg_norm_threshold"] if apg_norm_threshold is None else apg_norm_threshold
+        tau_image = a["tau_image"] if tau_image is None else tau_image
+        tau_video = a["tau_video"] if tau_video is None else tau_video
+        num_prompts = self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+            negative_prompt_attention_mask, num_videos_per_prompt, guidance_scale, guidance, apg_norm_threshold,
+            tau_image, tau_video, image, prefix_codes, generator, output_type, callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        num_frames = a["video_frames"] if num_frames is None else num_frames
+        if height is None and width is None:
+            height, width = self.default_size
+        self._check_size(height, width)
+        plan = self.plan(num_frames, height, width, float(tau_image), float(tau_video))
+        total = num_prompts * num_videos_per_prompt
+        self._num_timesteps = len(plan.steps)
+        num_scales = len(plan.schedule)
+        vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
+        if guidance == "apg":
+            term = AdaptiveProjectedGuidance(float(guidance_scale), norm_threshold=float(apg_norm_threshold), eta=0.0)
+        else:
+            term = ClassifierFreeGuidance(float(guidance_scale), schedule="constant")
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+        device = self._execution_device
+
+        forced = None
+        if prefix_codes is not None:
+            forced = self._forced_codes(prefix_codes, plan, total)
+        elif image is not None:
+            forced = self.prepare_image_codes(image, plan, num_prompts, num_videos_per_prompt, device)
+
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            texts = self.encode_prompt([self.caption(p, num_frames) for p in prompts], device)
+        else:
+            texts = self._rows(prompt_embeds, prompt_attention_mask)
+        with_null = term.is_active(num_scales)
+        negatives: list[torch.Tensor | None] = [None] * num_prompts
+        if with_null and negative_prompt_embeds is not None:
+            negatives = self._rows(negative_prompt_embeds, negative_prompt_attention_mask)
+        elif with_null and negative_prompt is not None:
+            listed = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            if any(listed):
+                encoded = self.encode_prompt([n or " " for n in listed], device)
+                negatives = [e if n else None for e, n in zip(encoded, listed)]
+            else:
+                negatives = [None] * len(listed)
+        if len(negatives) == 1:
+            negatives = negatives * num_prompts
+        texts = [t for t in texts for _ in range(num_videos_per_prompt)]
+        negatives = [n for n in negatives for _ in range(num_videos_per_prompt)]
+
+        adapter = _RecordingAdapter(self.transformer, self.vae)
+        state = adapter.prepare(plan, texts, negatives, with_null=with_null, forced_bits=forced, device=device,
+                                dtype=torch.float32)
+
+        with self.progress_bar(total=len(plan.steps)) as progress:
+
+            def on_step(step, st) -> bool:
+                if callback_on_step_end is not None:
+                    kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        kwargs[name] = adapter.latents(st) if name == "latents" else adapter.last_logits
+                    outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
+                    if "latents" in outputs:
+                        _replace_latents(st, outputs.pop("latents"))
+                progress.update()
+                return self.interrupt
+
+            run_next_scale(adapter, state, cfg=term, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
+        adapter.last_logits = None
+
+        latents = adapter.latents(state)
+        if output_type == "latent":
+            frames = latents
+        else:
+            video = self.decode_latents(latents)
+            frames = self.video_processor.postprocess_video(video, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return InfinityStarPipelineOutput(frames=frames)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Summed codes -> video ``(B, 3, F, H, W)`` in [-1, 1], frame 1 copied over frame 0 (official)."""
+        vae_param = next(self.vae.parameters())
+        dtype = vae_param.dtype if vae_param.device.type != "meta" else torch.float32
+        video = self.vae.decode(latents.to(dtype)).float().clamp(-1, 1)
+        if video.shape[2] > 1:
+            video[:, :, 0] = video[:, :, 1]
+        return video
+
+    def prefix_guidance(
+        self,
+        vpg_scale: float,
+        vpg_corruption: float,
+        vpg_mode: str,
+        vpg_refresh: str,
+        vpg_scales: str | Sequence[int],
+        num_scales: int,
+    ) -> PrefixGuidance:
+        """Validated VPG settings (explicit scale lists are checked against the call's ``num_scales``)."""
+        if isinstance(vpg_scales, tuple):
+            vpg_scales = list(vpg_scales)
+        guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
+        guidance.guided_scales(num_scales, set())
+        return guidance
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_official(
+        cls,
+        transformer_checkpoint: str | Path,
+        vae_checkpoint: str | Path,
+        text_encoder: Any = None,
+        tokenizer: Any = None,
+        config: dict | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> VPGInfinityStarPipeline:
+        """Build the pipeline from the released files.
+
+        Args:
+            transformer_checkpoint: ``infinitystar_8b_720p_weights`` (a shard folder with its
+                ``*.index.json``), or one ``.safetensors`` / ``.pth`` state dict; a local path or a
+                file name in the hub repo ``FoundationVision/InfinityStar``.
+            vae_checkpoint: ``infinitystar_videovae.pth`` (local or on the hub).
+            text_encoder: a ``T5EncoderModel``, or a path / hub id (``"google/flan-t5-xl"``) to load one
+                (with its tokenizer unless ``tokenizer`` is given). ``None``: pass ``prompt_embeds``.
+            tokenizer: a tokenizer, or a path / hub id.
+            config: ``{"args": {...official Args overrides...}, "model": {...size...},
+                "vae_block_out_channels": [...], "text_maxlen": 512}`` (the parity fixtures'
+                ``config.json`` format); sizes are read off the weights and checked against it.
+            torch_dtype: cast the transformer and text encoder (the VAE stays float32, as officially).
+        """
+        from ..models.infinity_star.loading import (
+            RELEASED_720P,
+            load_infinity_star_transformer,
+            load_infinity_star_vae,
+        )
+
+        config = dict(config or {})
+        unknown = set(config) - {"args", "model", "vae_block_out_channels", "text_maxlen", "scale_schedule",
+                                 "first_full_spatial_size_scale_index", "tau_list", "h_div_w_template"}
+        if unknown:
+            raise ValueError(f"`config` has unknown entries {sorted(unknown)}")
+        overrides = dict(config.get("args") or {})
+        args = resolve_args(overrides)
+        transformer = load_infinity_star_transformer(
+            _resolve_checkpoint(transformer_checkpoint),
+            text_maxlen=int(config.get("text_maxlen", RELEASED_720P["text_maxlen"])), torch_dtype=torch_dtype,
+        )
+        _check_transformer_size(transformer, config.get("model"), overrides.get("text_channels"))
+        vae = load_infinity_star_vae(_resolve_checkpoint(vae_checkpoint),
+                                     detail_scale_min_tokens=args["detail_scale_min_tokens"])
+        channels = config.get("vae_block_out_channels")
+        if channels is not None and list(channels) != list(vae.config.block_out_channels):
+            raise ValueError(f"`config` vae_block_out_channels {list(channels)} do not match the VAE checkpoint "
+                             f"({list(vae.config.block_out_channels)})")
+        if isinstance(text_encoder, (str, Path)):
+            from transformers import AutoTokenizer, T5EncoderModel
+
+            source = str(text_encoder)
+            text_encoder = T5EncoderModel.from_pretrained(source, torch_dtype=torch_dtype)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        if isinstance(tokenizer, (str, Path)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        if text_encoder is not None:
+            width = getattr(text_encoder.config, "d_model", None)
+            if width != transformer.config.text_channels:
+                raise ValueError(f"`text_encoder` gives {width} channels, the transformer takes "
+                                 f"{transformer.config.text_channels}")
+            text_encoder = text_encoder.eval()
+        return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                   official_args=args)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _check_number(name: str, value: Any, low: float, exclusive: bool = False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and (value <= low if exclusive else value < low):
+        ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must be a finite number {'>' if exclusive else '>='} {low}, got {value!r}")
+
+
+def _check_embeds(name: str, embeds: Any, mask: Any, channels: int) -> int:
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.shape[2] != channels or (
+        embeds.shape[0] == 0 or embeds.shape[1] == 0
+    ):
+        shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds)
+        raise ValueError(f"`{name}` must be a (batch, tokens, {channels}) tensor, got {shape}")
+    if mask is not None:
+        mask_name = name.replace("embeds", "attention_mask")
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2]):
+            raise ValueError(f"`{mask_name}` must be a {tuple(embeds.shape[:2])} tensor of 0/1")
+        if not bool(((mask == 0) | (mask == 1)).all()) or not bool((mask.sum(dim=1) > 0).all()):
+            raise ValueError(f"`{mask_name}` must hold 0/1 with at least one token per row")
+    return int(embeds.shape[0])
+
+
+def _is_image(value: Any) -> bool:
+    if isinstance(value, PIL.Image.Image):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 3 and value.shape[-1] in (1, 3, 4)
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 3 and value.shape[0] in (1, 3)
+    return False
+
+
+def _to_pil(value: Any) -> PIL.Image.Image:
+    if isinstance(value, PIL.Image.Image):
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().permute(1, 2, 0).numpy()
+    arr = np.asarray(value)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return PIL.Image.fromarray(arr[..., :3])
+
+
+def _replace_latents(state: InfinityStarState, latents: torch.Tensor) -> None:
+    """Write a callback's edited summed codes back into the per-clip tensors."""
+    sizes = [s.shape[2] for s in state.summed]
+    current = (state.summed[0].shape[0], state.summed[0].shape[1], sum(sizes), *state.summed[0].shape[3:])
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != current:
+        raise ValueError(f"`latents` returned by the callback must keep the shape {current}")
+    parts = latents.split(sizes, dim=2)
+    state.summed = [p.to(s) for p, s in zip(parts, state.summed)]
+
+
+def _check_transformer_size(transformer: InfinityStarTransformer, model: dict | None, text_channels: Any) -> None:
+    cfg = transformer.config
+    if text_channels is not None and text_channels != cfg.text_channels:
+        raise ValueError(f"`config` args.text_channels = {text_channels}, the checkpoint takes {cfg.text_channels}")
+    if not model:
+        return
+    checks = {"depth": cfg.depth, "block_chunks": cfg.num_block_chunks, "embed_dim": cfg.embed_dim,
+              "num_heads": cfg.num_heads, "num_key_value_heads": cfg.num_key_value_heads}
+    bad = {k: (model[k], v) for k, v in checks.items() if k in model and model[k] != v}
+    if "mlp_ratio" in model:
+        hidden = round(cfg.embed_dim * cfg.mlp_ratio)
+        if round(cfg.embed_dim * model["mlp_ratio"] / 256) * 256 != hidden:
+            bad["mlp_ratio"] = (model["mlp_ratio"], cfg.mlp_ratio)
+    if bad:
+        listed = ", ".join(f"{k} {want} (checkpoint {got})" for k, (want, got) in bad.items())
+        raise ValueError(f"`config` model size does not match the transformer checkpoint: {listed}")
+
+
+def _resolve_checkpoint(name: str | Path) -> Path:
+    """A local file or folder, a file of the InfinityStar hub repo, or a shard folder of it."""
+    from ..loading.hub import resolve_file
+
+    path = Path(name).expanduser()
+    if path.exists() or Path(str(name)).suffix:
+        return resolve_file(name, INFINITY_STAR_HUB_REPO)
+    text = str(name)
+    if text.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    root = snapshot_download(repo_id=INFINITY_STAR_HUB_REPO, allow_patterns=[f"{text}/*"])
+    return Path(root) / text
