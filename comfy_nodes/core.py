@@ -176,7 +176,8 @@ def encode_classes(model: VPGModel, classes: str) -> VPGConditioning:
                 ids.extend(model.pipeline.get_label_ids(item))
             except ValueError as err:
                 listing = ", ".join(names[:12]) + (", ..." if n > 12 else "")
-                raise VPGNodeError(f"VPG Class Conditioning: {err} This model's classes: {listing}") from err
+                message = str(err).replace("`prompt` class name", "class name")
+                raise VPGNodeError(f"VPG Class Conditioning: {message} This model's classes: {listing}") from err
         shown.append(names[ids[-1]])
     return VPGConditioning(tuple(ids), tuple(shown), n, model.source)
 

@@ -7,7 +7,9 @@ and interruption.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import comfy.model_management
@@ -72,6 +74,16 @@ def build_schema(spec: NodeSpec) -> io.Schema:
     )
 
 
+@contextlib.contextmanager
+def readable_errors() -> Iterator[None]:
+    """Re-raise the pack's own errors as plain ``ValueError``: ComfyUI shows the exception's type name
+    next to the message, and ours would read as a file path (the pack is imported by its folder path)."""
+    try:
+        yield
+    except (core.VPGNodeError, registry.VPGLoadError) as err:
+        raise ValueError(str(err)) from None
+
+
 def _management_handle(pipe, kind: registry.PipelineKind):
     """A ModelPatcher over the pipeline's modules, so ComfyUI loads, offloads and frees them like its own.
 
@@ -100,7 +112,7 @@ class VPGModelLoader(io.ComfyNode):
         try:
             pipe, kind = registry.load_pipeline(model_name, vae_name, resolve, dtype)
         except registry.VPGLoadError as err:
-            raise ValueError(f"VPG Load Model: {err}") from err
+            raise ValueError(f"VPG Load Model: {err}") from None
         return io.NodeOutput(core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind)))
 
 
@@ -111,7 +123,8 @@ class VPGClassConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: core.VPGModel, classes: str) -> io.NodeOutput:
-        return io.NodeOutput(core.encode_classes(model, classes))
+        with readable_errors():
+            return io.NodeOutput(core.encode_classes(model, classes))
 
 
 class VPGCFG(io.ComfyNode):
@@ -121,7 +134,8 @@ class VPGCFG(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: core.VPGModel, cfg: float) -> io.NodeOutput:
-        return io.NodeOutput(core.apply_cfg(model, cfg))
+        with readable_errors():
+            return io.NodeOutput(core.apply_cfg(model, cfg))
 
 
 class VPGPrefixGuidance(io.ComfyNode):
@@ -132,7 +146,8 @@ class VPGPrefixGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model: core.VPGModel, vpg_scale: float, corruption: float, mode: str, refresh: str,
                 scales: str) -> io.NodeOutput:
-        return io.NodeOutput(core.apply_prefix_guidance(model, vpg_scale, corruption, mode, refresh, scales))
+        with readable_errors():
+            return io.NodeOutput(core.apply_prefix_guidance(model, vpg_scale, corruption, mode, refresh, scales))
 
 
 class VPGSampler(io.ComfyNode):
@@ -156,11 +171,12 @@ class VPGSampler(io.ComfyNode):
                 preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_SIZE)
             pbar.update_absolute(progress.index + 1, progress.total, preview)
 
-        result = core.sample(
-            model, conditioning, seed, batch_size, top_k, top_p,
-            on_scale=on_scale,
-            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-        )
+        with readable_errors():
+            result = core.sample(
+                model, conditioning, seed, batch_size, top_k, top_p,
+                on_scale=on_scale,
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            )
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.images.to(device), result.guidance)
 
