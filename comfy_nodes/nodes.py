@@ -105,12 +105,12 @@ class VPGModelLoader(io.ComfyNode):
         return build_schema(NODE_SPECS["VPGModelLoader"])
 
     @classmethod
-    def execute(cls, model_name: str, vae_name: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, model_name: str, vae_file: str, dtype: str) -> io.NodeOutput:
         def resolve(name: str) -> Path:
             return Path(folder_paths.get_full_path_or_raise(FOLDER, name))
 
         try:
-            pipe, kind = registry.load_pipeline(model_name, vae_name, resolve, dtype)
+            pipe, kind = registry.load_pipeline(model_name, vae_file, resolve, dtype)
         except registry.VPGLoadError as err:
             raise ValueError(f"VPG Load Model: {err}") from None
         return io.NodeOutput(core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind)))

@@ -21,7 +21,7 @@ DEMO_CHOICE = "bundled demo (VAR, 30 emoji classes)"
 """The loader's dropdown entry for the tiny model shipped inside ``vpg_pipelines`` (no download)."""
 
 NO_COMPANION = "none"
-"""The loader's ``vae_name`` entry for sources that need no second file."""
+"""The loader's ``vae_file`` entry for sources that need no second file."""
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,7 +139,7 @@ def loader_choices(filenames: list[str]) -> list[str]:
 
 
 def companion_choices(filenames: list[str]) -> list[str]:
-    """The ``vae_name`` dropdown: :data:`NO_COMPANION` and every checkpoint file under ``models/vpg``."""
+    """The ``vae_file`` dropdown: :data:`NO_COMPANION` and every checkpoint file under ``models/vpg``."""
     names = sorted(f.replace("\\", "/") for f in filenames)
     return [NO_COMPANION, *(n for n in names if n.endswith(WEIGHT_SUFFIXES))]
 
@@ -206,9 +206,9 @@ def load_pipeline(
             kind = _official_kind(path)
             if companion in (None, "", NO_COMPANION):
                 raise VPGLoadError(
-                    f"`model_name` {choice!r} is an official checkpoint; also pick {kind.companion_hint} as `vae_name`."
+                    f"`model_name` {choice!r} is an official checkpoint; also pick {kind.companion_hint} as `vae_file`."
                 )
-            second = _resolve(resolve, "vae_name", companion)
+            second = _resolve(resolve, "vae_file", companion)
             try:
                 pipe = kind.load_official(path, second, torch_dtype)
             except (ValueError, KeyError, OSError, RuntimeError) as err:

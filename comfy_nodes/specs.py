@@ -86,7 +86,9 @@ NODE_SPECS: dict[str, NodeSpec] = {
                 InputSpec("model_name", "COMBO", options=MODEL_CHOICES,
                           tooltip="The bundled demo, a saved folder's model_index.json or an official checkpoint "
                                   "(var_d16.pth ...) in models/vpg."),
-                InputSpec("vae_name", "COMBO", default="none", options=COMPANION_CHOICES,
+                # not "vae_name": ComfyUI's frontend (1.27) routes inputs of that name through its
+                # model-asset code, which fails on servers missing some core loader nodes
+                InputSpec("vae_file", "COMBO", default="none", options=COMPANION_CHOICES,
                           tooltip="For an official checkpoint: its VAE file (vae_ch160v4096z32.pth for VAR)."),
                 InputSpec("dtype", "COMBO", default="fp32", options=tuple(DTYPES),
                           tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),

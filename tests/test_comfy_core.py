@@ -61,7 +61,7 @@ def test_official_pair_loads_with_a_sidecar_config(tmp_path):
     shutil.copy(root / "var.safetensors", tmp_path / "var_d2.safetensors")
     shutil.copy(root / "vqvae.safetensors", tmp_path / "vae_tiny.safetensors")
     resolve = lambda n: tmp_path / n  # noqa: E731
-    with pytest.raises(VPGLoadError, match="vae_name"):
+    with pytest.raises(VPGLoadError, match="vae_file"):
         registry.load_pipeline("var_d2.safetensors", NO_COMPANION, resolve)
     with pytest.raises(VPGLoadError, match="patch_nums"):  # not inferable without the sidecar
         registry.load_pipeline("var_d2.safetensors", "vae_tiny.safetensors", resolve)

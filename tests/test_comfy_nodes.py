@@ -95,7 +95,7 @@ def test_demo_workflows_validate_against_the_real_classes(comfyui, name):
 
 @pytest.fixture(scope="module")
 def loaded(comfyui):
-    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, vae_name="none", dtype="fp32").result[0]
+    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, vae_file="none", dtype="fp32").result[0]
 
 
 def test_node_chain_produces_images_and_never_mutates_inputs(comfyui, loaded):
@@ -149,7 +149,7 @@ def test_cancel_raises_comfyuis_interrupt(comfyui, loaded):
 def test_bad_inputs_raise_plain_value_errors(comfyui, loaded):
     n = comfyui["nodes"]
     with pytest.raises(ValueError, match="`model_name` 'var_d30.pth' was not found"):
-        n.VPGModelLoader.execute(model_name="var_d30.pth", vae_name="none", dtype="fp32")
+        n.VPGModelLoader.execute(model_name="var_d30.pth", vae_file="none", dtype="fp32")
     with pytest.raises(ValueError, match="already has CFG") as info:
         n.VPGCFG.execute(model=n.VPGCFG.execute(model=loaded, cfg=1.0).result[0], cfg=2.0)
     assert type(info.value) is ValueError

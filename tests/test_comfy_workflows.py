@@ -57,8 +57,8 @@ def test_every_model_file_is_declared_with_a_download(path):
     for node in ui["nodes"]:
         if node["type"] != "VPGModelLoader":
             continue
-        model_name, vae_name, _ = node["widgets_values"]
-        for name in (model_name, vae_name):
+        model_name, vae_file, _ = node["widgets_values"]
+        for name in (model_name, vae_file):
             if name in (DEMO_CHOICE, "none"):
                 continue
             assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"

@@ -51,7 +51,7 @@ check "unsupported pipeline folder" "$DEMO" --no-check --set '1.model_name="brok
 check "wrong socket type" "$DEMO" --set '5.conditioning=["3", 0]' --expect-error "return_type_mismatch"
 check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' --expect-error "entries must be in [0, 5]"
 check "unknown class name" "$DEMO" --set '2.classes="face-hapy"' --expect-error "Did you mean"
-check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_name="none"' \
+check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_file="none"' \
     --expect-error "also pick the VAR VQVAE file"
 
 echo "server log: $WORK/server.log; images: $WORK/out; failed checks: $FAILED"
