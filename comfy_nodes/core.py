@@ -242,7 +242,6 @@ def sample(
     generators = [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(total)]
     trace = SamplerTrace()
     maps: dict[int, torch.Tensor] = {}
-    grids: dict[int, tuple[int, ...]] = {}
     num_scales = model.num_scales
 
     def callback(_pipe: Any, step_index: int, scale_index: int, kwargs: dict) -> dict:
@@ -251,8 +250,7 @@ def sample(
         trace.codes.pop(step_index, None)
         trace.inputs.clear()
         if clean is not None:
-            maps[scale_index] = change_map(clean, guided).cpu()
-            grids[scale_index] = _grid_of(clean.shape[1])
+            maps[scale_index] = change_map(clean, guided, model.kind.grid(pipe, scale_index)).cpu()
         latents = kwargs["latents"]
         if on_scale is not None:
             on_scale(ScaleProgress(scale_index, num_scales, lambda: model.kind.preview(pipe, latents[:1])))
@@ -283,18 +281,11 @@ def sample(
         raise VPGNodeError(f"VPG Sampler: {err}") from err
     images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
     guidance = GuidanceMaps(
-        maps=[maps.get(k, torch.zeros(total, *_grid_of(1))) for k in range(num_scales)],
+        maps=[maps.get(k, torch.zeros(total, *model.kind.grid(pipe, k))) for k in range(num_scales)],
         images=images,
         description=model.describe(),
     )
     return SampleResult(images=images, guidance=guidance)
-
-
-def _grid_of(num_sites: int) -> tuple[int, int]:
-    side = int(round(num_sites**0.5))
-    if side * side != num_sites:
-        raise ValueError(f"cannot lay out {num_sites} sites as a square grid")
-    return side, side
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

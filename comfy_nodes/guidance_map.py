@@ -34,11 +34,15 @@ class GuidanceMaps:
     description: str
 
 
-def change_map(clean: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-    """``(B, n, V)`` logits before / after VPG -> ``(B, h, w)`` total-variation distance per site."""
+def change_map(clean: torch.Tensor, guided: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, n, V)`` logits before / after VPG -> ``(B, h, w)`` total-variation distance per site.
+
+    ``grid`` is the scale's ``(h, w)`` with ``h * w == n`` (sites in raster order).
+    """
+    if grid[0] * grid[1] != clean.shape[1]:
+        raise ValueError(f"grid {grid} does not hold the scale's {clean.shape[1]} sites")
     tv = 0.5 * (guided.float().softmax(-1) - clean.float().softmax(-1)).abs().sum(-1)
-    side = int(round(tv.shape[1] ** 0.5))
-    return tv.reshape(tv.shape[0], side, tv.shape[1] // side).clamp(0, 1)
+    return tv.reshape(tv.shape[0], *grid).clamp(0, 1)
 
 
 def colorize(values: torch.Tensor) -> torch.Tensor:

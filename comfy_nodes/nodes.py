@@ -105,6 +105,15 @@ class VPGModelLoader(io.ComfyNode):
         return build_schema(NODE_SPECS["VPGModelLoader"])
 
     @classmethod
+    def fingerprint_inputs(cls, model_name: str, vae_file: str, dtype: str) -> str:
+        """Reload when a chosen file changes on disk (same name, new contents)."""
+        stamps = []
+        for name in (model_name, vae_file):
+            path = folder_paths.get_full_path(FOLDER, name) if name not in (registry.DEMO_CHOICE, "none") else None
+            stamps.append(f"{name}:{os.path.getmtime(path) if path and os.path.exists(path) else 0}")
+        return "|".join([*stamps, dtype])
+
+    @classmethod
     def execute(cls, model_name: str, vae_file: str, dtype: str) -> io.NodeOutput:
         def resolve(name: str) -> Path:
             return Path(folder_paths.get_full_path_or_raise(FOLDER, name))

@@ -45,6 +45,7 @@ class PipelineKind:
         cfg_schedule: the pipeline's CFG schedule (``"linear"`` for VAR, ``"constant"`` for Infinity).
         preview: ``(pipeline, latents) -> (B, 3, H, W)`` images in [0, 1] from a partial latent.
         modules: ``pipeline -> {name: nn.Module}``, the weights ComfyUI's model management should own.
+        grid: ``(pipeline, scale_index) -> (h, w)``, the token grid of a scale (for guidance maps).
     """
 
     name: str
@@ -57,6 +58,7 @@ class PipelineKind:
     cfg_schedule: str
     preview: Callable[[Any, torch.Tensor], torch.Tensor]
     modules: Callable[[Any], dict[str, torch.nn.Module]]
+    grid: Callable[[Any, int], tuple[int, int]]
 
 
 KINDS: dict[str, PipelineKind] = {}
@@ -113,6 +115,7 @@ register_kind(
         cfg_schedule="linear",
         preview=_var_preview,
         modules=lambda pipe: {"transformer": pipe.transformer, "vae": pipe.vae},
+        grid=lambda pipe, k: (pipe.transformer.config.patch_nums[k],) * 2,
     )
 )
 

@@ -232,12 +232,14 @@ def test_guidance_maps_are_zero_without_vpg(demo):
 
 def test_change_map_bounds():
     logits = torch.randn(2, 9, 16)
-    assert guidance_map.change_map(logits, logits).abs().max() == 0
+    assert guidance_map.change_map(logits, logits, (3, 3)).abs().max() == 0
     peaked = torch.full((1, 4, 3), -1e4)
     peaked[..., 0] = 0
     other = torch.full((1, 4, 3), -1e4)
     other[..., 1] = 0
-    assert torch.allclose(guidance_map.change_map(peaked, other), torch.ones(1, 2, 2))
+    assert torch.allclose(guidance_map.change_map(peaked, other, (1, 4)), torch.ones(1, 1, 4))
+    with pytest.raises(ValueError, match="does not hold"):
+        guidance_map.change_map(peaked, other, (3, 3))
 
 
 def test_render_layout_and_colours(demo, guided):

@@ -155,3 +155,18 @@ def test_bad_inputs_raise_plain_value_errors(comfyui, loaded):
     assert type(info.value) is ValueError
     with pytest.raises(ValueError, match="must come from a VPG Sampler"):
         n.VPGGuidanceMap.execute(guidance=torch.zeros(1), normalize="per scale", cell=64)
+
+
+def test_loader_reruns_when_the_chosen_file_changes(comfyui, tmp_path):
+    import folder_paths
+
+    n = comfyui["nodes"]
+    folder_paths.add_model_folder_path("vpg", str(tmp_path))
+    ckpt = tmp_path / "var_d16.pth"
+    ckpt.write_bytes(b"1")
+    os.utime(ckpt, (1000, 1000))
+    first = n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    os.utime(ckpt, (2000, 2000))
+    assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    assert "var_d16.pth" in n.dynamic_options(MODEL_CHOICES)
