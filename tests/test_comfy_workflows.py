@@ -180,3 +180,20 @@ def test_checker_reports_broken_workflows(mutate, message):
     assert any(message in e for e in errors), errors
     with pytest.raises(ValueError, match="does not match the node definitions"):
         wf.to_api(ui, defs)
+
+
+def test_node_classes_take_exactly_the_spec_inputs():
+    """Without importing ComfyUI: every node class in nodes.py builds its schema from its own spec and
+    its ``execute`` takes the spec's inputs by name (what a converted workflow passes)."""
+    import ast
+
+    tree = ast.parse((REPO / "comfy_nodes/nodes.py").read_text())
+    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef) and c.name in NODE_SPECS}
+    assert set(classes) == set(NODE_SPECS)
+    for name, cls in classes.items():
+        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+        params = [a.arg for a in methods["execute"].args.args[1:]]
+        assert params == [i.name for i in NODE_SPECS[name].inputs], name
+        assert f"build_schema(NODE_SPECS['{name}'])" in ast.unparse(methods["define_schema"]), name
+        listed = next(n for n in tree.body if isinstance(n, ast.AnnAssign) and ast.unparse(n.target) == "NODES")
+        assert name in ast.unparse(listed.value)
