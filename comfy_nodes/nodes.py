@@ -1,0 +1,219 @@
+"""The ComfyUI nodes (schema API). Needs ComfyUI on the path; all logic lives in the plain modules.
+
+Schemas are built from :data:`specs.NODE_SPECS`; ``execute`` calls ``core`` and adds what only
+ComfyUI provides: model folders, devices and model management, the progress bar with previews,
+and interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from . import core, guidance_map, registry
+from .specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, InputSpec, NodeSpec
+
+FOLDER = "vpg"
+folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+VPGModelType = io.Custom("VPG_MODEL")
+VPGCondType = io.Custom("VPG_COND")
+VPGGuidanceType = io.Custom("VPG_GUIDANCE")
+_SOCKETS = {"VPG_MODEL": VPGModelType, "VPG_COND": VPGCondType, "VPG_GUIDANCE": VPGGuidanceType, "IMAGE": io.Image}
+PREVIEW_MAX_SIZE = 512
+
+
+def dynamic_options(name: str) -> list[str]:
+    """The current choices of a dynamic combo (re-read whenever ComfyUI asks for the schema)."""
+    files = folder_paths.get_filename_list(FOLDER)
+    if name == MODEL_CHOICES:
+        return registry.loader_choices(files)
+    if name == COMPANION_CHOICES:
+        return registry.companion_choices(files)
+    raise KeyError(name)
+
+
+def _input(spec: InputSpec):
+    common = {"optional": spec.optional, "tooltip": spec.tooltip or None}
+    if spec.type == "INT":
+        return io.Int.Input(spec.name, default=spec.default, min=spec.min, max=spec.max, step=spec.step,
+                            control_after_generate=spec.control_after_generate or None, **common)
+    if spec.type == "FLOAT":
+        return io.Float.Input(spec.name, default=spec.default, min=spec.min, max=spec.max, step=spec.step,
+                              round=spec.step, **common)
+    if spec.type == "STRING":
+        return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, **common)
+    if spec.type == "BOOLEAN":
+        return io.Boolean.Input(spec.name, default=spec.default, **common)
+    if spec.type == "COMBO":
+        options = dynamic_options(spec.options) if isinstance(spec.options, str) else list(spec.options)
+        return io.Combo.Input(spec.name, options=options, default=spec.default, **common)
+    return _SOCKETS[spec.type].Input(spec.name, **common)
+
+
+def build_schema(spec: NodeSpec) -> io.Schema:
+    """The ComfyUI schema of one node spec."""
+    return io.Schema(
+        node_id=spec.node_id,
+        display_name=spec.display_name,
+        category=spec.category,
+        description=spec.description,
+        inputs=[_input(i) for i in spec.inputs],
+        outputs=[_SOCKETS[o.type].Output(display_name=o.name, tooltip=o.tooltip or None) for o in spec.outputs],
+        is_output_node=spec.is_output_node,
+    )
+
+
+@contextlib.contextmanager
+def readable_errors() -> Iterator[None]:
+    """Re-raise the pack's own errors as plain ``ValueError``: ComfyUI shows the exception's type name
+    next to the message, and ours would read as a file path (the pack is imported by its folder path)."""
+    try:
+        yield
+    except (core.VPGNodeError, registry.VPGLoadError) as err:
+        raise ValueError(str(err)) from None
+
+
+def _management_handle(pipe, kind: registry.PipelineKind):
+    """A ModelPatcher over the pipeline's modules, so ComfyUI loads, offloads and frees them like its own.
+
+    The modules are wrapped in a fresh ``ModuleDict`` (the patcher writes bookkeeping attributes
+    such as ``device`` onto the module it manages, which diffusers models define as properties).
+    """
+    container = torch.nn.ModuleDict(kind.modules(pipe))
+    return comfy.model_patcher.ModelPatcher(
+        container,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+        size=comfy.model_management.module_size(container),
+    )
+
+
+class VPGModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGModelLoader"])
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name: str, vae_file: str, dtype: str) -> str:
+        """Reload when a chosen file changes on disk (same name, new contents)."""
+        stamps = []
+        for name in (model_name, vae_file):
+            path = folder_paths.get_full_path(FOLDER, name) if name not in (registry.DEMO_CHOICE, "none") else None
+            stamps.append(f"{name}:{os.path.getmtime(path) if path and os.path.exists(path) else 0}")
+        return "|".join([*stamps, dtype])
+
+    @classmethod
+    def execute(cls, model_name: str, vae_file: str, dtype: str) -> io.NodeOutput:
+        def resolve(name: str) -> Path:
+            return Path(folder_paths.get_full_path_or_raise(FOLDER, name))
+
+        try:
+            pipe, kind = registry.load_pipeline(model_name, vae_file, resolve, dtype)
+        except registry.VPGLoadError as err:
+            raise ValueError(f"VPG Load Model: {err}") from None
+        return io.NodeOutput(core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind)))
+
+
+class VPGClassConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGClassConditioning"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, classes: str) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(core.encode_classes(model, classes))
+
+
+class VPGCFG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGCFG"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, cfg: float) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(core.apply_cfg(model, cfg))
+
+
+class VPGPrefixGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGPrefixGuidance"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, vpg_scale: float, corruption: float, mode: str, refresh: str,
+                scales: str) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(core.apply_prefix_guidance(model, vpg_scale, corruption, mode, refresh, scales))
+
+
+class VPGSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGSampler"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, conditioning: core.VPGConditioning, seed: int, batch_size: int,
+                top_k: int, top_p: float) -> io.NodeOutput:
+        if isinstance(model, core.VPGModel) and model.handle is not None:
+            comfy.model_management.load_models_gpu([model.handle], force_full_load=True)
+        pbar = comfy.utils.ProgressBar(model.num_scales if isinstance(model, core.VPGModel) else 1)
+
+        def on_scale(progress: core.ScaleProgress) -> None:
+            preview = None
+            if pbar.hook is not None:  # decoding a preview costs a VAE call: only when someone watches
+                pixels = (progress.preview().clamp(0, 1) * 255).to(torch.uint8).numpy()
+                from PIL import Image
+
+                preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_SIZE)
+            pbar.update_absolute(progress.index + 1, progress.total, preview)
+
+        with readable_errors():
+            result = core.sample(
+                model, conditioning, seed, batch_size, top_k, top_p,
+                on_scale=on_scale,
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            )
+        device = comfy.model_management.intermediate_device()
+        return io.NodeOutput(result.images.to(device), result.guidance)
+
+
+class VPGGuidanceMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGGuidanceMap"])
+
+    @classmethod
+    def execute(cls, guidance: guidance_map.GuidanceMaps, normalize: str, cell: int) -> io.NodeOutput:
+        if not isinstance(guidance, guidance_map.GuidanceMaps):
+            raise ValueError(
+                f"VPG Guidance Map: `guidance` must come from a VPG Sampler, got {type(guidance).__name__}"
+            )
+        return io.NodeOutput(guidance_map.render(guidance, normalize, cell))
+
+
+NODES: list[type[io.ComfyNode]] = [
+    VPGModelLoader, VPGClassConditioning, VPGCFG, VPGPrefixGuidance, VPGSampler, VPGGuidanceMap,
+]
+
+
+class VPGExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> VPGExtension:
+    return VPGExtension()

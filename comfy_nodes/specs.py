@@ -1,0 +1,171 @@
+"""The node pack's interface, declared once as plain data.
+
+``nodes.py`` builds every ComfyUI schema (``io.Schema``) from this table, and the workflow tests
+check the shipped workflows against the same table without importing ComfyUI. A test that runs when
+ComfyUI is available checks that the schemas ComfyUI derives agree with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpg_pipelines.guidance.prefix import MODES, REFRESH
+
+from .guidance_map import NORMALIZE
+from .registry import DTYPES
+
+CATEGORY = "sampling/vpg"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+MODEL_CHOICES = "vpg_models"
+"""Dynamic combo: the loader's model choices (bundled demo + files under ``models/vpg``)."""
+COMPANION_CHOICES = "vpg_companions"
+"""Dynamic combo: ``"none"`` + checkpoint files under ``models/vpg``."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One node input. ``type`` is a widget type (``WIDGET_TYPES``) or a socket type string.
+
+    ``options`` is a tuple of choices, or the name of a dynamic choice list (``MODEL_CHOICES``...).
+    """
+
+    name: str
+    type: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] | str | None = None
+    multiline: bool = False
+    control_after_generate: bool = False
+    optional: bool = False
+    tooltip: str = ""
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    type: str
+    name: str
+    tooltip: str = ""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: str
+    display_name: str
+    description: str
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    is_output_node: bool = False
+    category: str = CATEGORY
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+MODEL = "VPG_MODEL"
+COND = "VPG_COND"
+GUIDANCE = "VPG_GUIDANCE"
+IMAGE = "IMAGE"
+
+_model_in = InputSpec("model", MODEL, tooltip="A VPG model (from VPG Load Model or a VPG guidance node).")
+
+NODE_SPECS: dict[str, NodeSpec] = {
+    spec.node_id: spec
+    for spec in (
+        NodeSpec(
+            "VPGModelLoader",
+            "VPG Load Model",
+            "Loads a next-scale model for Visual Prefix Guidance: the bundled demo, a saved pipeline folder "
+            "(pick its model_index.json) or an official checkpoint pair, from models/vpg.",
+            (
+                InputSpec("model_name", "COMBO", options=MODEL_CHOICES,
+                          tooltip="The bundled demo, a saved folder's model_index.json or an official checkpoint "
+                                  "(var_d16.pth ...) in models/vpg."),
+                # not "vae_name": ComfyUI's frontend (1.27) routes inputs of that name through its
+                # model-asset code, which fails on servers missing some core loader nodes
+                InputSpec("vae_file", "COMBO", default="none", options=COMPANION_CHOICES,
+                          tooltip="For an official checkpoint: its VAE file (vae_ch160v4096z32.pth for VAR)."),
+                InputSpec("dtype", "COMBO", default="fp32", options=tuple(DTYPES),
+                          tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGClassConditioning",
+            "VPG Class Conditioning",
+            "The classes to generate: names (any synonym, case-insensitive) or ids, separated by commas or lines.",
+            (
+                _model_in,
+                InputSpec("classes", "STRING", default="face-happy", multiline=True,
+                          tooltip="Class names or ids, e.g. 'golden retriever, 980' (ImageNet), 'face-happy' (demo)."),
+            ),
+            (OutputSpec(COND, "conditioning"),),
+        ),
+        NodeSpec(
+            "VPGCFG",
+            "VPG CFG",
+            "Classifier-free guidance for a VPG model (returns a patched copy; the input model is unchanged).",
+            (
+                _model_in,
+                InputSpec("cfg", "FLOAT", default=1.5, min=0.0, max=30.0, step=0.05,
+                          tooltip="The guidance_scale (VAR: linear ramp to 1+cfg at the last scale; 0 = off)."),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGPrefixGuidance",
+            "VPG Prefix Guidance",
+            "Visual Prefix Guidance: out = corrupted + w * (clean - corrupted), where the corrupted branch sees a "
+            "prefix whose sites were swapped with donors of the same scale. Chain after VPG CFG.",
+            (
+                _model_in,
+                InputSpec("vpg_scale", "FLOAT", default=1.5, min=0.0, max=20.0, step=0.05,
+                          tooltip="w; 1 = off. Paper values for VAR: d16 3.0, d20 2.4, d24 1.8, d30 1.3."),
+                InputSpec("corruption", "FLOAT", default=0.5, min=0.0, max=1.0, step=0.05,
+                          tooltip="Fraction p of each prefix scale's sites that take a donor's input (0 = off)."),
+                InputSpec("mode", "COMBO", default="full", options=MODES,
+                          tooltip="full: donor content+position (paper); token; position; codebook (random code)."),
+                InputSpec("refresh", "COMBO", default="persistent", options=REFRESH,
+                          tooltip="persistent: each scale corrupted once (fast); resample: fresh corruption per step."),
+                InputSpec("scales", "STRING", default="all",
+                          tooltip="'all', 'semantic' (early scales) or scale indices like '1,2,3' or '1-4'."),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGSampler",
+            "VPG Sampler",
+            "Samples every scale of the model with its guidance chain; a preview after each scale.",
+            (
+                _model_in,
+                InputSpec("conditioning", COND, tooltip="From VPG Class Conditioning (same loader as the model)."),
+                InputSpec("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                          tooltip="Image i of the batch uses seed + i."),
+                InputSpec("batch_size", "INT", default=1, min=1, max=64, tooltip="Images per class."),
+                InputSpec("top_k", "INT", default=900, min=0, max=100000,
+                          tooltip="Keep the k most likely tokens (0 = off). VAR evaluation: 900."),
+                InputSpec("top_p", "FLOAT", default=0.96, min=0.0, max=1.0, step=0.01,
+                          tooltip="Nucleus sampling (0 = off). VAR evaluation: 0.96."),
+            ),
+            (OutputSpec(IMAGE, "images"), OutputSpec(GUIDANCE, "guidance")),
+        ),
+        NodeSpec(
+            "VPGGuidanceMap",
+            "VPG Guidance Map",
+            "Where Prefix Guidance changed the prediction most: one tile per scale (total-variation distance "
+            "between the token distributions before and after VPG), then the image with the summed map over it.",
+            (
+                InputSpec("guidance", GUIDANCE, tooltip="The guidance output of a VPG Sampler."),
+                InputSpec("normalize", "COMBO", default="per scale", options=NORMALIZE,
+                          tooltip="per scale: each tile to its own maximum; shared: one maximum for all scales."),
+                InputSpec("cell", "INT", default=128, min=16, max=1024, step=16, tooltip="Tile size in pixels."),
+            ),
+            (OutputSpec(IMAGE, "map"),),
+        ),
+    )
+}

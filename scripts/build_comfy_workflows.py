@@ -1,0 +1,172 @@
+"""Write the drag-and-drop ComfyUI workflows in workflows/ (UI format) from compact graph descriptions.
+
+Run from the repository root: ``python scripts/build_comfy_workflows.py``. The output is committed;
+tests/test_comfy_workflows.py checks it against the node definitions independently of this script.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from comfy_nodes.registry import DEMO_CHOICE  # noqa: E402
+from comfy_nodes.specs import NODE_SPECS  # noqa: E402
+
+# output types of the ComfyUI core nodes used here (inputs are listed per graph below)
+CORE_OUTPUTS = {"SaveImage": [], "PreviewImage": [], "ImageScaleBy": ["IMAGE"], "ImageStitch": ["IMAGE"]}
+CORE_SOCKETS = {"SaveImage": ["images"], "PreviewImage": ["images"], "ImageScaleBy": ["image"],
+                "ImageStitch": ["image1", "image2"]}
+CORE_SOCKET_TYPES = {"images": "IMAGE", "image": "IMAGE", "image1": "IMAGE", "image2": "IMAGE"}
+
+HF_VAR = "https://huggingface.co/FoundationVision/var/resolve/main/"
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, node_type: str, pos: tuple[int, int], widgets: list, title: str | None = None,
+            size: tuple[int, int] = (320, 130), models: list[dict] | None = None) -> int:
+        node_id = len(self.nodes) + 1
+        if node_type in NODE_SPECS:
+            spec = NODE_SPECS[node_type]
+            inputs = [{"name": i.name, "type": i.type, "link": None} for i in spec.inputs if not i.is_widget]
+            outputs = [{"name": o.name, "type": o.type, "links": [], "slot_index": s}
+                       for s, o in enumerate(spec.outputs)]
+        else:
+            inputs = [{"name": n, "type": CORE_SOCKET_TYPES[n], "link": None} for n in CORE_SOCKETS[node_type]]
+            outputs = [{"name": t, "type": t, "links": [], "slot_index": s}
+                       for s, t in enumerate(CORE_OUTPUTS[node_type])]
+        node = {
+            "id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+            "order": node_id - 1, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": node_type}, "widgets_values": widgets,
+        }
+        if models:
+            node["properties"]["models"] = models
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node_id
+
+    def link(self, src: int, src_slot: int, dst: int, dst_input: str) -> None:
+        link_id = len(self.links) + 1
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        out = s["outputs"][src_slot]
+        slot = next(i for i, inp in enumerate(d["inputs"]) if inp["name"] == dst_input)
+        out["links"].append(link_id)
+        d["inputs"][slot]["link"] = link_id
+        self.links.append([link_id, src, src_slot, dst, slot, out["type"]])
+
+    def to_json(self) -> dict:
+        for node in self.nodes:
+            for out in node["outputs"]:
+                if not out["links"]:
+                    out["links"] = None
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+            "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "version": 0.4,
+        }
+
+
+def chain(g: Graph, loader_widgets: list, classes: str, cfg: float, vpg: list | None, sampler: list,
+          y: int = 0, loader_models: list[dict] | None = None) -> tuple[int, int, int]:
+    """Loader -> conditioning, Loader -> CFG [-> Prefix] -> Sampler; returns (loader, cfg node, sampler)."""
+    loader = g.add("VPGModelLoader", (20, 40 + y), loader_widgets, size=(380, 130), models=loader_models)
+    cond = g.add("VPGClassConditioning", (440, 250 + y), [classes], size=(320, 120))
+    cfg_node = g.add("VPGCFG", (440, 40 + y), [cfg], size=(320, 60))
+    g.link(loader, 0, cond, "model")
+    g.link(loader, 0, cfg_node, "model")
+    last = cfg_node
+    if vpg is not None:
+        prefix = g.add("VPGPrefixGuidance", (800, 40 + y), vpg, size=(320, 180))
+        g.link(cfg_node, 0, prefix, "model")
+        last = prefix
+    samp = g.add("VPGSampler", (1160, 40 + y), sampler, size=(320, 200))
+    g.link(last, 0, samp, "model")
+    g.link(cond, 0, samp, "conditioning")
+    return loader, cfg_node, samp
+
+
+def demo_cfg_prefix() -> dict:
+    g = Graph()
+    _, _, samp = chain(g, [DEMO_CHOICE, "none", "fp32"], "face-happy, animal-mammal, food-fruit-veg, transport",
+                       3.0, [1.5, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 0, 0.95])
+    up = g.add("ImageScaleBy", (1520, 40), ["nearest-exact", 4.0], size=(300, 90))
+    save = g.add("SaveImage", (1860, 40), ["vpg_demo"], size=(400, 300))
+    gmap = g.add("VPGGuidanceMap", (1520, 400), ["per scale", 128], size=(300, 110))
+    save_map = g.add("SaveImage", (1860, 400), ["vpg_demo_guidance_map"], size=(600, 300))
+    g.link(samp, 0, up, "image")
+    g.link(up, 0, save, "images")
+    g.link(samp, 1, gmap, "guidance")
+    g.link(gmap, 0, save_map, "images")
+    return g.to_json()
+
+
+def demo_side_by_side() -> dict:
+    """Two samplers, same seed and settings; the second one's model has Prefix Guidance."""
+    g = Graph()
+    loader, cfg_node, plain = chain(g, [DEMO_CHOICE, "none", "fp32"], "face-happy, animal-mammal, transport",
+                                    3.0, None, [7, "fixed", 1, 0, 0.95])
+    cond = 2
+    prefix = g.add("VPGPrefixGuidance", (800, 420), [1.5, 0.5, "full", "persistent", "all"], size=(320, 180))
+    guided = g.add("VPGSampler", (1160, 420), [7, "fixed", 1, 0, 0.95], title="VPG Sampler (with VPG)",
+                   size=(320, 200))
+    g.nodes[plain - 1]["title"] = "VPG Sampler (without VPG)"
+    g.link(cfg_node, 0, prefix, "model")
+    g.link(prefix, 0, guided, "model")
+    g.link(cond, 0, guided, "conditioning")
+    up_a = g.add("ImageScaleBy", (1520, 40), ["nearest-exact", 4.0], size=(300, 90))
+    up_b = g.add("ImageScaleBy", (1520, 420), ["nearest-exact", 4.0], size=(300, 90))
+    stitch = g.add("ImageStitch", (1860, 200), ["right", True, 8, "white"], size=(300, 160))
+    save = g.add("SaveImage", (2200, 200), ["vpg_side_by_side"], size=(400, 300))
+    g.link(plain, 0, up_a, "image")
+    g.link(guided, 0, up_b, "image")
+    g.link(up_a, 0, stitch, "image1")
+    g.link(up_b, 0, stitch, "image2")
+    g.link(stitch, 0, save, "images")
+    return g.to_json()
+
+
+def var_d16() -> dict:
+    """The released VAR-d16 with the paper's VPG setting (w=3.0, p=0.5); needs the two official files."""
+    models = [
+        {"name": "var_d16.pth", "url": HF_VAR + "var_d16.pth", "directory": "vpg"},
+        {"name": "vae_ch160v4096z32.pth", "url": HF_VAR + "vae_ch160v4096z32.pth", "directory": "vpg"},
+    ]
+    g = Graph()
+    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "fp32"], "golden retriever, 980, volcano",
+                       1.5, [3.0, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 900, 0.96],
+                       loader_models=models)
+    save = g.add("SaveImage", (1520, 40), ["vpg_var_d16"], size=(400, 300))
+    gmap = g.add("VPGGuidanceMap", (1520, 400), ["per scale", 128], size=(300, 110))
+    save_map = g.add("SaveImage", (1860, 400), ["vpg_var_d16_guidance_map"], size=(600, 300))
+    g.link(samp, 0, save, "images")
+    g.link(samp, 1, gmap, "guidance")
+    g.link(gmap, 0, save_map, "images")
+    return g.to_json()
+
+
+WORKFLOWS = {
+    "vpg_demo_cfg_prefix.json": demo_cfg_prefix,
+    "vpg_demo_side_by_side.json": demo_side_by_side,
+    "vpg_var_d16.json": var_d16,
+}
+
+
+def main() -> None:
+    out = REPO / "workflows"
+    out.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (out / name).write_text(json.dumps(build(), indent=2) + "\n")
+        print(out / name)
+
+
+if __name__ == "__main__":
+    main()

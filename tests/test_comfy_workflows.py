@@ -1,0 +1,199 @@
+"""The shipped ComfyUI workflows against the node definitions, without ComfyUI.
+
+Our nodes' definitions come from ``comfy_nodes.specs`` (the table ``nodes.py`` builds its schemas
+from); the ComfyUI core nodes the workflows use come from ``tests/comfy/core_object_info.json``, a
+capture of a running server's ``/object_info``. ``test_comfy_nodes.py`` re-checks both against a real
+ComfyUI when ``COMFYUI_PATH`` is set, and ``tests/comfy/run_headless.sh`` runs the workflows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from comfy_nodes import workflow as wf
+from comfy_nodes.registry import DEMO_CHOICE, companion_choices, loader_choices
+from comfy_nodes.specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CORE = {k: v for k, v in json.loads((REPO / "tests/comfy/core_object_info.json").read_text()).items()
+        if not k.startswith("_")}
+
+
+def declared_models(ui: dict) -> list[dict]:
+    return [m for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])]
+
+
+def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
+    """Definitions as a ComfyUI whose models/vpg folder holds exactly the files the workflow declares."""
+    files = [m["name"] for m in declared_models(ui)]
+    dynamic = {MODEL_CHOICES: loader_choices(files), COMPANION_CHOICES: companion_choices(files)}
+    return {**wf.defs_from_object_info(CORE), **wf.defs_from_specs(NODE_SPECS.values(), dynamic)}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_the_three_workflows_are_shipped():
+    assert {p.name for p in WORKFLOWS} >= {"vpg_demo_cfg_prefix.json", "vpg_demo_side_by_side.json",
+                                           "vpg_var_d16.json"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_the_node_definitions(path):
+    ui = load(path)
+    assert wf.validate(ui, node_defs(ui)) == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_model_file_is_declared_with_a_download(path):
+    ui = load(path)
+    declared = {m["name"]: m for m in declared_models(ui)}
+    for node in ui["nodes"]:
+        if node["type"] != "VPGModelLoader":
+            continue
+        model_name, vae_file, _ = node["widgets_values"]
+        for name in (model_name, vae_file):
+            if name in (DEMO_CHOICE, "none"):
+                continue
+            assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"
+            assert declared[name]["directory"] == "vpg" and declared[name]["url"].endswith("/" + name)
+
+
+def test_var_workflow_points_at_the_official_file_names():
+    ui = load(REPO / "workflows/vpg_var_d16.json")
+    loader = next(n for n in ui["nodes"] if n["type"] == "VPGModelLoader")
+    assert loader["widgets_values"][:2] == ["var_d16.pth", "vae_ch160v4096z32.pth"]
+
+
+def test_demo_workflows_need_no_download():
+    for name in ("vpg_demo_cfg_prefix.json", "vpg_demo_side_by_side.json"):
+        ui = load(REPO / "workflows" / name)
+        assert declared_models(ui) == []
+        assert all(n["widgets_values"][0] == DEMO_CHOICE for n in ui["nodes"] if n["type"] == "VPGModelLoader")
+
+
+def test_side_by_side_differs_only_by_prefix_guidance():
+    ui = load(REPO / "workflows/vpg_demo_side_by_side.json")
+    prompt = wf.to_api(ui, node_defs(ui))
+    samplers = [k for k, v in prompt.items() if v["class_type"] == "VPGSampler"]
+    assert len(samplers) == 2
+    a, b = (prompt[k]["inputs"] for k in samplers)
+    assert {k: v for k, v in a.items() if k != "model"} == {k: v for k, v in b.items() if k != "model"}
+
+    def chain(ref):  # node types from a sampler's model input back to the loader
+        types = []
+        while ref is not None:
+            node = prompt[ref[0]]
+            types.append(node["class_type"])
+            ref = node["inputs"].get("model")
+        return types
+
+    assert sorted([chain(a["model"]), chain(b["model"])]) == [
+        ["VPGCFG", "VPGModelLoader"], ["VPGPrefixGuidance", "VPGCFG", "VPGModelLoader"]]
+
+
+def test_api_conversion_maps_widgets_by_name_and_drops_the_seed_control():
+    ui = load(REPO / "workflows/vpg_demo_cfg_prefix.json")
+    prompt = wf.to_api(ui, node_defs(ui))
+    sampler = next(v for v in prompt.values() if v["class_type"] == "VPGSampler")
+    node = next(n for n in ui["nodes"] if n["type"] == "VPGSampler")
+    seed, control, batch, top_k, top_p = node["widgets_values"]
+    assert control == "fixed"
+    assert {k: sampler["inputs"][k] for k in ("seed", "batch_size", "top_k", "top_p")} == {
+        "seed": seed, "batch_size": batch, "top_k": top_k, "top_p": top_p}
+    assert sampler["inputs"]["model"][1] == 0 and sampler["inputs"]["conditioning"][1] == 0
+
+
+# -- the checker must catch real mistakes --------------------------------------------------------------
+def _node(ui, node_type):
+    return next(n for n in ui["nodes"] if n["type"] == node_type)
+
+
+def _drop_control(ui):
+    _node(ui, "VPGSampler")["widgets_values"].pop(1)
+
+
+def _bad_control(ui):
+    _node(ui, "VPGSampler")["widgets_values"][1] = "sometimes"
+
+
+def _seed_too_big(ui):
+    _node(ui, "VPGSampler")["widgets_values"][0] = 2**64
+
+
+def _corruption_out_of_range(ui):
+    _node(ui, "VPGPrefixGuidance")["widgets_values"][1] = 1.5
+
+
+def _unknown_mode(ui):
+    _node(ui, "VPGPrefixGuidance")["widgets_values"][2] = "blur"
+
+
+def _unknown_node(ui):
+    _node(ui, "VPGCFG")["type"] = "VPGClassifierFree"
+
+
+def _model_not_in_folder(ui):
+    _node(ui, "VPGModelLoader")["widgets_values"][0] = "var_d30.pth"
+
+
+def _wrong_link_type(ui):
+    sampler = _node(ui, "VPGSampler")
+    link_id = sampler["inputs"][1]["link"]  # conditioning
+    link = next(lk for lk in ui["links"] if lk[0] == link_id)
+    link[1], link[5] = _node(ui, "VPGCFG")["id"], "VPG_MODEL"
+
+
+def _unconnected(ui):
+    sampler = _node(ui, "VPGSampler")
+    link_id = sampler["inputs"][1]["link"]
+    sampler["inputs"][1]["link"] = None
+    ui["links"] = [lk for lk in ui["links"] if lk[0] != link_id]
+    for node in ui["nodes"]:
+        for out in node["outputs"]:
+            if out["links"] and link_id in out["links"]:
+                out["links"].remove(link_id)
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (_drop_control, "control value"),
+    (_bad_control, "control value"),
+    (_seed_too_big, "above the maximum"),
+    (_corruption_out_of_range, "above the maximum 1.0"),
+    (_unknown_mode, "'blur' is not one of"),
+    (_unknown_node, "unknown node type"),
+    (_model_not_in_folder, "'var_d30.pth' is not one of"),
+    (_wrong_link_type, "gives VPG_MODEL"),
+    (_unconnected, "required input 'conditioning'"),
+])
+def test_checker_reports_broken_workflows(mutate, message):
+    ui = copy.deepcopy(load(REPO / "workflows/vpg_demo_cfg_prefix.json"))
+    defs = node_defs(ui)
+    mutate(ui)
+    errors = wf.validate(ui, defs)
+    assert any(message in e for e in errors), errors
+    with pytest.raises(ValueError, match="does not match the node definitions"):
+        wf.to_api(ui, defs)
+
+
+def test_node_classes_take_exactly_the_spec_inputs():
+    """Without importing ComfyUI: every node class in nodes.py builds its schema from its own spec and
+    its ``execute`` takes the spec's inputs by name (what a converted workflow passes)."""
+    import ast
+
+    tree = ast.parse((REPO / "comfy_nodes/nodes.py").read_text())
+    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef) and c.name in NODE_SPECS}
+    assert set(classes) == set(NODE_SPECS)
+    for name, cls in classes.items():
+        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
+        params = [a.arg for a in methods["execute"].args.args[1:]]
+        assert params == [i.name for i in NODE_SPECS[name].inputs], name
+        assert f"build_schema(NODE_SPECS['{name}'])" in ast.unparse(methods["define_schema"]), name
+        listed = next(n for n in tree.body if isinstance(n, ast.AnnAssign) and ast.unparse(n.target) == "NODES")
+        assert name in ast.unparse(listed.value)
