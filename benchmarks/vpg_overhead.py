@@ -7,8 +7,8 @@ every configuration, so it is timed on its own: "sampler" ratios exclude it, "en
 the decode time of the same round. Peak memory is measured per configuration in a fresh process on
 CPU (peak RSS, forked from a clean fork server) and with ``torch.cuda.max_memory_allocated`` on CUDA.
 
-    python -m benchmarks.vpg_overhead --model tiny --repeats 20
-    python -m benchmarks.vpg_overhead --model d16 --device cuda --dtype float16 --batch 1 8
+    python benchmarks/vpg_overhead.py --model tiny --repeats 20
+    python benchmarks/vpg_overhead.py --model d16 --device cuda --dtype float16 --batch 1 8
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import argparse
 import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
+
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
     CLOCKS,

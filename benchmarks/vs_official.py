@@ -10,8 +10,8 @@ Both run the same work: CFG on (the official sampler always runs the conditional
 no VPG, VQVAE decode included. On CUDA with half precision the official sampler runs with its float32
 weights under ``torch.autocast`` (as its demo does) and ours with weights cast to that dtype.
 
-    python -m benchmarks.vs_official --reference-repo /path/to/VAR --model tiny --repeats 10
-    python -m benchmarks.vs_official --reference-repo /path/to/VAR --model d16 --batch 1 2 --repeats 3
+    python benchmarks/vs_official.py --reference-repo /path/to/VAR --model tiny --repeats 10
+    python benchmarks/vs_official.py --reference-repo /path/to/VAR --model d16 --batch 1 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from statistics import median
 from typing import Any
 
 import torch
+
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
     CLOCKS,
