@@ -237,3 +237,26 @@ def test_generate_infinity_star_bad_flags_fail_before_loading(star_folder, tmp_p
         assert main(base + flags) == 2, flags
         assert named in capsys.readouterr().err, flags
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_convert_infinity_from_a_shard_folder(infinity_folder, tmp_path):
+    """The 8B transformer ships as a folder of shards with a ``*.index.json``; the fixture split in two."""
+    from safetensors.torch import load_file, save_file
+
+    root = shared_path("parity", "infinity")
+    state = load_file(str(root / "infinity.safetensors"))
+    names = sorted(state)
+    shards = tmp_path / "weights"
+    shards.mkdir()
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, str(shards / file))
+        weight_map |= {k: file for k in part}
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    out = tmp_path / "from-shards"
+    assert main(["convert", "--infinity", str(shards), "--vae", str(root / "vae.safetensors"),
+                 "--config", str(root / "config.json"), "--out", str(out)]) == 0
+    ours = VPGInfinityPipeline.from_pretrained(out).transformer.state_dict()
+    reference = VPGInfinityPipeline.from_pretrained(infinity_folder).transformer.state_dict()
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
