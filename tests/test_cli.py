@@ -102,6 +102,9 @@ def test_folders_dispatch_on_their_class_name(infinity_folder, star_folder, tmp_
     assert type(load_pipeline(str(var))) is VPGVARPipeline
     assert type(load_pipeline(str(infinity_folder))) is VPGInfinityPipeline
     assert type(load_pipeline(str(star_folder))) is VPGInfinityStarPipeline
+    half = load_pipeline(str(star_folder), dtype=torch.bfloat16)  # --dtype bf16: the video VAE stays float32
+    assert half.transformer.dtype == torch.bfloat16 and half.transformer.head.weight.dtype == torch.float32
+    assert next(half.vae.parameters()).dtype == torch.float32
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ValueError, match="StableDiffusionPipeline"):
