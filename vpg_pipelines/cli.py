@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import PIL.Image
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PIPELINES = {
+    "VPGVARPipeline": ("pipeline_vpg_var", "VPGVARPipeline"),
+    "VPGInfinityPipeline": ("pipeline_vpg_infinity", "VPGInfinityPipeline"),
+    "VPGInfinityStarPipeline": ("pipeline_vpg_infinity_star", "VPGInfinityStarPipeline"),
+}
+"""``model_index.json`` ``_class_name`` -> (module under ``pipelines``, class)."""
+VIDEO_SUFFIXES = (".mp4",)
 
 
 def _scales(text: str):
@@ -25,36 +38,47 @@ def _scales(text: str):
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (image i uses seed + i)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="CFG strength (VAR: the official cfg)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="CFG strength (VAR: the official cfg; InfinityStar: the APG scale, 34)")
+    p.add_argument("--top-k", type=int, default=None, help="VAR and Infinity only")
+    p.add_argument("--top-p", type=float, default=None, help="VAR and Infinity only")
     p.add_argument("--vpg-scale", type=float, default=None, help="VPG weight w (1 = off); default: per model")
-    p.add_argument("--vpg-corruption", type=float, default=0.5, help="fraction p of corrupted sites per scale")
-    p.add_argument("--vpg-mode", default="full", choices=["full", "token", "position", "codebook"])
-    p.add_argument("--vpg-refresh", default="persistent", choices=["persistent", "resample"])
-    p.add_argument("--vpg-scales", type=_scales, default="all", help="'all', 'semantic' or e.g. '1,2,3'")
+    p.add_argument("--vpg-corruption", type=float, default=None,
+                   help="fraction p of corrupted sites per scale (default: 0.5 images, 0.1 InfinityStar)")
+    p.add_argument("--vpg-mode", default=None, choices=["full", "token", "position", "codebook"],
+                   help="default: full")
+    p.add_argument("--vpg-refresh", default=None, choices=["persistent", "resample"], help="default: persistent")
+    p.add_argument("--vpg-scales", type=_scales, default=None,
+                   help="'all', 'semantic' or e.g. '1,2,3' (default: all; InfinityStar: semantic)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--compare", action="store_true", help="write a labelled grid: same seeds without | with VPG")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")
+    p.add_argument("--compare", action="store_true",
+                   help="the same seeds without | with VPG: a labelled grid (PNG) or side-by-side video (MP4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpg", description="Visual Prefix Guidance for next-scale models")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate images with a VAR model (or a saved Infinity pipeline folder)")
+    gen = sub.add_parser("generate", help="images (VAR, Infinity) or videos (InfinityStar) with VPG")
     gen.add_argument("--model", required=True,
-                     help="'demo' (bundled), a saved pipeline folder (VAR or Infinity), or an official var_d*.pth "
-                          "(with --vae)")
+                     help="'demo' (bundled), a saved pipeline folder (VAR, Infinity or InfinityStar), or an "
+                          "official var_d*.pth (with --vae)")
     gen.add_argument("--vae", default=None, help="official VQVAE file (vae_ch160v4096z32.pth) with a .pth --model")
     gen.add_argument("--config", default=None, help="JSON with the official constructor args {'vqvae':…,'var':…}")
     gen.add_argument("--prompt", action="append", required=True,
-                     help="class name or id (Infinity: text); repeat for several")
-    gen.add_argument("--negative-prompt", default=None, help="Infinity only: replaces the learned null text")
-    gen.add_argument("--height", type=int, default=None, help="Infinity only: output height (snapped to a template)")
-    gen.add_argument("--width", type=int, default=None, help="Infinity only: output width (snapped to a template)")
-    gen.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    gen.add_argument("--out", default="out.png", help="output PNG (several images: a grid)")
+                     help="class name or id (Infinity, InfinityStar: text); repeat for several")
+    gen.add_argument("--negative-prompt", default=None,
+                     help="Infinity, InfinityStar: replaces the learned null text")
+    gen.add_argument("--height", type=int, default=None,
+                     help="Infinity: output height (snapped to a template); InfinityStar: a schedule's height")
+    gen.add_argument("--width", type=int, default=None, help="like --height")
+    gen.add_argument("--num-frames", type=int, default=None,
+                     help="InfinityStar only: 1 or 1 + 16k (default: 1 for an image --out, else the model's length)")
+    gen.add_argument("--num-images", type=int, default=1, help="images (InfinityStar: videos) per prompt")
+    gen.add_argument("--out", default="out.png",
+                     help="output image (.png, .jpg; several images: a grid) or, InfinityStar, video (.mp4)")
     _add_sampling_args(gen)
 
     demo = sub.add_parser("demo", help="the bundled tiny model: a labelled grid without | with VPG (offline)")
@@ -64,10 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--classes", default=None,
                       help="comma-separated class names to draw (default: all 30), e.g. face-happy,plant")
 
-    conv = sub.add_parser("convert", help="official VAR files -> a diffusers-style pipeline folder (safetensors)")
-    conv.add_argument("--var", required=True, help="official var_d*.pth (local path or hub file name)")
-    conv.add_argument("--vae", required=True, help="official vae_ch160v4096z32.pth")
-    conv.add_argument("--config", default=None, help="JSON with the official constructor args")
+    conv = sub.add_parser("convert", help="official VAR / Infinity / InfinityStar files -> a pipeline folder "
+                                          "(safetensors)")
+    model = conv.add_mutually_exclusive_group(required=True)
+    model.add_argument("--var", help="official var_d*.pth (local path or hub file name)")
+    model.add_argument("--infinity", help="official Infinity transformer: infinity_2b_reg.pth or a shard folder "
+                                          "(local, or a name in FoundationVision/Infinity)")
+    model.add_argument("--infinity-star", help="official InfinityStar transformer: infinitystar_8b_720p_weights "
+                                               "(shard folder) or one file (local, or FoundationVision/InfinityStar)")
+    conv.add_argument("--vae", required=True, help="the matching official VAE file (vae_ch160v4096z32.pth, "
+                                                   "infinity_vae_d32reg.pth, infinitystar_videovae.pth)")
+    conv.add_argument("--text-encoder", default=None,
+                      help="Infinity, InfinityStar: T5 encoder path or hub id (google/flan-t5-xl), saved into the "
+                           "folder; without it the folder takes prompt_embeds only")
+    conv.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: --text-encoder's)")
+    conv.add_argument("--config", default=None, help="JSON with the official constructor args / settings")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     conv.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     return parser
@@ -82,80 +117,207 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def load_pipeline(model: str, vae: str | None = None, config: str | None = None, dtype: torch.dtype | None = None):
-    from .pipelines.pipeline_vpg_var import VPGVARPipeline
+def _pipeline_class(name: str):
+    if name not in PIPELINES:
+        raise ValueError(f"model_index.json names {name!r}; `vpg` runs {', '.join(PIPELINES)}")
+    module, cls = PIPELINES[name]
+    return getattr(importlib.import_module(f".pipelines.{module}", __package__), cls)
 
+
+def pipeline_class_name(model: str) -> str:
+    """The pipeline class ``--model`` loads: a folder's ``model_index.json`` ``_class_name``, else VAR."""
+    index = Path(model) / "model_index.json"
+    if model != "demo" and index.is_file():
+        return str(json.loads(index.read_text()).get("_class_name"))
+    return "VPGVARPipeline"
+
+
+def load_pipeline(model: str, vae: str | None = None, config: str | None = None, dtype: torch.dtype | None = None):
+    """``demo``, a saved pipeline folder (dispatched on ``model_index.json``) or official VAR files."""
     if model == "demo":
         from .demo import load_demo_pipeline
 
         return load_demo_pipeline()
     path = Path(model)
     if path.is_dir() and (path / "model_index.json").exists():
-        index = json.loads((path / "model_index.json").read_text())
-        cls = VPGVARPipeline
-        if index.get("_class_name") == "VPGInfinityPipeline":
-            from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline as cls
+        name = pipeline_class_name(model)
+        cls = _pipeline_class(name)
+        if vae is not None or config is not None:
+            raise ValueError("--vae and --config go with an official .pth --model, not with a pipeline folder")
+        if dtype is not None and name == "VPGInfinityStarPipeline":
+            dtype = {"default": dtype, "vae": torch.float32}  # the official video VAE runs in float32
         return cls.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
     if vae is None:
         raise ValueError(f"--model {model!r} is not a pipeline folder; pass the official VQVAE file with --vae")
-    cfg = json.loads(Path(config).read_text()) if config else None
-    return VPGVARPipeline.from_official(model, vae, config=cfg, torch_dtype=dtype)
+    from .pipelines.pipeline_vpg_var import VPGVARPipeline
+
+    return VPGVARPipeline.from_official(model, vae, config=_read_json(config, "--config"), torch_dtype=dtype)
+
+
+def _read_json(path: str | None, flag: str) -> dict | None:
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file")
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} {path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _square(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Pad to a square (white) so grid cells keep the aspect ratio."""
+    side = max(image.size)
+    if image.width == image.height:
+        return image
+    canvas = PIL.Image.new("RGB", (side, side), "white")
+    canvas.paste(image.convert("RGB"), ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+def _vpg_settings(pipe, args: argparse.Namespace) -> dict:
+    """The VPG flags given, the pipeline's own defaults for the rest."""
+    defaults = inspect.signature(type(pipe).__call__).parameters
+    names = ("vpg_scale", "vpg_corruption", "vpg_mode", "vpg_refresh", "vpg_scales")
+    return {n: defaults[n].default if getattr(args, n) is None else getattr(args, n) for n in names}
+
+
+def _check_generate_args(kind: str, args: argparse.Namespace, out: Path) -> None:
+    """Flags that do not apply to the model, and output types it cannot write; before any loading."""
+    suffix = out.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES and suffix not in PIL.Image.registered_extensions():
+        raise ValueError(f"--out {out}: unknown file type {suffix!r}; use an image (.png, .jpg) or .mp4 (video)")
+    if kind != "VPGInfinityStarPipeline":
+        if suffix in VIDEO_SUFFIXES:
+            raise ValueError(f"--out {out}: only InfinityStar pipeline folders make videos; use an image file")
+        if args.num_frames is not None:
+            raise ValueError("--num-frames applies to InfinityStar pipeline folders only")
+    if kind == "VPGVARPipeline" and {args.negative_prompt, args.height, args.width} != {None}:
+        raise ValueError("--negative-prompt, --height and --width apply to Infinity and InfinityStar pipeline "
+                         "folders only")
+    if kind == "VPGInfinityStarPipeline":
+        if args.top_k is not None or args.top_p is not None:
+            raise ValueError("--top-k and --top-p do not apply to InfinityStar (its sampler has no such filters)")
+        if suffix not in VIDEO_SUFFIXES and args.num_frames not in (None, 1):
+            raise ValueError(f"--out {out} is an image: pass --num-frames 1 (or leave it out), or write a video "
+                             f"with --out {out.with_suffix('.mp4').name}")
 
 
 def _generate(args: argparse.Namespace) -> None:
     from .visual import comparison_grid
 
+    out = Path(args.out)
+    kind = pipeline_class_name(args.model)
+    _check_generate_args(kind, args, out)
     device = _device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else None)
+    gpu_dtype = torch.bfloat16 if kind == "VPGInfinityStarPipeline" else torch.float16
+    dtype = DTYPES[args.dtype] if args.dtype else (gpu_dtype if device.type == "cuda" else None)
     pipe = load_pipeline(args.model, args.vae, args.config, dtype).to(device)
-    text_to_image = type(pipe).__name__ == "VPGInfinityPipeline"
-    prompts = [p if text_to_image or not p.strip().isdigit() else int(p) for p in args.prompt]
+    video = kind == "VPGInfinityStarPipeline"
+    text = kind != "VPGVARPipeline"
+    prompts = [p if text or not p.strip().isdigit() else int(p) for p in args.prompt]
     count = len(prompts) * args.num_images
     options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p}
-    if text_to_image:
+    if text:
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
-    elif {args.negative_prompt, args.height, args.width} != {None}:
-        raise ValueError("--negative-prompt, --height and --width apply to Infinity pipeline folders only")
+    if video:
+        as_video = out.suffix.lower() in VIDEO_SUFFIXES
+        options |= {"num_frames": args.num_frames if args.num_frames or as_video else 1,
+                    "num_videos_per_prompt": args.num_images}
+    else:
+        options["num_images_per_prompt"] = args.num_images
     kwargs = {k: v for k, v in options.items() if v is not None}
-    vpg = dict(vpg_scale=args.vpg_scale, vpg_corruption=args.vpg_corruption, vpg_mode=args.vpg_mode,
-               vpg_refresh=args.vpg_refresh, vpg_scales=args.vpg_scales)
+    vpg = _vpg_settings(pipe, args)
 
-    def run(**extra):
+    def run(**extra) -> list:
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(count)]
-        return pipe(prompt=prompts, num_images_per_prompt=args.num_images, generator=generators, **kwargs,
-                    **extra).images
+        result = pipe(prompt=prompts, generator=generators, **kwargs, **extra)
+        return result.frames if video else result.images
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [f"{p} #{args.seed + i}" for i, p in enumerate(p for p in prompts for _ in range(args.num_images))]
-    if args.compare:
-        plain = run(**{**vpg, "vpg_scale": 1.0})
-        guided = run(**vpg)
-        w = pipe.prefix_guidance(**vpg).scale
-        grid = comparison_grid([plain, guided], ["without VPG", f"with VPG (w={w:g})"], names)
-        grid.save(out)
+    w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).scale
+    columns = [run(**{**vpg, "vpg_scale": 1.0}), run(**vpg)] if args.compare else [run(**vpg)]
+    titles = ["without VPG", f"with VPG (w={w:g})"] if args.compare else [f"w={w:g}"]
+    if video and out.suffix.lower() in VIDEO_SUFFIXES:
+        from .utils import export_to_video
+        from .visual import comparison_video
+
+        frames = columns[0][0] if len(columns) == 1 and count == 1 else comparison_video(columns, titles)
+        export_to_video(frames, out, fps=pipe.fps)
     else:
-        images = run(**vpg)
-        if len(images) == 1:
-            images[0].save(out)
+        if video:  # one frame per video
+            columns = [[frames[0] for frames in column] for column in columns]
+        if len(columns) == 1 and count == 1:
+            columns[0][0].save(out)
         else:
-            comparison_grid([images], [f"w={pipe.prefix_guidance(**vpg).scale:g}"], names).save(out)
+            cells = [[_square(image) for image in column] for column in columns]
+            comparison_grid(cells, titles, names).save(out)
     print(f"wrote {out}")
 
 
-def _convert(args: argparse.Namespace) -> None:
-    from .pipelines.pipeline_vpg_var import VPGVARPipeline
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+def _check_new_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a new folder (nothing was overwritten)")
+    if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"--out {out} exists and is not empty; choose a new folder (nothing was overwritten)")
-    cfg = json.loads(Path(args.config).read_text()) if args.config else None
-    pipe = VPGVARPipeline.from_official(args.var, args.vae, config=cfg, torch_dtype=DTYPES[args.dtype])
-    tmp = out.with_name(out.name + ".partial")
-    pipe.save_pretrained(str(tmp))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)  # the folder appears only once complete
+
+
+def _check_source(flag: str, value: str | None) -> None:
+    """A local-looking path must exist (anything else may be a hub name, checked when it is fetched)."""
+    if value is not None and value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
+        raise FileNotFoundError(f"{flag} {value}: no such file or folder")
+
+
+def _save_atomically(pipe, out: Path) -> None:
+    """``save_pretrained`` into a hidden folder beside ``out``, then one rename: ``out`` appears only
+    complete, an existing non-empty ``out`` is never touched, and a failure leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        pipe.save_pretrained(str(staging))
+        try:
+            os.rename(staging, out)  # POSIX: replaces an empty folder, refuses a non-empty one
+        except OSError:
+            _check_new_folder(out)  # something was written into it meanwhile: refuse
+            if out.exists():
+                out.rmdir()
+            os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _convert(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _check_new_folder(out)
+    text = args.var is None
+    if not text and (args.text_encoder or args.tokenizer):
+        raise ValueError("--text-encoder and --tokenizer go with --infinity or --infinity-star, not --var")
+    if args.tokenizer and not args.text_encoder:
+        raise ValueError("--tokenizer needs --text-encoder")
+    source = args.var or args.infinity or args.infinity_star
+    flag = "--var" if args.var else "--infinity" if args.infinity else "--infinity-star"
+    for name, value in ((flag, source), ("--vae", args.vae), ("--text-encoder", args.text_encoder),
+                        ("--tokenizer", args.tokenizer)):
+        _check_source(name, value)
+    cfg = _read_json(args.config, "--config")
+    dtype = DTYPES[args.dtype]
+    if args.var:
+        from .pipelines.pipeline_vpg_var import VPGVARPipeline
+
+        pipe = VPGVARPipeline.from_official(args.var, args.vae, config=cfg, torch_dtype=dtype)
+    else:
+        cls = _pipeline_class("VPGInfinityPipeline" if args.infinity else "VPGInfinityStarPipeline")
+        pipe = cls.from_official(source, args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
+                                 config=cfg, torch_dtype=dtype)
+    _save_atomically(pipe, out)
+    if text and pipe.text_encoder is None:
+        print("note: no --text-encoder: the folder generates from prompt_embeds only (not from `vpg generate`)")
     print(f"wrote {out}")
 
 
@@ -171,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"generate": _generate, "convert": _convert, "demo": _demo}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"vpg {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

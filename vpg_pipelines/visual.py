@@ -70,3 +70,43 @@ def comparison_grid(
             y = title_h + r * (cell + padding) + cell // 2 - title_h // 2
             draw.text((padding, y), title, fill="black", font=font)
     return grid
+
+
+def comparison_video(
+    columns: Sequence[Sequence[Sequence[Image.Image]]],
+    column_titles: Sequence[str],
+    padding: int = 6,
+) -> list[Image.Image]:
+    """Videos side by side, each frame at its own size, with a title above each column.
+
+    ``columns[c][r]`` is the frame list of the video in row ``r`` of column ``c`` (e.g. the same seeds
+    without and with VPG). All videos must have the same size and number of frames. The returned
+    frames have even sides (what H.264 in yuv420p needs).
+    """
+    if not columns or len(columns) != len(column_titles):
+        raise ValueError("`columns` and `column_titles` must be non-empty and of the same length")
+    rows = len(columns[0])
+    videos = [video for column in columns for video in column]
+    if rows == 0 or any(len(column) != rows for column in columns):
+        raise ValueError("every column needs the same (non-zero) number of videos")
+    count, (w, h) = len(videos[0]), videos[0][0].size
+    if any(len(v) != count or any(f.size != (w, h) for f in v) for v in videos):
+        raise ValueError("all videos need the same number of frames and the same size")
+    font = _font(max(12, min(w // 10, 20)))
+    title_h = font.getbbox("Ag")[3] + 2 * padding
+    width = len(columns) * w + (len(columns) + 1) * padding
+    height = title_h + rows * (h + padding)
+    width, height = width + width % 2, height + height % 2
+    header = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(header)
+    for c, title in enumerate(column_titles):
+        x = padding + c * (w + padding)
+        draw.text((x + (w - font.getbbox(title)[2]) // 2, padding), title, fill="black", font=font)
+    frames = []
+    for i in range(count):
+        frame = header.copy()
+        for c, column in enumerate(columns):
+            for r, video in enumerate(column):
+                frame.paste(video[i].convert("RGB"), (padding + c * (w + padding), title_h + r * (h + padding)))
+        frames.append(frame)
+    return frames
