@@ -27,6 +27,12 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    # In place (on a fresh GroupNorm output) whenever no gradient is being recorded: the decoder is
+    # memory-bound on CPU and this saves ~10 % of its time; training keeps the out-of-place version.
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1 conv when channels change) shortcut."""
 
@@ -43,8 +49,8 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_silu(self.norm1(x)))
+        h = self.conv2(self.dropout(_silu(self.norm2(h))))
         return self.nin_shortcut(x) + h
 
 
@@ -153,7 +159,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -189,7 +195,7 @@ class Decoder(nn.Module):
             h = level.run_blocks(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_silu(self.norm_out(h)))
 
 
 # --------------------------------------------------------------------------------------------------
