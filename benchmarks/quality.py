@@ -71,6 +71,14 @@ def build_configs() -> dict[str, dict[str, Any]]:
 CONFIGS = build_configs()
 
 
+def config_kwargs(name: str, guidance_scale: float | None) -> dict[str, Any]:
+    """A configuration's pipeline arguments, with the base CFG replaced when one is given."""
+    kwargs = dict(CONFIGS[name])
+    if guidance_scale is not None and name != "no-guidance":
+        kwargs["guidance_scale"] = guidance_scale
+    return kwargs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -84,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cached classifier (trained on the train split and saved here if missing)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="CFG of every configuration except no-guidance (default: the demo's)")
     p.add_argument("--out-json", default=None)
     p.add_argument("--out-md", default=None)
     p.add_argument("--out-png", default=None)
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:
         for name in args.configs:
             start = time.perf_counter()
-            images = generate(pipe, labels, CONFIGS[name], seed, args.batch_size)
+            images = generate(pipe, labels, config_kwargs(name, args.guidance_scale), seed, args.batch_size)
             seconds = time.perf_counter() - start
             fd = frechet_distance(extract_features(images, classifier), real_feats)
             acc = classifier_accuracy(images, labels, classifier)
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = {}
     for name, r in results.items():
         configs[name] = {
-            "kwargs": CONFIGS[name],
+            "kwargs": config_kwargs(name, args.guidance_scale),
             **r,
             "fd_summary": summary(r["fd"]),
             "accuracy_summary": summary(r["accuracy"]),
@@ -201,8 +211,11 @@ def to_markdown(result: dict[str, Any]) -> str:
 
     a, m = result["args"], result["machine"]
     n_seeds = len(a["seeds"])
+    settings = dict(DEMO_SETTINGS)
+    if a.get("guidance_scale") is not None:
+        settings["guidance_scale"] = a["guidance_scale"]
     head = (f"**{result['model']}**; {result['samples_per_seed']} generated images per configuration and seed "
-            f"(the held-out class mix), seeds {a['seeds']}; demo settings {DEMO_SETTINGS} (VPG off = "
+            f"(the held-out class mix), seeds {a['seeds']}; settings {settings} (VPG off = "
             f"`vpg_scale=1`); {m['date']}; {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s).")
     refs = (f"References: classifier accuracy on the {result['heldout_images']} held-out real images "
             f"**{result['heldout_accuracy']:.3f}**; real-vs-real FD floor (train-split images with the same class "
