@@ -180,7 +180,8 @@ def _infinity_load_official(checkpoint: Path, companion: Path, text_encoder: Pat
                            "infinity_vae_d56_f8_14_patchify.pth for 8B)")
     encoder, tokenizer = _load_text_encoder(text_encoder, dtype)
     return VPGInfinityPipeline.from_official(str(checkpoint), str(companion), text_encoder=encoder,
-                                             tokenizer=tokenizer, config=_sidecar(checkpoint), torch_dtype=dtype)
+                                             tokenizer=tokenizer, config=_sidecar(checkpoint),
+                                             torch_dtype=None if dtype == torch.float32 else dtype)
 
 
 def _infinity_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -231,7 +232,8 @@ def _star_load_official(checkpoint: Path, companion: Path, text_encoder: Path | 
                            "(infinitystar_videovae.pth)")
     encoder, tokenizer = _load_text_encoder(text_encoder, dtype)
     return VPGInfinityStarPipeline.from_official(checkpoint, companion, text_encoder=encoder, tokenizer=tokenizer,
-                                                 config=_sidecar(checkpoint), torch_dtype=dtype)
+                                                 config=_sidecar(checkpoint),
+                                                 torch_dtype=None if dtype == torch.float32 else dtype)
 
 
 def _star_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
