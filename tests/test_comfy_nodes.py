@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(
     not COMFY, reason="COMFYUI_PATH is not set (a ComfyUI checkout with its requirements) - node classes not tested"
 )
 REPO = Path(__file__).resolve().parents[1]
+NO_FILES = {"vae_file": "none", "text_encoder": "none", "dtype": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,13 @@ def _info_v1(cls) -> dict:
 
 def _real_defs(comfyui) -> dict[str, wf.NodeDef]:
     import nodes as comfy_core
-    from comfy_extras import nodes_images
+    from comfy_extras import nodes_images, nodes_video
 
     mapping = {**comfy_core.NODE_CLASS_MAPPINGS, **nodes_images.NODE_CLASS_MAPPINGS}
+    schema_nodes = {"SaveVideo": nodes_video.SaveVideo}  # schema-API core nodes report their own info
     core = json.loads((REPO / "tests/comfy/core_object_info.json").read_text())
-    infos = {name: _info_v1(mapping[name]) for name in core if not name.startswith("_")}
+    infos = {name: schema_nodes[name].GET_NODE_INFO_V1() if name in schema_nodes else _info_v1(mapping[name])
+             for name in core if not name.startswith("_")}
     infos.update({cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in comfyui["nodes"].NODES})
     return wf.defs_from_object_info(infos)
 
@@ -95,7 +98,7 @@ def test_demo_workflows_validate_against_the_real_classes(comfyui, name):
 
 @pytest.fixture(scope="module")
 def loaded(comfyui):
-    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, vae_file="none", dtype="fp32").result[0]
+    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, **NO_FILES).result[0]
 
 
 def test_node_chain_produces_images_and_never_mutates_inputs(comfyui, loaded):
@@ -149,7 +152,7 @@ def test_cancel_raises_comfyuis_interrupt(comfyui, loaded):
 def test_bad_inputs_raise_plain_value_errors(comfyui, loaded):
     n = comfyui["nodes"]
     with pytest.raises(ValueError, match="`model_name` 'var_d30.pth' was not found"):
-        n.VPGModelLoader.execute(model_name="var_d30.pth", vae_file="none", dtype="fp32")
+        n.VPGModelLoader.execute(model_name="var_d30.pth", **NO_FILES)
     with pytest.raises(ValueError, match="already has CFG") as info:
         n.VPGCFG.execute(model=n.VPGCFG.execute(model=loaded, cfg=1.0).result[0], cfg=2.0)
     assert type(info.value) is ValueError
@@ -165,8 +168,8 @@ def test_loader_reruns_when_the_chosen_file_changes(comfyui, tmp_path):
     ckpt = tmp_path / "var_d16.pth"
     ckpt.write_bytes(b"1")
     os.utime(ckpt, (1000, 1000))
-    first = n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
-    assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    first = n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
+    assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
     os.utime(ckpt, (2000, 2000))
-    assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
     assert "var_d16.pth" in n.dynamic_options(MODEL_CHOICES)
