@@ -126,8 +126,8 @@ def test_text_sampler_equals_the_pipeline_with_per_image_seeds(infinity):
     result = text_sampling.sample_text_image(model, cond, seed=5, batch_size=2, tau=0.5, top_k=900, top_p=0.97)
     assert result.images.shape == (2, 256, 256, 3) and 0 <= result.images.min() and result.images.max() <= 1
     ref = infinity.pipeline(PROMPT, negative_prompt="blue dog", num_images_per_prompt=2, guidance_scale=3.0,
-                            tau=0.5, vpg_scale=2.0, vpg_corruption=0.5, generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
-                            output_type="pt").images
+                            tau=0.5, vpg_scale=2.0, vpg_corruption=0.5,
+                            generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="pt").images
     torch.testing.assert_close(result.images, ref.permute(0, 2, 3, 1), atol=0, rtol=0)
     single = text_sampling.sample_text_image(model, cond, seed=5, batch_size=1)
     # same codes; the decoder's batched convolutions round differently (observed 8e-6)
