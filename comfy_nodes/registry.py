@@ -299,13 +299,22 @@ def loader_choices(filenames: list[str]) -> list[str]:
     return [DEMO_CHOICE, *sorted(chosen)]
 
 
+_TRANSFORMERS_WEIGHTS = re.compile(r"(^|/)(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)$")
+
+
 def text_encoder_choices(filenames: list[str]) -> list[str]:
-    """The ``text_encoder`` dropdown: :data:`NO_COMPANION` and every transformers folder (one holding a
-    ``config.json``) listed under ``models/text_encoders`` or ``models/vpg``, outside saved pipelines."""
+    """The ``text_encoder`` dropdown: :data:`NO_COMPANION` and every transformers folder listed under
+    ``models/text_encoders`` or ``models/vpg``, outside saved pipelines.
+
+    A folder counts when it holds a ``config.json`` or transformers-named weights (``model.safetensors``,
+    ``model-00001-of-00002.safetensors``, ``pytorch_model.bin`` ...): ComfyUI lists only weight files
+    under ``text_encoders``, not ``.json`` ones. Loose files at the top level are other encoders.
+    """
     names = [f.replace("\\", "/") for f in filenames]
     saved = {n.rsplit("/", 1)[0] + "/" for n in names if n.endswith("/model_index.json")}
     found = {n.rsplit("/", 1)[0] for n in names
-             if n.endswith("/config.json") and not any(n.startswith(f) for f in saved)}
+             if "/" in n and (n.endswith("/config.json") or _TRANSFORMERS_WEIGHTS.search(n))
+             and not any(n.startswith(f) for f in saved)}
     return [NO_COMPANION, *sorted(found)]
 
 

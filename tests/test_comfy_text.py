@@ -65,6 +65,10 @@ def test_dropdowns_offer_shard_folders_and_t5_folders(models):
     assert {"infinity_2b_reg.pth", "vpg-tiny-infinity/model_index.json"} <= set(choices)
     encoders = registry.text_encoder_choices(listed(models, "text_encoders") + listed(models, "vpg"))
     assert encoders == [NO_COMPANION, "flan-t5-xl", "tiny-t5-d64"]  # not the T5 inside a saved pipeline
+    # ComfyUI lists only weight files under text_encoders (no .json): folders are found by transformers names
+    comfy_listing = ["flan-t5-xl/model-00001-of-00002.safetensors", "flan-t5-xl/model-00002-of-00002.safetensors",
+                     "t5xxl_fp16.safetensors", "clip/clip_l.safetensors", "tiny-t5-d64/model.safetensors"]
+    assert registry.text_encoder_choices(comfy_listing) == [NO_COMPANION, "flan-t5-xl", "tiny-t5-d64"]
 
 
 def test_saved_folders_dispatch_by_model_index(infinity, star):
