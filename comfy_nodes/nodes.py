@@ -34,6 +34,8 @@ VPGGuidanceType = io.Custom("VPG_GUIDANCE")
 _SOCKETS = {"VPG_MODEL": VPGModelType, "VPG_COND": VPGCondType, "VPG_GUIDANCE": VPGGuidanceType, "IMAGE": io.Image,
             "VIDEO": io.Video}
 PREVIEW_MAX_SIZE = 512
+MAX_PREVIEWS = 16
+"""At most about this many preview decodes per run (a video run has ~60 steps, each decode a VAE call)."""
 
 
 def dynamic_options(name: str) -> list[str]:
@@ -222,7 +224,9 @@ def _progress(model: object):
 
     def on_scale(progress: core.ScaleProgress) -> None:
         preview = None
-        if pbar.hook is not None:  # decoding a preview costs a VAE call: only when someone watches
+        every = -(-progress.total // MAX_PREVIEWS)
+        wanted = progress.index % every == 0 or progress.index == progress.total - 1
+        if pbar.hook is not None and wanted:  # a preview costs a VAE call: only when someone watches
             pixels = (progress.preview().clamp(0, 1) * 255).to(torch.uint8).numpy()
             from PIL import Image
 

@@ -237,8 +237,9 @@ def _star_load_official(checkpoint: Path, companion: Path, text_encoder: Path | 
 
 
 def _star_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
-    """The last frame decoded so far (frame 0 of a one-clip video), ``(B, 3, H, W)``."""
-    video = pipeline.decode_latents(latents)
+    """The newest latent frame decoded on its own, ``(B, 3, H, W)``: cheap (one frame, not the whole video
+    each step) and, outside the first clip, only an approximation of the final frames."""
+    video = pipeline.decode_latents(latents[:, :, -1:])
     return ((video[:, :, -1] + 1) / 2).clamp(0, 1)
 
 
@@ -306,15 +307,17 @@ def text_encoder_choices(filenames: list[str]) -> list[str]:
     """The ``text_encoder`` dropdown: :data:`NO_COMPANION` and every transformers folder listed under
     ``models/text_encoders`` or ``models/vpg``, outside saved pipelines.
 
-    A folder counts when it holds a ``config.json`` or transformers-named weights (``model.safetensors``,
-    ``model-00001-of-00002.safetensors``, ``pytorch_model.bin`` ...): ComfyUI lists only weight files
-    under ``text_encoders``, not ``.json`` ones. Loose files at the top level are other encoders.
+    A folder counts when it holds a ``config.json``, or transformers-named weights (``model.safetensors``,
+    ``model-00001-of-00002.safetensors``, ``pytorch_model.bin`` ...) and no listed ``.json`` at all:
+    ComfyUI lists only weight files under ``text_encoders``, while ``models/vpg`` lists everything (so a
+    transformer shard folder there shows its index and no config). Loose top-level files are other encoders.
     """
     names = [f.replace("\\", "/") for f in filenames]
     saved = {n.rsplit("/", 1)[0] + "/" for n in names if n.endswith("/model_index.json")}
-    found = {n.rsplit("/", 1)[0] for n in names
-             if "/" in n and (n.endswith("/config.json") or _TRANSFORMERS_WEIGHTS.search(n))
-             and not any(n.startswith(f) for f in saved)}
+    names = [n for n in names if "/" in n and not any(n.startswith(f) for f in saved)]
+    with_json = {n.rsplit("/", 1)[0] for n in names if n.endswith(".json")}
+    found = {n.rsplit("/", 1)[0] for n in names if n.endswith("/config.json")}
+    found |= {n.rsplit("/", 1)[0] for n in names if _TRANSFORMERS_WEIGHTS.search(n)} - with_json
     return [NO_COMPANION, *sorted(found)]
 
 
