@@ -92,7 +92,7 @@ def apply_apg(model: VPGModel, guidance_scale: float, norm_threshold: float) -> 
     """A copy of ``model`` with adaptive projected guidance (InfinityStar's released setting: 34, 0.05)."""
     model = _check_model(model, "VPG APG")
     if "apg" not in model.kind.guidance_kinds:
-        raise VPGNodeError(f"VPG APG: {model.source} is a {model.kind.name} model, which takes CFG only; "
+        raise VPGNodeError(f"VPG APG: {model.source} (kind {model.kind.name}) takes CFG only; "
                            "use VPG CFG (APG is InfinityStar's guidance).")
     if model.cfg is not None:
         raise VPGNodeError(f"VPG APG: this model already has guidance ({model.describe()}); chain only one of "

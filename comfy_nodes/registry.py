@@ -412,7 +412,8 @@ def load_pipeline(
             except VPGLoadError:
                 raise
             except (ValueError, KeyError, OSError, RuntimeError) as err:
-                raise VPGLoadError(f"cannot load {choice!r} with {companion!r} as a {kind.name} pair: {err}") from err
+                raise VPGLoadError(
+                    f"cannot load {choice!r} with {companion!r} as an official {kind.name} pair: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe, kind_of_pipeline(pipe)
 

@@ -107,7 +107,7 @@ def _check_text_inputs(model: Any, conditioning: Any, node: str, media: str) -> 
     if model.kind.conditioning != "text" or model.kind.media != media:
         other = {"class": "VPG Sampler", "image": "VPG Text-to-Image Sampler", "video": "VPG Video Sampler"}
         right = other["class"] if model.kind.conditioning == "class" else other[model.kind.media]
-        raise VPGNodeError(f"{node}: {model.source} is a {model.kind.name} model; use {right}.")
+        raise VPGNodeError(f"{node}: {model.source} is a model of kind {model.kind.name}; use {right}.")
     if not isinstance(conditioning, VPGTextConditioning):
         raise VPGNodeError(f"{node}: `conditioning` must come from a VPG Text Encode node, "
                            f"got {type(conditioning).__name__}")
