@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.guidance.prefix import MODES, REFRESH, PrefixGuidance
 from vpg_pipelines.sampling.next_scale import SamplerTrace
@@ -39,7 +40,7 @@ class VPGModel:
         pipeline: the loaded pipeline (``VPGVARPipeline`` or another registered kind).
         kind: its :class:`PipelineKind`.
         source: what was loaded (the loader's choice), shown in messages.
-        cfg: classifier-free guidance, or ``None`` (off).
+        cfg: classifier-free (or, for InfinityStar, adaptive projected) guidance, or ``None`` (off).
         prefix: Visual Prefix Guidance, or ``None`` (off).
         handle: ComfyUI's ``ModelPatcher`` over the pipeline's modules (``None`` outside ComfyUI).
     """
@@ -47,7 +48,7 @@ class VPGModel:
     pipeline: Any
     kind: PipelineKind
     source: str
-    cfg: ClassifierFreeGuidance | None = None
+    cfg: ClassifierFreeGuidance | AdaptiveProjectedGuidance | None = None
     prefix: PrefixGuidance | None = None
     handle: Any = None
 
@@ -56,10 +57,11 @@ class VPGModel:
 
     @property
     def num_scales(self) -> int:
-        return int(self.pipeline.num_timesteps)
+        return int(self.pipeline.num_timesteps or 0)
 
     def describe(self) -> str:
-        cfg = f"cfg {self.cfg.scale:g}" if self.cfg else "no CFG"
+        name = "apg" if isinstance(self.cfg, AdaptiveProjectedGuidance) else "cfg"
+        cfg = f"{name} {self.cfg.scale:g}" if self.cfg else "no CFG"
         vpg = f"VPG w={self.prefix.scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
         return f"{self.source} ({cfg}, {vpg})"
 
@@ -84,6 +86,22 @@ def apply_cfg(model: VPGModel, guidance_scale: float) -> VPGModel:
         raise VPGNodeError(f"VPG CFG: `cfg` must be a number >= 0, got {guidance_scale!r}")
     cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule=model.kind.cfg_schedule)
     return model.clone(cfg=cfg)
+
+
+def apply_apg(model: VPGModel, guidance_scale: float, norm_threshold: float) -> VPGModel:
+    """A copy of ``model`` with adaptive projected guidance (InfinityStar's released setting: 34, 0.05)."""
+    model = _check_model(model, "VPG APG")
+    if "apg" not in model.kind.guidance_kinds:
+        raise VPGNodeError(f"VPG APG: {model.source} (kind {model.kind.name}) takes CFG only; "
+                           "use VPG CFG (APG is InfinityStar's guidance).")
+    if model.cfg is not None:
+        raise VPGNodeError(f"VPG APG: this model already has guidance ({model.describe()}); chain only one of "
+                           "VPG CFG / VPG APG.")
+    for name, value in (("cfg", guidance_scale), ("norm_threshold", norm_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise VPGNodeError(f"VPG APG: `{name}` must be a number >= 0, got {value!r}")
+    apg = AdaptiveProjectedGuidance(float(guidance_scale), norm_threshold=float(norm_threshold), eta=0.0)
+    return model.clone(cfg=apg)
 
 
 def parse_scales(text: str) -> str | list[int]:
@@ -124,7 +142,11 @@ def apply_prefix_guidance(
         raise VPGNodeError(f"VPG Prefix Guidance: `refresh` must be one of {REFRESH}, got {refresh!r}")
     try:
         scale_list = parse_scales(scales)
-        prefix = model.pipeline.prefix_guidance(float(vpg_scale), float(corruption), mode, refresh, scale_list)
+        args = (float(vpg_scale), float(corruption), mode, refresh, scale_list)
+        if model.kind.prefix_scales is not None:
+            prefix = model.pipeline.prefix_guidance(*args, num_scales=model.kind.prefix_scales(model.pipeline))
+        else:
+            prefix = model.pipeline.prefix_guidance(*args)
     except (TypeError, ValueError) as err:
         if isinstance(err, VPGNodeError):
             raise
@@ -221,6 +243,9 @@ def sample(
     is returned then). Also returns the per-scale guidance maps (zeros where VPG was off).
     """
     model = _check_model(model, "VPG Sampler")
+    if model.kind.conditioning != "class":
+        other = "VPG Text-to-Image Sampler" if model.kind.media == "image" else "VPG Video Sampler"
+        raise VPGNodeError(f"VPG Sampler: {model.source} is a text-conditioned {model.kind.name} model; use {other}.")
     if not isinstance(conditioning, VPGConditioning):
         raise VPGNodeError(
             "VPG Sampler: `conditioning` must come from a VPG Class Conditioning node, "
@@ -288,6 +313,6 @@ def sample(
     return SampleResult(images=images, guidance=guidance)
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
+def _check_int(name: str, value: Any, low: int, high: int, node: str = "VPG Sampler") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise VPGNodeError(f"VPG Sampler: `{name}` must be an integer in [{low}, {high}], got {value!r}")
+        raise VPGNodeError(f"{node}: `{name}` must be an integer in [{low}, {high}], got {value!r}")

@@ -37,11 +37,14 @@ class GuidanceMaps:
 def change_map(clean: torch.Tensor, guided: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``(B, n, V)`` logits before / after VPG -> ``(B, h, w)`` total-variation distance per site.
 
-    ``grid`` is the scale's ``(h, w)`` with ``h * w == n`` (sites in raster order).
+    ``grid`` is the scale's ``(h, w)`` with ``h * w == n`` (sites in raster order). Bitwise logits
+    ``(B, n, d, 2)`` (Infinity) give the mean over the site's ``d`` bits of each bit's distance.
     """
     if grid[0] * grid[1] != clean.shape[1]:
         raise ValueError(f"grid {grid} does not hold the scale's {clean.shape[1]} sites")
     tv = 0.5 * (guided.float().softmax(-1) - clean.float().softmax(-1)).abs().sum(-1)
+    if tv.dim() == 3:
+        tv = tv.mean(-1)
     return tv.reshape(tv.shape[0], *grid).clamp(0, 1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import comfy.model_management
@@ -17,20 +18,24 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.latest import ComfyExtension, InputImpl, Types, io
 from typing_extensions import override
 
-from . import core, guidance_map, registry
-from .specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, InputSpec, NodeSpec
+from . import core, guidance_map, registry, text_sampling
+from .specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, TEXT_ENCODER_CHOICES, InputSpec, NodeSpec
 
 FOLDER = "vpg"
+TEXT_ENCODERS = "text_encoders"  # ComfyUI's own folder for text encoders
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
 
 VPGModelType = io.Custom("VPG_MODEL")
 VPGCondType = io.Custom("VPG_COND")
 VPGGuidanceType = io.Custom("VPG_GUIDANCE")
-_SOCKETS = {"VPG_MODEL": VPGModelType, "VPG_COND": VPGCondType, "VPG_GUIDANCE": VPGGuidanceType, "IMAGE": io.Image}
+_SOCKETS = {"VPG_MODEL": VPGModelType, "VPG_COND": VPGCondType, "VPG_GUIDANCE": VPGGuidanceType, "IMAGE": io.Image,
+            "VIDEO": io.Video}
 PREVIEW_MAX_SIZE = 512
+MAX_PREVIEWS = 16
+"""At most about this many preview decodes per run (a video run has ~60 steps, each decode a VAE call)."""
 
 
 def dynamic_options(name: str) -> list[str]:
@@ -40,7 +45,30 @@ def dynamic_options(name: str) -> list[str]:
         return registry.loader_choices(files)
     if name == COMPANION_CHOICES:
         return registry.companion_choices(files)
+    if name == TEXT_ENCODER_CHOICES:
+        return registry.text_encoder_choices(_text_encoder_files() + files)
     raise KeyError(name)
+
+
+def _text_encoder_files() -> list[str]:
+    try:
+        return folder_paths.get_filename_list(TEXT_ENCODERS)
+    except KeyError:  # a ComfyUI without that folder name
+        return []
+
+
+def _find(name: str, folders: tuple[str, ...]) -> Path:
+    """A listed file *or folder* (shard folders, T5 folders) under the named model folders."""
+    for folder in folders:
+        try:
+            bases = folder_paths.get_folder_paths(folder)
+        except KeyError:
+            continue
+        for base in bases:
+            candidate = Path(base) / name
+            if candidate.exists():
+                return candidate
+    raise FileNotFoundError(f"{name!r} is in none of the folders {list(folders)}")
 
 
 def _input(spec: InputSpec):
@@ -105,21 +133,23 @@ class VPGModelLoader(io.ComfyNode):
         return build_schema(NODE_SPECS["VPGModelLoader"])
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, vae_file: str, dtype: str) -> str:
+    def fingerprint_inputs(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str) -> str:
         """Reload when a chosen file changes on disk (same name, new contents)."""
         stamps = []
-        for name in (model_name, vae_file):
-            path = folder_paths.get_full_path(FOLDER, name) if name not in (registry.DEMO_CHOICE, "none") else None
-            stamps.append(f"{name}:{os.path.getmtime(path) if path and os.path.exists(path) else 0}")
+        for name, folders in ((model_name, (FOLDER,)), (vae_file, (FOLDER,)), (text_encoder, (TEXT_ENCODERS, FOLDER))):
+            try:
+                path = _find(name, folders) if name not in (registry.DEMO_CHOICE, "none") else None
+            except FileNotFoundError:
+                path = None
+            stamps.append(f"{name}:{os.path.getmtime(path) if path is not None else 0}")
         return "|".join([*stamps, dtype])
 
     @classmethod
-    def execute(cls, model_name: str, vae_file: str, dtype: str) -> io.NodeOutput:
-        def resolve(name: str) -> Path:
-            return Path(folder_paths.get_full_path_or_raise(FOLDER, name))
-
+    def execute(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str) -> io.NodeOutput:
         try:
-            pipe, kind = registry.load_pipeline(model_name, vae_file, resolve, dtype)
+            pipe, kind = registry.load_pipeline(
+                model_name, vae_file, lambda name: _find(name, (FOLDER,)), dtype, text_encoder,
+                lambda name: _find(name, (TEXT_ENCODERS, FOLDER)))
         except registry.VPGLoadError as err:
             raise ValueError(f"VPG Load Model: {err}") from None
         return io.NodeOutput(core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind)))
@@ -136,6 +166,18 @@ class VPGClassConditioning(io.ComfyNode):
             return io.NodeOutput(core.encode_classes(model, classes))
 
 
+class VPGTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGTextEncode"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, prompt: str, negative_prompt: str) -> io.NodeOutput:
+        _load(model)
+        with readable_errors():
+            return io.NodeOutput(text_sampling.encode_text(model, prompt, negative_prompt))
+
+
 class VPGCFG(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -145,6 +187,17 @@ class VPGCFG(io.ComfyNode):
     def execute(cls, model: core.VPGModel, cfg: float) -> io.NodeOutput:
         with readable_errors():
             return io.NodeOutput(core.apply_cfg(model, cfg))
+
+
+class VPGAPG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGAPG"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, cfg: float, norm_threshold: float) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(core.apply_apg(model, cfg, norm_threshold))
 
 
 class VPGPrefixGuidance(io.ComfyNode):
@@ -159,6 +212,30 @@ class VPGPrefixGuidance(io.ComfyNode):
             return io.NodeOutput(core.apply_prefix_guidance(model, vpg_scale, corruption, mode, refresh, scales))
 
 
+def _load(model: object) -> None:
+    """Let ComfyUI's model management place the weights (GPU when there is one, freeing others first)."""
+    if isinstance(model, core.VPGModel) and model.handle is not None:
+        comfy.model_management.load_models_gpu([model.handle], force_full_load=True)
+
+
+def _progress(model: object):
+    """A ProgressBar and the per-scale callback that ticks it with a preview (decoded only when watched)."""
+    pbar = comfy.utils.ProgressBar(max(1, model.num_scales) if isinstance(model, core.VPGModel) else 1)
+
+    def on_scale(progress: core.ScaleProgress) -> None:
+        preview = None
+        every = -(-progress.total // MAX_PREVIEWS)
+        wanted = progress.index % every == 0 or progress.index == progress.total - 1
+        if pbar.hook is not None and wanted:  # a preview costs a VAE call: only when someone watches
+            pixels = (progress.preview().clamp(0, 1) * 255).to(torch.uint8).numpy()
+            from PIL import Image
+
+            preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_SIZE)
+        pbar.update_absolute(progress.index + 1, progress.total, preview)
+
+    return on_scale
+
+
 class VPGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -167,27 +244,55 @@ class VPGSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: core.VPGModel, conditioning: core.VPGConditioning, seed: int, batch_size: int,
                 top_k: int, top_p: float) -> io.NodeOutput:
-        if isinstance(model, core.VPGModel) and model.handle is not None:
-            comfy.model_management.load_models_gpu([model.handle], force_full_load=True)
-        pbar = comfy.utils.ProgressBar(model.num_scales if isinstance(model, core.VPGModel) else 1)
-
-        def on_scale(progress: core.ScaleProgress) -> None:
-            preview = None
-            if pbar.hook is not None:  # decoding a preview costs a VAE call: only when someone watches
-                pixels = (progress.preview().clamp(0, 1) * 255).to(torch.uint8).numpy()
-                from PIL import Image
-
-                preview = ("JPEG", Image.fromarray(pixels), PREVIEW_MAX_SIZE)
-            pbar.update_absolute(progress.index + 1, progress.total, preview)
-
+        _load(model)
         with readable_errors():
             result = core.sample(
                 model, conditioning, seed, batch_size, top_k, top_p,
-                on_scale=on_scale,
+                on_scale=_progress(model),
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
             )
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.images.to(device), result.guidance)
+
+
+class VPGTextImageSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGTextImageSampler"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, conditioning: text_sampling.VPGTextConditioning, seed: int, size: str,
+                batch_size: int, tau: float, cfg_insertion_layer: int, top_k: int, top_p: float) -> io.NodeOutput:
+        _load(model)
+        with readable_errors():
+            result = text_sampling.sample_text_image(
+                model, conditioning, seed, size, batch_size, tau, cfg_insertion_layer, top_k, top_p,
+                on_scale=_progress(model),
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            )
+        device = comfy.model_management.intermediate_device()
+        return io.NodeOutput(result.images.to(device), result.guidance)
+
+
+class VPGVideoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGVideoSampler"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, conditioning: text_sampling.VPGTextConditioning, seed: int,
+                num_frames: int, size: str, batch_size: int, tau_image: float, tau_video: float) -> io.NodeOutput:
+        _load(model)
+        with readable_errors():
+            result = text_sampling.sample_video(
+                model, conditioning, seed, num_frames, size, batch_size, tau_image, tau_video,
+                on_scale=_progress(model),
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            )
+        frames = result.frames.to(comfy.model_management.intermediate_device())
+        video = InputImpl.VideoFromComponents(
+            Types.VideoComponents(images=frames, audio=None, frame_rate=Fraction(result.fps)))
+        return io.NodeOutput(frames, video)
 
 
 class VPGGuidanceMap(io.ComfyNode):
@@ -205,7 +310,8 @@ class VPGGuidanceMap(io.ComfyNode):
 
 
 NODES: list[type[io.ComfyNode]] = [
-    VPGModelLoader, VPGClassConditioning, VPGCFG, VPGPrefixGuidance, VPGSampler, VPGGuidanceMap,
+    VPGModelLoader, VPGClassConditioning, VPGTextEncode, VPGCFG, VPGAPG, VPGPrefixGuidance, VPGSampler,
+    VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
 ]
 
 

@@ -2,8 +2,7 @@
 
 A *kind* bundles what the nodes need to know about one pipeline class: how to load a saved folder
 or the official checkpoint files, how its conditioning works, and how to turn a partial latent into a
-preview. VAR is registered here; Infinity / InfinityStar register themselves the same way with
-:func:`register_kind` once their pipelines exist. No ComfyUI imports.
+preview. VAR, Infinity and InfinityStar are registered here with :func:`register_kind`. No ComfyUI imports.
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ class PipelineKind:
         name: short id (``"var"``).
         class_name: the ``_class_name`` in a saved folder's ``model_index.json``.
         load_folder: ``(folder, dtype) -> pipeline`` for a saved pipeline folder.
-        load_official: ``(checkpoint, companion, dtype) -> pipeline`` for the released files, or ``None``.
+        load_official: ``(checkpoint, companion, text_encoder, dtype) -> pipeline`` for the released files
+            (``text_encoder`` a T5 folder or ``None``), or ``None``.
         official_files: regular expression matching the released checkpoint file names of this kind.
         companion_hint: what the second file is (shown in errors), e.g. ``"vae_ch160v4096z32.pth"``.
         conditioning: ``"class"`` (class ids / names) or ``"text"`` (prompts).
@@ -46,12 +46,17 @@ class PipelineKind:
         preview: ``(pipeline, latents) -> (B, 3, H, W)`` images in [0, 1] from a partial latent.
         modules: ``pipeline -> {name: nn.Module}``, the weights ComfyUI's model management should own.
         grid: ``(pipeline, scale_index) -> (h, w)``, the token grid of a scale (for guidance maps).
+        media: ``"image"`` or ``"video"`` (which sampler node drives it).
+        needs_text_encoder: ``"t5"`` when the official files take a T5 folder (``text_encoder``), else ``""``.
+        guidance_kinds: the guidance terms its CFG-type nodes may add (``"cfg"``, ``"apg"``).
+        prefix_scales: ``pipeline -> number of scales`` to validate explicit VPG scale lists against
+            when it differs from ``pipeline.num_timesteps`` (InfinityStar plans its steps per call).
     """
 
     name: str
     class_name: str
     load_folder: Callable[[Path, torch.dtype], Any]
-    load_official: Callable[[Path, Path, torch.dtype], Any] | None
+    load_official: Callable[[Path, Path, Path | None, torch.dtype], Any] | None
     official_files: str
     companion_hint: str
     conditioning: str
@@ -59,6 +64,10 @@ class PipelineKind:
     preview: Callable[[Any, torch.Tensor], torch.Tensor]
     modules: Callable[[Any], dict[str, torch.nn.Module]]
     grid: Callable[[Any, int], tuple[int, int]]
+    media: str = "image"
+    needs_text_encoder: str = ""
+    guidance_kinds: tuple[str, ...] = ("cfg",)
+    prefix_scales: Callable[[Any], int] | None = None
 
 
 KINDS: dict[str, PipelineKind] = {}
@@ -68,6 +77,8 @@ def register_kind(kind: PipelineKind) -> None:
     """Add (or replace) a pipeline kind, keyed by its name."""
     if kind.conditioning not in ("class", "text"):
         raise ValueError(f"`conditioning` must be 'class' or 'text', got {kind.conditioning!r}")
+    if kind.media not in ("image", "video"):
+        raise ValueError(f"`media` must be 'image' or 'video', got {kind.media!r}")
     KINDS[kind.name] = kind
 
 
@@ -87,14 +98,27 @@ def _var_load_folder(folder: Path, dtype: torch.dtype) -> Any:
     return VPGVARPipeline.from_pretrained(str(folder), **kwargs)
 
 
-def _var_load_official(checkpoint: Path, companion: Path, dtype: torch.dtype) -> Any:
+def _var_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
     """The official pair; a ``<checkpoint>.json`` beside it (``{"var": {...}, "vqvae": {...}}``) gives
     the constructor arguments of non-standard sizes that cannot be inferred from the weights."""
     from vpg_pipelines import VPGVARPipeline
 
-    sidecar = checkpoint.with_suffix(".json")
-    config = json.loads(sidecar.read_text()) if sidecar.exists() else None
-    return VPGVARPipeline.from_official(str(checkpoint), str(companion), config=config, torch_dtype=dtype)
+    if text_encoder is not None:
+        raise VPGLoadError("VAR is class-conditional: set `text_encoder` to 'none'")
+    return VPGVARPipeline.from_official(str(checkpoint), str(companion), config=_sidecar(checkpoint),
+                                        torch_dtype=dtype)
+
+
+def _sidecar(checkpoint: Path) -> dict | None:
+    """``<checkpoint>.json`` next to a checkpoint (file or shard folder): constructor settings of sizes that
+    cannot be read off the weights (the ``config`` argument of ``from_official``)."""
+    sidecar = checkpoint.parent / f"{checkpoint.stem if checkpoint.is_file() else checkpoint.name}.json"
+    if not sidecar.exists():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except ValueError as err:
+        raise VPGLoadError(f"the sidecar config {sidecar} is not valid JSON ({err})") from err
 
 
 def _var_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -120,25 +144,181 @@ register_kind(
 )
 
 
+# -- Infinity (text-to-image) ------------------------------------------------------------------------
+def _load_text_encoder(folder: Path | None, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A ``T5EncoderModel`` and its tokenizer from a transformers folder (``config.json`` + weights +
+    tokenizer files), e.g. ``google/flan-t5-xl`` downloaded to ``models/text_encoders/flan-t5-xl``."""
+    if folder is None:
+        return None, None
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    if not (folder / "config.json").exists():
+        raise VPGLoadError(f"`text_encoder` {folder} has no config.json (expected a transformers T5 folder)")
+    try:
+        encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise VPGLoadError(f"cannot load the T5 text encoder folder {folder}: {err}") from err
+    return encoder, tokenizer
+
+
+def _infinity_load_folder(folder: Path, dtype: torch.dtype) -> Any:
+    from vpg_pipelines import VPGInfinityPipeline
+
+    kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
+    return VPGInfinityPipeline.from_pretrained(str(folder), **kwargs)
+
+
+def _infinity_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
+    from vpg_pipelines import VPGInfinityPipeline
+
+    if re.match(r"^infinity_vae", checkpoint.name):
+        raise VPGLoadError(f"`model_name` {checkpoint.name!r} is the VAE: pick the transformer "
+                           "(infinity_2b_reg.pth or the 8B shard folder) and put the VAE in `vae_file`")
+    if not re.match(r"^infinity_vae", companion.name):
+        raise VPGLoadError(f"`vae_file` {companion.name!r} is not an Infinity VAE (infinity_vae_d32reg.pth for 2B, "
+                           "infinity_vae_d56_f8_14_patchify.pth for 8B)")
+    encoder, tokenizer = _load_text_encoder(text_encoder, dtype)
+    return VPGInfinityPipeline.from_official(str(checkpoint), str(companion), text_encoder=encoder,
+                                             tokenizer=tokenizer, config=_sidecar(checkpoint),
+                                             torch_dtype=None if dtype == torch.float32 else dtype)
+
+
+def _infinity_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
+    param = next(pipeline.vae.parameters())
+    return ((pipeline.vae.decode(latents.to(device=param.device)) + 1) / 2).clamp(0, 1)
+
+
+def _infinity_grid(pipeline: Any, scale: int) -> tuple[int, int]:
+    grid = pipeline._schedule.grids[scale]  # the schedule of the running call
+    return int(grid[-2]), int(grid[-1])
+
+
+register_kind(
+    PipelineKind(
+        name="infinity",
+        class_name="VPGInfinityPipeline",
+        load_folder=_infinity_load_folder,
+        load_official=_infinity_load_official,
+        official_files=r"^infinity_",
+        companion_hint="the Infinity VAE file infinity_vae_d32reg.pth (2B) or infinity_vae_d56_f8_14_patchify.pth (8B)",
+        conditioning="text",
+        cfg_schedule="constant",
+        preview=_infinity_preview,
+        modules=lambda pipe: {k: m for k, m in (("transformer", pipe.transformer), ("vae", pipe.vae),
+                                                ("text_encoder", pipe.text_encoder)) if m is not None},
+        grid=_infinity_grid,
+        needs_text_encoder="t5",
+    )
+)
+
+
+# -- InfinityStar (text-to-video) --------------------------------------------------------------------
+def _star_load_folder(folder: Path, dtype: torch.dtype) -> Any:
+    from vpg_pipelines import VPGInfinityStarPipeline
+
+    kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
+    return VPGInfinityStarPipeline.from_pretrained(str(folder), **kwargs)
+
+
+def _star_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
+    from vpg_pipelines import VPGInfinityStarPipeline
+
+    if "videovae" in checkpoint.name:
+        raise VPGLoadError(f"`model_name` {checkpoint.name!r} is the video VAE: pick the transformer "
+                           "(the infinitystar_8b_720p_weights shard folder) and put the VAE in `vae_file`")
+    if "videovae" not in companion.name:
+        raise VPGLoadError(f"`vae_file` {companion.name!r} is not the InfinityStar video VAE "
+                           "(infinitystar_videovae.pth)")
+    encoder, tokenizer = _load_text_encoder(text_encoder, dtype)
+    return VPGInfinityStarPipeline.from_official(checkpoint, companion, text_encoder=encoder, tokenizer=tokenizer,
+                                                 config=_sidecar(checkpoint),
+                                                 torch_dtype=None if dtype == torch.float32 else dtype)
+
+
+def _star_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The newest latent frame decoded on its own, ``(B, 3, H, W)``: cheap (one frame, not the whole video
+    each step) and, outside the first clip, only an approximation of the final frames."""
+    video = pipeline.decode_latents(latents[:, :, -1:])
+    return ((video[:, :, -1] + 1) / 2).clamp(0, 1)
+
+
+def _star_prefix_scales(pipeline: Any) -> int:
+    args = pipeline.config.official_args
+    height, width = pipeline.default_size
+    return len(pipeline.plan(int(args["video_frames"]), height, width).schedule)
+
+
+register_kind(
+    PipelineKind(
+        name="infinity_star",
+        class_name="VPGInfinityStarPipeline",
+        load_folder=_star_load_folder,
+        load_official=_star_load_official,
+        official_files=r"^infinitystar_",
+        companion_hint="the InfinityStar video VAE infinitystar_videovae.pth",
+        conditioning="text",
+        cfg_schedule="constant",
+        preview=_star_preview,
+        modules=lambda pipe: {k: m for k, m in (("transformer", pipe.transformer), ("vae", pipe.vae),
+                                                ("text_encoder", pipe.text_encoder)) if m is not None},
+        grid=lambda pipe, k: (1, 1),
+        media="video",
+        needs_text_encoder="t5",
+        guidance_kinds=("cfg", "apg"),
+        prefix_scales=_star_prefix_scales,
+    )
+)
+
+
 # -- choosing and loading ----------------------------------------------------------------------------
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
+def _shard_folders(names: list[str], saved: set[str]) -> set[str]:
+    """Folders (``"x/"``) holding a transformers-style shard index, outside saved pipeline folders."""
+    return {n.rsplit("/", 1)[0] + "/" for n in names
+            if n.endswith(".index.json") and "/" in n and not any(n.startswith(f) for f in saved)}
+
+
 def loader_choices(filenames: list[str]) -> list[str]:
-    """The loader's dropdown: the bundled demo, saved folders' ``model_index.json``, checkpoint files.
+    """The loader's dropdown: the bundled demo, saved folders' ``model_index.json``, checkpoint files and
+    shard folders (``infinitystar_8b_720p_weights``: a folder with a ``*.index.json``).
 
     ``filenames`` are the files listed under ``models/vpg`` (relative, ``/``-separated). Files inside a
-    saved pipeline folder are not offered on their own: the folder is picked through its index.
+    saved pipeline folder or a shard folder are not offered on their own.
     """
     names = [f.replace("\\", "/") for f in filenames]
     folders = {n.rsplit("/", 1)[0] + "/" for n in names if n.endswith("/model_index.json")}
-    chosen = []
-    for name in sorted(names):
+    shards = _shard_folders(names, folders)
+    chosen = [f.rstrip("/") for f in shards]
+    for name in names:
         if name.rsplit("/", 1)[-1] == "model_index.json":
             chosen.append(name)
-        elif name.endswith(WEIGHT_SUFFIXES) and not any(name.startswith(f) for f in folders):
+        elif name.endswith(WEIGHT_SUFFIXES) and not any(name.startswith(f) for f in folders | shards):
             chosen.append(name)
-    return [DEMO_CHOICE, *chosen]
+    return [DEMO_CHOICE, *sorted(chosen)]
+
+
+_TRANSFORMERS_WEIGHTS = re.compile(r"(^|/)(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)$")
+
+
+def text_encoder_choices(filenames: list[str]) -> list[str]:
+    """The ``text_encoder`` dropdown: :data:`NO_COMPANION` and every transformers folder listed under
+    ``models/text_encoders`` or ``models/vpg``, outside saved pipelines.
+
+    A folder counts when it holds a ``config.json``, or transformers-named weights (``model.safetensors``,
+    ``model-00001-of-00002.safetensors``, ``pytorch_model.bin`` ...) and no listed ``.json`` at all:
+    ComfyUI lists only weight files under ``text_encoders``, while ``models/vpg`` lists everything (so a
+    transformer shard folder there shows its index and no config). Loose top-level files are other encoders.
+    """
+    names = [f.replace("\\", "/") for f in filenames]
+    saved = {n.rsplit("/", 1)[0] + "/" for n in names if n.endswith("/model_index.json")}
+    names = [n for n in names if "/" in n and not any(n.startswith(f) for f in saved)]
+    with_json = {n.rsplit("/", 1)[0] for n in names if n.endswith(".json")}
+    found = {n.rsplit("/", 1)[0] for n in names if n.endswith("/config.json")}
+    found |= {n.rsplit("/", 1)[0] for n in names if _TRANSFORMERS_WEIGHTS.search(n)} - with_json
+    return [NO_COMPANION, *sorted(found)]
 
 
 def companion_choices(filenames: list[str]) -> list[str]:
@@ -176,35 +356,48 @@ def load_pipeline(
     companion: str,
     resolve: Callable[[str], Path],
     dtype: str = "fp32",
+    text_encoder: str = NO_COMPANION,
+    resolve_text: Callable[[str], Path] | None = None,
 ) -> tuple[Any, PipelineKind]:
     """Load the pipeline behind a loader choice (on the CPU, progress bars off).
 
     Args:
-        choice: :data:`DEMO_CHOICE`, a saved folder's ``model_index.json`` or an official checkpoint
-            file, as listed in the ``vpg`` model folder.
+        choice: :data:`DEMO_CHOICE`, a saved folder's ``model_index.json``, an official checkpoint
+            file or shard folder, as listed in the ``vpg`` model folder.
         companion: the second file of an official pair (the VAE), or :data:`NO_COMPANION`.
-        resolve: maps a listed file name to its full path (``folder_paths.get_full_path_or_raise``).
+        resolve: maps a listed name to its full path (file or folder).
         dtype: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        text_encoder: a T5 folder from :func:`text_encoder_choices` for the text-conditioned kinds'
+            official files (or a saved folder stored without one), or :data:`NO_COMPANION`.
+        resolve_text: maps a ``text_encoder`` choice to its folder (default: ``resolve``).
     """
     if dtype not in DTYPES:
         raise VPGLoadError(f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
+    encoder_path = None
+    if text_encoder not in (None, "", NO_COMPANION):
+        encoder_path = _resolve(resolve_text or resolve, "text_encoder", text_encoder)
     if choice == DEMO_CHOICE:
         from vpg_pipelines.demo import demo_path
 
+        if encoder_path is not None:
+            raise VPGLoadError("the bundled demo is class-conditional: set `text_encoder` to 'none'")
         folder = demo_path()
         if not (folder / "model_index.json").exists():
             raise VPGLoadError(f"the bundled demo model is missing from {folder} (reinstall vpg-pipelines)")
         pipe = KINDS["var"].load_folder(folder, torch_dtype)
     else:
         path = _resolve(resolve, "model_name", choice)
-        if path.name == "model_index.json" or path.is_dir():
-            folder = path if path.is_dir() else path.parent
+        saved = path if path.name == "model_index.json" else path / "model_index.json"
+        if saved.exists():
+            folder = saved.parent
             kind = _folder_kind(folder)
             try:
                 pipe = kind.load_folder(folder, torch_dtype)
             except (ValueError, KeyError, OSError, RuntimeError) as err:
                 raise VPGLoadError(f"cannot load the {kind.name} pipeline folder {folder}: {err}") from err
+            if encoder_path is not None:
+                _attach_text_encoder(pipe, kind, folder, encoder_path, torch_dtype)
         else:
             kind = _official_kind(path)
             if companion in (None, "", NO_COMPANION):
@@ -212,12 +405,30 @@ def load_pipeline(
                     f"`model_name` {choice!r} is an official checkpoint; also pick {kind.companion_hint} as `vae_file`."
                 )
             second = _resolve(resolve, "vae_file", companion)
+            if encoder_path is not None and not kind.needs_text_encoder:
+                raise VPGLoadError(f"{kind.name} models take no text encoder: set `text_encoder` to 'none'")
             try:
-                pipe = kind.load_official(path, second, torch_dtype)
+                pipe = kind.load_official(path, second, encoder_path, torch_dtype)
+            except VPGLoadError:
+                raise
             except (ValueError, KeyError, OSError, RuntimeError) as err:
-                raise VPGLoadError(f"cannot load {choice!r} with {companion!r} as a {kind.name} pair: {err}") from err
+                raise VPGLoadError(
+                    f"cannot load {choice!r} with {companion!r} as an official {kind.name} pair: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe, kind_of_pipeline(pipe)
+
+
+def _attach_text_encoder(pipe: Any, kind: PipelineKind, folder: Path, encoder: Path, dtype: torch.dtype) -> None:
+    if not kind.needs_text_encoder:
+        raise VPGLoadError(f"{folder} holds a class-conditional {kind.name} pipeline: set `text_encoder` to 'none'")
+    if getattr(pipe, "text_encoder", None) is not None:
+        raise VPGLoadError(f"{folder} brings its own text encoder: set `text_encoder` to 'none'")
+    text_encoder, tokenizer = _load_text_encoder(encoder, dtype)
+    width = getattr(text_encoder.config, "d_model", None)
+    if width != pipe.transformer.config.text_channels:
+        raise VPGLoadError(f"`text_encoder` {encoder.name} gives {width}-channel features, the model takes "
+                           f"{pipe.transformer.config.text_channels}")
+    pipe.register_modules(text_encoder=text_encoder, tokenizer=tokenizer)
 
 
 def _resolve(resolve: Callable[[str], Path], arg: str, name: str) -> Path:

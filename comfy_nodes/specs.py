@@ -14,6 +14,7 @@ from vpg_pipelines.guidance.prefix import MODES, REFRESH
 
 from .guidance_map import NORMALIZE
 from .registry import DTYPES
+from .text_sampling import DEFAULT_SIZE, infinity_sizes, infinity_star_sizes
 
 CATEGORY = "sampling/vpg"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -22,6 +23,9 @@ MODEL_CHOICES = "vpg_models"
 """Dynamic combo: the loader's model choices (bundled demo + files under ``models/vpg``)."""
 COMPANION_CHOICES = "vpg_companions"
 """Dynamic combo: ``"none"`` + checkpoint files under ``models/vpg``."""
+TEXT_ENCODER_CHOICES = "vpg_text_encoders"
+"""Dynamic combo: ``"none"`` + transformers T5 folders under ``models/text_encoders`` and ``models/vpg``."""
+DYNAMIC_CHOICES = (MODEL_CHOICES, COMPANION_CHOICES, TEXT_ENCODER_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ MODEL = "VPG_MODEL"
 COND = "VPG_COND"
 GUIDANCE = "VPG_GUIDANCE"
 IMAGE = "IMAGE"
+VIDEO = "VIDEO"
 
 _model_in = InputSpec("model", MODEL, tooltip="A VPG model (from VPG Load Model or a VPG guidance node).")
 
@@ -81,15 +86,21 @@ NODE_SPECS: dict[str, NodeSpec] = {
             "VPGModelLoader",
             "VPG Load Model",
             "Loads a next-scale model for Visual Prefix Guidance: the bundled demo, a saved pipeline folder "
-            "(pick its model_index.json) or an official checkpoint pair, from models/vpg.",
+            "(pick its model_index.json) or an official checkpoint pair, from models/vpg (VAR, Infinity, "
+            "InfinityStar); text models also take a T5 folder.",
             (
                 InputSpec("model_name", "COMBO", options=MODEL_CHOICES,
                           tooltip="The bundled demo, a saved folder's model_index.json or an official checkpoint "
-                                  "(var_d16.pth ...) in models/vpg."),
+                                  "(var_d16.pth, infinity_2b_reg.pth, the infinitystar_8b_720p_weights folder ...) "
+                                  "in models/vpg."),
                 # not "vae_name": ComfyUI's frontend (1.27) routes inputs of that name through its
                 # model-asset code, which fails on servers missing some core loader nodes
                 InputSpec("vae_file", "COMBO", default="none", options=COMPANION_CHOICES,
-                          tooltip="For an official checkpoint: its VAE file (vae_ch160v4096z32.pth for VAR)."),
+                          tooltip="For an official checkpoint: its VAE file (vae_ch160v4096z32.pth for VAR, "
+                                  "infinity_vae_d32reg.pth for Infinity 2B, infinitystar_videovae.pth)."),
+                InputSpec("text_encoder", "COMBO", default="none", options=TEXT_ENCODER_CHOICES,
+                          tooltip="Infinity / InfinityStar official files: the flan-T5-XL folder (models/"
+                                  "text_encoders/flan-t5-xl). none for VAR and saved folders that bring one."),
                 InputSpec("dtype", "COMBO", default="fp32", options=tuple(DTYPES),
                           tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
             ),
@@ -107,13 +118,42 @@ NODE_SPECS: dict[str, NodeSpec] = {
             (OutputSpec(COND, "conditioning"),),
         ),
         NodeSpec(
+            "VPGTextEncode",
+            "VPG Text Encode",
+            "The prompt of a text model (Infinity, InfinityStar), encoded with the model's own T5 (Infinity: "
+            "here; InfinityStar: in the sampler, because its official caption carries the video duration).",
+            (
+                _model_in,
+                InputSpec("prompt", "STRING", default="a red fox in the snow, photo", multiline=True,
+                          tooltip="What to generate."),
+                InputSpec("negative_prompt", "STRING", default="", multiline=True,
+                          tooltip="Replaces the learned null text of CFG/APG; empty keeps it (the official default)."),
+            ),
+            (OutputSpec(COND, "conditioning"),),
+        ),
+        NodeSpec(
             "VPGCFG",
             "VPG CFG",
             "Classifier-free guidance for a VPG model (returns a patched copy; the input model is unchanged).",
             (
                 _model_in,
                 InputSpec("cfg", "FLOAT", default=1.5, min=0.0, max=30.0, step=0.05,
-                          tooltip="The guidance_scale (VAR: linear ramp to 1+cfg at the last scale; 0 = off)."),
+                          tooltip="The guidance_scale. VAR: linear ramp to 1+cfg at the last scale (0 = off); "
+                                  "Infinity / InfinityStar: the official cfg, constant (1 = off; Infinity 2B: 3)."),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGAPG",
+            "VPG APG",
+            "Adaptive projected guidance for InfinityStar (its released setting: cfg 34, norm threshold 0.05); "
+            "use instead of VPG CFG. Returns a patched copy.",
+            (
+                _model_in,
+                InputSpec("cfg", "FLOAT", default=34.0, min=0.0, max=100.0, step=0.5,
+                          tooltip="The official cfg of APG (1 = off)."),
+                InputSpec("norm_threshold", "FLOAT", default=0.05, min=0.0, max=10.0, step=0.01,
+                          tooltip="Bound on the RMS of cond - uncond (apg_norm_threshold; 0 = no bound)."),
             ),
             (OutputSpec(MODEL, "model"),),
         ),
@@ -153,6 +193,54 @@ NODE_SPECS: dict[str, NodeSpec] = {
                           tooltip="Nucleus sampling (0 = off). VAR evaluation: 0.96."),
             ),
             (OutputSpec(IMAGE, "images"), OutputSpec(GUIDANCE, "guidance")),
+        ),
+        NodeSpec(
+            "VPGTextImageSampler",
+            "VPG Text-to-Image Sampler",
+            "Samples every scale of a text-to-image model (Infinity) with its guidance chain; a preview after "
+            "each scale.",
+            (
+                _model_in,
+                InputSpec("conditioning", COND, tooltip="From VPG Text Encode (same loader as the model)."),
+                InputSpec("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                          tooltip="Image i of the batch uses seed + i."),
+                InputSpec("size", "COMBO", default=DEFAULT_SIZE, options=infinity_sizes(),
+                          tooltip="height x width of the official schedules; default: the model's (1024x1024 "
+                                  "for the released models)."),
+                InputSpec("batch_size", "INT", default=1, min=1, max=64, tooltip="Images of the prompt."),
+                InputSpec("tau", "FLOAT", default=0.5, min=0.01, max=5.0, step=0.01,
+                          tooltip="Temperature (official: 0.5 for 2B, 1.0 for 8B)."),
+                InputSpec("cfg_insertion_layer", "INT", default=0, min=-64, max=0,
+                          tooltip="0: CFG on the logits (official); -n: on the hidden states after block depth-n."),
+                InputSpec("top_k", "INT", default=900, min=0, max=100000, tooltip="Per-bit top-k (0 = off)."),
+                InputSpec("top_p", "FLOAT", default=0.97, min=0.0, max=1.0, step=0.01,
+                          tooltip="Per-bit top-p (0 = off). Official: 0.97."),
+            ),
+            (OutputSpec(IMAGE, "images"), OutputSpec(GUIDANCE, "guidance")),
+        ),
+        NodeSpec(
+            "VPGVideoSampler",
+            "VPG Video Sampler",
+            "Samples a text-to-video model (InfinityStar) with its guidance chain: the frames as an IMAGE batch "
+            "and a VIDEO (at the model's fps) for Save Video.",
+            (
+                _model_in,
+                InputSpec("conditioning", COND, tooltip="From VPG Text Encode (same loader as the model)."),
+                InputSpec("seed", "INT", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                          tooltip="Video i of the batch uses seed + i."),
+                InputSpec("num_frames", "INT", default=81, min=1, max=1025,
+                          tooltip="1 (an image) or 1 + 16 k up to the model's length (81 = 5 s at 16 fps)."),
+                InputSpec("size", "COMBO", default=DEFAULT_SIZE, options=infinity_star_sizes(),
+                          tooltip="height x width of the official schedules; default: the model's (720x1280 for "
+                                  "the released 720p model)."),
+                InputSpec("batch_size", "INT", default=1, min=1, max=16,
+                          tooltip="Videos of the prompt (the VIDEO output plays them one after another)."),
+                InputSpec("tau_image", "FLOAT", default=1.0, min=0.01, max=5.0, step=0.01,
+                          tooltip="Temperature of the first (image) clip; official 1.0."),
+                InputSpec("tau_video", "FLOAT", default=0.4, min=0.01, max=5.0, step=0.01,
+                          tooltip="Temperature of the video clips; official 0.4."),
+            ),
+            (OutputSpec(IMAGE, "frames"), OutputSpec(VIDEO, "video")),
         ),
         NodeSpec(
             "VPGGuidanceMap",

@@ -17,12 +17,20 @@ from comfy_nodes.registry import DEMO_CHOICE  # noqa: E402
 from comfy_nodes.specs import NODE_SPECS  # noqa: E402
 
 # output types of the ComfyUI core nodes used here (inputs are listed per graph below)
-CORE_OUTPUTS = {"SaveImage": [], "PreviewImage": [], "ImageScaleBy": ["IMAGE"], "ImageStitch": ["IMAGE"]}
+CORE_OUTPUTS = {"SaveImage": [], "PreviewImage": [], "ImageScaleBy": ["IMAGE"], "ImageStitch": ["IMAGE"],
+                "SaveVideo": []}
 CORE_SOCKETS = {"SaveImage": ["images"], "PreviewImage": ["images"], "ImageScaleBy": ["image"],
-                "ImageStitch": ["image1", "image2"]}
-CORE_SOCKET_TYPES = {"images": "IMAGE", "image": "IMAGE", "image1": "IMAGE", "image2": "IMAGE"}
+                "ImageStitch": ["image1", "image2"], "SaveVideo": ["video"]}
+CORE_SOCKET_TYPES = {"images": "IMAGE", "image": "IMAGE", "image1": "IMAGE", "image2": "IMAGE", "video": "VIDEO"}
 
 HF_VAR = "https://huggingface.co/FoundationVision/var/resolve/main/"
+HF_INFINITY = "https://huggingface.co/FoundationVision/Infinity/resolve/main/"
+HF_INFINITY_STAR = "https://huggingface.co/FoundationVision/InfinityStar/resolve/main/"
+T5_FOLDER = "flan-t5-xl"
+"""Where the docs tell users to put google/flan-t5-xl (models/text_encoders/flan-t5-xl)."""
+TINY_INFINITY = "vpg-tiny-infinity/model_index.json"
+TINY_INFINITY_STAR = "vpg-tiny-infinitystar/model_index.json"
+"""Saved folders written by tests/comfy/make_standin_models.py (from the parity fixtures)."""
 
 
 class Graph:
@@ -96,7 +104,7 @@ def chain(g: Graph, loader_widgets: list, classes: str, cfg: float, vpg: list | 
 
 def demo_cfg_prefix() -> dict:
     g = Graph()
-    _, _, samp = chain(g, [DEMO_CHOICE, "none", "fp32"], "face-happy, animal-mammal, food-fruit-veg, transport",
+    _, _, samp = chain(g, [DEMO_CHOICE, "none", "none", "fp32"], "face-happy, animal-mammal, food-fruit-veg, transport",
                        3.0, [1.5, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 0, 0.95])
     up = g.add("ImageScaleBy", (1520, 40), ["nearest-exact", 4.0], size=(300, 90))
     save = g.add("SaveImage", (1860, 40), ["vpg_demo"], size=(400, 300))
@@ -112,7 +120,7 @@ def demo_cfg_prefix() -> dict:
 def demo_side_by_side() -> dict:
     """Two samplers, same seed and settings; the second one's model has Prefix Guidance."""
     g = Graph()
-    loader, cfg_node, plain = chain(g, [DEMO_CHOICE, "none", "fp32"], "face-happy, animal-mammal, transport",
+    loader, cfg_node, plain = chain(g, [DEMO_CHOICE, "none", "none", "fp32"], "face-happy, animal-mammal, transport",
                                     3.0, None, [7, "fixed", 1, 0, 0.95])
     cond = 2
     prefix = g.add("VPGPrefixGuidance", (800, 420), [1.5, 0.5, "full", "persistent", "all"], size=(320, 180))
@@ -141,7 +149,7 @@ def var_d16() -> dict:
         {"name": "vae_ch160v4096z32.pth", "url": HF_VAR + "vae_ch160v4096z32.pth", "directory": "vpg"},
     ]
     g = Graph()
-    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "fp32"], "golden retriever, 980, volcano",
+    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "none", "fp32"], "golden retriever, 980, volcano",
                        1.5, [3.0, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 900, 0.96],
                        loader_models=models)
     save = g.add("SaveImage", (1520, 40), ["vpg_var_d16"], size=(400, 300))
@@ -153,10 +161,100 @@ def var_d16() -> dict:
     return g.to_json()
 
 
+def text_chain(g: Graph, loader_widgets: list, prompt: str, guidance: tuple[str, list], vpg: list,
+               sampler_type: str, sampler: list, loader_models: list[dict] | None = None) -> int:
+    """Loader -> Text Encode, Loader -> CFG/APG -> Prefix -> sampler; returns the sampler."""
+    loader = g.add("VPGModelLoader", (20, 40), loader_widgets, size=(380, 160), models=loader_models)
+    enc = g.add("VPGTextEncode", (440, 300), [prompt, ""], size=(360, 200))
+    cfg_node = g.add(guidance[0], (440, 40), guidance[1], size=(320, 90))
+    prefix = g.add("VPGPrefixGuidance", (840, 40), vpg, size=(320, 180))
+    samp = g.add(sampler_type, (1200, 40), sampler, size=(340, 280))
+    g.link(loader, 0, enc, "model")
+    g.link(loader, 0, cfg_node, "model")
+    g.link(cfg_node, 0, prefix, "model")
+    g.link(prefix, 0, samp, "model")
+    g.link(enc, 0, samp, "conditioning")
+    return samp
+
+
+def _image_outputs(g: Graph, samp: int, prefix: str, upscale: float | None = None) -> None:
+    source, slot = samp, 0
+    if upscale:
+        up = g.add("ImageScaleBy", (1580, 40), ["nearest-exact", upscale], size=(300, 90))
+        g.link(samp, 0, up, "image")
+        source = up
+    save = g.add("SaveImage", (1920 if upscale else 1580, 40), [prefix], size=(400, 300))
+    g.link(source, slot, save, "images")
+    gmap = g.add("VPGGuidanceMap", (1580, 420), ["per scale", 128], size=(300, 110))
+    save_map = g.add("SaveImage", (1920, 420), [prefix + "_guidance_map"], size=(600, 300))
+    g.link(samp, 1, gmap, "guidance")
+    g.link(gmap, 0, save_map, "images")
+
+
+def _video_outputs(g: Graph, samp: int, prefix: str) -> None:
+    save_video = g.add("SaveVideo", (1580, 40), ["video/" + prefix, "auto", "auto"], size=(400, 320))
+    save_frames = g.add("SaveImage", (1580, 420), [prefix + "_frames"], size=(400, 300))
+    g.link(samp, 1, save_video, "video")
+    g.link(samp, 0, save_frames, "images")
+
+
+def infinity_tiny() -> dict:
+    """The tiny Infinity fixture (saved folder): CFG 3 + Prefix Guidance, default size (256x256)."""
+    g = Graph()
+    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32"], "a red cat on the beach",
+                      ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
+                      [0, "fixed", "default", 2, 0.5, 0, 900, 0.97])
+    _image_outputs(g, samp, "vpg_infinity_tiny")
+    return g.to_json()
+
+
+def infinity_2b() -> dict:
+    """The released Infinity-2B at 1024x1024 with its official settings (cfg 3, tau 0.5) and VPG."""
+    models = [
+        {"name": "infinity_2b_reg.pth", "url": HF_INFINITY + "infinity_2b_reg.pth", "directory": "vpg"},
+        {"name": "infinity_vae_d32reg.pth", "url": HF_INFINITY + "infinity_vae_d32reg.pth", "directory": "vpg"},
+    ]
+    g = Graph()
+    samp = text_chain(g, ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER, "bf16"],
+                      "a wax seal embossed with the letters VPG, photo", ("VPGCFG", [3.0]),
+                      [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
+                      [0, "fixed", "1024x1024", 1, 0.5, 0, 900, 0.97], loader_models=models)
+    _image_outputs(g, samp, "vpg_infinity_2b")
+    return g.to_json()
+
+
+def infinitystar_tiny() -> dict:
+    """The tiny InfinityStar fixture (saved folder): APG + Prefix Guidance (semantic scales, p 0.1), 17 frames."""
+    g = Graph()
+    samp = text_chain(g, [TINY_INFINITY_STAR, "none", "none", "fp32"], "a red fox running on the beach",
+                      ("VPGAPG", [34.0, 0.05]), [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
+                      [0, "fixed", 17, "default", 1, 1.0, 0.4])
+    _video_outputs(g, samp, "vpg_infinitystar_tiny")
+    return g.to_json()
+
+
+def infinitystar_720p() -> dict:
+    """The released InfinityStar-8B 720p: 81 frames (5 s at 16 fps), 720x1280, APG 34 / 0.05, VPG on the
+    semantic scales with p 0.1. The transformer is a shard folder (no single-file download)."""
+    models = [{"name": "infinitystar_videovae.pth", "url": HF_INFINITY_STAR + "infinitystar_videovae.pth",
+               "directory": "vpg"}]
+    g = Graph()
+    samp = text_chain(g, ["infinitystar_8b_720p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16"],
+                      "a red fox running through fresh snow, close-up", ("VPGAPG", [34.0, 0.05]),
+                      [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
+                      [0, "fixed", 81, "720x1280", 1, 1.0, 0.4], loader_models=models)
+    _video_outputs(g, samp, "vpg_infinitystar_720p")
+    return g.to_json()
+
+
 WORKFLOWS = {
     "vpg_demo_cfg_prefix.json": demo_cfg_prefix,
     "vpg_demo_side_by_side.json": demo_side_by_side,
     "vpg_var_d16.json": var_d16,
+    "vpg_infinity_tiny.json": infinity_tiny,
+    "vpg_infinity_2b.json": infinity_2b,
+    "vpg_infinitystar_tiny.json": infinitystar_tiny,
+    "vpg_infinitystar_720p.json": infinitystar_720p,
 }
 
 

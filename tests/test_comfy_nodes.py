@@ -17,13 +17,14 @@ import torch
 from comfy_nodes import workflow as wf
 from comfy_nodes.core import VPGModel
 from comfy_nodes.registry import DEMO_CHOICE
-from comfy_nodes.specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS
+from comfy_nodes.specs import DYNAMIC_CHOICES, MODEL_CHOICES, NODE_SPECS
 
 COMFY = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
     not COMFY, reason="COMFYUI_PATH is not set (a ComfyUI checkout with its requirements) - node classes not tested"
 )
 REPO = Path(__file__).resolve().parents[1]
+NO_FILES = {"vae_file": "none", "text_encoder": "none", "dtype": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +57,20 @@ def _info_v1(cls) -> dict:
 
 def _real_defs(comfyui) -> dict[str, wf.NodeDef]:
     import nodes as comfy_core
-    from comfy_extras import nodes_images
+    from comfy_extras import nodes_images, nodes_video
 
     mapping = {**comfy_core.NODE_CLASS_MAPPINGS, **nodes_images.NODE_CLASS_MAPPINGS}
+    schema_nodes = {"SaveVideo": nodes_video.SaveVideo}  # schema-API core nodes report their own info
     core = json.loads((REPO / "tests/comfy/core_object_info.json").read_text())
-    infos = {name: _info_v1(mapping[name]) for name in core if not name.startswith("_")}
+    infos = {name: schema_nodes[name].GET_NODE_INFO_V1() if name in schema_nodes else _info_v1(mapping[name])
+             for name in core if not name.startswith("_")}
     infos.update({cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in comfyui["nodes"].NODES})
     return wf.defs_from_object_info(infos)
 
 
 def test_schemas_are_the_specs(comfyui):
     vpg_nodes = comfyui["nodes"]
-    dynamic = {name: vpg_nodes.dynamic_options(name) for name in (MODEL_CHOICES, COMPANION_CHOICES)}
+    dynamic = {name: vpg_nodes.dynamic_options(name) for name in DYNAMIC_CHOICES}
     expected = wf.defs_from_specs(NODE_SPECS.values(), dynamic)
     assert [c.GET_SCHEMA().node_id for c in vpg_nodes.NODES] == list(NODE_SPECS)
     for cls in vpg_nodes.NODES:
@@ -95,7 +98,7 @@ def test_demo_workflows_validate_against_the_real_classes(comfyui, name):
 
 @pytest.fixture(scope="module")
 def loaded(comfyui):
-    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, vae_file="none", dtype="fp32").result[0]
+    return comfyui["nodes"].VPGModelLoader.execute(model_name=DEMO_CHOICE, **NO_FILES).result[0]
 
 
 def test_node_chain_produces_images_and_never_mutates_inputs(comfyui, loaded):
@@ -149,7 +152,7 @@ def test_cancel_raises_comfyuis_interrupt(comfyui, loaded):
 def test_bad_inputs_raise_plain_value_errors(comfyui, loaded):
     n = comfyui["nodes"]
     with pytest.raises(ValueError, match="`model_name` 'var_d30.pth' was not found"):
-        n.VPGModelLoader.execute(model_name="var_d30.pth", vae_file="none", dtype="fp32")
+        n.VPGModelLoader.execute(model_name="var_d30.pth", **NO_FILES)
     with pytest.raises(ValueError, match="already has CFG") as info:
         n.VPGCFG.execute(model=n.VPGCFG.execute(model=loaded, cfg=1.0).result[0], cfg=2.0)
     assert type(info.value) is ValueError
@@ -165,8 +168,67 @@ def test_loader_reruns_when_the_chosen_file_changes(comfyui, tmp_path):
     ckpt = tmp_path / "var_d16.pth"
     ckpt.write_bytes(b"1")
     os.utime(ckpt, (1000, 1000))
-    first = n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
-    assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    first = n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
+    assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
     os.utime(ckpt, (2000, 2000))
-    assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", vae_file="none", dtype="fp32")
+    assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
     assert "var_d16.pth" in n.dynamic_options(MODEL_CHOICES)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(comfyui, tmp_path_factory):
+    """The tiny Infinity / InfinityStar saved folders in a models/vpg folder ComfyUI knows."""
+    import importlib.util
+
+    import folder_paths
+
+    # by path: ComfyUI's own `tests` package shadows ours once its checkout is on sys.path
+    spec = importlib.util.spec_from_file_location("vpg_standins", REPO / "tests/comfy/make_standin_models.py")
+    standins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standins)
+    target = tmp_path_factory.mktemp("vpg")
+    standins.write_tiny(target)
+    folder_paths.add_model_folder_path("vpg", str(target))
+    return standins
+
+
+def test_infinity_nodes_produce_images_and_guidance_maps(comfyui, tiny_folders):
+    n = comfyui["nodes"]
+    choice = f"{tiny_folders.TINY_INFINITY}/model_index.json"
+    assert choice in n.dynamic_options(MODEL_CHOICES)
+    model = n.VPGModelLoader.execute(model_name=choice, **NO_FILES).result[0]
+    cond = n.VPGTextEncode.execute(model=model, prompt="a red cat", negative_prompt="").result[0]
+    guided = n.VPGPrefixGuidance.execute(model=n.VPGCFG.execute(model=model, cfg=3.0).result[0], vpg_scale=2.0,
+                                         corruption=0.5, mode="full", refresh="persistent", scales="all").result[0]
+    images, guidance = n.VPGTextImageSampler.execute(model=guided, conditioning=cond, seed=0, size="default",
+                                                     batch_size=1, tau=0.5, cfg_insertion_layer=0, top_k=900,
+                                                     top_p=0.97).result
+    assert images.shape == (1, 256, 256, 3) and images.device == comfyui["mm"].intermediate_device()
+    (picture,) = n.VPGGuidanceMap.execute(guidance=guidance, normalize="per scale", cell=32).result
+    assert picture.shape == (1, 32, 32 * 8, 3)
+    with pytest.raises(ValueError, match="use VPG Text-to-Image Sampler") as info:
+        n.VPGSampler.execute(model=model, conditioning=cond, seed=0, batch_size=1, top_k=0, top_p=0.9)
+    assert type(info.value) is ValueError
+
+
+def test_video_node_gives_frames_and_a_video_savevideo_can_write(comfyui, tiny_folders, tmp_path):
+    from comfy_api.latest import InputImpl, Types
+
+    n = comfyui["nodes"]
+    model = n.VPGModelLoader.execute(model_name=f"{tiny_folders.TINY_INFINITY_STAR}/model_index.json",
+                                     **NO_FILES).result[0]
+    cond = n.VPGTextEncode.execute(model=model, prompt="a red fox", negative_prompt="").result[0]
+    apg = n.VPGAPG.execute(model=model, cfg=34.0, norm_threshold=0.05).result[0]
+    frames, video = n.VPGVideoSampler.execute(model=apg, conditioning=cond, seed=0, num_frames=17, size="default",
+                                              batch_size=1, tau_image=1.0, tau_video=0.4).result
+    h, w = model.pipeline.default_size
+    assert frames.shape == (17, h, w, 3)
+    parts = video.get_components()
+    assert parts.frame_rate == 16 and torch.equal(parts.images, frames)
+    path = tmp_path / "clip.mp4"
+    video.save_to(str(path), format=Types.VideoContainer.MP4, codec=Types.VideoCodec.H264)
+    written = InputImpl.VideoFromFile(str(path))
+    assert written.get_dimensions() == (w, h) and abs(written.get_duration() - 17 / 16) < 0.1
+    with pytest.raises(ValueError, match="takes CFG only"):
+        n.VPGAPG.execute(model=n.VPGModelLoader.execute(model_name=DEMO_CHOICE, **NO_FILES).result[0], cfg=3.0,
+                         norm_threshold=0.05)

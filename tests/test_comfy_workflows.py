@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 from comfy_nodes import workflow as wf
-from comfy_nodes.registry import DEMO_CHOICE, companion_choices, loader_choices
-from comfy_nodes.specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS
+from comfy_nodes.registry import DEMO_CHOICE, companion_choices, loader_choices, text_encoder_choices
+from comfy_nodes.specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, TEXT_ENCODER_CHOICES
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE = {k: v for k, v in json.loads((REPO / "tests/comfy/core_object_info.json").read_text()).items()
         if not k.startswith("_")}
+TINY = {"vpg_infinity_tiny.json": "vpg-tiny-infinity", "vpg_infinitystar_tiny.json": "vpg-tiny-infinitystar"}
+"""Workflows of the tiny saved folders that tests/comfy/make_standin_models.py writes (no download exists)."""
+T5_FOLDER = "flan-t5-xl"
+"""The one text encoder folder the workflows may name: the docs' place for google/flan-t5-xl."""
 
 
 def declared_models(ui: dict) -> list[dict]:
@@ -29,9 +33,15 @@ def declared_models(ui: dict) -> list[dict]:
 
 
 def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
-    """Definitions as a ComfyUI whose models/vpg folder holds exactly the files the workflow declares."""
+    """Definitions as a ComfyUI whose models/vpg folder holds exactly the files the workflow declares, the
+    tiny saved folders of make_standin_models.py, a shard folder when the workflow declares its VAE, and
+    models/text_encoders holds the flan-T5-XL folder."""
     files = [m["name"] for m in declared_models(ui)]
-    dynamic = {MODEL_CHOICES: loader_choices(files), COMPANION_CHOICES: companion_choices(files)}
+    files += [f"{folder}/model_index.json" for folder in TINY.values()]
+    if "infinitystar_videovae.pth" in files:
+        files.append("infinitystar_8b_720p_weights/model.safetensors.index.json")
+    dynamic = {MODEL_CHOICES: loader_choices(files), COMPANION_CHOICES: companion_choices(files),
+               TEXT_ENCODER_CHOICES: text_encoder_choices([f"{T5_FOLDER}/config.json"])}
     return {**wf.defs_from_object_info(CORE), **wf.defs_from_specs(NODE_SPECS.values(), dynamic)}
 
 
@@ -39,9 +49,10 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_the_three_workflows_are_shipped():
+def test_the_workflows_are_shipped():
     assert {p.name for p in WORKFLOWS} >= {"vpg_demo_cfg_prefix.json", "vpg_demo_side_by_side.json",
-                                           "vpg_var_d16.json"}
+                                           "vpg_var_d16.json", "vpg_infinity_tiny.json", "vpg_infinity_2b.json",
+                                           "vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -57,9 +68,13 @@ def test_every_model_file_is_declared_with_a_download(path):
     for node in ui["nodes"]:
         if node["type"] != "VPGModelLoader":
             continue
-        model_name, vae_file, _ = node["widgets_values"]
+        model_name, vae_file, text_encoder, _ = node["widgets_values"]
+        assert text_encoder in ("none", T5_FOLDER)
+        if path.name in TINY:
+            assert (model_name, vae_file) == (f"{TINY[path.name]}/model_index.json", "none")
+            continue
         for name in (model_name, vae_file):
-            if name in (DEMO_CHOICE, "none"):
+            if name in (DEMO_CHOICE, "none") or name == "infinitystar_8b_720p_weights":  # a shard folder
                 continue
             assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"
             assert declared[name]["directory"] == "vpg" and declared[name]["url"].endswith("/" + name)
@@ -69,6 +84,37 @@ def test_var_workflow_points_at_the_official_file_names():
     ui = load(REPO / "workflows/vpg_var_d16.json")
     loader = next(n for n in ui["nodes"] if n["type"] == "VPGModelLoader")
     assert loader["widgets_values"][:2] == ["var_d16.pth", "vae_ch160v4096z32.pth"]
+
+
+@pytest.mark.parametrize(("name", "files", "sampler"), [
+    ("vpg_infinity_2b.json", ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER], "VPGTextImageSampler"),
+    ("vpg_infinitystar_720p.json", ["infinitystar_8b_720p_weights", "infinitystar_videovae.pth", T5_FOLDER],
+     "VPGVideoSampler"),
+])
+def test_text_workflows_point_at_the_official_files_and_settings(name, files, sampler):
+    ui = load(REPO / "workflows" / name)
+    assert _node(ui, "VPGModelLoader")["widgets_values"][:3] == files
+    prompt = wf.to_api(ui, node_defs(ui))
+    inputs = next(v["inputs"] for v in prompt.values() if v["class_type"] == sampler)
+    if sampler == "VPGTextImageSampler":  # the released 2B: predict.py's settings
+        assert (inputs["size"], inputs["tau"], inputs["cfg_insertion_layer"], inputs["top_k"], inputs["top_p"]) == (
+            "1024x1024", 0.5, 0, 900, 0.97)
+        assert next(v for v in prompt.values() if v["class_type"] == "VPGCFG")["inputs"]["cfg"] == 3.0
+    else:  # the released 720p script: 81 frames, 720x1280, APG 34 / 0.05, taus 1 / 0.4
+        assert (inputs["num_frames"], inputs["size"], inputs["tau_image"], inputs["tau_video"]) == (
+            81, "720x1280", 1.0, 0.4)
+        apg = next(v for v in prompt.values() if v["class_type"] == "VPGAPG")["inputs"]
+        assert (apg["cfg"], apg["norm_threshold"]) == (34.0, 0.05)
+
+
+@pytest.mark.parametrize("name", ["vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json"])
+def test_video_workflows_save_the_video_and_the_frames(name):
+    ui = load(REPO / "workflows" / name)
+    prompt = wf.to_api(ui, node_defs(ui))
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "VPGVideoSampler")
+    save_video = next(v for v in prompt.values() if v["class_type"] == "SaveVideo")
+    save_frames = next(v for v in prompt.values() if v["class_type"] == "SaveImage")
+    assert save_video["inputs"]["video"] == [sampler, 1] and save_frames["inputs"]["images"] == [sampler, 0]
 
 
 def test_demo_workflows_need_no_download():

@@ -1,37 +1,157 @@
-"""Fill a ``models/vpg`` folder for the headless ComfyUI run (no downloads possible there).
+"""Fill ComfyUI model folders with tiny models for smoke runs (no downloads possible there).
 
-* ``var_d16.pth`` + ``vae_ch160v4096z32.pth`` + ``var_d16.json``: a **stand-in** under the official
-  file names: the tiny official-format VAR of ``shared/parity/var`` (10 classes, 4 scales) saved as
-  plain ``.pth`` state dicts, with the sidecar config its non-standard sizes need. It exercises the
-  official-pair loading path of the shipped VAR workflow; it is not VAR-d16.
+    python tests/comfy/make_standin_models.py COMFYUI/models/vpg          # everything below
+    python tests/comfy/make_standin_models.py COMFYUI/models/vpg --tiny   # only the two tiny folders
+
+Needs the parity fixtures of ``shared/parity`` (``VPG_SHARED`` or ``../shared``). Writes into
+``models/vpg``:
+
+* ``vpg-tiny-infinity/`` and ``vpg-tiny-infinitystar/``: saved pipeline folders (``save_pretrained``)
+  of the tiny official-format Infinity / InfinityStar fixtures with a random two-layer T5 and a
+  word-level tokenizer: what ``workflows/vpg_infinity_tiny.json`` and ``vpg_infinitystar_tiny.json``
+  load. They only prove the graph runs; their pictures are noise-like.
+* **stand-ins under the official file names**, so the official workflows' loading path runs:
+  ``var_d16.pth`` + ``vae_ch160v4096z32.pth``; ``infinity_2b_reg.pth`` + ``infinity_vae_d32reg.pth``;
+  ``infinitystar_8b_720p_weights/`` (a shard folder with its ``*.index.json``) + ``infinitystar_videovae.pth``;
+  each transformer with the ``<name>.json`` sidecar its non-standard sizes need. They are the tiny
+  fixtures, not the released models.
+* ``../text_encoders/flan-t5-xl/`` (a random T5 of the tiny Infinity's 128 channels, standing in for
+  google/flan-t5-xl) and ``../text_encoders/tiny-t5-d64/`` (64 channels, for the tiny InfinityStar).
 * ``broken/model_index.json``: a folder of a pipeline class the pack cannot load (negative test).
-
-    python tests/comfy/make_standin_models.py WORK/models/vpg
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+
+TINY_INFINITY = "vpg-tiny-infinity"
+TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
+WORDS = ("a an the of on in with and red blue green yellow white black cat dog fox bird car house tree sea beach "
+         "mountain sky city wax seal letters vpg photo painting running walking close-up big objects emphasize "
+         "scale detail").split()
+STAR_ARGS = {  # the InfinityStar fixture's settings (tests/test_infinity_star_pipeline.py)
+    "pn": "0.06M",
+    "image_scale_repetition": [3] * 11,
+    "video_scale_repetition": [3] * 8 + [2, 1, 1],
+    "semantic_scales": 8,
+    "detail_scale_min_tokens": 100,
+}
 
 
-def main(target: Path) -> None:
+def shared_root() -> Path:
     repo = Path(__file__).resolve().parents[2]
-    shared = Path(os.environ.get("VPG_SHARED", repo.parent / "shared")) / "parity" / "var"
-    target.mkdir(parents=True, exist_ok=True)
-    torch.save(load_file(shared / "var.safetensors"), target / "var_d16.pth")
-    torch.save(load_file(shared / "vqvae.safetensors"), target / "vae_ch160v4096z32.pth")
-    shutil.copy(shared / "config.json", target / "var_d16.json")
+    return Path(os.environ.get("VPG_SHARED", repo.parent / "shared")) / "parity"
+
+
+def tiny_t5(channels: int):
+    """A random flan-T5-shaped encoder and a word-level tokenizer appending ``</s>`` (nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>", model_max_length=512)
+    config = T5Config(vocab_size=len(vocab), d_model=channels, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    torch.manual_seed(0)
+    return T5EncoderModel(config).eval(), tokenizer
+
+
+def tiny_infinity():
+    """The Infinity fixture as a pipeline with a tiny T5 (default size: the fixture's 256 x 256)."""
+    from vpg_pipelines import VPGInfinityPipeline
+
+    root = shared_root() / "infinity"
+    config = json.loads((root / "config.json").read_text())
+    pipe = VPGInfinityPipeline.from_official(str(root / "infinity.safetensors"), str(root / "vae.safetensors"),
+                                             config=config)
+    encoder, tokenizer = tiny_t5(pipe.transformer.config.text_channels)
+    pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+    return pipe
+
+
+def star_config() -> dict:
+    config = json.loads((shared_root() / "infinity_star" / "config.json").read_text())
+    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    return config
+
+
+def tiny_infinity_star():
+    """The InfinityStar fixture as a pipeline with a tiny T5 (default size 192 x 336, up to 81 frames)."""
+    from vpg_pipelines import VPGInfinityStarPipeline
+
+    root = shared_root() / "infinity_star"
+    pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
+                                                 config=star_config())
+    encoder, tokenizer = tiny_t5(pipe.transformer.config.text_channels)
+    pipe.register_modules(text_encoder=encoder, tokenizer=tokenizer)
+    return pipe
+
+
+def write_tiny(target: Path) -> None:
+    tiny_infinity().save_pretrained(target / TINY_INFINITY)
+    tiny_infinity_star().save_pretrained(target / TINY_INFINITY_STAR)
+
+
+def write_official_standins(target: Path) -> None:
+    parity = shared_root()
+    var = parity / "var"
+    torch.save(load_file(var / "var.safetensors"), target / "var_d16.pth")
+    torch.save(load_file(var / "vqvae.safetensors"), target / "vae_ch160v4096z32.pth")
+    shutil.copy(var / "config.json", target / "var_d16.json")
+
+    inf = parity / "infinity"
+    torch.save(load_file(inf / "infinity.safetensors"), target / "infinity_2b_reg.pth")
+    torch.save(load_file(inf / "vae.safetensors"), target / "infinity_vae_d32reg.pth")
+    shutil.copy(inf / "config.json", target / "infinity_2b_reg.json")
+
+    star = parity / "infinity_star"
+    shards = target / "infinitystar_8b_720p_weights"
+    shards.mkdir(exist_ok=True)
+    state = load_file(star / "infinity_star.safetensors")
+    keys = sorted(state)
+    half = len(keys) // 2
+    weight_map = {}
+    for i, part in enumerate((keys[:half], keys[half:])):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: state[k].contiguous() for k in part}, str(shards / name))
+        weight_map |= dict.fromkeys(part, name)
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    torch.save(load_file(star / "videovae.safetensors"), target / "infinitystar_videovae.pth")
+    (target / "infinitystar_8b_720p_weights.json").write_text(json.dumps(star_config(), indent=1))
+
+    encoders = target.parent / "text_encoders"
+    for name, channels in (("flan-t5-xl", 128), ("tiny-t5-d64", 64)):
+        encoder, tokenizer = tiny_t5(channels)
+        encoder.save_pretrained(encoders / name)
+        tokenizer.save_pretrained(encoders / name)
+
     (target / "broken").mkdir(exist_ok=True)
     (target / "broken" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    print("\n".join(sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("target", type=Path, help="the models/vpg folder")
+    ap.add_argument("--tiny", action="store_true", help="only the two tiny saved pipeline folders")
+    args = ap.parse_args()
+    args.target.mkdir(parents=True, exist_ok=True)
+    write_tiny(args.target)
+    if not args.tiny:
+        write_official_standins(args.target)
+    root = args.target.parent
+    print("\n".join(sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main()

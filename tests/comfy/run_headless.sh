@@ -54,5 +54,31 @@ check "unknown class name" "$DEMO" --set '2.classes="face-hapy"' --expect-error 
 check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_file="none"' \
     --expect-error "also pick the VAR VQVAE file"
 
+# Infinity / InfinityStar (node ids: 1 loader, 2 text encode, 3 CFG/APG, 4 prefix, 5 sampler). The official
+# workflows load in bf16 (for GPUs); bf16 convolutions on a CPU are very slow, so the stand-ins run in fp32.
+INF=workflows/vpg_infinity_2b.json
+STAR=workflows/vpg_infinitystar_tiny.json
+STAR720=workflows/vpg_infinitystar_720p.json
+check "Infinity tiny (saved folder), CFG + Prefix Guidance" workflows/vpg_infinity_tiny.json \
+    --out "$WORK/out/infinity_tiny"
+check "Infinity 2B workflow (stand-in official files + T5 folder)" "$INF" --set '5.size="default"' --set '1.dtype="fp32"' \
+    --out "$WORK/out/infinity_2b_standin"
+check "InfinityStar tiny (saved folder), APG + Prefix Guidance -> SaveVideo" "$STAR" --out "$WORK/out/star_tiny"
+check "InfinityStar 720p workflow (stand-in shard folder + T5 folder)" "$STAR720" \
+    --set '1.text_encoder="tiny-t5-d64"' --set '1.dtype="fp32"' --set '5.size="default"' --set 5.num_frames=17 \
+    --out "$WORK/out/star_standin"
+check "Cancel mid-video leaves no output" "$STAR" --set 5.seed=1 --interrupt-after 2
+check "Infinity VAE picked as the model" "$INF" --set '1.model_name="infinity_vae_d32reg.pth"' \
+    --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the VAE: pick the transformer"
+check "InfinityStar VAE with the Infinity transformer" "$INF" --set '1.vae_file="infinitystar_videovae.pth"' \
+    --expect-error "is not an Infinity VAE"
+check "T5 of the wrong width" "$INF" --set '1.text_encoder="tiny-t5-d64"' --expect-error "64-channel features"
+check "official text model without a T5 folder" "$INF" --set '1.text_encoder="none"' --set '1.dtype="fp32"' \
+    --expect-error "pick the T5 folder"
+check "Infinity size off the schedules" "$INF" --set '5.size="1000x1000"' --expect-error "not an Infinity schedule size"
+check "video frame count" "$STAR" --set 5.num_frames=20 --expect-error "must be one of [1, 17"
+check "APG on an Infinity model" "$INF" --set '3={"class_type": "VPGAPG", "inputs": {"model": ["1", 0], "cfg": 3.0, "norm_threshold": 0.05}}' \
+    --expect-error "takes CFG only"
+
 echo "server log: $WORK/server.log; images: $WORK/out; failed checks: $FAILED"
 exit $FAILED

@@ -2,6 +2,7 @@
 
     python tests/comfy/submit.py http://127.0.0.1:8199 workflows/vpg_demo_cfg_prefix.json --out out/
     python tests/comfy/submit.py URL WF.json --set 2.classes='"0, 1"'          # override an input (JSON value)
+    python tests/comfy/submit.py URL WF.json --set '3={"class_type": ..., "inputs": {...}}'  # replace node 3
     python tests/comfy/submit.py URL WF.json --no-check --expect-error "Value not in list"
 
 The workflow is checked against the server's ``/object_info`` and converted to API format with
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("server")
     ap.add_argument("workflow", type=Path)
     ap.add_argument("--out", type=Path, help="folder for the fetched images")
-    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=JSON", help="override an input")
+    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=JSON",
+                    help="override an input (NODE=JSON replaces the node)")
     ap.add_argument("--no-check", action="store_true", help="skip the local check (let the server validate)")
     ap.add_argument("--expect-error", metavar="TEXT", help="succeed only if the run fails with TEXT in the error")
     ap.add_argument("--interrupt-after", type=float, metavar="SECONDS",
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     prompt = wf.to_api(ui, defs) if not args.no_check else _convert_unchecked(ui, defs)
     for item in args.set:
         target, value = item.split("=", 1)
+        if "." not in target:  # a whole API-format node: swap a node for another type
+            prompt[target] = json.loads(value)
+            continue
         node, name = target.split(".", 1)
         prompt[node]["inputs"][name] = json.loads(value)
 
