@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import shared_path
 from vpg_pipelines.loading.checkpoint import CheckpointError
-from vpg_pipelines.models.infinity_star.loading import (
+from vpg_pipelines.loading.infinity_star import (
     infer_transformer_config,
     infer_vae_config,
     load_infinity_star_transformer,

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from tests.conftest import shared_path
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.prefix import PrefixGuidance
+from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer, load_infinity_star_vae
 from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
-from vpg_pipelines.models.infinity_star.loading import load_infinity_star_transformer, load_infinity_star_vae
 from vpg_pipelines.models.infinity_star.schedules import plan_steps
 from vpg_pipelines.sampling.adapter import RowBatch
 from vpg_pipelines.sampling.kv_cache import KVCache

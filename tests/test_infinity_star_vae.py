@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.conftest import shared_path
-from vpg_pipelines.models.infinity_star.loading import load_infinity_star_vae
+from vpg_pipelines.loading.infinity_star import load_infinity_star_vae
 
 VIDEO_ATOL = 2e-3  # README: the video is stored as float16
 

@@ -3,6 +3,8 @@
 from .demo import load_demo_pipeline
 from .guidance.cfg import ClassifierFreeGuidance
 from .guidance.prefix import PrefixGuidance
+from .loading.infinity import load_official_infinity
+from .loading.var import load_official_var
 from .models.var.transformer import VARTransformer
 from .models.var.vqvae import VARVQVAE
 from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline
@@ -22,5 +24,7 @@ __all__ = [
     "VPGInfinityStarPipeline",
     "VPGVARPipeline",
     "export_to_video",
+    "load_official_infinity",
+    "load_official_var",
     "load_demo_pipeline",
 ]

@@ -556,7 +556,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
                 ``config.json`` format); sizes are read off the weights and checked against it.
             torch_dtype: cast the transformer and text encoder (the VAE stays float32, as officially).
         """
-        from ..models.infinity_star.loading import (
+        from ..loading.infinity_star import (
             RELEASED_720P,
             load_infinity_star_transformer,
             load_infinity_star_vae,

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
-from ...loading.checkpoint import CheckpointError, load_strict, read_state_dict
-from .transformer import InfinityStarTransformer
-from .video_vae import DERIVED_KEYS, InfinityStarVideoVAE
+from ..models.infinity_star.transformer import InfinityStarTransformer
+from ..models.infinity_star.video_vae import DERIVED_KEYS, InfinityStarVideoVAE
+from .checkpoint import CheckpointError, load_strict, read_state_dict
 
 RELEASED_720P = {
     "transformer": "infinitystar_8b_720p_weights",
