@@ -281,11 +281,12 @@ class VPGVideoSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: core.VPGModel, conditioning: text_sampling.VPGTextConditioning, seed: int,
-                num_frames: int, size: str, batch_size: int, tau_image: float, tau_video: float) -> io.NodeOutput:
+                num_frames: int, size: str, batch_size: int, tau_image: float, tau_video: float,
+                start_image: torch.Tensor | None = None) -> io.NodeOutput:
         _load(model)
         with readable_errors():
             result = text_sampling.sample_video(
-                model, conditioning, seed, num_frames, size, batch_size, tau_image, tau_video,
+                model, conditioning, seed, num_frames, size, batch_size, tau_image, tau_video, start_image,
                 on_scale=_progress(model),
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
             )

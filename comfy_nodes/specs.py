@@ -221,8 +221,8 @@ NODE_SPECS: dict[str, NodeSpec] = {
         NodeSpec(
             "VPGVideoSampler",
             "VPG Video Sampler",
-            "Samples a text-to-video model (InfinityStar) with its guidance chain: the frames as an IMAGE batch "
-            "and a VIDEO (at the model's fps) for Save Video.",
+            "Samples a text-to-video model (InfinityStar) with its guidance chain, or image-to-video from an "
+            "optional start_image: the frames as an IMAGE batch and a VIDEO (at the model's fps) for Save Video.",
             (
                 _model_in,
                 InputSpec("conditioning", COND, tooltip="From VPG Text Encode (same loader as the model)."),
@@ -239,6 +239,9 @@ NODE_SPECS: dict[str, NodeSpec] = {
                           tooltip="Temperature of the first (image) clip; official 1.0."),
                 InputSpec("tau_video", "FLOAT", default=0.4, min=0.01, max=5.0, step=0.01,
                           tooltip="Temperature of the video clips; official 0.4."),
+                InputSpec("start_image", IMAGE, optional=True,
+                          tooltip="Optional: image-to-video. The first frame (cropped to the video size); one "
+                                  "image for all videos or one per video (batch_size images)."),
             ),
             (OutputSpec(IMAGE, "frames"), OutputSpec(VIDEO, "video")),
         ),

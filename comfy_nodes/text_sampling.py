@@ -238,18 +238,23 @@ def sample_video(
     batch_size: int = 1,
     tau_image: float = 1.0,
     tau_video: float = 0.4,
+    start_image: torch.Tensor | None = None,
     on_scale: Callable[[ScaleProgress], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
 ) -> VideoResult:
     """``batch_size`` videos of the prompt (InfinityStar), ``num_frames`` each at the pipeline's fps.
 
     Guidance: VPG APG (the released setting) or VPG CFG upstream; neither = off. Video ``i`` uses a
-    generator seeded ``seed + i``. ``on_scale`` runs after every (scale, repetition) step.
+    generator seeded ``seed + i``. ``start_image`` (ComfyUI IMAGE, ``(N, H, W, C)`` in [0, 1]) turns on
+    image-to-video: the pipeline's ``image``, whose codes fix the first (image) clip. ``N = 1``: the same
+    start for every video; ``N = batch_size``: image ``i`` starts video ``i``. ``on_scale`` runs after every
+    (scale, repetition) step.
     """
     node = "VPG Video Sampler"
     model = _check_text_inputs(model, conditioning, node, "video")
     _check_int("seed", seed, 0, SEED_MAX, node)
     _check_int("batch_size", batch_size, 1, 64, node)
+    starts = _start_images(start_image, batch_size, node)
     _check_int("num_frames", num_frames, 1, 1 << 16, node)
     _check_float(node, "tau_image", tau_image, 1e-6)
     _check_float(node, "tau_video", tau_video, 1e-6)
@@ -275,10 +280,16 @@ def sample_video(
                     "apg_norm_threshold": float(model.cfg.norm_threshold)}
     elif model.cfg is not None:
         guidance = {"guidance_scale": float(model.cfg.scale), "guidance": "cfg"}
+    prompt: str | list[str] = conditioning.prompt
+    per_prompt, image = batch_size, None
+    if starts is not None and len(starts) > 1:  # one image per video: the pipeline pairs images with prompts
+        prompt, per_prompt, image = [conditioning.prompt] * batch_size, 1, starts
+    elif starts is not None:
+        image = starts[0]
     try:
         out = pipe(
-            prompt=conditioning.prompt, negative_prompt=conditioning.negative_prompt or None,
-            num_frames=num_frames, height=height, width=width, num_videos_per_prompt=batch_size, **guidance,
+            prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image,
+            num_frames=num_frames, height=height, width=width, num_videos_per_prompt=per_prompt, **guidance,
             tau_image=float(tau_image), tau_video=float(tau_video), **_prefix_kwargs(model),
             generator=_generators(seed, batch_size), output_type="pt", callback_on_step_end=callback,
         )
@@ -287,3 +298,19 @@ def sample_video(
     video = out.frames.float().cpu()  # (B, F, 3, H, W)
     frames = video.permute(0, 1, 3, 4, 2).reshape(-1, video.shape[-2], video.shape[-1], 3).contiguous()
     return VideoResult(frames=frames, fps=int(pipe.fps), num_videos=video.shape[0])
+
+
+def _start_images(start_image: Any, batch_size: int, node: str) -> list[torch.Tensor] | None:
+    """A ComfyUI IMAGE ``(N, H, W, C)`` as the pipeline's ``(3, H, W)`` images (alpha dropped, grey kept)."""
+    if start_image is None:
+        return None
+    ok = isinstance(start_image, torch.Tensor) and start_image.dim() == 4 and start_image.shape[-1] in (1, 3, 4)
+    if not ok or start_image.shape[0] not in (1, batch_size) or min(start_image.shape[1:3]) < 1:
+        got = tuple(start_image.shape) if isinstance(start_image, torch.Tensor) else type(start_image).__name__
+        raise VPGNodeError(f"{node}: `start_image` must be an IMAGE batch (N, H, W, 1/3/4 channels) of 1 image or "
+                           f"batch_size ({batch_size}) images, got {got}")
+    pixels = start_image.detach().float().cpu()
+    if not bool(torch.isfinite(pixels).all()):
+        raise VPGNodeError(f"{node}: `start_image` holds NaN or infinite values; expected pixels in [0, 1]")
+    channels = pixels[..., :1] if pixels.shape[-1] == 1 else pixels[..., :3]
+    return [img.permute(2, 0, 1) for img in channels]

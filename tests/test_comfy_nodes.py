@@ -229,6 +229,15 @@ def test_video_node_gives_frames_and_a_video_savevideo_can_write(comfyui, tiny_f
     video.save_to(str(path), format=Types.VideoContainer.MP4, codec=Types.VideoCodec.H264)
     written = InputImpl.VideoFromFile(str(path))
     assert written.get_dimensions() == (w, h) and abs(written.get_duration() - 17 / 16) < 0.1
+    start = torch.rand(1, 30, 50, 3, generator=torch.Generator().manual_seed(0))  # ComfyUI IMAGE: the optional input
+    stills = [n.VPGVideoSampler.execute(model=apg, conditioning=cond, seed=s, num_frames=1, size="default",
+                                        batch_size=1, tau_image=1.0, tau_video=0.4, start_image=start).result[0]
+              for s in (0, 1)]
+    assert torch.equal(stills[0], stills[1])  # the start image fixes the image clip
+    with pytest.raises(ValueError, match="`start_image` must be an IMAGE batch") as info:
+        n.VPGVideoSampler.execute(model=apg, conditioning=cond, seed=0, num_frames=1, size="default", batch_size=1,
+                                  tau_image=1.0, tau_video=0.4, start_image=start[0])
+    assert type(info.value) is ValueError
     with pytest.raises(ValueError, match="takes CFG only"):
         n.VPGAPG.execute(model=n.VPGModelLoader.execute(model_name=DEMO_CHOICE, **NO_FILES).result[0], cfg=3.0,
                          norm_threshold=0.05)

@@ -7,6 +7,8 @@ Models: the tiny official-format fixtures of ``shared/parity``, laid out by
 
 from __future__ import annotations
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -249,3 +251,45 @@ def test_video_sampler_cfg_batch_and_errors(star):
         text_sampling.sample_video(star, cond, seed=0, num_frames=20)
     with pytest.raises(core.VPGNodeError, match="is not a size of the official schedules"):
         text_sampling.sample_video(star, cond, seed=0, num_frames=1, size="250x250")
+
+
+# -- InfinityStar: image to video ------------------------------------------------------------------------
+def _photo(seed: int, height: int = 40, width: int = 60) -> tuple[PIL.Image.Image, torch.Tensor]:
+    """A random picture as a PIL image and as the ComfyUI IMAGE ``(1, H, W, 3)`` of the same pixels."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(pixels), torch.from_numpy(pixels).float().div(255)[None]
+
+
+def test_start_image_equals_the_pipelines_image_to_video_and_fixes_the_image_clip(star):
+    model = core.apply_apg(star, 34.0, 0.05)
+    cond = text_sampling.encode_text(model, PROMPT)
+    picture, start = _photo(0)
+    result = text_sampling.sample_video(model, cond, seed=3, num_frames=17, start_image=start)
+    ref = star.pipeline(PROMPT, image=picture, num_frames=17, guidance_scale=34.0, guidance="apg",
+                        apg_norm_threshold=0.05, vpg_scale=1.0, generator=[torch.Generator().manual_seed(3)],
+                        output_type="pt").frames
+    torch.testing.assert_close(result.frames, ref[0].permute(0, 2, 3, 1), atol=0, rtol=0)
+    text_only = text_sampling.sample_video(model, cond, seed=3, num_frames=17)
+    assert not torch.equal(result.frames, text_only.frames)
+    # the image clip (num_frames=1 is that clip alone) is the image's codes whatever the seed; the rest is sampled
+    stills = [text_sampling.sample_video(model, cond, seed=s, num_frames=1, start_image=start).frames for s in (0, 9)]
+    torch.testing.assert_close(stills[0], stills[1], atol=0, rtol=0)
+    other = text_sampling.sample_video(model, cond, seed=4, num_frames=17, start_image=start)
+    assert not torch.equal(other.frames[1:], result.frames[1:])
+
+
+def test_start_image_batch_gives_one_start_per_video_and_is_validated(star):
+    cond = text_sampling.encode_text(star, PROMPT, "blue dog")
+    model = core.apply_cfg(star, 3.0)
+    starts = torch.cat([_photo(1)[1], _photo(2)[1]])
+    pair = text_sampling.sample_video(model, cond, seed=0, num_frames=1, batch_size=2, start_image=starts)
+    assert pair.frames.shape[0] == 2 and not torch.equal(pair.frames[0], pair.frames[1])
+    for i in range(2):
+        alone = text_sampling.sample_video(model, cond, seed=i, num_frames=1, start_image=starts[i : i + 1])
+        torch.testing.assert_close(alone.frames[0], pair.frames[i], atol=1e-4, rtol=0)  # batched decode rounding
+    shared = text_sampling.sample_video(model, cond, seed=0, num_frames=1, batch_size=2, start_image=starts[:1])
+    torch.testing.assert_close(shared.frames[0], shared.frames[1], atol=1e-4, rtol=0)
+    for bad in (torch.cat([starts, starts[:1]]), starts[0], torch.zeros(1, 8, 8, 2), "photo.png",
+                torch.full((1, 8, 8, 3), float("nan"))):
+        with pytest.raises(core.VPGNodeError, match="`start_image`"):
+            text_sampling.sample_video(model, cond, seed=0, num_frames=1, batch_size=2, start_image=bad)
