@@ -20,7 +20,8 @@ from ..models.infinity.bsq_vae import InfinityBSQVAE
 from ..models.infinity.schedules import InfinitySchedule, schedule_for_size, schedule_from_template
 from ..models.infinity.transformer import InfinityTransformer
 from ..sampling.next_scale import SamplerTrace, run_next_scale
-from .pipeline_vpg_var import OUTPUT_TYPES, _check_number
+from .checks import check_count, check_generator, check_number, check_output, check_top_k
+from .checks import prefix_guidance as build_prefix_guidance
 
 logger = logging.getLogger(__name__)
 
@@ -249,10 +250,7 @@ class VPGInfinityPipeline(DiffusionPipeline):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer number of pixels, got {value!r}")
         schedule = self.schedule_for(int(height), int(width))
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, numbers.Integral) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
+        check_count("num_images_per_prompt", num_images_per_prompt)
         self._check_per_scale("guidance_scale", guidance_scale, schedule.num_scales, positive=False)
         self._check_per_scale("tau", tau, schedule.num_scales, positive=True)
         depth = self.transformer.config.depth
@@ -261,29 +259,12 @@ class VPGInfinityPipeline(DiffusionPipeline):
         ):
             raise ValueError(f"`cfg_insertion_layer` must be an integer in [-{depth}, 0] (0: CFG on the logits, "
                              f"-n: after block depth - n), got {cfg_insertion_layer!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables it), got {top_k!r}")
-        _check_number("top_p", top_p, low=0.0, high=1.0)
+        check_top_k(top_k)
+        check_number("top_p", top_p, low=0.0, high=1.0)
         images = batch * num_images_per_prompt
-        if isinstance(generator, list):
-            if len(generator) != images:
-                raise ValueError(
-                    f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
-                    f"an effective batch size of {images}. Make sure the batch size matches the generators."
-                )
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise TypeError("`generator` list entries must be torch.Generator objects")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator)}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError("`callback_on_step_end` must be callable")
-        inputs = callback_on_step_end_tensor_inputs or []
-        if not isinstance(inputs, (list, tuple)) or any(k not in self._callback_tensor_inputs for k in inputs):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {inputs}"
-            )
+        check_generator(generator, images)
+        check_output(output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                     self._callback_tensor_inputs)
         return schedule, batch
 
     def prefix_guidance(
@@ -298,11 +279,8 @@ class VPGInfinityPipeline(DiffusionPipeline):
         """Validated VPG settings; ``vpg_scale=None`` takes our default (1.5)."""
         if vpg_scale is None:
             vpg_scale = DEFAULT_VPG_SCALE
-        if isinstance(vpg_scales, tuple):
-            vpg_scales = list(vpg_scales)
-        guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
-        guidance.guided_scales(num_scales or self.num_timesteps, set())  # range check of explicit scale lists
-        return guidance
+        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales,
+                                     num_scales or self.num_timesteps)
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from ..models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
+from .checks import check_count, check_generator, check_number, check_output
+from .checks import prefix_guidance as build_prefix_guidance
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 GUIDANCE = ("apg", "cfg")
 DEFAULT_VPG_SCALE = 1.5  # the paper's InfinityStar value is not available to us (docs/vpg.md)
 DEFAULT_VPG_CORRUPTION = 0.1  # the paper asks for a smaller corruption on video
@@ -233,16 +233,13 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
             raise ValueError("`negative_prompt_attention_mask` was given without `negative_prompt_embeds`")
         if prompt_embeds is None and prompt_attention_mask is not None:
             raise ValueError("`prompt_attention_mask` was given without `prompt_embeds`")
-        if isinstance(num_videos_per_prompt, bool) or not isinstance(num_videos_per_prompt, numbers.Integral) or (
-            num_videos_per_prompt < 1
-        ):
-            raise ValueError(f"`num_videos_per_prompt` must be an integer >= 1, got {num_videos_per_prompt!r}")
-        _check_number("guidance_scale", guidance_scale, low=0.0)
+        check_count("num_videos_per_prompt", num_videos_per_prompt)
+        check_number("guidance_scale", guidance_scale, low=0.0)
         if guidance not in GUIDANCE:
             raise ValueError(f"`guidance` must be one of {GUIDANCE}, got {guidance!r}")
-        _check_number("apg_norm_threshold", apg_norm_threshold, low=0.0)
-        _check_number("tau_image", tau_image, low=0.0, exclusive=True)
-        _check_number("tau_video", tau_video, low=0.0, exclusive=True)
+        check_number("apg_norm_threshold", apg_norm_threshold, low=0.0)
+        check_number("tau_image", tau_image, low=0.0, exclusive=True)
+        check_number("tau_video", tau_video, low=0.0, exclusive=True)
         if image is not None and prefix_codes is not None:
             raise ValueError("Pass at most one of `image` (image-to-video) and `prefix_codes` (forced codes).")
         if image is not None:
@@ -257,25 +254,9 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         ):
             raise TypeError("`prefix_codes` must be a list of bit tensors (B, t, h, w, d), one per forced step")
         total = batch * num_videos_per_prompt
-        if isinstance(generator, list):
-            if len(generator) != total:
-                raise ValueError(
-                    f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
-                    f"an effective batch size of {total}. Make sure the batch size matches the generators."
-                )
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise TypeError("`generator` list entries must be torch.Generator objects")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator)}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError("`callback_on_step_end` must be callable")
-        inputs = callback_on_step_end_tensor_inputs
-        if not isinstance(inputs, (list, tuple)) or any(k not in self._callback_tensor_inputs for k in inputs):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {inputs}"
-            )
+        check_generator(generator, total)
+        check_output(output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                     self._callback_tensor_inputs)
         return batch
 
     def _check_size(self, height: Any, width: Any) -> None:
@@ -524,11 +505,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         num_scales: int,
     ) -> PrefixGuidance:
         """Validated VPG settings (explicit scale lists are checked against the call's ``num_scales``)."""
-        if isinstance(vpg_scales, tuple):
-            vpg_scales = list(vpg_scales)
-        guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
-        guidance.guided_scales(num_scales, set())
-        return guidance
+        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -602,12 +579,6 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _check_number(name: str, value: Any, low: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok and (value <= low if exclusive else value < low):
-        ok = False
-    if not ok:
-        raise ValueError(f"`{name}` must be a finite number {'>' if exclusive else '>='} {low}, got {value!r}")
 
 
 def _check_embeds(name: str, embeds: Any, mask: Any, channels: int) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import numbers
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -21,8 +20,8 @@ from ..models.var.adapter import VARAdapter
 from ..models.var.transformer import VARTransformer
 from ..models.var.vqvae import VARVQVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
-
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+from .checks import check_count, check_generator, check_number, check_output, check_top_k
+from .checks import prefix_guidance as build_prefix_guidance
 
 PAPER_VPG_SCALES = {16: 3.0, 20: 2.4, 24: 1.8, 30: 1.3}
 """The paper's VPG operating points for the released VAR depths (all at corruption 0.5)."""
@@ -145,36 +144,16 @@ class VPGVARPipeline(DiffusionPipeline):
         bad = [i for i in ids if not 0 <= i < n]
         if bad:
             raise ValueError(f"`{arg}` class ids must be in [0, {n - 1}], got {bad}")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, numbers.Integral) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}")
-        _check_number("guidance_scale", guidance_scale, low=0.0)
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables it), got {top_k!r}")
-        _check_number("top_p", top_p, low=0.0, high=1.0)
+        check_count("num_images_per_prompt", num_images_per_prompt)
+        check_number("guidance_scale", guidance_scale, low=0.0)
+        check_top_k(top_k)
+        check_number("top_p", top_p, low=0.0, high=1.0)
         if not isinstance(more_smooth, bool):
             raise TypeError(f"`more_smooth` must be a bool, got {more_smooth!r}")
         batch = len(ids) * num_images_per_prompt
-        if isinstance(generator, list):
-            if len(generator) != batch:
-                raise ValueError(
-                    f"`generator`: you have passed a list of generators of length {len(generator)}, but requested "
-                    f"an effective batch size of {batch}. Make sure the batch size matches the generators."
-                )
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise TypeError("`generator` list entries must be torch.Generator objects")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator)}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError("`callback_on_step_end` must be callable")
-        inputs = callback_on_step_end_tensor_inputs or []
-        if not isinstance(inputs, (list, tuple)) or any(k not in self._callback_tensor_inputs for k in inputs):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {inputs}"
-            )
+        check_generator(generator, batch)
+        check_output(output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                     self._callback_tensor_inputs)
         return ids
 
     def prefix_guidance(
@@ -188,11 +167,7 @@ class VPGVARPipeline(DiffusionPipeline):
         """Validated VPG settings; ``vpg_scale=None`` takes the paper's value for this depth."""
         if vpg_scale is None:
             vpg_scale = PAPER_VPG_SCALES.get(self.transformer.config.depth, DEFAULT_VPG_SCALE)
-        if isinstance(vpg_scales, tuple):
-            vpg_scales = list(vpg_scales)
-        guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
-        guidance.guided_scales(self.num_timesteps, set())  # range check of explicit scale lists
-        return guidance
+        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, self.num_timesteps)
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -319,14 +294,3 @@ class VPGVARPipeline(DiffusionPipeline):
 
         transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
         return cls(transformer=transformer, vae=vae, id2label=id2label)
-
-
-def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok and low is not None and value < low:
-        ok = False
-    if ok and high is not None and value > high:
-        ok = False
-    if not ok:
-        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be a finite number {rng}, got {value!r}")
