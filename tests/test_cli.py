@@ -12,8 +12,8 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from tests.conftest import shared_path
-from tests.test_infinity_pipeline import tiny_t5
-from tests.test_infinity_star_pipeline import FIXTURE_ARGS, tiny_text_encoder
+from tests.test_infinity_star_pipeline import FIXTURE_ARGS
+from tests.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
 from vpg_pipelines.cli import load_pipeline, main
 
@@ -47,7 +47,7 @@ def star_folder(tmp_path_factory):
     config = json.loads((root / "config.json").read_text())
     config["args"] = {**config["args"], **FAST_ARGS}
     (tmp / "config.json").write_text(json.dumps(config))
-    t5 = save_text_encoder(*tiny_text_encoder(), tmp / "t5")
+    t5 = save_text_encoder(*tiny_t5(64), tmp / "t5")
     folder = tmp / "converted"
     assert main(["convert", "--infinity-star", str(root / "infinity_star.safetensors"),
                  "--vae", str(root / "videovae.safetensors"), "--text-encoder", t5,

@@ -14,35 +14,19 @@ import torch
 
 from tests.conftest import shared_path
 from tests.infinity_fixtures import fixture_root, load_fixture, report
+from tests.tiny_text import WORDS, tiny_t5
 from vpg_pipelines import VPGInfinityPipeline
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.models.infinity.transformer import pad_text
 from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 ATOL = 1e-4
-WORDS = "a an the red blue green cat dog wax seal with letters vpg on in of photo".split()
 
 
 def gens(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def tiny_t5(text_channels: int = 128):
-    """A random flan-T5-shaped encoder (gated GELU, relative position buckets) and a word-level tokenizer
-    that appends ``</s>`` like T5's; nothing is downloaded."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", model_max_length=512)
-    config = T5Config(vocab_size=len(vocab), d_model=text_channels, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    torch.manual_seed(0)
-    return T5EncoderModel(config).eval(), tokenizer
 
 
 def make_pipe(folder: str = "plain", text: bool = False) -> VPGInfinityPipeline:
@@ -381,7 +365,7 @@ def test_from_official_with_text_encoder_paths_and_config(tmp_path):
     torch.testing.assert_close(embeds, make_pipe(text=True).encode_prompt("a red cat")[0], atol=0, rtol=0)
     bare = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors")
     assert bare.text_encoder is None and bare.config.default_height == 1024
-    wide, _ = tiny_t5(text_channels=64)
+    wide, _ = tiny_t5(64)
     with pytest.raises(ValueError, match="`text_encoder`"):
         VPGInfinityPipeline(bare.transformer, bare.vae, wide, tokenizer)
     with pytest.raises(ValueError, match="bits per site"):

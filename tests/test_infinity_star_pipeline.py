@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import shared_path
+from tests.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityStarPipeline, export_to_video
 from vpg_pipelines.models.infinity_star.conditioning import center_crop_resize, image_clip_bits
 from vpg_pipelines.models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve_args
@@ -31,7 +32,6 @@ GUIDED_ATOL, GUIDED_VIDEO_ATOL, GUIDED_MEAN_ATOL = 1e-4, 5e-4, 1e-4  # as the ad
 SUMMED_ATOL = 1e-4
 FRAMES_ATOL = 1e-3  # the fixture video is float16 in [-1, 1] (2e-3 there), frames are in [0, 1]
 SIZE = dict(height=192, width=336)
-WORDS = ["<pad>", "</s>", "<unk>"] + "a cat dog red on the beach".split()
 
 
 def gens(*seeds):
@@ -56,18 +56,6 @@ def parity_pipe(fixture_files):
     return pipe
 
 
-def tiny_text_encoder(channels: int = 64):
-    """A random one-layer T5 encoder and a word-level tokenizer that appends ``</s>`` (no downloads)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=len(WORDS), d_model=channels, d_kv=16, d_ff=128, num_layers=1, num_heads=2)
-    return T5EncoderModel(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +63,7 @@ def fast_pipe(parity_pipe):
     """The fixture transformer, a random narrow VAE (cheap decoding), one repetition per scale, a tiny T5."""
     torch.manual_seed(0)
     vae = InfinityStarVideoVAE(block_out_channels=(8, 8, 8, 8, 8), detail_scale_min_tokens=100).eval()
-    encoder, tokenizer = tiny_text_encoder()
+    encoder, tokenizer = tiny_t5(64)
     args = {**parity_pipe.config.official_args, "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11}
     pipe = VPGInfinityStarPipeline(parity_pipe.transformer, vae, encoder, tokenizer, official_args=args)
     pipe.set_progress_bar_config(disable=True)
@@ -444,7 +432,7 @@ def test_from_official_checks_the_config(fixture_files):
         VPGInfinityStarPipeline.from_official(*files, config={**config, "model": {**config["model"], "depth": 4}})
     with pytest.raises(ValueError, match="vae_block_out_channels"):
         VPGInfinityStarPipeline.from_official(*files, config={**config, "vae_block_out_channels": [64] * 5})
-    encoder, tokenizer = tiny_text_encoder(channels=32)
+    encoder, tokenizer = tiny_t5(32)
     with pytest.raises(ValueError, match="`text_encoder` gives 32 channels"):
         VPGInfinityStarPipeline.from_official(*files, text_encoder=encoder, tokenizer=tokenizer, config=config)
 

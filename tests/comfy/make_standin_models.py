@@ -26,16 +26,18 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+# the tests folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_text import tiny_t5  # noqa: E402
+
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
-WORDS = ("a an the of on in with and red blue green yellow white black cat dog fox bird car house tree sea beach "
-         "mountain sky city wax seal letters vpg photo painting running walking close-up big objects emphasize "
-         "scale detail").split()
 STAR_ARGS = {  # the InfinityStar fixture's settings (tests/test_infinity_star_pipeline.py)
     "pn": "0.06M",
     "image_scale_repetition": [3] * 11,
@@ -50,21 +52,6 @@ def shared_root() -> Path:
     return Path(os.environ.get("VPG_SHARED", repo.parent / "shared")) / "parity"
 
 
-def tiny_t5(channels: int):
-    """A random flan-T5-shaped encoder and a word-level tokenizer appending ``</s>`` (nothing downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", model_max_length=512)
-    config = T5Config(vocab_size=len(vocab), d_model=channels, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    torch.manual_seed(0)
-    return T5EncoderModel(config).eval(), tokenizer
 
 
 def tiny_infinity():
