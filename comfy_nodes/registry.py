@@ -189,6 +189,12 @@ def _infinity_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
     return ((pipeline.vae.decode(latents.to(device=param.device)) + 1) / 2).clamp(0, 1)
 
 
+def _text_pipeline_modules(pipe: Any) -> dict[str, torch.nn.Module]:
+    """Transformer, VAE and (when present) the T5 encoder: what model management moves as one."""
+    modules = {"transformer": pipe.transformer, "vae": pipe.vae, "text_encoder": pipe.text_encoder}
+    return {name: module for name, module in modules.items() if module is not None}
+
+
 def _infinity_grid(pipeline: Any, scale: int) -> tuple[int, int]:
     grid = pipeline._schedule.grids[scale]  # the schedule of the running call
     return int(grid[-2]), int(grid[-1])
@@ -205,8 +211,7 @@ register_kind(
         conditioning="text",
         cfg_schedule="constant",
         preview=_infinity_preview,
-        modules=lambda pipe: {k: m for k, m in (("transformer", pipe.transformer), ("vae", pipe.vae),
-                                                ("text_encoder", pipe.text_encoder)) if m is not None},
+        modules=_text_pipeline_modules,
         grid=_infinity_grid,
         needs_text_encoder="t5",
     )
@@ -260,8 +265,7 @@ register_kind(
         conditioning="text",
         cfg_schedule="constant",
         preview=_star_preview,
-        modules=lambda pipe: {k: m for k, m in (("transformer", pipe.transformer), ("vae", pipe.vae),
-                                                ("text_encoder", pipe.text_encoder)) if m is not None},
+        modules=_text_pipeline_modules,
         grid=lambda pipe, k: (1, 1),
         media="video",
         needs_text_encoder="t5",
