@@ -274,7 +274,7 @@ def test_texts_of_different_lengths_batch_like_single_runs(parity_pipe, fixture_
     def run(t, n, bits):
         trace = SamplerTrace()
         state = adapter.prepare(plan, t, n, forced_bits=bits)
-        run_next_scale(adapter, state, cfg=apg, trace=trace, on_step=lambda s, _: s.index >= 39)
+        run_next_scale(adapter, state, cfg=apg, trace=trace, on_step=lambda s, *_: s.index >= 39)
         return trace, state
 
     pair, state = run(texts, negatives, [b.repeat(2, 1, 1, 1, 1) for b in forced])

@@ -209,11 +209,11 @@ def test_empty_negative_prompt_uses_the_learned_null_text(fixture):
     forced = [cases[f"forced_bits.step{i}"] for i in range(6)]
     state = adapter.prepare(plan, [text], None, forced_bits=forced)
     assert state.null_text.tolist() == [False, True] and state.text_lengths.tolist() == [7, 7]
-    run_next_scale(adapter, state, cfg=_apg(args), trace=implicit, on_step=lambda s, _: s.index >= 5)
+    run_next_scale(adapter, state, cfg=_apg(args), trace=implicit, on_step=lambda s, *_: s.index >= 5)
     explicit = SamplerTrace()
     null = adapter.transformer.cfg_uncond[: text.shape[0]].detach()
     state = adapter.prepare(plan, [text], [null], forced_bits=forced)
-    run_next_scale(adapter, state, cfg=_apg(args), trace=explicit, on_step=lambda s, _: s.index >= 5)
+    run_next_scale(adapter, state, cfg=_apg(args), trace=explicit, on_step=lambda s, *_: s.index >= 5)
     for i in range(6):
         torch.testing.assert_close(implicit.guided[i], explicit.guided[i], atol=0, rtol=0)
 
@@ -236,7 +236,7 @@ def test_offload_hooks_on_cpu_give_the_same_steps(fixture, hooks):
         state = ad.prepare(plan, [cases["text.features"]], None,
                            forced_bits=[cases[f"forced_bits.step{i}"] for i in range(meta["steps"])])
         run_next_scale(ad, state, cfg=_apg(args), vpg=vpg, trace=trace, generator=torch.Generator().manual_seed(5),
-                       on_step=lambda s, _: s.index >= 40)
+                       on_step=lambda s, *_: s.index >= 40)
         return trace, ad.latents(state)
 
     reference, latents = run(adapter)
@@ -264,11 +264,11 @@ def test_a_batch_of_two_equals_two_single_runs(fixture):
     forced = [cases[f"forced_bits.step{i}"] for i in range(12)]
     single = SamplerTrace()
     run_next_scale(adapter, adapter.prepare(plan, [text], [negative], forced_bits=forced), cfg=_apg(args),
-                   trace=single, on_step=lambda s, _: s.index >= 11)
+                   trace=single, on_step=lambda s, *_: s.index >= 11)
     pair = SamplerTrace()
     doubled = [b.repeat(2, 1, 1, 1, 1) for b in forced]
     state = adapter.prepare(plan, [text, text], [negative, negative], forced_bits=doubled)
     assert adapter.num_condition_rows(state) == 4
-    run_next_scale(adapter, state, cfg=_apg(args), trace=pair, on_step=lambda s, _: s.index >= 11)
+    run_next_scale(adapter, state, cfg=_apg(args), trace=pair, on_step=lambda s, *_: s.index >= 11)
     for i in range(12):
         torch.testing.assert_close(pair.guided[i], single.guided[i].repeat(2, 1, 1), atol=1e-5, rtol=0)

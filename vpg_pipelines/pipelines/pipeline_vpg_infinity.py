@@ -393,7 +393,7 @@ class VPGInfinityPipeline(DiffusionPipeline):
 
         with self.progress_bar(total=schedule.num_scales) as progress:
 
-            def on_step(step, st: InfinityState) -> bool:
+            def on_step(step, st: InfinityState, logits) -> bool:
                 if callback_on_step_end is not None:
                     kwargs = {name: self._callback_tensor(st, name) for name in callback_on_step_end_tensor_inputs}
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}

@@ -48,15 +48,6 @@ class InfinityStarPipelineOutput(BaseOutput):
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
 
 
-class _RecordingAdapter(InfinityStarAdapter):
-    """The adapter, keeping the guided logits of the latest step for ``callback_on_step_end``."""
-
-    last_logits: torch.Tensor | None = None
-
-    def sample(self, state: InfinityStarState, logits: torch.Tensor, step, generator) -> torch.Tensor:
-        self.last_logits = logits
-        return super().sample(state, logits, step, generator)
-
 
 class VPGInfinityStarPipeline(DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
@@ -455,17 +446,17 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         texts = [t for t in texts for _ in range(num_videos_per_prompt)]
         negatives = [n for n in negatives for _ in range(num_videos_per_prompt)]
 
-        adapter = _RecordingAdapter(self.transformer, self.vae)
+        adapter = InfinityStarAdapter(self.transformer, self.vae)
         state = adapter.prepare(plan, texts, negatives, with_null=with_null, forced_bits=forced, device=device,
                                 dtype=torch.float32)
 
         with self.progress_bar(total=len(plan.steps)) as progress:
 
-            def on_step(step, st) -> bool:
+            def on_step(step, st, logits) -> bool:
                 if callback_on_step_end is not None:
                     kwargs = {}
                     for name in callback_on_step_end_tensor_inputs:
-                        kwargs[name] = adapter.latents(st) if name == "latents" else adapter.last_logits
+                        kwargs[name] = adapter.latents(st) if name == "latents" else logits
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     if "latents" in outputs:
                         _replace_latents(st, outputs.pop("latents"))
@@ -473,7 +464,6 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
                 return self.interrupt
 
             run_next_scale(adapter, state, cfg=term, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
-        adapter.last_logits = None
 
         latents = adapter.latents(state)
         if output_type == "latent":

@@ -251,7 +251,7 @@ class VPGVARPipeline(DiffusionPipeline):
 
         with self.progress_bar(total=self.num_timesteps) as progress:
 
-            def on_step(step, st) -> bool:
+            def on_step(step, st, logits) -> bool:
                 if callback_on_step_end is not None:
                     kwargs = {name: getattr(st, name) for name in callback_on_step_end_tensor_inputs}
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}

@@ -31,7 +31,7 @@ from .adapter import HiddenHook, NextScaleAdapter, RowBatch, ScaleStep, StepInpu
 from .branches import BranchLayout
 from .kv_cache import KVCache
 
-StepCallback = Callable[[ScaleStep, Any], bool | None]
+StepCallback = Callable[[ScaleStep, Any, torch.Tensor], bool | None]
 
 
 @dataclass
@@ -206,7 +206,7 @@ class _Run:
             if prefixes == 2 and step.index == self.last and not self.keep_corrupted_rows:
                 self.cache.select_rows(list(range(rows)), capacity=self.total_tokens)
                 self.layout = BranchLayout(self.layout.batch, conditions, 1)
-            if on_step is not None and on_step(step, self.state):
+            if on_step is not None and on_step(step, self.state, out):
                 break
         return self.state
 
@@ -241,7 +241,8 @@ def run_next_scale(
         cfg: condition-axis guidance (``None`` or a strength of 1 everywhere: no null rows).
         vpg: prefix-axis guidance (``None``, ``w == 1`` or ``p == 0``: no corrupted rows).
         generator: one generator, or one per sample (then sample ``b`` depends on ``generator[b]`` only).
-        on_step: ``on_step(step, state)`` after each step; returning True stops the loop.
+        on_step: ``on_step(step, state, logits)`` after each step, with the guided logits the step
+            sampled from; returning True stops the loop.
         trace: filled with per-step branch logits, patterns and cache sizes when given.
         keep_corrupted_rows: keep the corrupted rows after the last guided step (their logits are
             ignored); only useful to test that dropping them changes nothing.
