@@ -264,26 +264,10 @@ def sample(
 
     pipe = model.pipeline
     total = len(conditioning.class_ids) * batch_size
-    generators = [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(total)]
     trace = SamplerTrace()
     maps: dict[int, torch.Tensor] = {}
     num_scales = model.num_scales
-
-    def callback(_pipe: Any, step_index: int, scale_index: int, kwargs: dict) -> dict:
-        clean, guided = trace.clean.pop(step_index, None), trace.guided.pop(step_index, None)
-        trace.corrupted.pop(step_index, None)
-        trace.codes.pop(step_index, None)
-        trace.inputs.clear()
-        if clean is not None:
-            maps[scale_index] = change_map(clean, guided, model.kind.grid(pipe, scale_index)).cpu()
-        latents = kwargs["latents"]
-        if on_scale is not None:
-            on_scale(ScaleProgress(scale_index, num_scales, lambda: model.kind.preview(pipe, latents[:1])))
-        if check_interrupt is not None:
-            check_interrupt()
-        return {}
-
-    prefix = model.prefix or PrefixGuidance(scale=1.0)
+    callback = scale_callback(model, trace, maps, num_scales, on_scale, check_interrupt)
     cfg_scale = model.cfg.scale if model.cfg is not None else 0.0
     try:
         out = pipe(
@@ -292,12 +276,8 @@ def sample(
             guidance_scale=cfg_scale,
             top_k=int(top_k),
             top_p=float(top_p),
-            vpg_scale=prefix.scale,
-            vpg_corruption=prefix.corruption,
-            vpg_mode=prefix.mode,
-            vpg_refresh=prefix.refresh,
-            vpg_scales=prefix.scales,
-            generator=generators,
+            **prefix_kwargs(model),
+            generator=generators(seed, total),
             output_type="pt",
             callback_on_step_end=callback,
             trace=trace,
@@ -316,3 +296,52 @@ def sample(
 def _check_int(name: str, value: Any, low: int, high: int, node: str = "VPG Sampler") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise VPGNodeError(f"{node}: `{name}` must be an integer in [{low}, {high}], got {value!r}")
+
+
+def prefix_kwargs(model: VPGModel) -> dict:
+    """The ``vpg_*`` pipeline arguments of ``model``'s Prefix Guidance (off when none is attached)."""
+    prefix = model.prefix or PrefixGuidance(scale=1.0)
+    return dict(vpg_scale=prefix.scale, vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
+                vpg_refresh=prefix.refresh, vpg_scales=prefix.scales)
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    """Output ``i`` draws from ``seed + i``: the same seed gives the same first output at any batch size."""
+    return [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(count)]
+
+
+def site_grid(model: VPGModel, scale: int, sites: int) -> tuple[int, int]:
+    """The transformer's token grid of a scale (a 2x2 spatial patchify halves the VAE grid)."""
+    h, w = model.kind.grid(model.pipeline, scale)
+    if h * w != sites and max(h // 2, 1) * max(w // 2, 1) == sites:
+        return max(h // 2, 1), max(w // 2, 1)
+    return h, w
+
+
+def scale_callback(
+    model: VPGModel,
+    trace: SamplerTrace,
+    maps: dict[int, torch.Tensor],
+    num_scales: int,
+    on_scale: Callable[[ScaleProgress], None] | None,
+    check_interrupt: Callable[[], None] | None,
+) -> Callable[..., dict]:
+    """The pipeline's ``callback_on_step_end`` for the image samplers: turns the step's trace into a
+    guidance map (and frees the trace), reports progress with a lazy preview, then checks Cancel."""
+    pipe = model.pipeline
+
+    def callback(_pipe: Any, step_index: int, scale_index: int, kwargs: dict) -> dict:
+        clean, guided = trace.clean.pop(step_index, None), trace.guided.pop(step_index, None)
+        for store in (trace.corrupted, trace.codes):
+            store.pop(step_index, None)
+        trace.inputs.clear()
+        if clean is not None:
+            maps[scale_index] = change_map(clean, guided, site_grid(model, scale_index, clean.shape[1])).cpu()
+        latents = kwargs["latents"]
+        if on_scale is not None:
+            on_scale(ScaleProgress(scale_index, num_scales, lambda: model.kind.preview(pipe, latents[:1])))
+        if check_interrupt is not None:
+            check_interrupt()
+        return {}
+
+    return callback

@@ -13,13 +13,23 @@ from typing import Any
 import torch
 
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
-from vpg_pipelines.guidance.prefix import PrefixGuidance
 from vpg_pipelines.models.infinity.schedules import PIXEL_BUDGETS, TEMPLATE_GRIDS, schedule_from_template
 from vpg_pipelines.models.infinity_star.settings import allowed_frame_counts, resolve_args, supported_sizes
 from vpg_pipelines.sampling.next_scale import SamplerTrace
 
-from .core import SEED_MAX, SampleResult, ScaleProgress, VPGModel, VPGNodeError, _check_int, _check_model
-from .guidance_map import GuidanceMaps, change_map
+from .core import (
+    SEED_MAX,
+    SampleResult,
+    ScaleProgress,
+    VPGModel,
+    VPGNodeError,
+    _check_int,
+    _check_model,
+    generators,
+    prefix_kwargs,
+    scale_callback,
+)
+from .guidance_map import GuidanceMaps
 
 DEFAULT_SIZE = "default"
 """The size entry that generates the pipeline's own default size (the saved / configured one)."""
@@ -117,14 +127,8 @@ def _check_text_inputs(model: Any, conditioning: Any, node: str, media: str) -> 
     return model
 
 
-def _prefix_kwargs(model: VPGModel) -> dict:
-    prefix = model.prefix or PrefixGuidance(scale=1.0)
-    return dict(vpg_scale=prefix.scale, vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
-                vpg_refresh=prefix.refresh, vpg_scales=prefix.scales)
 
 
-def _generators(seed: int, count: int) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(count)]
 
 
 def _check_float(node: str, name: str, value: Any, low: float, high: float | None = None) -> None:
@@ -172,20 +176,7 @@ def sample_text_image(
     trace = SamplerTrace()
     maps: dict[int, torch.Tensor] = {}
     num_scales = pipe.schedule_for(height, width).num_scales
-
-    def callback(_pipe: Any, step_index: int, scale_index: int, kwargs: dict) -> dict:
-        clean, guided = trace.clean.pop(step_index, None), trace.guided.pop(step_index, None)
-        for store in (trace.corrupted, trace.codes):
-            store.pop(step_index, None)
-        trace.inputs.clear()
-        if clean is not None:
-            maps[scale_index] = change_map(clean, guided, _site_grid(model, scale_index, clean.shape[1])).cpu()
-        latents = kwargs["latents"]
-        if on_scale is not None:
-            on_scale(ScaleProgress(scale_index, num_scales, lambda: model.kind.preview(pipe, latents[:1])))
-        if check_interrupt is not None:
-            check_interrupt()
-        return {}
+    callback = scale_callback(model, trace, maps, num_scales, on_scale, check_interrupt)
 
     cond = conditioning
     negative = {}
@@ -197,7 +188,7 @@ def sample_text_image(
             height=height, width=width, num_images_per_prompt=batch_size,
             guidance_scale=model.cfg.scale if model.cfg is not None else 1.0,
             tau=float(tau), cfg_insertion_layer=int(cfg_insertion_layer), top_k=int(top_k), top_p=float(top_p),
-            **_prefix_kwargs(model), generator=_generators(seed, batch_size), output_type="pt",
+            **prefix_kwargs(model), generator=generators(seed, batch_size), output_type="pt",
             callback_on_step_end=callback, trace=trace,
         )
     except (TypeError, ValueError) as err:
@@ -212,12 +203,6 @@ def sample_text_image(
     return SampleResult(images=images, guidance=guidance)
 
 
-def _site_grid(model: VPGModel, scale: int, sites: int) -> tuple[int, int]:
-    """The transformer's token grid of a scale (2x2 spatial patchify halves the VAE grid)."""
-    h, w = model.kind.grid(model.pipeline, scale)
-    if h * w != sites and max(h // 2, 1) * max(w // 2, 1) == sites:
-        return max(h // 2, 1), max(w // 2, 1)
-    return h, w
 
 
 # -- InfinityStar: text to video ---------------------------------------------------------------------
@@ -290,8 +275,8 @@ def sample_video(
         out = pipe(
             prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image,
             num_frames=num_frames, height=height, width=width, num_videos_per_prompt=per_prompt, **guidance,
-            tau_image=float(tau_image), tau_video=float(tau_video), **_prefix_kwargs(model),
-            generator=_generators(seed, batch_size), output_type="pt", callback_on_step_end=callback,
+            tau_image=float(tau_image), tau_video=float(tau_video), **prefix_kwargs(model),
+            generator=generators(seed, batch_size), output_type="pt", callback_on_step_end=callback,
         )
     except (TypeError, ValueError) as err:
         raise VPGNodeError(f"{node}: {err}") from err
