@@ -1,0 +1,133 @@
+"""What "the same result" means in tests that compare two runs of different layout.
+
+Two runs whose batch layout, row count, thread count, CPU, device or dtype differ are equal only up
+to floating-point rounding: a matrix product over 8 rows may take another kernel path than over 4
+rows (and does, on some CPUs), and the sums come out in another order. PyTorch does not promise
+bit identity across such runs, so the tests that compare them assert
+
+* logits within :func:`layout_atol`, a tolerance derived from the dtype, the logits' magnitude and
+  the amplification of the guidance on the way (CFG, APG, VPG's ``w``); a temperature ``1/tau``
+  scales logits and their rounding alike, so a tolerance relative to the logits' magnitude covers it;
+* sampled codes equal only where the run keeps them provably far from ties: greedy picks whose
+  top-two gap exceeds twice the logits tolerance (:func:`assert_greedy_margin`), and multinomial
+  draws whose exponential race is won by more than that (:func:`record_draws`).
+
+Bitwise equality stays for literally the same computation (same rows, shapes and order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from vpg_pipelines.sampling import sample as sample_module
+
+FP32_EPS = torch.finfo(torch.float32).eps
+LAYOUT_ULPS = 32
+"""Rounding budget of one fp32 forward under another layout, in ulps of the largest logit.
+
+Each matrix product rounds its sums; another kernel path (row count, threads, CPU model) reorders
+them, which moves a result by a few ulps of the largest term, and the tiny test models stack a few
+such layers, norms and a softmax. Seen: under 1 ulp on an AMD EPYC with 1 and 2 threads, about
+1-2 ulps (before the guidance gain) in the two runs that failed on an Intel Xeon (issue 15: 1e-5
+after CFG's gain 9 on VAR logits of magnitude 6, 8e-5 after APG's gain 67 on InfinityStar logits of
+magnitude 12). 32 leaves a margin of more than 10 and stays far below what a wrong row, cache entry
+or pattern changes (0.01 and more).
+"""
+
+
+def cfg_gain(scale: float) -> float:
+    """Error amplification of ``s*c + (1-s)*u``: an error ``e`` in c and u gives ``(|s| + |1-s|) e``."""
+    return abs(scale) + abs(1.0 - scale)
+
+
+def vpg_gain(w: float) -> float:
+    """Error amplification of ``g~ + w (g - g~)`` (the same form as CFG)."""
+    return cfg_gain(w)
+
+
+def apg_gain(scale: float) -> float:
+    """Error amplification of APG ``c + (s-1)(orthogonal part of a clipped c - u)``: at most ``1 + 2|s-1|``.
+
+    The projection and the RMS clip are contractions (norm <= 1) of ``c - u``, whose error is at
+    most twice the error of one input.
+    """
+    return 1.0 + 2.0 * abs(scale - 1.0)
+
+
+def layout_atol(reference: torch.Tensor | float, gain: float = 1.0, ulps: float = LAYOUT_ULPS) -> float:
+    """Absolute tolerance for fp32 logits of the same model run with another layout.
+
+    ``reference`` is the logits (or their largest magnitude) before the guidance, ``gain`` the
+    product of the guidance amplifications after it (:func:`cfg_gain`, :func:`vpg_gain`, ...).
+    """
+    magnitude = reference.abs().max().item() if isinstance(reference, torch.Tensor) else float(reference)
+    return gain * ulps * FP32_EPS * max(1.0, magnitude)
+
+
+def assert_greedy_margin(logits: torch.Tensor, atol: float) -> None:
+    """Greedy (top-1) picks of ``logits (..., V)`` cannot flip under a per-logit error up to ``atol``."""
+    top2 = logits.float().topk(2, dim=-1).values
+    gap = (top2[..., 0] - top2[..., 1]).min().item()
+    assert gap > 2 * atol, f"greedy pick within {gap:.2e} of a tie (tolerance {atol:.2e}): choose another seed/case"
+
+
+@dataclass
+class DrawLog:
+    """Margins of every multinomial draw made inside :func:`record_draws`.
+
+    ``torch.multinomial`` draws one sample as an exponential race, ``argmax(p / q)`` with
+    ``q ~ Exp(1)`` from the generator. The race's winning log-margin ``log(p_i/q_i) - log(p_j/q_j)``
+    equals ``(l_i - l_j) - (log q_i - log q_j)`` for logits ``l``, so an error of at most ``a`` on
+    every logit moves it by at most ``2a``: a draw whose margin exceeds ``2a`` is the same draw.
+    """
+
+    margins: list[float] = field(default_factory=list)
+
+    @property
+    def min_margin(self) -> float:
+        return min(self.margins) if self.margins else float("inf")
+
+    def assert_far_from_ties(self, atol: float) -> None:
+        assert self.margins, "no multinomial draw was recorded"
+        assert self.min_margin > 2 * atol, (
+            f"a sampled code was within {self.min_margin:.2e} of a tie (logits tolerance {atol:.2e}): "
+            "choose another seed/case"
+        )
+
+
+@contextlib.contextmanager
+def record_draws() -> Iterator[DrawLog]:
+    """Record the margin of every draw of ``vpg_pipelines.sampling.sample`` (all three models use it).
+
+    Each draw is replayed from a copy of the generator state to recover its exponential race; the
+    replay must reproduce the draw exactly, so a change in torch's algorithm fails loudly here.
+    """
+    log = DrawLog()
+    original = sample_module._draw
+
+    def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        gen = generator if generator is not None else torch.default_generator
+        state = gen.get_state()
+        out = original(probs, generator)
+        replay = torch.Generator(device=gen.device)
+        replay.set_state(state)
+        p = probs.to(gen.device)
+        race = p / torch.empty_like(p).exponential_(generator=replay)
+        assert torch.equal(race.argmax(dim=-1).to(out.device), out), (
+            "torch.multinomial no longer draws one sample as an exponential race; update tests/numerics.py"
+        )
+        if race.shape[-1] > 1:
+            top2 = race.topk(2, dim=-1).values
+            margin = (top2[:, 0].log() - top2[:, 1].log()).min().item()
+            log.margins.append(margin)
+        return out
+
+    sample_module._draw = draw
+    try:
+        yield log
+    finally:
+        sample_module._draw = original
