@@ -68,16 +68,32 @@ def layout_atol(reference: torch.Tensor | float, gain: float = 1.0, ulps: float 
     return gain * ulps * FP32_EPS * max(1.0, magnitude)
 
 
-def assert_greedy_margin(logits: torch.Tensor, atol: float) -> None:
-    """Greedy (top-1) picks of ``logits (..., V)`` cannot flip under a per-logit error up to ``atol``."""
+def trace_atol(trace, gain: float = 1.0) -> float:
+    """:func:`layout_atol` for every step of a ``SamplerTrace``, from its largest guided logit."""
+    return layout_atol(max(g.abs().max().item() for g in trace.guided.values()), gain)
+
+
+def assert_greedy_margin(logits: torch.Tensor, atol: float, classes: int | None = None) -> None:
+    """Greedy (top-1) picks of ``logits (..., V)`` cannot flip under a per-logit error up to ``atol``.
+
+    ``classes`` views the last dimension as groups of that many classes (2: bitwise logits).
+    """
+    if classes is not None:
+        logits = logits.reshape(*logits.shape[:-1], -1, classes)
     top2 = logits.float().topk(2, dim=-1).values
     gap = (top2[..., 0] - top2[..., 1]).min().item()
     assert gap > 2 * atol, f"greedy pick within {gap:.2e} of a tie (tolerance {atol:.2e}): choose another seed/case"
 
 
+def assert_trace_greedy_far_from_ties(trace, gain: float = 1.0, classes: int | None = None) -> None:
+    """Every step's greedy picks in ``trace`` stay put under the layout tolerance of its logits."""
+    for logits in trace.guided.values():
+        assert_greedy_margin(logits, layout_atol(logits, gain), classes)
+
+
 @dataclass
 class DrawLog:
-    """Margins of every multinomial draw made inside :func:`record_draws`.
+    """Every multinomial draw made inside :func:`record_draws`: codes per generator, and margins.
 
     ``torch.multinomial`` draws one sample as an exponential race, ``argmax(p / q)`` with
     ``q ~ Exp(1)`` from the generator. The race's winning log-margin ``log(p_i/q_i) - log(p_j/q_j)``
@@ -86,6 +102,10 @@ class DrawLog:
     """
 
     margins: list[float] = field(default_factory=list)
+    codes: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    """Codes of every draw, keyed by the generator's seed (``initial_seed``), in call order."""
+    disagreements: list[float] = field(default_factory=list)
+    """Under a replay: the margins of this run's own draws that differed from the replayed codes."""
 
     @property
     def min_margin(self) -> float:
@@ -98,32 +118,56 @@ class DrawLog:
             "choose another seed/case"
         )
 
+    def assert_replay_agrees(self, atol: float) -> None:
+        """This run's own draws equal the replayed codes except at ties within the logits tolerance."""
+        assert self.margins, "no multinomial draw was recorded"
+        far = [m for m in self.disagreements if m > 2 * atol]
+        assert not far, f"{len(far)} own draws differ from the replayed codes although {min(far):.2e} from a tie"
+
 
 @contextlib.contextmanager
-def record_draws() -> Iterator[DrawLog]:
-    """Record the margin of every draw of ``vpg_pipelines.sampling.sample`` (all three models use it).
+def record_draws(replay: DrawLog | None = None) -> Iterator[DrawLog]:
+    """Record every draw of ``vpg_pipelines.sampling.sample`` (all three models sample through it).
 
     Each draw is replayed from a copy of the generator state to recover its exponential race; the
     replay must reproduce the draw exactly, so a change in torch's algorithm fails loudly here.
+
+    With ``replay`` (the log of a reference run), each draw still consumes its generator as usual,
+    but returns the reference run's codes for the same generator seed, in order, and records where
+    its own draw differed. Two runs of different layout then follow the same codes, so their logits
+    can be compared at every step, and :meth:`DrawLog.assert_replay_agrees` checks that the codes
+    would have been equal anyway wherever they were not within rounding of a tie. The draws of a run
+    must each use one generator (a list of generators, one per sample) for the seeds to match.
     """
     log = DrawLog()
     original = sample_module._draw
+    pending = {seed: list(codes) for seed, codes in replay.codes.items()} if replay is not None else None
 
     def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         gen = generator if generator is not None else torch.default_generator
         state = gen.get_state()
-        out = original(probs, generator)
-        replay = torch.Generator(device=gen.device)
-        replay.set_state(state)
+        own = original(probs, generator)
+        copy = torch.Generator(device=gen.device)
+        copy.set_state(state)
         p = probs.to(gen.device)
-        race = p / torch.empty_like(p).exponential_(generator=replay)
-        assert torch.equal(race.argmax(dim=-1).to(out.device), out), (
+        race = p / torch.empty_like(p).exponential_(generator=copy)
+        assert torch.equal(race.argmax(dim=-1).to(own.device), own), (
             "torch.multinomial no longer draws one sample as an exponential race; update tests/numerics.py"
         )
         if race.shape[-1] > 1:
             top2 = race.topk(2, dim=-1).values
-            margin = (top2[:, 0].log() - top2[:, 1].log()).min().item()
-            log.margins.append(margin)
+            row_margin = (top2[:, 0].log() - top2[:, 1].log()).to(own.device)
+        else:
+            row_margin = torch.full(own.shape, float("inf"), device=own.device)
+        log.margins.append(row_margin.min().item())
+        out = own
+        if pending is not None:
+            seed = gen.initial_seed()
+            assert pending.get(seed), f"the replayed run made no further draw with a generator of seed {seed}"
+            out = pending[seed].pop(0).to(own.device)
+            assert out.shape == own.shape, f"replayed codes {tuple(out.shape)} for a draw of {tuple(own.shape)}"
+            log.disagreements.extend(row_margin[out != own].tolist())
+        log.codes.setdefault(gen.initial_seed(), []).append(out)
         return out
 
     sample_module._draw = draw
@@ -131,3 +175,16 @@ def record_draws() -> Iterator[DrawLog]:
         yield log
     finally:
         sample_module._draw = original
+
+
+def assert_same_steps(reference, other, replayed: DrawLog, gain: float, rows: slice = slice(None)) -> None:
+    """``other`` (a ``SamplerTrace`` of a run that replayed ``reference``'s draws) took the same steps.
+
+    Its guided logits equal ``reference``'s (rows ``rows``) within :func:`trace_atol`, and its own
+    draws equal the replayed codes except at ties within twice that tolerance.
+    """
+    atol = trace_atol(reference, gain)
+    replayed.assert_replay_agrees(atol)
+    assert other.guided.keys() == reference.guided.keys()
+    for k, logits in other.guided.items():
+        torch.testing.assert_close(logits, reference.guided[k][rows], atol=atol, rtol=0)

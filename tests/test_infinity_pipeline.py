@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import shared_path
 from tests.infinity_fixtures import fixture_root, load_fixture, report
+from tests.numerics import assert_greedy_margin, assert_same_steps, cfg_gain, layout_atol, record_draws, vpg_gain
 from tests.tiny_text import WORDS, tiny_t5
 from vpg_pipelines import VPGInfinityPipeline
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
@@ -21,6 +22,7 @@ from vpg_pipelines.models.infinity.transformer import pad_text
 from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 ATOL = 1e-4
+CFG_GAIN = cfg_gain(3.0)  # the default guidance_scale
 
 
 def gens(*seeds):
@@ -77,6 +79,7 @@ def test_greedy_pipeline_reproduces_official_images_and_logits(folder, tag):
     worst = 0.0
     for k, guided in trace.guided.items():
         expected = cases[f"sample.{tag}.guided_logits.scale{k}"]
+        assert_greedy_margin(expected, ATOL, classes=2)  # so greedy bits within ATOL of these logits agree
         worst = max(worst, report(f"{folder} {tag} scale {k} guided logits", guided.reshape(expected.shape),
                                   expected))
     assert worst <= ATOL
@@ -128,12 +131,18 @@ def test_encode_prompt_follows_the_official_t5_recipe(pipe):
     assert mask.sum(1).tolist() == [4, 10] and embeds.dtype == torch.float32
     tokens = pipe.tokenizer(prompts, max_length=16, padding="max_length", truncation=True, return_tensors="pt")
     full = pipe.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-    for i, n in enumerate([4, 10]):
-        torch.testing.assert_close(embeds[i, :n], full[i, :n].float(), atol=1e-5, rtol=0)
-    kw = dict(top_k=1, top_p=0.0, vpg_scale=1.0, output_type="latent")
-    from_text = pipe(prompt=prompts, **kw).images
-    from_embeds = pipe(prompt_embeds=full, prompt_attention_mask=tokens.attention_mask, **kw).images
-    torch.testing.assert_close(from_text, from_embeds, atol=1e-5, rtol=0)
+    for i, n in enumerate([4, 10]):  # padded to 10 vs 16 tokens: another layout, equal up to rounding
+        torch.testing.assert_close(embeds[i, :n], full[i, :n].float(), atol=layout_atol(full[i, :n]), rtol=0)
+    # features equal up to rounding: the second run follows the first one's draws (numerics.record_draws)
+    kw = dict(top_k=0, top_p=0.0, vpg_scale=1.0, output_type="latent")
+    by_text, by_embeds = SamplerTrace(), SamplerTrace()
+    with record_draws() as reference:
+        from_text = pipe(prompt=prompts, generator=gens(0, 1), trace=by_text, **kw).images
+    with record_draws(replay=reference) as replayed:
+        from_embeds = pipe(prompt_embeds=full, prompt_attention_mask=tokens.attention_mask, generator=gens(0, 1),
+                           trace=by_embeds, **kw).images
+    assert_same_steps(by_text, by_embeds, replayed, CFG_GAIN)
+    torch.testing.assert_close(from_text, from_embeds, atol=1e-5, rtol=0)  # the same bits: the same sums
 
 
 def test_long_prompts_are_truncated_at_text_maxlen(pipe):
@@ -142,19 +151,32 @@ def test_long_prompts_are_truncated_at_text_maxlen(pipe):
 
 
 def test_negative_prompts(pipe):
-    kw = dict(prompt=["a red cat", "a blue dog"], top_k=1, top_p=0.0, vpg_scale=1.0, output_type="latent")
-    plain = pipe(**kw).images
-    assert torch.equal(pipe(**kw, negative_prompt="").images, plain)  # "" keeps the learned null text
-    negative = pipe(**kw, negative_prompt="green seal").images
+    kw = dict(prompt=["a red cat", "a blue dog"], top_k=0, top_p=0.0, vpg_scale=1.0, output_type="latent")
+    traces = {name: SamplerTrace() for name in ("plain", "negative", "by_embeds", "mixed")}
+    with record_draws() as plain_draws:
+        plain = pipe(**kw, generator=gens(0, 1), trace=traces["plain"]).images
+    assert torch.equal(pipe(**kw, negative_prompt="", generator=gens(0, 1)).images, plain)  # the learned null text
+    with record_draws() as negative_draws:
+        negative = pipe(**kw, negative_prompt="green seal", generator=gens(0, 1), trace=traces["negative"]).images
     assert not torch.allclose(negative, plain)
+    # the same texts encoded in other batches: equal up to rounding, so these runs follow the draws above
     embeds, mask = pipe.encode_prompt(["green seal", "green seal"])
-    by_embeds = pipe(**kw, negative_prompt_embeds=embeds, negative_prompt_attention_mask=mask).images
+    with record_draws(replay=negative_draws) as replayed:
+        by_embeds = pipe(**kw, negative_prompt_embeds=embeds, negative_prompt_attention_mask=mask,
+                         generator=gens(0, 1), trace=traces["by_embeds"]).images
+    assert_same_steps(traces["negative"], traces["by_embeds"], replayed, CFG_GAIN)
     torch.testing.assert_close(by_embeds, negative, atol=1e-5, rtol=0)
-    mixed = pipe(**kw, negative_prompt=["", "green seal"]).images
+    mixed_reference = type(plain_draws)(codes={0: plain_draws.codes[0], 1: negative_draws.codes[1]})
+    with record_draws(replay=mixed_reference) as replayed:
+        mixed = pipe(**kw, negative_prompt=["", "green seal"], generator=gens(0, 1), trace=traces["mixed"]).images
+    mixed_trace = SamplerTrace(guided={k: v[:1] for k, v in traces["mixed"].guided.items()})
+    assert_same_steps(traces["plain"], mixed_trace, replayed, CFG_GAIN, rows=slice(0, 1))
+    mixed_trace = SamplerTrace(guided={k: v[1:] for k, v in traces["mixed"].guided.items()})
+    assert_same_steps(traces["negative"], mixed_trace, replayed, CFG_GAIN, rows=slice(1, 2))
     torch.testing.assert_close(mixed[0], plain[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[1], negative[1], atol=1e-5, rtol=0)
-    off = pipe(**{**kw, "negative_prompt": "green seal"}, guidance_scale=1.0).images  # no CFG: ignored
-    assert torch.equal(off, pipe(**kw, guidance_scale=1.0).images)
+    off = pipe(**{**kw, "negative_prompt": "green seal"}, guidance_scale=1.0, generator=gens(0, 1)).images
+    assert torch.equal(off, pipe(**kw, guidance_scale=1.0, generator=gens(0, 1)).images)  # no CFG: ignored
 
 
 def test_vpg_changes_the_sample_and_w1_is_identity(pipe):
@@ -219,12 +241,18 @@ def test_output_types_agree(pipe):
 
 
 def test_batch_and_num_images_per_prompt_equal_images_generated_one_by_one(pipe):
-    kw = dict(vpg_scale=2.0, vpg_mode="full", output_type="latent")
-    batch = pipe(prompt=["a red cat", "a blue dog"], num_images_per_prompt=2, generator=gens(10, 11, 12, 13),
-                 **kw).images
+    # top_p = 0: a top-p cut-off near a bit's probability would be a tie that the draw log cannot see
+    kw = dict(vpg_scale=2.0, vpg_mode="full", top_p=0.0, output_type="latent")
+    batch_trace = SamplerTrace()
+    with record_draws() as reference:
+        batch = pipe(prompt=["a red cat", "a blue dog"], num_images_per_prompt=2, generator=gens(10, 11, 12, 13),
+                     trace=batch_trace, **kw).images
     assert batch.shape[0] == 4
     for i, (prompt, seed) in enumerate([("a red cat", 10), ("a red cat", 11), ("a blue dog", 12), ("a blue dog", 13)]):
-        one = pipe(prompt=prompt, generator=gens(seed), **kw).images
+        trace = SamplerTrace()
+        with record_draws(replay=reference) as replayed:  # 1 row vs 4: equal up to rounding
+            one = pipe(prompt=prompt, generator=gens(seed), trace=trace, **kw).images
+        assert_same_steps(batch_trace, trace, replayed, CFG_GAIN * vpg_gain(2.0), rows=slice(i, i + 1))
         torch.testing.assert_close(batch[i : i + 1], one, atol=1e-4, rtol=0)
     assert not torch.equal(batch[0], batch[1])
 
@@ -437,6 +465,7 @@ def test_cpu_offload_gives_the_same_images(offload):
     getattr(pipe, f"enable_{offload}_cpu_offload")()
     for _ in range(2):  # twice: hooks are re-armed after a call
         images = pipe(**kw, generator=gens(0, 1)).images
+        # the same device and shapes; 1e-4 leaves room for GPU kernels that are not run-to-run deterministic
         torch.testing.assert_close(images, reference, atol=1e-4, rtol=0)
     if offload == "model":
         assert all(p.device.type == "cpu" for p in pipe.transformer.parameters())

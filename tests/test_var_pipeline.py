@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import shared_path
+from tests.numerics import assert_same_steps, cfg_gain, record_draws, vpg_gain
 from vpg_pipelines import VARTransformer, VPGVARPipeline
 from vpg_pipelines.loading.checkpoint import CheckpointError, read_state_dict
+from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 
 def gens(*seeds):
@@ -65,18 +67,32 @@ def test_output_types_agree(var_pipe):
     assert latent.shape == (2, 8, 4, 4)
 
 
+# Batches against single images: another row count, so equal up to rounding. The single runs follow the
+# batch's draws (numerics.record_draws) and must agree with them wherever a draw was not a near-tie;
+# top_p = 0 because a top-p cut-off near a code's probability would be a tie the draw log cannot see.
 def test_num_images_per_prompt_keeps_images_of_a_prompt_adjacent(var_pipe):
-    out = var_pipe(class_labels=[1, 2], num_images_per_prompt=3, generator=gens(*range(6)), output_type="pt").images
+    kw = dict(vpg_scale=1.5, guidance_scale=1.5, top_p=0.0, output_type="pt")
+    batch_trace, trace = SamplerTrace(), SamplerTrace()
+    with record_draws() as reference:
+        out = var_pipe(class_labels=[1, 2], num_images_per_prompt=3, generator=gens(*range(6)), trace=batch_trace,
+                       **kw).images
     assert out.shape[0] == 6
-    single = var_pipe(class_labels=[2], generator=gens(3), output_type="pt").images
-    torch.testing.assert_close(out[3:4], single, atol=1e-4, rtol=0)
+    with record_draws(replay=reference) as replayed:
+        single = var_pipe(class_labels=[2], generator=gens(3), trace=trace, **kw).images
+    assert_same_steps(batch_trace, trace, replayed, cfg_gain(2.5) * vpg_gain(1.5), rows=slice(3, 4))
+    torch.testing.assert_close(out[3:4], single, atol=1e-4, rtol=0)  # the same codes, decoded in another batch
 
 
 def test_batch_equals_images_generated_one_by_one(var_pipe):
-    kw = dict(vpg_scale=3.0, guidance_scale=4.0, output_type="pt")
-    batch = var_pipe(class_labels=[1, 2, 3], generator=gens(10, 11, 12), **kw).images
+    kw = dict(vpg_scale=3.0, guidance_scale=4.0, top_p=0.0, output_type="pt")
+    batch_trace = SamplerTrace()
+    with record_draws() as reference:
+        batch = var_pipe(class_labels=[1, 2, 3], generator=gens(10, 11, 12), trace=batch_trace, **kw).images
     for i, (label, seed) in enumerate(zip([1, 2, 3], [10, 11, 12])):
-        one = var_pipe(class_labels=[label], generator=gens(seed), **kw).images
+        trace = SamplerTrace()
+        with record_draws(replay=reference) as replayed:
+            one = var_pipe(class_labels=[label], generator=gens(seed), trace=trace, **kw).images
+        assert_same_steps(batch_trace, trace, replayed, cfg_gain(5.0) * vpg_gain(3.0), rows=slice(i, i + 1))
         torch.testing.assert_close(batch[i : i + 1], one, atol=1e-4, rtol=0)
 
 
@@ -305,4 +321,5 @@ def test_cpu_offload_gives_the_same_images(offload):
     getattr(pipe, f"enable_{offload}_cpu_offload")()
     for _ in range(2):  # twice: hooks are re-armed after a call
         images = pipe(**kw, generator=gens(0, 1)).images
+        # the same device and shapes; 1e-4 leaves room for GPU kernels that are not run-to-run deterministic
         torch.testing.assert_close(images, reference, atol=1e-4, rtol=0)
