@@ -17,6 +17,8 @@ from comfy_nodes.registry import NO_COMPANION, VPGLoadError
 from comfy_nodes.text_sampling import VPGTextConditioning
 from tests.comfy import make_standin_models as standins
 from tests.conftest import shared_path
+from tests.numerics import cfg_gain, record_draws, trace_atol, vpg_gain
+from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 PROMPT = "a red cat on the beach"
 
@@ -129,13 +131,19 @@ def test_text_encode_uses_the_pipelines_t5(infinity):
 def test_text_sampler_equals_the_pipeline_with_per_image_seeds(infinity):
     model = core.apply_prefix_guidance(core.apply_cfg(infinity, 3.0), 2.0, 0.5, "full", "persistent", "all")
     cond = text_sampling.encode_text(model, PROMPT, "blue dog")
-    result = text_sampling.sample_text_image(model, cond, seed=5, batch_size=2, tau=0.5, top_k=900, top_p=0.97)
+    # top_p = 0: the single image below is compared across batch layouts, where a top-p cut-off near a bit's
+    # probability would be a tie that the draw log cannot see (tests/numerics.py)
+    result = text_sampling.sample_text_image(model, cond, seed=5, batch_size=2, tau=0.5, top_k=900, top_p=0.0)
     assert result.images.shape == (2, 256, 256, 3) and 0 <= result.images.min() and result.images.max() <= 1
-    ref = infinity.pipeline(PROMPT, negative_prompt="blue dog", num_images_per_prompt=2, guidance_scale=3.0,
-                            tau=0.5, vpg_scale=2.0, vpg_corruption=0.5,
-                            generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="pt").images
-    torch.testing.assert_close(result.images, ref.permute(0, 2, 3, 1), atol=0, rtol=0)
-    single = text_sampling.sample_text_image(model, cond, seed=5, batch_size=1)
+    trace = SamplerTrace()
+    with record_draws() as reference:
+        ref = infinity.pipeline(PROMPT, negative_prompt="blue dog", num_images_per_prompt=2, guidance_scale=3.0,
+                                tau=0.5, top_p=0.0, vpg_scale=2.0, vpg_corruption=0.5, trace=trace,
+                                generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="pt").images
+    torch.testing.assert_close(result.images, ref.permute(0, 2, 3, 1), atol=0, rtol=0)  # the same computation
+    with record_draws(replay=reference) as replayed:  # 1 image vs 2: equal up to rounding
+        single = text_sampling.sample_text_image(model, cond, seed=5, batch_size=1, top_p=0.0)
+    replayed.assert_replay_agrees(trace_atol(trace, cfg_gain(3.0) * vpg_gain(2.0)))
     # same codes; the decoder's batched convolutions round differently (observed 8e-6)
     torch.testing.assert_close(single.images[0], result.images[0], atol=1e-4, rtol=0)
 
@@ -241,9 +249,15 @@ def test_video_sampler_equals_the_pipeline_and_returns_frames_and_fps(star):
 
 def test_video_sampler_cfg_batch_and_errors(star):
     cond = text_sampling.encode_text(star, PROMPT, "blue dog")
-    two = text_sampling.sample_video(core.apply_cfg(star, 3.0), cond, seed=0, num_frames=1, batch_size=2)
+    with record_draws() as reference:
+        two = text_sampling.sample_video(core.apply_cfg(star, 3.0), cond, seed=0, num_frames=1, batch_size=2)
     assert two.frames.shape[0] == 2 and two.num_videos == 2
-    one = text_sampling.sample_video(core.apply_cfg(star, 3.0), cond, seed=0, num_frames=1)
+    with record_draws(replay=reference) as replayed:  # 1 video vs 2: equal up to rounding (tests/numerics.py)
+        one = text_sampling.sample_video(core.apply_cfg(star, 3.0), cond, seed=0, num_frames=1)
+    trace = SamplerTrace()  # the node's pipeline call, traced for the logits' magnitude
+    star.pipeline(PROMPT, negative_prompt="blue dog", num_frames=1, guidance_scale=3.0, guidance="cfg", vpg_scale=1.0,
+                  generator=core.generators(0, 1), output_type="latent", trace=trace)
+    replayed.assert_replay_agrees(trace_atol(trace, cfg_gain(3.0)))
     torch.testing.assert_close(one.frames[0], two.frames[0], atol=1e-4, rtol=0)  # batched decode rounding
     off = text_sampling.sample_video(star, cond, seed=0, num_frames=1)
     assert not torch.equal(off.frames[0], one.frames[0])
@@ -286,7 +300,8 @@ def test_start_image_batch_gives_one_start_per_video_and_is_validated(star):
     assert pair.frames.shape[0] == 2 and not torch.equal(pair.frames[0], pair.frames[1])
     for i in range(2):
         alone = text_sampling.sample_video(model, cond, seed=i, num_frames=1, start_image=starts[i : i + 1])
-        torch.testing.assert_close(alone.frames[0], pair.frames[i], atol=1e-4, rtol=0)  # batched decode rounding
+        # one frame = the image clip, whose codes the start image forces: only the batched decode rounds differently
+        torch.testing.assert_close(alone.frames[0], pair.frames[i], atol=1e-4, rtol=0)
     shared = text_sampling.sample_video(model, cond, seed=0, num_frames=1, batch_size=2, start_image=starts[:1])
     torch.testing.assert_close(shared.frames[0], shared.frames[1], atol=1e-4, rtol=0)
     for bad in (torch.cat([starts, starts[:1]]), starts[0], torch.zeros(1, 8, 8, 2), "photo.png",
