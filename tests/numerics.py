@@ -188,3 +188,23 @@ def assert_same_steps(reference, other, replayed: DrawLog, gain: float, rows: sl
     assert other.guided.keys() == reference.guided.keys()
     for k, logits in other.guided.items():
         torch.testing.assert_close(logits, reference.guided[k][rows], atol=atol, rtol=0)
+
+
+def assert_same_greedy_steps(reference, other, gain: float, classes: int | None = None,
+                             rows: slice = slice(None)) -> None:
+    """Like :func:`assert_same_steps` for greedy (top-1) runs, whose draws have no race to measure.
+
+    ``other`` replayed ``reference``'s codes; its own greedy picks (the argmax of its logits) must
+    equal them except where ``reference``'s top-two gap was within twice the tolerance.
+    """
+    atol = trace_atol(reference, gain)
+    assert other.guided.keys() == reference.guided.keys()
+    for k, logits in other.guided.items():
+        ref = reference.guided[k][rows]
+        torch.testing.assert_close(logits, ref, atol=atol, rtol=0)
+        if classes is not None:
+            logits, ref = (t.reshape(*t.shape[:-1], -1, classes) for t in (logits, ref))
+        top2 = ref.float().topk(2, dim=-1).values
+        differ = logits.argmax(dim=-1) != ref.argmax(dim=-1)
+        gaps = (top2[..., 0] - top2[..., 1])[differ]
+        assert not (gaps > 2 * atol).any(), f"step {k}: greedy picks differ {gaps.max().item():.2e} from a tie"

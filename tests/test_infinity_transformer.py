@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.infinity_fixtures import FOLDERS, load_fixture, report
+from tests.numerics import layout_atol
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.sampling.kv_cache import KVCache
 
@@ -67,8 +68,9 @@ def test_null_rows_use_cfg_uncond_truncated_to_each_prompt():
         null = transformer.encode_text(torch.cat([transformer.cfg_uncond[:n] for n in lens]), lens)
         real = transformer.encode_text(feats, lens)
     assert both.rows == 2 * len(lens)
-    torch.testing.assert_close(both.pooled[: len(lens)], real.pooled)
-    torch.testing.assert_close(both.pooled[len(lens):], null.pooled)
+    # one call over both row groups vs one call each: equal up to rounding
+    torch.testing.assert_close(both.pooled[: len(lens)], real.pooled, atol=layout_atol(real.pooled), rtol=0)
+    torch.testing.assert_close(both.pooled[len(lens):], null.pooled, atol=layout_atol(null.pooled), rtol=0)
     assert both.mask[len(lens):].sum(1).tolist() == lens
 
 
@@ -93,7 +95,8 @@ def test_per_row_positions_and_hidden_hook():
         base = transformer(cond, content, pos, torch.full((end - start,), k), hidden_hook=hook)
         moved = transformer(cond, content[:, perm], pos[:, perm], torch.full((end - start,), k))
     assert seen == list(range(transformer.config.depth))
-    torch.testing.assert_close(moved, base[:, perm], atol=1e-5, rtol=1e-5)
+    # the same tokens in another order: equal up to rounding
+    torch.testing.assert_close(moved, base[:, perm], atol=layout_atol(base), rtol=0)
 
 
 def test_bad_text_inputs_raise():
