@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.conftest import shared_path
+from tests.numerics import layout_atol
 from vpg_pipelines.loading.infinity_star import load_infinity_star_vae
 
 VIDEO_ATOL = 2e-3  # README: the video is stored as float16
@@ -40,7 +41,8 @@ def test_decoding_is_causal_in_chunks(vae_and_cases):
     z = torch.randn(1, 64, 5, 1, 2, generator=torch.Generator().manual_seed(0)) * 0.1
     video = vae.decode(z)
     assert video.shape == (1, 3, 17, 16, 32)
-    torch.testing.assert_close(vae.decode(z[:, :, :3]), video[:, :, :9], atol=1e-5, rtol=1e-5)
+    # the first frames decoded alone vs within the longer clip: other shapes, equal up to rounding
+    torch.testing.assert_close(vae.decode(z[:, :, :3]), video[:, :, :9], atol=layout_atol(video), rtol=0)
     assert vae.decode(z[:, :, :4]).shape[2] == 13 and vae.decode(z[:, :, :2]).shape[2] == 5
     assert vae.decode(z[:, :, :1]).shape[2] == 1
 

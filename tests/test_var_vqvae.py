@@ -181,9 +181,11 @@ def _f_hat_by_steps(model: VARVQVAE, indices: list[torch.Tensor]) -> torch.Tenso
 def test_round_trip_matches_stepwise_decode(vqvae, cases):
     indices = vqvae.encode_to_indices(cases["vqvae.input_image"])
     f_hat = _f_hat_by_steps(vqvae, indices)
-    torch.testing.assert_close(f_hat, vqvae.indices_to_f_hat(indices), atol=1e-6, rtol=1e-6)
+    # the same sums from differently laid-out code maps (contiguous vs transposed): equal up to rounding
+    reference = vqvae.indices_to_f_hat(indices)
+    torch.testing.assert_close(f_hat, reference, atol=layout_atol(reference), rtol=0)
     image = vqvae.indices_to_image(indices)
-    torch.testing.assert_close(vqvae.decode_latent(f_hat), image, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(vqvae.decode_latent(f_hat), image, atol=layout_atol(image), rtol=0)
 
 
 @settings(max_examples=10, deadline=None)
@@ -202,7 +204,9 @@ def test_teacher_forcing_equals_stepwise_inputs(vqvae, seed, batch):
                 stepwise.append(nxt.flatten(2).transpose(1, 2))
         tf_input = vqvae.teacher_forcing_input(indices)
     assert tf_input.shape == (batch, sum(pn * pn for pn in patch_nums) - 1, vqvae.Cvae)
-    torch.testing.assert_close(tf_input, torch.cat(stepwise, dim=1), atol=0, rtol=0)
+    # the same steps from differently laid-out code maps: equal up to rounding
+    stepwise = torch.cat(stepwise, dim=1)
+    torch.testing.assert_close(tf_input, stepwise, atol=layout_atol(stepwise), rtol=0)
 
 
 @settings(max_examples=10, deadline=None)
