@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -15,6 +16,27 @@ _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or whose keys do not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint that names code to run or objects to build, refused without running them.
+
+    Attributes:
+        path: the refused file.
+        blocked: the globals the pickle asks for (e.g. ``posix.system``), as far as they could be read.
+    """
+
+    def __init__(self, path: Path, blocked: list[str]) -> None:
+        self.path, self.blocked = path, blocked
+        named = ", ".join(f"`{g}`" for g in blocked) if blocked else "objects outside plain tensors and numbers"
+        super().__init__(
+            f"refused to load {path}: loading it would run code. The file is a pickle that calls {named}, "
+            "which a checkpoint of weights never needs; it was read with torch.load(weights_only=True), which "
+            "blocked it, and nothing in the file ran. Never load this file with weights_only=False: that would "
+            "run it. A safe checkpoint holds tensors only: a .safetensors file, or a .pth/.bin whose pickle is a "
+            "dict of tensors (as the official releases are). To turn a checkpoint you trust into one, save its "
+            "state dict with safetensors; `vpg convert` writes a safetensors pipeline folder from the official files."
+        )
 
 
 def read_state_dict(
@@ -42,7 +64,7 @@ def read_state_dict(
 
             state = load_file(str(path))
         elif name.endswith(_TORCH_SUFFIXES):
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = _load_weights_only(path)
         else:
             raise CheckpointError(
                 f"unsupported checkpoint type '{path.suffix}' for {path}; expected .safetensors, "
@@ -61,6 +83,23 @@ def read_state_dict(
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def _load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``; a refused pickle raises :class:`UnsafeCheckpointError`.
+
+    torch's own message for a refused pickle advises retrying with ``weights_only=False``, which would
+    run the payload; it is replaced (not chained) by ours, which names what was blocked.
+    """
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    try:  # reads the pickle's opcodes without running them
+        blocked = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        blocked = []
+    raise UnsafeCheckpointError(path, blocked)
 
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
