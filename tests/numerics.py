@@ -177,27 +177,28 @@ def record_draws(replay: DrawLog | None = None) -> Iterator[DrawLog]:
         sample_module._draw = original
 
 
-def assert_same_steps(reference, other, replayed: DrawLog, gain: float, rows: slice = slice(None)) -> None:
+def assert_same_steps(reference, other, replayed: DrawLog, gain: float = 1.0, rows: slice = slice(None),
+                      atol: float | None = None) -> None:
     """``other`` (a ``SamplerTrace`` of a run that replayed ``reference``'s draws) took the same steps.
 
-    Its guided logits equal ``reference``'s (rows ``rows``) within :func:`trace_atol`, and its own
-    draws equal the replayed codes except at ties within twice that tolerance.
+    Its guided logits equal ``reference``'s (rows ``rows``) within ``atol`` (default: :func:`trace_atol`
+    with ``gain``), and its own draws equal the replayed codes except at ties within twice that.
     """
-    atol = trace_atol(reference, gain)
+    atol = trace_atol(reference, gain) if atol is None else atol
     replayed.assert_replay_agrees(atol)
     assert other.guided.keys() == reference.guided.keys()
     for k, logits in other.guided.items():
         torch.testing.assert_close(logits, reference.guided[k][rows], atol=atol, rtol=0)
 
 
-def assert_same_greedy_steps(reference, other, gain: float, classes: int | None = None,
-                             rows: slice = slice(None)) -> None:
+def assert_same_greedy_steps(reference, other, gain: float = 1.0, classes: int | None = None,
+                             rows: slice = slice(None), atol: float | None = None) -> None:
     """Like :func:`assert_same_steps` for greedy (top-1) runs, whose draws have no race to measure.
 
     ``other`` replayed ``reference``'s codes; its own greedy picks (the argmax of its logits) must
     equal them except where ``reference``'s top-two gap was within twice the tolerance.
     """
-    atol = trace_atol(reference, gain)
+    atol = trace_atol(reference, gain) if atol is None else atol
     assert other.guided.keys() == reference.guided.keys()
     for k, logits in other.guided.items():
         ref = reference.guided[k][rows]
@@ -208,3 +209,50 @@ def assert_same_greedy_steps(reference, other, gain: float, classes: int | None 
         differ = logits.argmax(dim=-1) != ref.argmax(dim=-1)
         gaps = (top2[..., 0] - top2[..., 1])[differ]
         assert not (gaps > 2 * atol).any(), f"step {k}: greedy picks differ {gaps.max().item():.2e} from a tie"
+
+
+BF16_EPS = torch.finfo(torch.bfloat16).eps
+BF16_ULPS = 4
+"""Rounding budget of a bfloat16 forward against float32, in bf16 eps (2^-7) of the largest logit.
+
+bf16 keeps 8 significant bits, so every matrix product's inputs and outputs are rounded to ~0.4 %;
+on the tiny parity models an unguided logit moves by at most 1.35 (VAR), 0.97 (Infinity) and 1.26
+(InfinityStar) eps x max|logit| (measured on the CPU, tests/test_bf16_cpu.py). 4 leaves a margin of 3
+and stays far below a real defect (a wrong dtype cast or a lost residual stream moves logits by their
+whole magnitude).
+"""
+
+
+def bf16_atol(reference) -> float:
+    """Tolerance of bf16 logits against the float32 ``reference`` trace (unguided: no gain)."""
+    return BF16_ULPS * BF16_EPS * max(g.abs().max().item() for g in reference.guided.values())
+
+
+@contextlib.contextmanager
+def all_outputs_finite(*modules: torch.nn.Module) -> Iterator[list[str]]:
+    """Check every tensor output of every submodule of ``modules`` for NaN / inf while inside.
+
+    Module outputs cover the attention blocks (whose result is their module's output), the MLPs,
+    norms, heads and every VAE layer. The names of offending modules are collected and asserted empty.
+    """
+    bad: list[str] = []
+    handles = []
+
+    def check(name):
+        def hook(_module, _inputs, output):
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            for out in outputs:
+                if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+                    bad.append(name)
+
+        return hook
+
+    for root in modules:
+        for name, module in root.named_modules():
+            handles.append(module.register_forward_hook(check(f"{type(root).__name__}.{name}")))
+    try:
+        yield bad
+    finally:
+        for h in handles:
+            h.remove()
+    assert not bad, f"NaN or inf in the outputs of {sorted(set(bad))[:10]}"
