@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -179,6 +180,7 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
             "chunks": [{k: records[c][k] for k in ("chunk", "process", "seconds", "samples", "host", "device")
                         if k in records[c]} for c in pending if c in records],
         })
+        shutil.rmtree(folder.partial, ignore_errors=True)
         if missing:
             raise RuntimeError(f"chunks {missing[:10]} were not recorded; rerun the same command to finish them")
         print(f"{spec.out}: all {plan.total} samples done "
