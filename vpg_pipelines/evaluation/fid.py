@@ -114,12 +114,13 @@ def fid_is(sample_features: torch.Tensor, sample_logits: torch.Tensor, reference
     fid.update(sample_features.double(), real=False)
     splits = max(1, math.ceil(len(sample_logits) / IS_SPLIT_SIZE))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features": that is the plan
+        # "will save all extracted features" (that is the plan); the std of a single split (reported as 0)
+        warnings.simplefilter("ignore", UserWarning)
         inception = InceptionScore(feature=_Given(sample_logits.shape[1]), splits=splits)
-    inception.update(sample_logits.double())
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        is_mean, is_std = inception.compute()
+        inception.update(sample_logits.double())
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            is_mean, is_std = inception.compute()
     return {"fid": float(fid.compute()), "inception_score": float(is_mean),
             "inception_score_std": float(is_std) if splits > 1 else 0.0, "is_splits": splits}
 

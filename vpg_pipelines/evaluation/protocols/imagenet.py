@@ -18,7 +18,7 @@ plus the paper's p = 0.5; w comes from the depth (``PAPER_VPG_SCALES``)."""
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int]:
-    """``None`` (all), or a comma list of ids and ranges: ``"0-9,207,980-999"``."""
+    """``None`` (all), or a comma list of ids and ranges: ``"0-9,207,980-999"``; returned in class order."""
     if text is None:
         return list(range(num_classes))
     ids: list[int] = []
@@ -40,7 +40,7 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
         raise ValueError(f"--classes must name ids in [0, {num_classes - 1}], got {text!r}")
     if len(set(ids)) != len(ids):
         raise ValueError(f"--classes names a class twice: {text!r}")
-    return ids
+    return sorted(ids)
 
 
 class ImageNetProtocol(Protocol):
