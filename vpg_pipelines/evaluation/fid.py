@@ -58,6 +58,11 @@ class InceptionNet:
                 "matches your torch: pip install torch-fidelity 'torchvision==<the release paired with your torch>' "
                 f"(see docs/eval.md); import failed with: {err}"
             ) from err
+        try:  # torch-fidelity unpickles the file without weights_only: accept only what the safe loader accepts
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"--inception-weights {weights} is not a plain PyTorch state dict ({err}); use "
+                             "torch-fidelity's weights-inception-2015-12-05-6726825d.pth") from None
         self.device = torch.device(device)
         self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                  feature_extractor_weights_path=str(weights)).eval().to(self.device)

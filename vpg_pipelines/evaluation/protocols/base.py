@@ -18,7 +18,7 @@ FLAGS = {
     "num_frames": "--num-frames", "negative_prompt": "--negative-prompt", "seed": "--seed",
     "chunk_size": "--chunk-size", "batch_size": "--batch-size", "dtype": "--dtype", "model": "--model",
     "per_group": "--per-class / --per-prompt", "classes": "--classes", "prompts_sha256": "--prompts",
-    "limit": "--limit", "protocol": "PROTOCOL", "pipeline": "--model",
+    "limit": "--limit", "protocol": "PROTOCOL", "pipeline": "--model", "preset": "--preset",
 }
 """Setting name -> the command-line flag that sets it (for error messages)."""
 

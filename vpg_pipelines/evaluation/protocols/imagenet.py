@@ -82,14 +82,14 @@ class ImageNetProtocol(Protocol):
         return {**PAPER_SETTINGS, **w}
 
     def complete(self, call: dict[str, Any], pipe, preset: str) -> dict[str, Any]:
-        if call.get("vpg_scale") is None:
-            from ...pipelines.pipeline_vpg_var import PAPER_VPG_SCALES
+        if call.get("vpg_scale") is None:  # the pipeline's own rule: the paper's w for the depth, else its default
+            from ...pipelines.pipeline_vpg_var import DEFAULT_VPG_SCALE, PAPER_VPG_SCALES
 
             depth = pipe.transformer.config.depth
-            if preset == "paper":
+            if preset == "paper" and depth not in PAPER_VPG_SCALES:
                 raise ValueError(f"--preset paper: the paper gives w for VAR depths {sorted(PAPER_VPG_SCALES)}; "
                                  f"this model has depth {depth}: pass --vpg-scale too")
-            call["vpg_scale"] = pipe.prefix_guidance(None, 0.5, "full", "persistent", "all").scale
+            call["vpg_scale"] = PAPER_VPG_SCALES.get(depth, DEFAULT_VPG_SCALE)
         return call
 
 
