@@ -40,6 +40,26 @@ def infinity_folder(tmp_path_factory):
     return tmp / "model"
 
 
+@pytest.fixture(scope="module")
+def star_folder(tmp_path_factory):
+    root = shared_path("parity", "infinity_star")
+    tmp = tmp_path_factory.mktemp("eval_star")
+    config = json.loads((root / "config.json").read_text())
+    config["args"] = {**config["args"], **FAST_ARGS}
+    (tmp / "config.json").write_text(json.dumps(config))
+    t5 = save_text_encoder(*tiny_t5(64), tmp / "t5")
+    assert main(["convert", "--infinity-star", str(root / "infinity_star.safetensors"), "--vae",
+                 str(root / "videovae.safetensors"), "--text-encoder", t5, "--config", str(tmp / "config.json"),
+                 "--out", str(tmp / "model")]) == 0
+    return tmp / "model"
+
+
+def dry_run(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert run_here("sample", *argv, "--dry-run") == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def run_call(run) -> dict:
     return json.loads((run / "run.json").read_text())["settings"]["call"]
 
@@ -130,17 +150,9 @@ def test_dpg_grids_read_back_as_compute_dpg_bench_crops_them(infinity_folder, tm
 
 
 # -- VBench -----------------------------------------------------------------------------------------------------
-def test_vbench_names_are_found_by_the_standard_lookup(tmp_path):
+def test_vbench_names_are_found_by_the_standard_lookup(star_folder, tmp_path):
     imageio = pytest.importorskip("imageio.v2", reason="the `video` extra (imageio, imageio-ffmpeg) is not installed")
-    root = shared_path("parity", "infinity_star")
-    config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config["args"], **FAST_ARGS}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    t5 = save_text_encoder(*tiny_t5(64), tmp_path / "t5")
-    model = tmp_path / "star"
-    assert main(["convert", "--infinity-star", str(root / "infinity_star.safetensors"), "--vae",
-                 str(root / "videovae.safetensors"), "--text-encoder", t5, "--config", str(tmp_path / "config.json"),
-                 "--out", str(model)]) == 0
+    model = star_folder
     prompt_list = tmp_path / "all_dimension.txt"  # VBench's format: one prompt per line; this one is listed twice
     prompt_list.write_text("a red cat, frozen in time\na red cat, frozen in time\n")
     out = tmp_path / "vbench"
@@ -157,3 +169,29 @@ def test_vbench_names_are_found_by_the_standard_lookup(tmp_path):
     reader.close()
     assert frames.shape == (1, 192, 336, 3)
     assert run_call(out)["vpg_scales"] == "semantic" and run_call(out)["guidance"] in ("apg", "cfg")
+
+
+# -- presets -----------------------------------------------------------------------------------------------------
+def test_infinity_paper_preset_is_the_official_evaluation_script(infinity_folder, tmp_path, capsys):
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text(json.dumps(GENEVAL_LINES[0]) + "\n")
+    plan = dry_run(capsys, "geneval", "--model", str(infinity_folder), "--prompts", str(metadata), "--preset",
+                   "paper", "--call-arg", "cfg_insertion_layer=-1", "--out", str(tmp_path / "g"))
+    call = plan["settings"]["call"]
+    assert (call["guidance_scale"], call["tau"], call["top_k"], call["top_p"]) == (4.0, 1.0, 900, 0.97)
+    assert (call["height"], call["width"], call["cfg_insertion_layer"]) == (1024, 1024, -1)  # --call-arg wins
+    assert (call["vpg_scale"], call["vpg_corruption"], call["vpg_scales"]) == (1.5, 0.5, "all")
+    assert plan["samples"] == 4 and plan["settings"]["inputs"]["prompts"] == 1
+
+
+def test_vbench_paper_preset_records_the_released_settings(star_folder, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\n")
+    plan = dry_run(capsys, "vbench", "--model", str(star_folder), "--prompts", str(prompts), "--preset", "paper",
+                   "--out", str(tmp_path / "v"))
+    call = plan["settings"]["call"]
+    assert (call["guidance"], call["guidance_scale"], call["apg_norm_threshold"]) == ("apg", 34.0, 0.05)
+    assert (call["tau_image"], call["tau_video"]) == (1.0, 0.4)
+    assert (call["vpg_scale"], call["vpg_corruption"], call["vpg_scales"]) == (1.5, 0.1, "semantic")
+    assert isinstance(call["num_frames"], int) and isinstance(call["height"], int)  # the model's own, resolved
+    assert plan["samples"] == 5  # 5 videos per prompt
