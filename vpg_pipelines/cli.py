@@ -1,4 +1,4 @@
-"""The ``vpg`` command line: ``vpg generate | demo | convert``."""
+"""The ``vpg`` command line: ``vpg generate | demo | convert | eval``."""
 
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--config", default=None, help="JSON with the official constructor args / settings")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     conv.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -329,10 +333,16 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluation.cli import run_eval
+
+    run_eval(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": _generate, "convert": _convert, "demo": _demo}[args.command](args)
+        {"generate": _generate, "convert": _convert, "demo": _demo, "eval": _eval}[args.command](args)
     except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"vpg {args.command}: error: {err}", file=sys.stderr)
         return 2
