@@ -179,11 +179,13 @@ class GuidanceTerm(ConfigMixin, PushToHubMixin):
 
     # -- reductions (one per kind; the chain calls the one of ``needs``) ----------------------------------
     def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
-                          step: GuidanceStep) -> torch.Tensor:
+                          step: GuidanceStep) -> torch.Tensor | None:
         """Condition terms: the guided prediction of one prefix branch from its condition rows.
 
-        ``guided`` is what the condition terms before this one made of the same rows (``None`` for
-        the first); ``uncond`` is ``None`` when no null rows were built.
+        ``cond`` / ``uncond`` are ``(prefix branches, B, n, *V)``; ``uncond`` is ``None`` when no null
+        rows were built. ``guided`` is what the condition terms before this one made of the same rows
+        (``None``: nothing yet). A term that contributes nothing at this step returns ``guided`` as it
+        is (``None`` included); when the stage ends with ``None`` the branch keeps ``cond``.
         """
         raise NotImplementedError(f"{type(self).__name__} is not a condition-axis term")
 

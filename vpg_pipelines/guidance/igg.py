@@ -104,11 +104,11 @@ class InformationGroundingGuidance(GuidanceTerm):
         return 1.0 + ratio * float(self.scale)
 
     def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
-                          step: GuidanceStep) -> torch.Tensor:
+                          step: GuidanceStep) -> torch.Tensor | None:
         """``guided + t·G`` after another condition term, else ``u + t·G``; ``cond`` / ``uncond`` are
-        ``(prefix branches, B, n, *V)``."""
+        ``(prefix branches, B, n, *V)``. Off, IGG contributes nothing: ``guided`` is passed on as it is."""
         if not self.is_on(step):
-            return cond if guided is None else guided
+            return guided
         if uncond is None:
             raise ValueError("IGG: no null-condition rows were built for this call; IGG needs them (it was "
                              "switched on during sampling, or the model has no null condition)")
