@@ -190,3 +190,25 @@ def test_infinity_star_terms_on_video_clips(fast_pipe):  # noqa: F811
     off = fast_pipe(**kw, generator=gens(0)).frames
     for extra in ({"igg_scale": 1.0}, {"entropy_temperature": True}):
         assert not torch.equal(fast_pipe(**kw, **extra, generator=gens(0)).frames, off), extra
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def test_cli_flags_match_the_pipeline_arguments(tmp_path, capsys):
+    import numpy as np
+    import PIL.Image
+
+    from vpg_pipelines import load_demo_pipeline
+    from vpg_pipelines.cli import main
+
+    out = tmp_path / "plant.png"
+    flags = ["--ssg-scale", "0.5", "--igg-scale", "1", "--entropy-temperature", "--entropy-temperature-alpha", "2"]
+    assert main(["generate", "--model", "demo", "--prompt", "plant", "--seed", "4", "--vpg-scale", "1",
+                 *flags, "--out", str(out)]) == 0
+    pipe = load_demo_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt=["plant"], vpg_scale=1.0, ssg_scale=0.5, igg_scale=1.0, entropy_temperature=True,
+                    entropy_temperature_alpha=2.0, generator=[torch.Generator().manual_seed(4)]).images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(out).convert("RGB")), np.asarray(expected))
+    assert main(["generate", "--model", "demo", "--prompt", "plant", "--ssg-scale", "-1",
+                 "--out", str(tmp_path / "bad.png")]) == 2
+    assert "ssg_scale" in capsys.readouterr().err
