@@ -125,11 +125,22 @@ def test_igg_switched_on_without_null_rows_says_why(var_pipe):
         _var(var_pipe, guidance_scale=0.0, callback_on_step_end=_set("_igg_scale", 1.0, at=0))
 
 
-def test_igg_alone_builds_the_null_rows(var_pipe):
-    """CFG off (0) with IGG on: the null rows exist, CFG's strength 1 contributes c, IGG adds t·G."""
+def test_igg_replaces_cfg_when_cfg_is_off(var_pipe):
+    """CFG off (VAR: 0) with IGG on: CFG's weight is unset, IGG builds the null rows and gives u + t·G —
+    the sampler with IGG as its only term, bit for bit."""
     trace = SamplerTrace()
     _var(var_pipe, trace, guidance_scale=0.0, igg_scale=1.0)
     assert set(trace.rows.values()) == {4}
+    adapter = VARAdapter(var_pipe.transformer, var_pipe.vae)
+    state = adapter.prepare(torch.tensor(LABELS), with_null=True, device=torch.device("cpu"), dtype=torch.float32,
+                            top_k=0, top_p=0.0)
+    alone = SamplerTrace()
+    with torch.no_grad():
+        run_next_scale(adapter, state, guiders=[InformationGroundingGuidance(1.0)], generator=gens(0, 1), trace=alone)
+    for k in alone.guided:
+        assert torch.equal(trace.guided[k], alone.guided[k])
+    with pytest.raises(ValueError, match="IGG in its place"):
+        _var(var_pipe, guidance_scale=0.0, igg_scale=1.0, callback_on_step_end=_set("_guidance_scale", 2.0, at=0))
 
 
 def test_guiders_replace_the_term_of_the_same_job(var_pipe):

@@ -63,18 +63,30 @@ class CallGuidance:
     (CFG / APG, VPG, IGG, SSG, temperature); the pipeline's properties steer only the terms it built.
     SSG and the temperature are always built (off: ``ssg_scale=0``, ``entropy_temperature=False``) so a
     callback can switch them on; IGG is built disabled when ``igg_scale=None`` (unless the condition
-    term mixes at a hidden layer, where IGG is not defined).
+    term mixes at a hidden layer, where IGG is not defined). With IGG on and CFG off for the whole call
+    (``guidance_scale`` at its off value: VAR 0, Infinity / InfinityStar 1), CFG's weight is unset and
+    IGG replaces it (``l_u + t·G``, the paper's code with ``w_cfg=None``).
+
+    Args:
+        step_scales: the scale of every sampler step of the call (decides whether CFG is ever on).
     """
 
     def __init__(self, condition: GuidanceTerm | None, prefix: PrefixGuidance | None, igg_scale: float | None,
                  ssg_scale: float, entropy_temperature: bool, entropy_temperature_t0: float,
                  entropy_temperature_alpha: float, entropy_temperature_theta: float,
-                 guiders: Sequence[GuidanceTerm] | None = None) -> None:
+                 guiders: Sequence[GuidanceTerm] | None = None, step_scales: Sequence[int] = ()) -> None:
         given = list(guiders or [])
         taken = {_SLOTS.get(type(g)) for g in given}
         own: dict[str, GuidanceTerm] = {}
+        igg_on = igg_scale is not None or any(isinstance(g, InformationGroundingGuidance) and g.enabled
+                                              for g in given)
+        scales = list(step_scales)
+        self._unset_condition = None
         if condition is not None and "condition" not in taken:
-            own["condition"] = condition
+            if igg_on and scales and not condition.uses_rows(scales, max(scales) + 1):
+                self._unset_condition = condition.scale  # IGG replaces the unset CFG
+            else:
+                own["condition"] = condition
         if prefix is not None and "prefix" not in taken:
             own["prefix"] = prefix
         hidden = getattr(own.get("condition"), "layer", 0) != 0
@@ -104,6 +116,9 @@ class CallGuidance:
     def sync(self, pipe: Any) -> None:
         """Copy the pipeline's strength properties into the terms it built (after each step's callback)."""
         condition = self.own.get("condition")
+        if self._unset_condition is not None and pipe._guidance_scale != self._unset_condition:
+            raise ValueError("`guidance_scale` was switched on during sampling, but this call started with CFG off "
+                             "and IGG in its place; start the call with CFG on")
         if condition is not None:
             value = pipe._guidance_scale
             values = value if isinstance(value, (list, tuple)) else [value]

@@ -394,10 +394,10 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         self._guidance_scale = [float(g) for g in guidance_scale] if per_scale else float(guidance_scale)
         self._interrupt = False
         cfg = ClassifierFreeGuidance(scale=self._guidance_scale, schedule="constant", layer=int(cfg_insertion_layer))
-        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders)
-        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         scales = list(range(schedule.num_scales))
+        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
+        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         with_null = guidance.chain.uses_conditions(scales, len(scales))
 
         device = self._execution_device

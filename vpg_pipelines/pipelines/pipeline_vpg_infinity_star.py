@@ -441,7 +441,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         guidance = CallGuidance(term, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders)
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders,
+                                step_scales=[s.scale for s in plan.steps])
         self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         device = self._execution_device
 

@@ -262,10 +262,10 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule="linear")
-        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders)
-        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         scales = list(range(self.num_timesteps))
+        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
+        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
 
         device = self._execution_device
         labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
