@@ -93,9 +93,15 @@ GUIDANCE_FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
     "stacked": {"vpg": dict(VPG_STACK), "vpg + ssg 0.5": {**VPG_STACK, "ssg_scale": 0.5},
                 "vpg + igg 1": {**VPG_STACK, "igg_scale": 1.0},
                 "vpg + entropy-T paper": {**VPG_STACK, "entropy_temperature": True}},
+    # chosen after the first CFG 3.0 run: each family's best point there, stacked with VPG (a follow-up,
+    # not part of the grid fixed beforehand; run with --configs)
+    "stacked-best": {"vpg + T=0.8": {**VPG_STACK, "temperature": 0.8}, "vpg + ssg 0.1": {**VPG_STACK, "ssg_scale": 0.1},
+                     "vpg + igg 0": {**VPG_STACK, "igg_scale": 0.0},
+                     "vpg + entropy-T base=0.6": {**VPG_STACK, "entropy_temperature": True, "entropy_base": 0.6}},
 }
 GUIDANCE_CONFIGS = {name: kw for family in GUIDANCE_FAMILIES.values() for name, kw in family.items()}
-SUITES = {"vpg": CONFIGS, "guidance": GUIDANCE_CONFIGS}
+SUITES = {"vpg": CONFIGS, "guidance": {n: kw for n, kw in GUIDANCE_CONFIGS.items()
+                                       if n not in GUIDANCE_FAMILIES["stacked-best"]}}
 ALL_CONFIGS = {**CONFIGS, **GUIDANCE_CONFIGS}
 
 
@@ -369,7 +375,7 @@ def fair_table(result: dict[str, Any]) -> str:
         rows = [[f"`{n}`", pm(configs[n]["fd_summary"]), "—" if n == "vpg" else signed(paired(configs, n, "vpg", "fd")),
                  pm(configs[n]["accuracy_summary"], "{:.3f}"),
                  "—" if n == "vpg" else signed(paired(configs, n, "vpg", "accuracy"), "{:+.3f}")]
-                for n in GUIDANCE_FAMILIES["stacked"] if n in configs]
+                for n in (*GUIDANCE_FAMILIES["stacked"], *GUIDANCE_FAMILIES["stacked-best"]) if n in configs]
         lines += ["", f"**Stacked with VPG** (w={VPG_STACK['vpg_scale']:g}, p={VPG_STACK['vpg_corruption']:g}):", "",
                   markdown_table(header, rows)]
     return "\n".join(lines)
@@ -443,7 +449,7 @@ def plot_guidance(result: dict[str, Any], path: str | Path) -> None:
     configs = result["configs"]
     base = best_of(configs, "baseline")
     families = [f for f in GUIDANCE_FAMILIES if any(n in configs for n in GUIDANCE_FAMILIES[f])]
-    colors = dict(zip(GUIDANCE_FAMILIES, ("0.4", "tab:blue", "tab:orange", "tab:green", "tab:purple")))
+    colors = dict(zip(GUIDANCE_FAMILIES, ("0.4", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red")))
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
     for ax, key, label in ((axes[0], "fd", "FD to held-out (lower is better)"),
                            (axes[1], "accuracy", "classifier accuracy (higher is better)")):
