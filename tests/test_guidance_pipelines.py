@@ -223,3 +223,16 @@ def test_cli_flags_match_the_pipeline_arguments(tmp_path, capsys):
     assert main(["generate", "--model", "demo", "--prompt", "plant", "--ssg-scale", "-1",
                  "--out", str(tmp_path / "bad.png")]) == 2
     assert "ssg_scale" in capsys.readouterr().err
+
+
+def test_infinity_star_guidance_scale_set_in_a_callback(fast_pipe):  # noqa: F811
+    """APG 34 turned off (1) after step 2 equals APG with one strength per scale (one step per scale here)."""
+    from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
+
+    kw = dict(prompt="a cat", num_frames=1, **SIZE, vpg_scale=1.0, output_type="latent")
+    dynamic = fast_pipe(**kw, generator=gens(0), callback_on_step_end=_set("_guidance_scale", 1.0, at=2)).frames
+    steps = fast_pipe.plan(1, **SIZE).steps
+    assert [s.scale for s in steps] == list(range(len(steps)))
+    listed = AdaptiveProjectedGuidance(scale=[34.0 if k <= 2 else 1.0 for k in range(len(steps))])
+    assert torch.equal(dynamic, fast_pipe(**kw, generator=gens(0), guiders=[listed]).frames)
+    assert not torch.equal(dynamic, fast_pipe(**kw, generator=gens(0)).frames)
