@@ -347,8 +347,9 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
             vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or a
                 list of scale indices in ``[0, num_scales - 1]``.
             igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
-                ``1 + w·k/(K-1)``; ``None`` (default) turns it off (``0`` does not). Needs
-                ``cfg_insertion_layer=0``. See docs/guidance.md.
+                ``1 + w·k/(K-1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+                (``guidance_scale=1``) it replaces CFG. Needs ``cfg_insertion_layer=0``. See
+                docs/guidance.md.
             ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
             entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of ``tau``)
                 from the entropy of the guided bits of a site, applied after all guidance (default off),

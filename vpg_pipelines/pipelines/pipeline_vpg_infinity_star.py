@@ -379,7 +379,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
                 scheduled VPG), ``"all"``, or a list of scale indices.
             igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to APG / CFG with the weight
                 ``1 + w·k/(K-1)`` (``k`` counts the scales of all clips); ``None`` (default) turns it off
-                (``0`` does not). Cost ``O(n²)`` per step in the sites of a clip: see docs/guidance.md.
+                (``0`` does not); with guidance off (``guidance_scale=1``) it replaces CFG. Cost ``O(n²)``
+                per step in the sites of a clip: see docs/guidance.md.
             ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0) over (t, h, w) inside each clip; ``0``
                 (default) turns it off.
             entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of the taus)

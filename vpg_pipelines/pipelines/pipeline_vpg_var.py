@@ -224,7 +224,8 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
             vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or
                 a list of scale indices in ``[0, num_scales − 1]``.
             igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
-                ``1 + w·k/(K−1)``; ``None`` (default) turns it off (``0`` does not). See docs/guidance.md.
+                ``1 + w·k/(K−1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+                (``guidance_scale=0``) it replaces CFG. See docs/guidance.md.
             ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
             entropy_temperature: per-site temperature ``T0·exp(−H/alpha) + theta`` from the entropy
                 of the guided distribution, applied after all guidance (default off), with
