@@ -1,4 +1,4 @@
-"""What VPG costs: latency and peak memory of CFG+VPG against CFG alone, same model, same run.
+"""What VPG (and the other guidance terms) cost: latency and peak memory against CFG alone, same model, same run.
 
 Every configuration samples the same classes with the same seed; repetitions are interleaved
 (round-robin, rotating order) so that load drifting on a shared machine hits all of them alike, and
@@ -9,6 +9,10 @@ CPU (peak RSS, forked from a clean fork server) and with ``torch.cuda.max_memory
 
     python benchmarks/vpg_overhead.py --model tiny --repeats 20
     python benchmarks/vpg_overhead.py --model d16 --device cuda --dtype float16 --batch 1 8
+
+The ``igg``, ``ssg`` and ``entropy-temperature`` configurations add one term each to CFG (issue 14).
+``--term-costs`` times each term's reduction alone, per step, on synthetic logits of the released
+models' largest steps (VAR-d16 / d30, Infinity 1024², InfinityStar 720p), which no CPU run reaches.
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "vpg-all-persistent": {"vpg_scales": "all", "vpg_refresh": "persistent"},
     "vpg-all-resample": {"vpg_scales": "all", "vpg_refresh": "resample"},
     "vpg-semantic": {"vpg_scales": "semantic", "vpg_refresh": "persistent"},
+    "igg": {"vpg_scale": 1.0, "igg_scale": 1.0},
+    "ssg": {"vpg_scale": 1.0, "ssg_scale": 0.5},
+    "entropy-temperature": {"vpg_scale": 1.0, "entropy_temperature": True},
+}
+TERM_SHAPES = {  # name -> (grid of the largest step, logit shape per site, categories)
+    "VAR-d16 256px, scale 16x16": ((16, 16), (4096,), None),
+    "VAR-d30 512px, scale 32x32": ((32, 32), (4096,), None),
+    "Infinity-2B 1024², scale 64x64": ((64, 64), (32, 2), None),
+    "InfinityStar 720p, clip scale 20x45x80": ((20, 45, 80), (128,), 2),
 }
 BASELINE = "cfg"
 TARGETS = {  # (configuration, device type) -> max latency ratio vs CFG-only
@@ -81,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rank by wall time, or by this process's CPU time (shared CPUs; use with --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--term-costs", action="store_true",
+                   help="also time each guidance term's reduction alone at the released models' largest steps")
+    p.add_argument("--max-term-gflop", type=float, default=200.0,
+                   help="skip timing a term whose estimated work at a shape exceeds this (e.g. IGG at 720p on CPU)")
     p.add_argument("--out-json", default=None)
     p.add_argument("--out-md", default=None)
     args = p.parse_args(argv)
@@ -290,6 +307,77 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- one term's reduction alone ----------------------------------------------------------------------
+def term_costs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Median time of each term's per-step reduction on random logits (batch 1, one prefix branch)."""
+    rows = []
+    for shape_name, (grid, per_site, categories) in TERM_SHAPES.items():
+        rows += _term_rows(args, shape_name, grid, per_site, categories)
+    return rows
+
+
+def _term_rows(args: argparse.Namespace, shape_name: str, grid: tuple[int, ...], per_site: tuple[int, ...],
+               categories: int | None) -> list[dict[str, Any]]:
+    import math
+    import time
+
+    from vpg_pipelines.guidance.base import GuidanceStep
+    from vpg_pipelines.guidance.igg import InformationGroundingGuidance
+    from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
+    from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
+    from vpg_pipelines.sampling.adapter import ScaleStep
+
+    device = torch.device(args.device)
+    n, v = math.prod(grid), math.prod(per_site)
+    prev_grid = tuple(max(1, g * 3 // 4) if i >= len(grid) - 2 else g for i, g in enumerate(grid))
+    gen = torch.Generator(device).manual_seed(args.seed)
+    cond, uncond = (torch.randn(1, 1, n, *per_site, generator=gen, device=device) for _ in range(2))
+    prev = torch.randn(1, math.prod(prev_grid), *per_site, generator=gen, device=device)
+    estimates = {"igg": 4 * n * n * v / 1e9, "ssg": 8 * n * v * (sum(grid) + sum(prev_grid)) / 1e9,
+                 "entropy-temperature": 8 * n * v / 1e9}
+
+    def ctx(scale: int, g: tuple[int, ...], memories: dict) -> GuidanceStep:
+        return GuidanceStep(ScaleStep(scale, scale, math.prod(g), g), 10, 10, categories, memories)
+
+    def run_igg() -> None:
+        InformationGroundingGuidance(1.0).reduce_conditions(cond, uncond, cond, ctx(9, grid, {}))
+
+    def run_ssg() -> None:
+        term, memories = ScaledSpatialGuidance(0.5), {}
+        term.reduce(prev, ctx(8, prev_grid, memories))
+        term.reduce(cond[0], ctx(9, grid, memories))
+
+    def run_temperature() -> None:
+        EntropyAwareTemperature().reduce(cond[0], ctx(9, grid, {}))
+
+    rows = []
+    for term, fn in (("igg", run_igg), ("ssg", run_ssg), ("entropy-temperature", run_temperature)):
+        row = {"shape": shape_name, "term": term, "sites": n, "logits_per_site": v, "gflop": estimates[term],
+               "seconds": None}
+        if estimates[term] <= args.max_term_gflop:
+            times = []
+            for _ in range(max(1, min(args.repeats, 5))):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.no_grad():
+                    fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            row["seconds"] = median(times)
+        rows.append(row)
+    return rows
+
+
+def term_costs_markdown(rows: list[dict[str, Any]], device: str) -> str:
+    header = ["largest step of", "term", "sites × logits", "work (GFLOP, est.)", f"time per step ({device})"]
+    table = [[r["shape"], f"`{r['term']}`", f"{r['sites']} × {r['logits_per_site']}", f"{r['gflop']:.3g}",
+              fmt_seconds(r["seconds"]) if r["seconds"] is not None else "not timed (over --max-term-gflop)"]
+             for r in rows]
+    return markdown_table(header, table)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
@@ -305,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batches": [bench_batch(pipe, args, batch) for batch in args.batch],
     }
     markdown = to_markdown(result)
+    if args.term_costs:
+        result["term_costs"] = term_costs(args)
+        markdown += "\n\nEach term's reduction alone, batch 1:\n\n" + term_costs_markdown(result["term_costs"],
+                                                                                           args.device)
     result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)

@@ -42,6 +42,8 @@ class VPGModel:
         source: what was loaded (the loader's choice), shown in messages.
         cfg: classifier-free (or, for InfinityStar, adaptive projected) guidance, or ``None`` (off).
         prefix: Visual Prefix Guidance, or ``None`` (off).
+        guiders: the other guidance terms (IGG, SSG, entropy temperature ...) in graph order; the
+            pipeline's chain orders them by stage (``guiders.py``).
         handle: ComfyUI's ``ModelPatcher`` over the pipeline's modules (``None`` outside ComfyUI).
     """
 
@@ -51,6 +53,7 @@ class VPGModel:
     cfg: ClassifierFreeGuidance | AdaptiveProjectedGuidance | None = None
     prefix: PrefixGuidance | None = None
     handle: Any = None
+    guiders: tuple = ()
 
     def clone(self, **changes: Any) -> VPGModel:
         return dataclasses.replace(self, **changes)
@@ -63,7 +66,8 @@ class VPGModel:
         name = "apg" if isinstance(self.cfg, AdaptiveProjectedGuidance) else "cfg"
         cfg = f"{name} {self.cfg.scale:g}" if self.cfg else "no CFG"
         vpg = f"VPG w={self.prefix.scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
-        return f"{self.source} ({cfg}, {vpg})"
+        others = "".join(f", {g.describe()}" for g in self.guiders)
+        return f"{self.source} ({cfg}, {vpg}{others})"
 
 
 def _check_model(model: Any, node: str) -> VPGModel:
@@ -277,6 +281,7 @@ def sample(
             top_k=int(top_k),
             top_p=float(top_p),
             **prefix_kwargs(model),
+            guiders=list(model.guiders),
             generator=generators(seed, total),
             output_type="pt",
             callback_on_step_end=callback,

@@ -21,7 +21,7 @@ import torch
 from comfy_api.latest import ComfyExtension, InputImpl, Types, io
 from typing_extensions import override
 
-from . import core, guidance_map, registry, text_sampling
+from . import core, guidance_map, guiders, registry, text_sampling
 from .specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, TEXT_ENCODER_CHOICES, InputSpec, NodeSpec
 
 FOLDER = "vpg"
@@ -212,6 +212,42 @@ class VPGPrefixGuidance(io.ComfyNode):
             return io.NodeOutput(core.apply_prefix_guidance(model, vpg_scale, corruption, mode, refresh, scales))
 
 
+class VPGIGG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGIGG"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, igg_scale: float, schedule: str, start: float,
+                stop: float) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(guiders.apply_igg(model, igg_scale, schedule, start, stop))
+
+
+class VPGSSG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGSSG"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, ssg_scale: float, interpolation: str, start: float,
+                stop: float) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(guiders.apply_ssg(model, ssg_scale, interpolation, start, stop))
+
+
+class VPGEntropyTemperature(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(NODE_SPECS["VPGEntropyTemperature"])
+
+    @classmethod
+    def execute(cls, model: core.VPGModel, t0: float, alpha: float, theta: float, base: float, start: float,
+                stop: float) -> io.NodeOutput:
+        with readable_errors():
+            return io.NodeOutput(guiders.apply_entropy_temperature(model, t0, alpha, theta, base, start, stop))
+
+
 def _load(model: object) -> None:
     """Let ComfyUI's model management place the weights (GPU when there is one, freeing others first)."""
     if isinstance(model, core.VPGModel) and model.handle is not None:
@@ -311,8 +347,8 @@ class VPGGuidanceMap(io.ComfyNode):
 
 
 NODES: list[type[io.ComfyNode]] = [
-    VPGModelLoader, VPGClassConditioning, VPGTextEncode, VPGCFG, VPGAPG, VPGPrefixGuidance, VPGSampler,
-    VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
+    VPGModelLoader, VPGClassConditioning, VPGTextEncode, VPGCFG, VPGAPG, VPGPrefixGuidance, VPGIGG, VPGSSG,
+    VPGEntropyTemperature, VPGSampler, VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
 ]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpg_pipelines.guidance.igg import SCHEDULES as IGG_SCHEDULES
 from vpg_pipelines.guidance.prefix import MODES, REFRESH
+from vpg_pipelines.guidance.ssg import INTERPOLATIONS
 
 from .guidance_map import NORMALIZE
 from .registry import DTYPES
@@ -78,6 +80,15 @@ IMAGE = "IMAGE"
 VIDEO = "VIDEO"
 
 _model_in = InputSpec("model", MODEL, tooltip="A VPG model (from VPG Load Model or a VPG guidance node).")
+
+
+def _range_inputs() -> tuple[InputSpec, InputSpec]:
+    """diffusers guiders' ``start`` / ``stop``: the fractions of the sampling steps the term acts in."""
+    return (InputSpec("start", "FLOAT", default=0.0, min=0.0, max=0.99, step=0.01,
+                      tooltip="Fraction of the steps before which the term does nothing (step i of N acts from "
+                              "int(start*N))."),
+            InputSpec("stop", "FLOAT", default=1.0, min=0.0, max=1.0, step=0.01,
+                      tooltip="Fraction of the steps from which the term does nothing (acts before int(stop*N))."))
 
 NODE_SPECS: dict[str, NodeSpec] = {
     spec.node_id: spec
@@ -174,6 +185,57 @@ NODE_SPECS: dict[str, NodeSpec] = {
                           tooltip="persistent: each scale corrupted once (fast); resample: fresh corruption per step."),
                 InputSpec("scales", "STRING", default="all",
                           tooltip="'all', 'semantic' (early scales) or scale indices like '1,2,3' or '1-4'."),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGIGG",
+            "VPG IGG",
+            "Information-Grounding Guidance: adds t * softmax(d d^T / sqrt(V)) d, d = cond - uncond over the "
+            "scale's sites, with t = 1 + w * k/(K-1); on top of VPG CFG / APG, or in CFG's place when the chain "
+            "has none. Returns a patched copy. Cost grows with the square of a scale's sites.",
+            (
+                _model_in,
+                InputSpec("igg_scale", "FLOAT", default=1.0, min=0.0, max=20.0, step=0.05,
+                          tooltip="w (0 still adds the grounding term with t = 1; remove the node to turn IGG off)."),
+                InputSpec("schedule", "COMBO", default="linear", options=IGG_SCHEDULES,
+                          tooltip="linear: t = 1 + w*k/(K-1) (the paper); constant: t = 1 + w at every scale."),
+                *_range_inputs(),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGSSG",
+            "VPG SSG",
+            "Scaled Spatial Guidance: logits + beta * (logits - prior), the prior being the previous scale's "
+            "logits brought to the new grid in the frequency domain (DSE). No extra model pass. Returns a "
+            "patched copy.",
+            (
+                _model_in,
+                InputSpec("ssg_scale", "FLOAT", default=0.5, min=0.0, max=10.0, step=0.05,
+                          tooltip="beta (0 = off)."),
+                InputSpec("interpolation", "COMBO", default="linear", options=INTERPOLATIONS,
+                          tooltip="Kernel that brings the previous scale to the new grid before its low "
+                                  "frequencies are restored exactly."),
+                *_range_inputs(),
+            ),
+            (OutputSpec(MODEL, "model"),),
+        ),
+        NodeSpec(
+            "VPGEntropyTemperature",
+            "VPG Entropy Temperature",
+            "Entropy-aware temperature, after all guidance: each site is sampled at T = base * (t0 * "
+            "exp(-H/alpha) + theta), H the entropy of its guided distribution. Returns a patched copy.",
+            (
+                _model_in,
+                InputSpec("t0", "FLOAT", default=2.5, min=0.0, max=10.0, step=0.05, tooltip="T0 (paper: 2.5)."),
+                InputSpec("alpha", "FLOAT", default=3.0, min=0.01, max=50.0, step=0.05,
+                          tooltip="alpha, in nats (paper: 3)."),
+                InputSpec("theta", "FLOAT", default=0.6, min=0.0, max=10.0, step=0.05,
+                          tooltip="theta (paper: 0.6)."),
+                InputSpec("base", "FLOAT", default=1.0, min=0.01, max=10.0, step=0.01,
+                          tooltip="T_base, on top of the model's own temperature."),
+                *_range_inputs(),
             ),
             (OutputSpec(MODEL, "model"),),
         ),

@@ -188,8 +188,8 @@ def sample_text_image(
             height=height, width=width, num_images_per_prompt=batch_size,
             guidance_scale=model.cfg.scale if model.cfg is not None else 1.0,
             tau=float(tau), cfg_insertion_layer=int(cfg_insertion_layer), top_k=int(top_k), top_p=float(top_p),
-            **prefix_kwargs(model), generator=generators(seed, batch_size), output_type="pt",
-            callback_on_step_end=callback, trace=trace,
+            **prefix_kwargs(model), guiders=list(model.guiders), generator=generators(seed, batch_size),
+            output_type="pt", callback_on_step_end=callback, trace=trace,
         )
     except (TypeError, ValueError) as err:
         raise VPGNodeError(f"{node}: {err}") from err
@@ -276,7 +276,8 @@ def sample_video(
             prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image,
             num_frames=num_frames, height=height, width=width, num_videos_per_prompt=per_prompt, **guidance,
             tau_image=float(tau_image), tau_video=float(tau_video), **prefix_kwargs(model),
-            generator=generators(seed, batch_size), output_type="pt", callback_on_step_end=callback,
+            guiders=list(model.guiders), generator=generators(seed, batch_size), output_type="pt",
+            callback_on_step_end=callback,
         )
     except (TypeError, ValueError) as err:
         raise VPGNodeError(f"{node}: {err}") from err

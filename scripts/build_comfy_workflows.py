@@ -142,6 +142,31 @@ def demo_side_by_side() -> dict:
     return g.to_json()
 
 
+def demo_guidance_stack() -> dict:
+    """CFG -> IGG -> Prefix Guidance -> SSG on the bundled model (issue 14): the chain acts in that order."""
+    g = Graph()
+    loader = g.add("VPGModelLoader", (20, 40), [DEMO_CHOICE, "none", "none", "fp32"], size=(380, 130))
+    cond = g.add("VPGClassConditioning", (440, 300), ["face-happy, animal-mammal, food-fruit-veg, transport"],
+                 size=(320, 120))
+    cfg_node = g.add("VPGCFG", (440, 40), [3.0], size=(320, 60))
+    igg = g.add("VPGIGG", (800, 40), [0.5, "linear", 0.0, 1.0], size=(320, 150))
+    prefix = g.add("VPGPrefixGuidance", (1160, 40), [1.5, 0.5, "full", "persistent", "all"], size=(320, 180))
+    ssg = g.add("VPGSSG", (1520, 40), [0.25, "linear", 0.0, 1.0], size=(320, 150))
+    samp = g.add("VPGSampler", (1880, 40), [0, "fixed", 1, 0, 0.95], size=(320, 200))
+    for src, dst in ((loader, cond), (loader, cfg_node), (cfg_node, igg), (igg, prefix), (prefix, ssg), (ssg, samp)):
+        g.link(src, 0, dst, "model")
+    g.link(cond, 0, samp, "conditioning")
+    up = g.add("ImageScaleBy", (2240, 40), ["nearest-exact", 4.0], size=(300, 90))
+    save = g.add("SaveImage", (2580, 40), ["vpg_demo_guidance_stack"], size=(400, 300))
+    gmap = g.add("VPGGuidanceMap", (2240, 400), ["per scale", 128], size=(300, 110))
+    save_map = g.add("SaveImage", (2580, 400), ["vpg_demo_guidance_stack_map"], size=(600, 300))
+    g.link(samp, 0, up, "image")
+    g.link(up, 0, save, "images")
+    g.link(samp, 1, gmap, "guidance")
+    g.link(gmap, 0, save_map, "images")
+    return g.to_json()
+
+
 def var_d16() -> dict:
     """The released VAR-d16 with the paper's VPG setting (w=3.0, p=0.5); needs the two official files."""
     models = [
@@ -250,6 +275,7 @@ def infinitystar_720p() -> dict:
 WORKFLOWS = {
     "vpg_demo_cfg_prefix.json": demo_cfg_prefix,
     "vpg_demo_side_by_side.json": demo_side_by_side,
+    "vpg_demo_guidance_stack.json": demo_guidance_stack,
     "vpg_var_d16.json": var_d16,
     "vpg_infinity_tiny.json": infinity_tiny,
     "vpg_infinity_2b.json": infinity_2b,

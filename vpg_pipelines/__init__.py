@@ -1,8 +1,14 @@
 """Visual Prefix Guidance for next-scale autoregressive image and video models."""
 
 from .demo import load_demo_pipeline
+from .guidance.apg import AdaptiveProjectedGuidance
+from .guidance.base import GuidanceTerm
 from .guidance.cfg import ClassifierFreeGuidance
+from .guidance.chain import GuidanceChain
+from .guidance.igg import InformationGroundingGuidance
 from .guidance.prefix import PrefixGuidance
+from .guidance.ssg import ScaledSpatialGuidance
+from .guidance.temperature import EntropyAwareTemperature
 from .loading.infinity import load_official_infinity
 from .loading.var import load_official_var
 from .models.var.transformer import VARTransformer
@@ -15,9 +21,15 @@ from .utils import export_to_video
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveProjectedGuidance",
     "ClassifierFreeGuidance",
+    "EntropyAwareTemperature",
+    "GuidanceChain",
+    "GuidanceTerm",
     "InfinityStarPipelineOutput",
+    "InformationGroundingGuidance",
     "PrefixGuidance",
+    "ScaledSpatialGuidance",
     "VARTransformer",
     "VARVQVAE",
     "VPGInfinityPipeline",

@@ -50,6 +50,14 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vpg-refresh", default=None, choices=["persistent", "resample"], help="default: persistent")
     p.add_argument("--vpg-scales", type=_scales, default=None,
                    help="'all', 'semantic' or e.g. '1,2,3' (default: all; InfinityStar: semantic)")
+    p.add_argument("--igg-scale", type=float, default=None,
+                   help="Information-Grounding Guidance w (>= 0; default off; 0 is not off): docs/guidance.md")
+    p.add_argument("--ssg-scale", type=float, default=None, help="Scaled Spatial Guidance beta (>= 0; default 0 = off)")
+    p.add_argument("--entropy-temperature", action="store_true",
+                   help="per-site temperature T0*exp(-H/alpha)+theta from the entropy H, after all guidance")
+    p.add_argument("--entropy-temperature-t0", type=float, default=None, help="T0 (default 2.5)")
+    p.add_argument("--entropy-temperature-alpha", type=float, default=None, help="alpha (default 3)")
+    p.add_argument("--entropy-temperature-theta", type=float, default=None, help="theta (default 0.6)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")
@@ -225,7 +233,12 @@ def _generate(args: argparse.Namespace) -> None:
     text = kind != "VPGVARPipeline"
     prompts = [p if text or not p.strip().isdigit() else int(p) for p in args.prompt]
     count = len(prompts) * args.num_images
-    options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p}
+    options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p,
+               "igg_scale": args.igg_scale, "ssg_scale": args.ssg_scale,
+               "entropy_temperature": args.entropy_temperature or None,
+               "entropy_temperature_t0": args.entropy_temperature_t0,
+               "entropy_temperature_alpha": args.entropy_temperature_alpha,
+               "entropy_temperature_theta": args.entropy_temperature_theta}
     if text:
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
     if video:

@@ -3,17 +3,19 @@
 ``diff = cond - uncond`` is scaled down so that its RMS over (sites, channels) is at most
 ``norm_threshold``, split into the parts parallel and orthogonal to ``cond`` (projection in float64
 over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)``.
-The interface mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`, so the sampler
-uses either as its condition-axis term.
+The interface mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are
+condition-axis terms of the guidance chain.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+from diffusers.configuration_utils import register_to_config
+
+from .base import NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm
 
 SCHEDULES = ("constant", "linear")
 
@@ -27,8 +29,7 @@ def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return parallel.to(dtype), (v0 - parallel).to(dtype)
 
 
-@dataclass(frozen=True)
-class AdaptiveProjectedGuidance:
+class AdaptiveProjectedGuidance(GuidanceTerm):
     """APG with a per-scale strength ``s_k``.
 
     Args:
@@ -38,26 +39,42 @@ class AdaptiveProjectedGuidance:
         eta: weight of the parallel part (0 in the released settings).
         schedule: ``"constant"`` or ``"linear"`` (``1 + scale * k / (K - 1)``) as for CFG.
         layer: only 0 (logits) is supported; kept for interface parity with CFG.
+        start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; outside the
+            range the strength is 1 (the conditional logits).
     """
 
-    scale: float | Sequence[float] = 34.0
-    norm_threshold: float = 0.05
-    eta: float = 0.0
-    schedule: str = "constant"
-    layer: int = 0
+    needs = NEEDS_CONDITIONS
+    display_name = "APG"
 
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.layer != 0:
-            raise ValueError(f"APG combines logits only: `layer` must be 0, got {self.layer}")
-        if not (isinstance(self.norm_threshold, (int, float)) and self.norm_threshold >= 0):
-            raise ValueError(f"`norm_threshold` must be a number >= 0, got {self.norm_threshold!r}")
-        if not isinstance(self.eta, (int, float)) or self.eta != self.eta:
-            raise ValueError(f"`eta` must be a number, got {self.eta!r}")
-        values = list(self.scale) if isinstance(self.scale, Sequence) else [self.scale]
+    @register_to_config
+    def __init__(
+        self,
+        scale: float | Sequence[float] = 34.0,
+        norm_threshold: float = 0.05,
+        eta: float = 0.0,
+        schedule: str = "constant",
+        layer: int = 0,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(start, stop, enabled)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
+        if layer != 0:
+            raise ValueError(f"APG combines logits only: `layer` must be 0, got {layer}")
+        if not (isinstance(norm_threshold, (int, float)) and norm_threshold >= 0):
+            raise ValueError(f"`norm_threshold` must be a number >= 0, got {norm_threshold!r}")
+        if not isinstance(eta, (int, float)) or eta != eta:
+            raise ValueError(f"`eta` must be a number, got {eta!r}")
+        values = list(scale) if isinstance(scale, Sequence) else [scale]
         if not values or not all(isinstance(v, (int, float)) and v == v for v in values):
-            raise ValueError(f"`guidance_scale` must be a number or a non-empty list of numbers, got {self.scale!r}")
+            raise ValueError(f"`guidance_scale` must be a number or a non-empty list of numbers, got {scale!r}")
+        self.scale = scale
+        self.norm_threshold = norm_threshold
+        self.eta = eta
+        self.schedule = schedule
+        self.layer = layer
 
     def scale_at(self, scale_index: int, num_scales: int) -> float:
         """The strength ``s_k`` at scale ``scale_index`` of ``num_scales``."""
@@ -71,7 +88,20 @@ class AdaptiveProjectedGuidance:
 
     def is_active(self, num_scales: int) -> bool:
         """Null rows are needed as soon as one scale is guided (their cache is shared)."""
-        return any(self.scale_at(k, num_scales) != 1.0 for k in range(num_scales))
+        return self.uses_rows(list(range(num_scales)), num_scales)
+
+    def uses_rows(self, step_scales: list[int], num_scales: int) -> bool:
+        n = len(step_scales)
+        return self.enabled and any(
+            self.in_range(i, n) and self.scale_at(k, num_scales) != 1.0 for i, k in enumerate(step_scales)
+        )
+
+    def strength(self, step: GuidanceStep) -> float:
+        """``s_k`` at this step; 1 when disabled or outside ``[start, stop)``."""
+        return self.scale_at(step.step.scale, step.num_scales) if self.is_on(step) else 1.0
+
+    def describe(self) -> str:
+        return f"APG {self.scale:g}" if isinstance(self.scale, (int, float)) else "APG (per scale)"
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, step_scale: float) -> torch.Tensor:
         """Guided logits from ``cond`` / ``uncond`` ``(..., n, V)``; the norms run over the last two dims.
@@ -87,3 +117,15 @@ class AdaptiveProjectedGuidance:
             diff = diff * torch.minimum(torch.ones_like(diff), self.norm_threshold / rms)
         parallel, orthogonal = _project(diff, cond)
         return cond + (step_scale - 1) * (orthogonal + self.eta * parallel)
+
+    def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
+                          step: GuidanceStep) -> torch.Tensor:
+        """APG of one prefix branch; after another condition term, its nudge ``apg - u`` is added."""
+        s = self.strength(step)
+        if uncond is None:
+            if s != 1.0:
+                raise ValueError("APG: `guidance_scale` was switched on during sampling, but this call started with "
+                                 "guidance off and built no null-condition rows; start the call with guidance on")
+            return cond if guided is None else guided
+        out = self.combine(cond, uncond, s)
+        return out if guided is None else guided + (out - uncond)

@@ -6,18 +6,20 @@ corrupted copy of that prefix (``corruption.py``). See ``docs/vpg.md`` for every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
+from diffusers.configuration_utils import register_to_config
+
+from .base import NEEDS_PREFIX, GuidanceStep, GuidanceTerm
+from .corruption import CorruptionPattern, Generators, apply_corruption, draw_pattern
 
 MODES = ("full", "token", "position", "codebook")
 REFRESH = ("persistent", "resample")
 SCALE_PRESETS = ("all", "semantic")
 
 
-@dataclass(frozen=True)
-class PrefixGuidance:
+class PrefixGuidance(GuidanceTerm):
     """VPG settings.
 
     Args:
@@ -33,39 +35,68 @@ class PrefixGuidance:
         scales: ``"all"``, ``"semantic"`` (the model's early scales) or a list of scale indices.
         always_compute: run the corrupted branch even when it cannot change the result
             (``w == 1`` or ``p == 0``); for tests and measurements.
+        start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; a step outside
+            ``[start, stop)`` is not guided (no corrupted branch).
+
+    ``scale`` may be changed between steps (the pipelines do so for ``pipe._vpg_scale``); which steps
+    run a corrupted branch is fixed when sampling starts.
     """
 
-    scale: float = 1.5
-    corruption: float = 0.5
-    mode: str = "full"
-    refresh: str = "persistent"
-    scales: str | Sequence[int] = "all"
-    always_compute: bool = False
+    needs = NEEDS_PREFIX
+    display_name = "VPG"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale >= 0:
-            raise ValueError(f"`vpg_scale` must be a number >= 0, got {self.scale!r}")
-        if isinstance(self.corruption, bool) or not isinstance(self.corruption, (int, float)) or not (
-            0.0 <= self.corruption <= 1.0
+    @register_to_config
+    def __init__(
+        self,
+        scale: float = 1.5,
+        corruption: float = 0.5,
+        mode: str = "full",
+        refresh: str = "persistent",
+        scales: str | Sequence[int] = "all",
+        always_compute: bool = False,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__(start, stop, enabled)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+            raise ValueError(f"`vpg_scale` must be a number >= 0, got {scale!r}")
+        if isinstance(corruption, bool) or not isinstance(corruption, (int, float)) or not (
+            0.0 <= corruption <= 1.0
         ):
-            raise ValueError(f"`vpg_corruption` must be a number in [0, 1], got {self.corruption!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"`vpg_mode` must be one of {MODES}, got {self.mode!r}")
-        if self.refresh not in REFRESH:
-            raise ValueError(f"`vpg_refresh` must be one of {REFRESH}, got {self.refresh!r}")
-        scales_ok = self.scales in SCALE_PRESETS if isinstance(self.scales, str) else (
-            isinstance(self.scales, Sequence)
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in self.scales)
+            raise ValueError(f"`vpg_corruption` must be a number in [0, 1], got {corruption!r}")
+        if mode not in MODES:
+            raise ValueError(f"`vpg_mode` must be one of {MODES}, got {mode!r}")
+        if refresh not in REFRESH:
+            raise ValueError(f"`vpg_refresh` must be one of {REFRESH}, got {refresh!r}")
+        scales_ok = scales in SCALE_PRESETS if isinstance(scales, str) else (
+            isinstance(scales, Sequence) and all(isinstance(s, int) and not isinstance(s, bool) for s in scales)
         )
         if not scales_ok:
             raise ValueError(
-                f"`vpg_scales` must be 'all', 'semantic' or a list of integer scale indices, got {self.scales!r}"
+                f"`vpg_scales` must be 'all', 'semantic' or a list of integer scale indices, got {scales!r}"
             )
+        self.scale = scale
+        self.corruption = corruption
+        self.mode = mode
+        self.refresh = refresh
+        self.scales = scales
+        self.always_compute = always_compute
 
     @property
     def is_noop(self) -> bool:
         """True when the corrupted branch cannot change the output (and is therefore skipped)."""
+        if not self.enabled:
+            return True
         return not self.always_compute and (self.scale == 1.0 or self.corruption == 0.0)
+
+    def describe(self) -> str:
+        return f"VPG w={self.scale:g} p={self.corruption:g}"
+
+    @property
+    def uses_random_content(self) -> bool:
+        """The ``codebook`` mode draws random codebook contents (the sampler supplies them)."""
+        return self.mode == "codebook"
 
     def guided_scales(self, num_scales: int, semantic: set[int]) -> set[int]:
         """Scale indices this guidance applies to (validated against ``num_scales``).
@@ -81,6 +112,31 @@ class PrefixGuidance:
             raise ValueError(f"`vpg_scales` entries must be in [0, {num_scales - 1}] for this model, got {bad}")
         return set(self.scales)
 
+    def guided_steps(self, steps: Sequence, num_scales: int) -> set[int]:
+        """Indices of the sampler steps that run a corrupted branch (none when :attr:`is_noop`)."""
+        if self.is_noop:
+            return set()
+        scales = self.guided_scales(num_scales, {s.scale for s in steps if s.semantic})
+        n = len(steps)
+        return {s.index for s in steps if s.corruptible and s.scale in scales and self.in_range(s.index, n)}
+
+    # -- the corrupted branch (the sampler builds its rows with these) ---------------------------------
+    def draw(self, batch: int, num_sites: int, generator: Generators,
+             random_content: Callable[[int, torch.Generator | None], torch.Tensor] | None = None) -> CorruptionPattern:
+        """One scale's corruption for every sample, from the caller's generator(s)."""
+        return draw_pattern(batch, num_sites, self.corruption, generator, random_content)
+
+    def corrupt(self, content: torch.Tensor, position_ids: torch.Tensor,
+                pattern: CorruptionPattern) -> tuple[torch.Tensor, torch.Tensor]:
+        """The corrupted ``(content, position_ids)`` of one scale."""
+        return apply_corruption(content, position_ids, pattern, self.mode)
+
+    # -- the reduction ----------------------------------------------------------------------------------
     def combine(self, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
         """``corrupted + w * (clean - corrupted)``."""
         return corrupted + (clean - corrupted) * self.scale
+
+    def reduce_prefix(self, clean: torch.Tensor, corrupted: torch.Tensor | None, step: GuidanceStep) -> torch.Tensor:
+        if corrupted is None:
+            return clean
+        return self.combine(clean, corrupted)

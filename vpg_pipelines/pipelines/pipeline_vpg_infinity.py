@@ -13,6 +13,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
+from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..models.infinity.adapter import InfinityAdapter, InfinityState
@@ -22,6 +23,7 @@ from ..models.infinity.transformer import InfinityTransformer
 from ..sampling.next_scale import SamplerTrace, run_next_scale
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
+from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ DEFAULT_SIZE = 1024
 """Released models sample the 1:1 "1M" schedule (1024 x 1024) by default."""
 
 
-class VPGInfinityPipeline(DiffusionPipeline):
+class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     r"""Text-to-image generation with Infinity and Visual Prefix Guidance.
 
     Components:
@@ -301,6 +303,13 @@ class VPGInfinityPipeline(DiffusionPipeline):
         vpg_mode: str = "full",
         vpg_refresh: str = "persistent",
         vpg_scales: str | Sequence[int] = "all",
+        igg_scale: float | None = None,
+        ssg_scale: float = 0.0,
+        entropy_temperature: bool = False,
+        entropy_temperature_t0: float = 2.5,
+        entropy_temperature_alpha: float = 3.0,
+        entropy_temperature_theta: float = 0.6,
+        guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -337,6 +346,16 @@ class VPGInfinityPipeline(DiffusionPipeline):
             vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
             vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or a
                 list of scale indices in ``[0, num_scales - 1]``.
+            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
+                ``1 + w·k/(K-1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+                (``guidance_scale=1``) it replaces CFG. Needs ``cfg_insertion_layer=0``. See
+                docs/guidance.md.
+            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
+            entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of ``tau``)
+                from the entropy of the guided bits of a site, applied after all guidance (default off),
+                with ``entropy_temperature_t0`` (2.5), ``_alpha`` (3) and ``_theta`` (0.6).
+            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
+                arguments above would build for the same job.
             generator: a ``torch.Generator`` or one per image (then image ``i`` depends only on
                 ``generator[i]``).
             prompt_embeds: T5 features ``(B, L, text_channels)`` (as :meth:`encode_prompt` returns),
@@ -347,7 +366,9 @@ class VPGInfinityPipeline(DiffusionPipeline):
             return_dict: return an ``ImagePipelineOutput`` (else a tuple).
             callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after
                 every scale; may return ``{"latents": ...}`` to edit the accumulated codes (later
-                scales see the edit); set ``pipe._interrupt = True`` to stop early.
+                scales see the edit); set ``pipe._interrupt = True`` to stop early. Setting
+                ``pipe._guidance_scale``, ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or
+                ``_entropy_temperature`` takes effect from the next scale.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (``["latents"]``).
             trace: a ``SamplerTrace`` to fill with per-scale branch logits and patterns.
 
@@ -367,12 +388,18 @@ class VPGInfinityPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, schedule.num_scales)
+        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
         self._schedule = schedule
         per_scale = isinstance(guidance_scale, (list, tuple))
         self._guidance_scale = [float(g) for g in guidance_scale] if per_scale else float(guidance_scale)
         self._interrupt = False
         cfg = ClassifierFreeGuidance(scale=self._guidance_scale, schedule="constant", layer=int(cfg_insertion_layer))
-        with_null = cfg.is_active(schedule.num_scales)
+        scales = list(range(schedule.num_scales))
+        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
+        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
+        with_null = guidance.chain.uses_conditions(scales, len(scales))
 
         device = self._execution_device
         if prompt is not None:
@@ -399,10 +426,11 @@ class VPGInfinityPipeline(DiffusionPipeline):
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     if "latents" in outputs:
                         self._set_latents(st, outputs.pop("latents"), step.scale)
+                guidance.sync(self)
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
 
         if output_type == "latent":
             images = state.latents.squeeze(2)

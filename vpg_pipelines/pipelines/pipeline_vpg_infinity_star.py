@@ -17,6 +17,7 @@ from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
 
 from ..guidance.apg import AdaptiveProjectedGuidance
+from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
@@ -28,6 +29,7 @@ from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
 from .checks import check_count, check_generator, check_number, check_output
 from .checks import prefix_guidance as build_prefix_guidance
+from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
 
 GUIDANCE = ("apg", "cfg")
 DEFAULT_VPG_SCALE = 1.5  # the paper's InfinityStar value is not available to us (docs/vpg.md)
@@ -49,7 +51,7 @@ class InfinityStarPipelineOutput(BaseOutput):
 
 
 
-class VPGInfinityStarPipeline(DiffusionPipeline):
+class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
 
     Components:
@@ -323,6 +325,13 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         vpg_mode: str = "full",
         vpg_refresh: str = "persistent",
         vpg_scales: str | Sequence[int] = "semantic",
+        igg_scale: float | None = None,
+        ssg_scale: float = 0.0,
+        entropy_temperature: bool = False,
+        entropy_temperature_t0: float = 2.5,
+        entropy_temperature_alpha: float = 3.0,
+        entropy_temperature_theta: float = 0.6,
+        guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -368,6 +377,17 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
             vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
             vpg_scales: ``"semantic"`` (default: relative scale index < ``semantic_scales``, the paper's
                 scheduled VPG), ``"all"``, or a list of scale indices.
+            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to APG / CFG with the weight
+                ``1 + w·k/(K-1)`` (``k`` counts the scales of all clips); ``None`` (default) turns it off
+                (``0`` does not); with guidance off (``guidance_scale=1``) it replaces CFG. Cost ``O(n²)``
+                per step in the sites of a clip: see docs/guidance.md.
+            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0) over (t, h, w) inside each clip; ``0``
+                (default) turns it off.
+            entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of the taus)
+                from the entropy of a site's bits, applied after all guidance (default off), with
+                ``entropy_temperature_t0`` (2.5), ``_alpha`` (3) and ``_theta`` (0.6).
+            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
+                arguments above would build for the same job.
             generator: a ``torch.Generator`` or one per video (then video ``i`` depends only on ``generator[i]``).
             prompt_embeds: T5 features ``(B, L, C)``, with ``prompt_attention_mask`` ``(B, L)`` marking
                 the real tokens (default: all). Used as given (no template).
@@ -379,7 +399,9 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
             callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every
                 (scale, repetition) step; ``"latents"`` (the summed codes so far, editable by returning
                 ``{"latents": ...}``) and ``"logits"`` (the step's guided logits ``(B, sites, 2 d)``, read
-                only); set ``pipe._interrupt = True`` to stop early.
+                only); set ``pipe._interrupt = True`` to stop early. Setting ``pipe._guidance_scale``,
+                ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or ``_entropy_temperature`` takes effect
+                from the next step.
             callback_on_step_end_tensor_inputs: the tensors passed (default ``["latents"]``).
             trace: a ``SamplerTrace`` to fill with per-step branch logits and patterns.
 
@@ -411,12 +433,18 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         self._num_timesteps = len(plan.steps)
         num_scales = len(plan.schedule)
         vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
+        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
         if guidance == "apg":
             term = AdaptiveProjectedGuidance(float(guidance_scale), norm_threshold=float(apg_norm_threshold), eta=0.0)
         else:
             term = ClassifierFreeGuidance(float(guidance_scale), schedule="constant")
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
+        guidance = CallGuidance(term, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders,
+                                step_scales=[s.scale for s in plan.steps])
+        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         device = self._execution_device
 
         forced = None
@@ -430,7 +458,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
             texts = self.encode_prompt([self.caption(p, num_frames) for p in prompts], device)
         else:
             texts = self._rows(prompt_embeds, prompt_attention_mask)
-        with_null = term.is_active(num_scales)
+        with_null = guidance.chain.uses_conditions([s.scale for s in plan.steps], num_scales)
         negatives: list[torch.Tensor | None] = [None] * num_prompts
         if with_null and negative_prompt_embeds is not None:
             negatives = self._rows(negative_prompt_embeds, negative_prompt_attention_mask)
@@ -460,10 +488,11 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     if "latents" in outputs:
                         _replace_latents(st, outputs.pop("latents"))
+                guidance.sync(self)
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, cfg=term, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
 
         latents = adapter.latents(state)
         if output_type == "latent":

@@ -14,6 +14,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
+from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..models.var.adapter import VARAdapter
@@ -22,6 +23,7 @@ from ..models.var.vqvae import VARVQVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
+from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
 
 PAPER_VPG_SCALES = {16: 3.0, 20: 2.4, 24: 1.8, 30: 1.3}
 """The paper's VPG operating points for the released VAR depths (all at corruption 0.5)."""
@@ -34,7 +36,7 @@ def imagenet_id2label() -> dict[str, str]:
     return json.loads(text)
 
 
-class VPGVARPipeline(DiffusionPipeline):
+class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     r"""Class-conditional image generation with VAR and Visual Prefix Guidance.
 
     Components:
@@ -185,6 +187,13 @@ class VPGVARPipeline(DiffusionPipeline):
         vpg_mode: str = "full",
         vpg_refresh: str = "persistent",
         vpg_scales: str | Sequence[int] = "all",
+        igg_scale: float | None = None,
+        ssg_scale: float = 0.0,
+        entropy_temperature: bool = False,
+        entropy_temperature_t0: float = 2.5,
+        entropy_temperature_alpha: float = 3.0,
+        entropy_temperature_theta: float = 0.6,
+        guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -214,6 +223,16 @@ class VPGVARPipeline(DiffusionPipeline):
             vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
             vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or
                 a list of scale indices in ``[0, num_scales − 1]``.
+            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
+                ``1 + w·k/(K−1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+                (``guidance_scale=0``) it replaces CFG. See docs/guidance.md.
+            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
+            entropy_temperature: per-site temperature ``T0·exp(−H/alpha) + theta`` from the entropy
+                of the guided distribution, applied after all guidance (default off), with
+                ``entropy_temperature_t0`` (2.5), ``entropy_temperature_alpha`` (3) and
+                ``entropy_temperature_theta`` (0.6).
+            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
+                arguments above would build for the same job.
             generator: a ``torch.Generator`` or one per image (then image ``i`` depends only on
                 ``generator[i]``, so a batch equals the images generated one by one).
             output_type: ``"pil"``, ``"np"`` (B, H, W, 3), ``"pt"`` (B, 3, H, W) in [0, 1], or
@@ -222,6 +241,8 @@ class VPGVARPipeline(DiffusionPipeline):
             callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after
                 every scale; may return ``{"latents": ...}`` to edit ``f_hat``; set
                 ``pipe._interrupt = True`` to stop early (the image decodes from what was sampled).
+                Setting ``pipe._guidance_scale``, ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or
+                ``_entropy_temperature`` takes effect from the next scale.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (``["latents"]``).
             trace: a ``SamplerTrace`` to fill with per-scale branch logits and patterns.
 
@@ -237,15 +258,22 @@ class VPGVARPipeline(DiffusionPipeline):
             generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
         vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
+        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule="linear")
+        scales = list(range(self.num_timesteps))
+        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
+                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
+        self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
 
         device = self._execution_device
         labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
         adapter = VARAdapter(self.transformer, self.vae)
         state = adapter.prepare(
-            labels, with_null=cfg.is_active(self.num_timesteps), device=device, dtype=self.transformer.dtype,
+            labels, with_null=guidance.chain.uses_conditions(scales, len(scales)), device=device,
+            dtype=self.transformer.dtype,
             top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth,
         )
 
@@ -256,10 +284,11 @@ class VPGVARPipeline(DiffusionPipeline):
                     kwargs = {name: getattr(st, name) for name in callback_on_step_end_tensor_inputs}
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     st.latents = outputs.pop("latents", st.latents)
+                guidance.sync(self)
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
 
         if output_type == "latent":
             images = state.latents

@@ -100,6 +100,11 @@ class NextScaleAdapter(Protocol):
     num_layers: int
     """Number of attention layers that use the KV cache."""
 
+    # Optional: ``logit_categories: int`` — size of one categorical distribution in the logits' last
+    # dimension when that dimension packs several (InfinityStar's flat bit pairs: 2). Absent: the last
+    # dimension is one distribution (VAR's codebook; Infinity's logits end in a (bits, 2) pair already).
+    # Guidance terms that need distributions (entropy-aware temperature) read it.
+
     def steps(self, state: Any) -> list[ScaleStep]:
         """The loop's steps, in order."""
 

@@ -1,8 +1,10 @@
 """The next-scale sampling loop shared by VAR, Infinity and InfinityStar.
 
-Per step: build the rows of every active branch (condition axis from CFG, prefix axis from VPG),
-run **one** transformer call, reduce the logits with the guidance chain (CFG per prefix branch, then
-VPG), sample, update the model state.
+Per step: build the rows every active guidance term needs (the condition axis for CFG / APG / IGG,
+the prefix axis for VPG), run **one** transformer call, reduce the logits with the guidance chain
+(``guidance/chain.py``: condition terms per prefix branch, then the prefix term, then the terms on the
+guided logits such as SSG and temperature), sample, update the model state. The loop knows the axes,
+not the terms: a new term is a file in ``guidance/`` (``docs/guidance.md``).
 
 Prefix branch, ``persistent`` refresh: the corrupted rows join the batch at the first guided step
 as a copy of the clean rows' cache (the single-site first scale is identical in both branches; a
@@ -23,10 +25,9 @@ from typing import Any
 
 import torch
 
-from ..guidance.apg import AdaptiveProjectedGuidance
-from ..guidance.cfg import ClassifierFreeGuidance
-from ..guidance.corruption import CorruptionPattern, apply_corruption, draw_pattern
-from ..guidance.prefix import PrefixGuidance
+from ..guidance.base import GuidanceStep, GuidanceTerm
+from ..guidance.chain import GuidanceChain
+from ..guidance.corruption import CorruptionPattern
 from .adapter import HiddenHook, NextScaleAdapter, RowBatch, ScaleStep, StepInput
 from .branches import BranchLayout
 from .kv_cache import KVCache
@@ -52,24 +53,23 @@ class SamplerTrace:
 class _Run:
     """State of one sampling run (kept off the public function for readability)."""
 
-    def __init__(self, adapter, state, cfg, vpg, generator, trace, keep_corrupted_rows):
+    def __init__(self, adapter, state, chain: GuidanceChain, generator, trace, keep_corrupted_rows):
         self.adapter, self.state, self.generator, self.trace = adapter, state, generator, trace
         self.steps: list[ScaleStep] = adapter.steps(state)
         self.num_scales = self.steps[-1].scale + 1
-        cfg_on = cfg is not None and cfg.is_active(self.num_scales)
-        self.cfg = cfg if cfg_on else None
-        self.vpg = vpg
-        conditions = 2 if cfg_on else 1
+        self.chain = chain
+        self.memories: dict[int, dict] = {}
+        self.categories = getattr(adapter, "logit_categories", None)
+        conditions = 2 if chain.uses_conditions([s.scale for s in self.steps], self.num_scales) else 1
         cond_rows = adapter.num_condition_rows(state)
         if cond_rows % conditions:
             raise ValueError(f"adapter built {cond_rows} condition rows, not a multiple of {conditions}")
         self.layout = BranchLayout(batch=cond_rows // conditions, conditions=conditions, prefixes=1)
+        self.prefix = chain.prefix_term
         self.guided: set[int] = set()
-        if vpg is not None and not vpg.is_noop:
-            semantic = {s.scale for s in self.steps if s.semantic}
-            scales = vpg.guided_scales(self.num_scales, semantic)
-            self.guided = {s.index for s in self.steps if s.corruptible and s.scale in scales}
-        self.persistent = bool(self.guided) and vpg.refresh == "persistent"
+        if self.prefix is not None:
+            self.guided = self.prefix.guided_steps(self.steps, self.num_scales)
+        self.persistent = bool(self.guided) and self.prefix.refresh == "persistent"
         self.first = min(self.guided) if self.guided else None
         self.last = max(self.guided) if self.guided else None
         self.keep_corrupted_rows = keep_corrupted_rows
@@ -86,28 +86,35 @@ class _Run:
         self.history: list[StepInput] = []
 
     # -- helpers -------------------------------------------------------------------------------
+    def context(self, step: ScaleStep) -> GuidanceStep:
+        """What the guidance terms see of this step (their run memories included)."""
+        return GuidanceStep(step, len(self.steps), self.num_scales, self.categories, self.memories)
+
     def strength(self, step: ScaleStep) -> float:
-        return self.cfg.scale_at(step.scale, self.num_scales) if self.cfg is not None else 1.0
+        """The strength of the condition term that mixes at a hidden layer (1: no mixing)."""
+        term = self.chain.hidden_term
+        return term.strength(self.context(step)) if term is not None and self.layout.conditions == 2 else 1.0
 
     def draw(self, step: ScaleStep) -> CorruptionPattern:
         random_content = None
-        if self.vpg.mode == "codebook":
+        if getattr(self.prefix, "uses_random_content", False):
             device = self.history[step.index].content.device
 
             def random_content(count: int, gen: torch.Generator | None) -> torch.Tensor:
                 return self.adapter.random_content(count, gen, device)
 
-        return draw_pattern(self.layout.batch, step.num_sites, self.vpg.corruption, self.generator, random_content)
+        return self.prefix.draw(self.layout.batch, step.num_sites, self.generator, random_content)
 
     def corrupted_input(self, step: ScaleStep, pattern: CorruptionPattern) -> tuple[torch.Tensor, torch.Tensor]:
         inp = self.history[step.index]
-        return apply_corruption(inp.content, inp.position_ids, pattern, self.vpg.mode)
+        return self.prefix.corrupt(inp.content, inp.position_ids, pattern)
 
     def hidden_hook(self, strengths: torch.Tensor | float, prefixes: int) -> HiddenHook | None:
-        """CFG at a hidden layer (per prefix branch); ``strengths`` per token or one value."""
-        if self.cfg is None or self.cfg.layer == 0:
+        """A condition term at a hidden layer (per prefix branch); ``strengths`` per token or one value."""
+        term = self.chain.hidden_term
+        if term is None or self.layout.conditions == 1:
             return None
-        target = self.adapter.num_layers + self.cfg.layer
+        target = self.adapter.num_layers + term.layer
         if isinstance(strengths, float) and strengths == 1.0:
             return None
         layout = BranchLayout(self.layout.batch, self.layout.conditions, prefixes)
@@ -119,13 +126,10 @@ class _Run:
 
         return hook
 
-    def reduce_conditions(self, logits: torch.Tensor, prefixes: int, strength: float) -> torch.Tensor:
-        """(R, ...) logits -> (prefixes, B, ...) after CFG on each prefix branch."""
+    def reduce_conditions(self, logits: torch.Tensor, prefixes: int, step: ScaleStep) -> torch.Tensor:
+        """(R, ...) logits -> (prefixes, B, ...) after the condition terms on each prefix branch."""
         split = BranchLayout(self.layout.batch, self.layout.conditions, prefixes).split(logits)
-        if self.cfg is None or self.cfg.layer != 0:
-            return split[:, 0]
-        # the condition-axis term's own combine (CFG, or InfinityStar's APG)
-        return self.cfg.combine(split[:, 0], split[:, 1], strength)
+        return self.chain.reduce_conditions(split, self.context(step))
 
     def replay_corrupted(self, chunk: list[ScaleStep], patterns: dict[int, CorruptionPattern], cache: KVCache,
                          last_tokens: int | None) -> torch.Tensor:
@@ -166,7 +170,7 @@ class _Run:
         capacity = self.ends[0] + sum(s.num_sites for s in chunk)
         cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), self.ends[0], capacity)
         logits = self.replay_corrupted(chunk, patterns, cache, last_tokens=step.num_sites)
-        return self.reduce_conditions(logits, 1, self.strength(step))[0]
+        return self.reduce_conditions(logits, 1, step)[0]
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, on_step: StepCallback | None) -> Any:
@@ -193,12 +197,12 @@ class _Run:
             strength = self.strength(step)
             hook = self.hidden_hook(strength, prefixes)
             logits = self.adapter.forward(self.state, batch, self.cache, hook, None)
-            branches = self.reduce_conditions(logits, prefixes, strength)
-            out = clean = branches[0]
-            corrupted = None
+            branches = self.reduce_conditions(logits, prefixes, step)
+            clean, corrupted = branches[0], None
             if step.index in self.guided:
                 corrupted = branches[1] if self.persistent else self.resampled_branch(step)
-                out = self.vpg.combine(clean, corrupted)
+            ctx = self.context(step)
+            out = self.chain.reduce_logits(self.chain.reduce_prefix(clean, corrupted, ctx), ctx)
             codes = self.adapter.sample(self.state, out, step, self.generator)
             self.adapter.update(self.state, codes, step)
             if self.trace is not None:
@@ -227,8 +231,9 @@ def run_next_scale(
     adapter: NextScaleAdapter,
     state: Any,
     *,
-    cfg: ClassifierFreeGuidance | AdaptiveProjectedGuidance | None = None,
-    vpg: PrefixGuidance | None = None,
+    cfg: GuidanceTerm | None = None,
+    vpg: GuidanceTerm | None = None,
+    guiders: list[GuidanceTerm] | GuidanceChain | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     on_step: StepCallback | None = None,
     trace: SamplerTrace | None = None,
@@ -240,6 +245,8 @@ def run_next_scale(
         adapter: the model side (see ``adapter.py``); ``state`` its prepared per-call state.
         cfg: condition-axis guidance (``None`` or a strength of 1 everywhere: no null rows).
         vpg: prefix-axis guidance (``None``, ``w == 1`` or ``p == 0``: no corrupted rows).
+        guiders: more terms (or a whole :class:`GuidanceChain`); ``cfg`` and ``vpg`` join them, and the
+            chain orders them by stage (``guidance/chain.py``).
         generator: one generator, or one per sample (then sample ``b`` depends on ``generator[b]`` only).
         on_step: ``on_step(step, state, logits)`` after each step, with the guided logits the step
             sampled from; returning True stops the loop.
@@ -247,4 +254,6 @@ def run_next_scale(
         keep_corrupted_rows: keep the corrupted rows after the last guided step (their logits are
             ignored); only useful to test that dropping them changes nothing.
     """
-    return _Run(adapter, state, cfg, vpg, generator, trace, keep_corrupted_rows).run(on_step)
+    extra = list(guiders.terms) if isinstance(guiders, GuidanceChain) else list(guiders or [])
+    chain = GuidanceChain([cfg, vpg, *extra])
+    return _Run(adapter, state, chain, generator, trace, keep_corrupted_rows).run(on_step)

@@ -94,6 +94,8 @@ class InfinityStarAdapter:
     def __init__(self, transformer: InfinityStarTransformer, vae: InfinityStarVideoVAE) -> None:
         self.transformer, self.vae = transformer, vae
         self.num_layers = transformer.config.depth
+        self.logit_categories = int(transformer.config.num_of_label_value)
+        """The logits' last dimension holds (bit, label) pairs flat: one 2-way distribution per bit."""
 
     # -- preparation -------------------------------------------------------------------------------
     def prepare(
