@@ -245,7 +245,7 @@ class VPGVARPipeline(DiffusionPipeline):
         labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
         adapter = VARAdapter(self.transformer, self.vae)
         state = adapter.prepare(
-            labels, with_null=cfg.is_active(self.num_timesteps), device=device, dtype=self.transformer.dtype,
+            labels, with_null=cfg.is_active(self.num_timesteps), device=device, dtype=self.vae.dtype,
             top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth,
         )
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ...sampling.adapter import HiddenHook
 from ...sampling.kv_cache import KVCache
-from ..layers import cached_attention, step_causal_mask
+from ..layers import Linear, cached_attention, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
 
 DERIVED_KEYS = re.compile(r"(^|\.)zero_k_bias$")
@@ -36,14 +36,6 @@ DERIVED_KEYS = re.compile(r"(^|\.)zero_k_bias$")
 
 MAX_SCALE_MUL = math.log(100.0)
 NUM_LEVELS = 15
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that casts its input to the weight dtype (a bf16 model keeps a float32 residual
-    stream, as the official code does under autocast)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype))
 
 
 class LayerNorm(nn.LayerNorm):
