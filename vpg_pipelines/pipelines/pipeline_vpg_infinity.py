@@ -15,6 +15,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
+from ..memory.offload import release_offloaded
 from ..models.infinity.adapter import InfinityAdapter, InfinityState
 from ..models.infinity.bsq_vae import InfinityBSQVAE
 from ..models.infinity.schedules import InfinitySchedule, schedule_for_size, schedule_from_template
@@ -31,7 +33,7 @@ DEFAULT_SIZE = 1024
 """Released models sample the 1:1 "1M" schedule (1024 x 1024) by default."""
 
 
-class VPGInfinityPipeline(DiffusionPipeline):
+class VPGInfinityPipeline(DiffusionPipeline, MemoryPlanningMixin):
     r"""Text-to-image generation with Infinity and Visual Prefix Guidance.
 
     Components:
@@ -44,6 +46,7 @@ class VPGInfinityPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (bit codes); small: stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
@@ -407,6 +410,7 @@ class VPGInfinityPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = state.latents.squeeze(2)
         else:
+            release_offloaded(self, self.transformer)  # model offload: the VAE decodes alone
             decoded = adapter.decode(state)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()

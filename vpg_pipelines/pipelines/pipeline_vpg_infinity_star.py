@@ -19,6 +19,7 @@ from diffusers.video_processor import VideoProcessor
 from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
 from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
 from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
 from ..models.infinity_star.schedules import StepPlan, plan_steps
@@ -49,7 +50,7 @@ class InfinityStarPipelineOutput(BaseOutput):
 
 
 
-class VPGInfinityStarPipeline(DiffusionPipeline):
+class VPGInfinityStarPipeline(DiffusionPipeline, MemoryPlanningMixin):
     r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
 
     Components:
@@ -65,6 +66,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codes); stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents", "logits"]
 
@@ -469,6 +471,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
+            self._release(self.transformer)  # model offload: the VAE decodes alone
             video = self.decode_latents(latents)
             frames = self.video_processor.postprocess_video(video, output_type=output_type)
         self.maybe_free_model_hooks()

@@ -16,6 +16,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
+from ..memory.offload import release_offloaded
 from ..models.var.adapter import VARAdapter
 from ..models.var.transformer import VARTransformer
 from ..models.var.vqvae import VARVQVAE
@@ -34,7 +36,7 @@ def imagenet_id2label() -> dict[str, str]:
     return json.loads(text)
 
 
-class VPGVARPipeline(DiffusionPipeline):
+class VPGVARPipeline(DiffusionPipeline, MemoryPlanningMixin):
     r"""Class-conditional image generation with VAR and Visual Prefix Guidance.
 
     Components:
@@ -45,6 +47,7 @@ class VPGVARPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codebook); small: stays on the device
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: VARTransformer, vae: VARVQVAE, id2label: dict | None = None) -> None:
@@ -264,6 +267,7 @@ class VPGVARPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = state.latents
         else:
+            release_offloaded(self, self.transformer)  # model offload: the VAE decodes alone
             decoded = adapter.decode(state)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()
