@@ -447,6 +447,7 @@ class VPGInfinityPipeline(DiffusionPipeline, MemoryPlanningMixin):
         tokenizer: Any = None,
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> VPGInfinityPipeline:
         """Build the pipeline from the released files (``infinity_2b_reg.pth`` + ``infinity_vae_d32reg.pth``,
         or the 8B shard folder + ``infinity_vae_d56_f8_14_patchify.pth``).
@@ -464,11 +465,16 @@ class VPGInfinityPipeline(DiffusionPipeline, MemoryPlanningMixin):
                 the weights. With top-level ``h_div_w_template`` and ``pn`` it also sets the default
                 output size.
             torch_dtype: cast the transformer and the VAE (and a text encoder loaded from a path).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
         from ..loading.infinity import load_official_infinity
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         transformer, vae = load_official_infinity(transformer_checkpoint, vae_checkpoint, config=config,
                                                   torch_dtype=torch_dtype)
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         if isinstance(tokenizer, str) or (tokenizer is None and isinstance(text_encoder, str)):
             from transformers import AutoTokenizer
 

@@ -510,6 +510,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline, MemoryPlanningMixin):
         tokenizer: Any = None,
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> VPGInfinityStarPipeline:
         """Build the pipeline from the released files.
 
@@ -525,13 +526,17 @@ class VPGInfinityStarPipeline(DiffusionPipeline, MemoryPlanningMixin):
                 "vae_block_out_channels": [...], "text_maxlen": 512}`` (the parity fixtures'
                 ``config.json`` format); sizes are read off the weights and checked against it.
             torch_dtype: cast the transformer and text encoder (the VAE stays float32, as officially).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
         """
         from ..loading.infinity_star import (
             RELEASED_720P,
             load_infinity_star_transformer,
             load_infinity_star_vae,
         )
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         config = dict(config or {})
         unknown = set(config) - {"args", "model", "vae_block_out_channels", "text_maxlen", "scale_schedule",
                                  "first_full_spatial_size_scale_index", "tau_list", "h_div_w_template"}
@@ -544,6 +549,7 @@ class VPGInfinityStarPipeline(DiffusionPipeline, MemoryPlanningMixin):
             text_maxlen=int(config.get("text_maxlen", RELEASED_720P["text_maxlen"])), torch_dtype=torch_dtype,
         )
         _check_transformer_size(transformer, config.get("model"), overrides.get("text_channels"))
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         vae = load_infinity_star_vae(_resolve_checkpoint(vae_checkpoint),
                                      detail_scale_min_tokens=args["detail_scale_min_tokens"])
         channels = config.get("vae_block_out_channels")

@@ -284,6 +284,7 @@ class VPGVARPipeline(DiffusionPipeline, MemoryPlanningMixin):
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
         id2label: dict | None = None,
+        quantization: str | None = None,
     ) -> VPGVARPipeline:
         """Build the pipeline from the released ``var_d*.pth`` and ``vae_ch160v4096z32.pth`` files.
 
@@ -293,8 +294,13 @@ class VPGVARPipeline(DiffusionPipeline, MemoryPlanningMixin):
             config: optional ``{"vqvae": {...}, "var": {...}}`` with the official constructor
                 arguments (needed for non-standard sizes); inferred from the weights otherwise.
             torch_dtype: cast the models (e.g. ``torch.float16``).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
         from ..loading.var import load_official_var
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         return cls(transformer=transformer, vae=vae, id2label=id2label)

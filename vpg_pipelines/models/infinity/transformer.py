@@ -224,7 +224,7 @@ class CrossAttention(nn.Module):
         kv = (self.mat_kv(memory) + bias)[cond_index]
         kv = kv.view(rows, kv.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        q = self.mat_q(x).view(rows, n, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.mat_q(x).view(rows, n, self.num_heads, self.head_dim).transpose(1, 2).to(k.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[cond_index][:, None, None, :],
                                              scale=1 / math.sqrt(self.head_dim))
         return self.proj(out.transpose(1, 2).reshape(rows, n, dim))
