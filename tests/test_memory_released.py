@@ -15,7 +15,7 @@ from tests.conftest import shared_path
 from vpg_pipelines.loading.infinity import DROPPED_BUFFERS
 from vpg_pipelines.memory import weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
-from vpg_pipelines.memory.released import RELEASED, STAR_480P_ARGS, released_pipeline
+from vpg_pipelines.memory.released import RELEASED, released_pipeline
 from vpg_pipelines.memory.replay import META, InfinityStarStepReplay, InfinityStepReplay, VARStepReplay
 from vpg_pipelines.models.infinity.bsq_vae import DERIVED_KEYS as INFINITY_VAE_DERIVED
 from vpg_pipelines.models.infinity.transformer import DERIVED_KEYS as INFINITY_DERIVED
@@ -56,7 +56,8 @@ def test_released_architectures_are_the_manifests(name):
 @pytest.mark.parametrize("name", list(RELEASED))
 def test_released_weights_are_the_manifest_bytes(name):
     """bf16 planning: every stored value in 2 bytes (``_keep_in_fp32_modules``: 4), plus the buffers our
-    modules compute instead of storing; int8 planning: TorchAO's layout for every Linear weight."""
+    modules compute instead of storing; int8 planning: TorchAO's layout for every Linear weight (int8 values,
+    a float32 scale and an int8 zero point per output row)."""
     pipe = released_pipeline(name)
     model = pipe.transformer
     shapes = _manifest(RELEASED[name].manifests[0])
@@ -68,20 +69,19 @@ def test_released_weights_are_the_manifest_bytes(name):
               if k.endswith(".weight") and len(v) == 2 and isinstance(model.get_submodule(k[: -len(".weight")]),
                                                                       torch.nn.Linear)}
     quantized = {k for k in linear if k.split(".")[0] not in keep}
-    saving = sum(out * inp * 2 - (out * inp + out * 3) for k, (out, inp) in linear.items() if k in quantized)
+    saving = sum(out * inp * 2 - (out * inp + out * 5) for k, (out, inp) in linear.items() if k in quantized)
     assert weight_layout(model, torch.bfloat16, "int8").total == expected - saving
 
 
 def test_flan_t5_xl_encoder_size():
-    """flan-T5-XL's encoder: 24 layers of width 2048 (32 heads x 64), gated feed-forward of 5120, and its
-    feed-forward outputs (``wo``) kept in float32 by transformers (``_keep_in_fp32_modules``). Its config has
-    ``tie_word_embeddings: false``, with which transformers 5 builds ``shared`` and the encoder's
-    ``embed_tokens`` as two tensors: the planner counts what the class holds."""
+    """flan-T5-XL's encoder: 24 layers of width 2048 (32 heads x 64), gated feed-forward of 5120, the shared
+    embedding tied to the encoder's (``tie_weights``, as ``from_pretrained`` calls it), and its feed-forward
+    outputs (``wo``) kept in float32 by transformers (``_keep_in_fp32_modules``)."""
     encoder = released_pipeline("infinity-2b").text_encoder
-    assert encoder.shared.weight is not encoder.encoder.embed_tokens.weight
+    assert encoder.shared.weight is encoder.encoder.embed_tokens.weight
     params = sum(p.numel() for p in encoder.parameters())
     per_layer = 4 * 2048 * 2048 + 3 * 2048 * 5120 + 2 * 2048
-    assert params == 2 * 32128 * 2048 + 24 * per_layer + 32 * 32 + 2048
+    assert params == 32128 * 2048 + 24 * per_layer + 32 * 32 + 2048  # 1.22 B
     wo = 24 * 2048 * 5120
     assert weight_layout(encoder, torch.bfloat16).total == 2 * params + 2 * wo
 
@@ -102,7 +102,7 @@ def _full_depth_cache(pipe, replay, forward: Forward) -> KVCache:
     return cache
 
 
-@pytest.mark.parametrize("name", ["var-d30", "infinity-8b", "infinity-star-8b"])
+@pytest.mark.parametrize("name", ["var-d30", "infinity-8b", "infinity-star-8b-720p"])
 def test_released_cache_geometry_is_what_a_full_forward_allocates(name):
     pipe = released_pipeline(name)
     kind = RELEASED[name].kind
@@ -159,7 +159,7 @@ def test_var_d30_batch_16_cache():
 
 
 def test_infinity_star_480p_plan_keeps_only_the_image_clip():
-    pipe = released_pipeline("infinity-star-8b", STAR_480P_ARGS)
+    pipe = released_pipeline("infinity-star-8b-480p")
     estimate = pipe.estimate_memory(dtype=torch.bfloat16, prompt="a cat", height=480, width=848, num_frames=81,
                                     text_tokens=32)
     kv_per_token_row = 36 * 2 * 8 * 128 * 2  # GQA: 8 key/value heads of 128

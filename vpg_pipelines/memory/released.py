@@ -41,7 +41,7 @@ class ReleasedModel:
     text_encoder: bool = False
     official_args: dict[str, Any] | None = None
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Common call sizes: name -> ``pipe(...)`` arguments."""
+    """Common call sizes: name -> ``pipe(...)`` arguments; the first is the model's default."""
     manifests: tuple[str, str] = ("", "")
 
 
@@ -62,7 +62,7 @@ RELEASED: dict[str, ReleasedModel] = {
         {"codebook_dim": 32, "patch_size": 16, "base_ch": 128, "encoder_ch_mult": (1, 2, 4, 4, 4),
          "decoder_ch_mult": (1, 2, 4, 4, 4), "num_res_blocks": 2},
         text_encoder=True,
-        sizes={"512": {"height": 512, "width": 512}, "1024": {"height": 1024, "width": 1024}},
+        sizes={"1024": {"height": 1024, "width": 1024}, "512": {"height": 512, "width": 512}},
         manifests=("infinity_2b", "infinity_vae_d32"),
     ),
     "infinity-8b": ReleasedModel(
@@ -73,22 +73,26 @@ RELEASED: dict[str, ReleasedModel] = {
         {"codebook_dim": 14, "patch_size": 8, "base_ch": 128, "encoder_ch_mult": (1, 2, 4, 4),
          "decoder_ch_mult": (1, 2, 4, 4), "num_res_blocks": 2},
         text_encoder=True,
-        sizes={"512": {"height": 512, "width": 512}, "1024": {"height": 1024, "width": 1024}},
+        sizes={"1024": {"height": 1024, "width": 1024}, "512": {"height": 512, "width": 512}},
         manifests=("infinity_8b", "infinity_vae_d56"),
     ),
-    "infinity-star-8b": ReleasedModel(
-        "infinity_star",
-        {"vae_channels": 64, "text_channels": 2048, "text_maxlen": 512, "embed_dim": 4096, "depth": 36,
-         "num_block_chunks": 6, "num_heads": 32, "num_key_value_heads": 8, "mlp_ratio": 4.0, "detail_bits": 64,
-         "semantic_bits": 16, "num_of_label_value": 2, "two_stage": True, "null_text_len": 512, "qkvo_bias": False},
-        {"in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": (96, 192, 384, 384, 384),
-         "layers_per_block": 2, "temporal_compression": (2, 2), "spatial_compression": (2, 2, 2),
-         "semantic_bits": 16, "detail_bits": 64, "use_feat_proj": 2},
-        text_encoder=True,
-        sizes={"480p": {"official_args": STAR_480P_ARGS, "height": 480, "width": 848, "num_frames": 81},
-               "720p": {"height": 720, "width": 1280, "num_frames": 81}},
-        manifests=("infinity_star_8b_720p", "infinity_star_videovae"),
-    ),
+    **{
+        f"infinity-star-8b-{size}": ReleasedModel(
+            "infinity_star",
+            {"vae_channels": 64, "text_channels": 2048, "text_maxlen": 512, "embed_dim": 4096, "depth": 36,
+             "num_block_chunks": 6, "num_heads": 32, "num_key_value_heads": 8, "mlp_ratio": 4.0, "detail_bits": 64,
+             "semantic_bits": 16, "num_of_label_value": 2, "two_stage": True, "null_text_len": 512,
+             "qkvo_bias": False},
+            {"in_channels": 3, "out_channels": 3, "latent_channels": 16,
+             "block_out_channels": (96, 192, 384, 384, 384), "layers_per_block": 2, "temporal_compression": (2, 2),
+             "spatial_compression": (2, 2, 2), "semantic_bits": 16, "detail_bits": 64, "use_feat_proj": 2},
+            text_encoder=True,
+            official_args=args,
+            sizes={size: {"height": hw[0], "width": hw[1], "num_frames": 81}},
+            manifests=("infinity_star_8b_720p", "infinity_star_videovae"),
+        )
+        for size, args, hw in (("720p", None, (720, 1280)), ("480p", STAR_480P_ARGS, (480, 848)))
+    },
 }
 """Released models by name (``vpg memory --model <name>``)."""
 
@@ -97,13 +101,16 @@ def _text_encoder():
     from transformers import T5Config, T5EncoderModel
 
     with init_empty_weights():
-        return T5EncoderModel(T5Config(**FLAN_T5_XL)).eval()
+        model = T5EncoderModel(T5Config(**FLAN_T5_XL)).eval()
+    model.tie_weights()  # as from_pretrained does: the encoder's embedding is the shared one
+    return model
 
 
 def released_pipeline(name: str, official_args: dict[str, Any] | None = None):
     """An empty pipeline with ``name``'s architecture (meta weights): plan with it, do not run it.
 
-    ``official_args`` (InfinityStar) replaces the released 720p settings (e.g. the 480p script's).
+    ``official_args`` (InfinityStar) replaces the entry's settings (``infinity-star-8b-480p``: the 480p
+    script's; ``-720p``: the released 720p script's).
     """
     if name not in RELEASED:
         raise ValueError(f"unknown released model {name!r}; known: {', '.join(RELEASED)}")
@@ -129,7 +136,7 @@ def released_pipeline(name: str, official_args: dict[str, Any] | None = None):
     from ..models.infinity_star.video_vae import InfinityStarVideoVAE
     from ..pipelines.pipeline_vpg_infinity_star import VPGInfinityStarPipeline
 
-    args = resolve_args(official_args)
+    args = resolve_args(official_args if official_args is not None else spec.official_args)
     with init_empty_weights():
         transformer = InfinityStarTransformer(**spec.transformer)
         vae = InfinityStarVideoVAE(**spec.vae, detail_scale_min_tokens=args["detail_scale_min_tokens"])

@@ -42,15 +42,20 @@ def meta_copy(model: nn.Module, dtype: torch.dtype, **overrides: Any) -> nn.Modu
     config.update(overrides)
     with init_empty_weights():
         copy = cls(**config)
-    copy = copy.to(device=META)
-    keep = tuple(getattr(copy, "_keep_in_fp32_modules", None) or ())
-    for name, module in copy.named_modules():
+    return cast_floating(copy.to(device=META), dtype).eval()
+
+
+def cast_floating(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Floating parameters and buffers of ``model`` to ``dtype`` in place, ``_keep_in_fp32_modules`` to
+    float32 (what ``from_pretrained(dtype=...)`` loads); returns ``model``."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
         target = torch.float32 if any(part in keep for part in name.split(".")) else dtype
         for key, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if tensor.is_floating_point() and tensor.dtype != target:
                 setattr(module, key, type(tensor)(tensor.to(target)) if isinstance(tensor, nn.Parameter)
                         else tensor.to(target))
-    return copy.eval()
+    return model
 
 
 def peak_of(fn, *args, **kwargs) -> tuple[int, Any]:

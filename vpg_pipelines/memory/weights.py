@@ -3,8 +3,8 @@ them hold, and how much of it sits on the accelerator under each offload mode.
 
 Quantized formats (bytes per ``nn.Linear`` weight of ``out x in``):
 
-* ``int8`` — TorchAO ``Int8WeightOnlyConfig`` (``Int8Tensor``): int8 values, one scale per output row
-  in the compute dtype and one int8 zero point per row: ``out*in + out*(size(dtype) + 1)``.
+* ``int8`` — TorchAO ``Int8WeightOnlyConfig`` (``Int8Tensor``): int8 values, one float32 scale per
+  output row (whatever the compute dtype) and one int8 zero point per row: ``out*in + 5*out``.
 * ``nf4`` — bitsandbytes 4-bit NF4 (``Params4bit``, blocksize 64, no double quantization, diffusers'
   defaults): two values per byte plus one float32 absmax per block of 64 and the 16-entry float32 code
   table: ``ceil(out*in/2) + 4*ceil(out*in/64) + 64``.
@@ -60,7 +60,7 @@ def quantized_linear_bytes(out_features: int, in_features: int, quantization: st
     """Bytes of one ``out x in`` Linear weight in ``quantization`` (see the module docstring)."""
     n = out_features * in_features
     if quantization == "int8":
-        return n + out_features * (_size(dtype) + 1)
+        return n + out_features * 5
     if quantization == "nf4":
         return math.ceil(n / 2) + 4 * math.ceil(n / 64) + 64
     if quantization == "fp8":
