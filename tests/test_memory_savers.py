@@ -10,9 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import shared_path
+from benchmarks.parity_logits import MODELS, agreement, infinity_logits, infinity_star_logits
+from benchmarks.parity_logits import relative_error as _relative_error
+from tests.conftest import cuda_only, shared_path
 from tests.infinity_fixtures import fixture_root
-from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline, load_demo_pipeline
+from vpg_pipelines import VPGVARPipeline, load_demo_pipeline
 from vpg_pipelines.memory import weight_layout
 from vpg_pipelines.memory.offload import apply_offload
 from vpg_pipelines.memory.quantization import pipeline_quantization_config, quantize_transformer
@@ -20,88 +22,12 @@ from vpg_pipelines.memory.weights import LAYERWISE_SKIP
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")
 
-STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [3] * 11, "video_scale_repetition": [3] * 8 + [2, 1, 1],
-             "semantic_scales": 8, "detail_scale_min_tokens": 100}
 # Relative RMS error of the logits against float32 (||q - f|| / ||f||) each format must stay under:
 # int8 rounds a weight row to 127 levels of its largest magnitude (error <= max/254, RMS max/(254*sqrt 3),
 # about 1 % of a row's RMS for weights whose max is ~4x their RMS), a few layers deep: under 5 %.
 # fp8 e4m3 keeps 3 mantissa bits (relative rounding <= 2^-4, RMS 2^-4/sqrt 3 = 3.6 % per weight) and
 # computes in bf16 (2^-8): under 15 % a few layers deep.
 INT8_RTOL, FP8_RTOL = 0.05, 0.15
-
-
-def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
-
-
-def _agreement(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """Share of sites (VAR: tokens; Infinity / InfinityStar: bits, logits in pairs) with the same greedy code."""
-    return (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
-
-
-# -- the parity models' teacher-forced logits -----------------------------------------------------------
-def _var():
-    root = shared_path("parity", "var")
-    config = json.loads((root / "config.json").read_text())
-    pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
-    cases = load_file(str(root / "cases.safetensors"))
-
-    def logits(transformer):
-        with torch.no_grad():
-            return transformer.teacher_forced_logits(cases["var.class_labels"], cases["var.teacher_forcing_input"])
-
-    return pipe, logits
-
-
-def _infinity(folder="plain"):
-    from vpg_pipelines.models.infinity.schedules import schedule_from_template
-
-    root = fixture_root(folder)
-    config = json.loads((root / "config.json").read_text())
-    pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors", config=config)
-    cases = load_file(str(root / "cases.safetensors"))
-    schedule = schedule_from_template(config["h_div_w_template"], config["pn"],
-                                      bool(pipe.transformer.config.apply_spatial_patchify))
-
-    def logits(transformer):
-        with torch.no_grad():
-            out = transformer.teacher_forced_logits(cases["text.features"], cases["text.lens"],
-                                                    cases["transformer.teacher_forcing_input"], schedule)
-        return out.view(*out.shape[:2], -1, 2)
-
-    return pipe, logits
-
-
-def _star():
-    root = shared_path("parity", "infinity_star")
-    config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
-    pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
-                                                 config=config)
-    pipe.set_progress_bar_config(disable=True)
-    cases = load_file(str(root / "cases.safetensors"))
-    steps = json.loads((root / "cases.json").read_text())["steps"]
-
-    def logits(transformer):
-        """Per-step conditional logits with every step's codes forced to the fixture's (teacher forcing)."""
-        run = VPGInfinityStarPipeline(transformer, pipe.vae, official_args=pipe.config.official_args)
-        run.set_progress_bar_config(disable=True)
-        recorded = []
-
-        def record(_pipe, i, scale, kwargs):
-            recorded.append(kwargs["logits"].reshape(-1, 2))
-            return {}
-
-        run(prompt_embeds=cases["text.features"][None], num_frames=17, height=192, width=336, guidance_scale=1.0,
-            vpg_scale=1.0, prefix_codes=[cases[f"forced_bits.step{i}"] for i in range(steps)], output_type="latent",
-            callback_on_step_end=record, callback_on_step_end_tensor_inputs=["logits"])
-        return torch.cat(recorded)
-
-    return pipe, logits
-
-
-MODELS = {"var": _var, "infinity": _infinity, "infinity-patchify": lambda: _infinity("patchify"),
-          "infinity_star": _star}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -118,8 +44,8 @@ def test_int8_weights_through_torchao(parity):
     assert weight_layout(quantized).total == planned < weight_layout(pipe.transformer).total
     assert any(type(m.weight).__name__ == "Int8Tensor" for m in quantized.modules() if isinstance(m, torch.nn.Linear))
     ours = logits(quantized)
-    error, agreement = _relative_error(ours, reference), _agreement(ours, reference)
-    print(f"{name} int8: relative logits error {error:.4f}, code agreement {agreement:.4f}")
+    error, agree = _relative_error(ours, reference), agreement(ours, reference)
+    print(f"{name} int8: relative logits error {error:.4f}, code agreement {agree:.4f}")
     assert error <= INT8_RTOL
 
 
@@ -149,8 +75,8 @@ def test_fp8_layerwise_casting(parity):
     assert weight_layout(model).total == weight_layout(pipe.transformer, torch.float32, "fp8").total
     ours = logits(model)
     assert torch.equal(ours, expected)
-    error, agreement = _relative_error(ours, reference), _agreement(ours, reference)
-    print(f"{name} fp8: relative logits error {error:.4f}, code agreement {agreement:.4f}")
+    error, agree = _relative_error(ours, reference), agreement(ours, reference)
+    print(f"{name} fp8: relative logits error {error:.4f}, code agreement {agree:.4f}")
     assert error <= FP8_RTOL
 
 
@@ -198,7 +124,7 @@ def _fresh(name):
         pipe = load_demo_pipeline()
         return pipe, {"prompt": ["plant", "flag"], "guidance_scale": 3.0, "vpg_scale": 1.5, "output_type": "pt"}
     if name == "infinity":
-        pipe, _ = _infinity()
+        pipe, _ = infinity_logits()
         cases = load_file(str(fixture_root("plain") / "cases.safetensors"))
         lens = cases["text.lens"].tolist()
         embeds = torch.zeros(len(lens), max(lens), pipe.transformer.config.text_channels)
@@ -207,7 +133,7 @@ def _fresh(name):
             embeds[i, : len(chunk)], mask[i, : len(chunk)] = chunk, 1
         return pipe, {"prompt_embeds": embeds, "prompt_attention_mask": mask, "height": 256, "width": 256,
                       "vpg_scale": 1.5, "output_type": "pt"}
-    pipe, _ = _star()
+    pipe, _ = infinity_star_logits()
     cases = load_file(str(shared_path("parity", "infinity_star") / "cases.safetensors"))
     return pipe, {"prompt_embeds": cases["text.features"][None], "num_frames": 17, "height": 192, "width": 336,
                   "output_type": "latent"}
@@ -229,4 +155,40 @@ def test_group_offloading_gives_the_same_outputs(name):
     apply_offload(pipe, "group", "cpu")
     hooked = [m for m in pipe.transformer.modules() if getattr(m, "_diffusers_hook", None) is not None]
     assert any(m._diffusers_hook.get_hook("group_offloading") is not None for m in hooked)
+    assert torch.equal(run(), expected)
+
+
+@cuda_only("bitsandbytes 4-bit needs a CUDA GPU (none found)")
+def test_nf4_weights_through_bitsandbytes_on_cuda(parity):
+    """bitsandbytes NF4 (CUDA): the planned bytes, the logits within 4x the int8 bound (4 bits: 16 levels
+    per block of 64 instead of 255 per row)."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    name, pipe, logits, reference = parity
+    planned = weight_layout(pipe.transformer, torch.bfloat16, "nf4").total
+    quantized = quantize_transformer(copy.deepcopy(pipe.transformer).to(torch.bfloat16), "nf4", torch.bfloat16)
+    quantized.to("cuda")
+    assert weight_layout(quantized).total == planned
+    error, agree = _relative_error(logits(quantized), reference), agreement(logits(quantized), reference)
+    print(f"{name} nf4 (cuda): relative logits error {error:.4f}, code agreement {agree:.4f}")
+    assert error <= 4 * INT8_RTOL
+
+
+@cuda_only("group offloading with CUDA streams needs a CUDA GPU (none found)")
+@pytest.mark.parametrize("name", ["var", "infinity", "infinity_star"])
+def test_group_offloading_with_streams_on_cuda(name):
+    """Streams prefetch the next block while one runs: the same computation as without offloading on the
+    GPU (the same kernels on the same values), so the same bits."""
+    pipe, kwargs = _fresh(name)
+    pipe.set_progress_bar_config(disable=True)
+    batch = pipe.estimate_memory(**kwargs).settings["batch"]
+    kwargs = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+    def run():
+        out = pipe(**kwargs, generator=[torch.Generator().manual_seed(i) for i in range(batch)])
+        return (out.frames if name == "infinity_star" else out.images).cpu()
+
+    pipe.to("cuda")
+    expected = run()
+    pipe.to("cpu")
+    apply_offload(pipe, "group", "cuda")
     assert torch.equal(run(), expected)

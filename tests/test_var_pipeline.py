@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.conftest import cuda_only, shared_path
 from vpg_pipelines import VARTransformer, VPGVARPipeline
 from vpg_pipelines.loading.checkpoint import CheckpointError, read_state_dict
 
@@ -285,7 +285,7 @@ def test_offload_hooks_on_cpu_give_the_same_images(hooks):
 
 
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
+needs_cuda = cuda_only("CPU offload needs a CUDA GPU (none found)")
 
 
 @needs_cuda
