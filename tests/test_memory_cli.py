@@ -77,3 +77,36 @@ def test_nf4_on_the_cpu_fails_naming_the_flag(tmp_path, capsys):
     assert main(["generate", "--model", "demo", "--prompt", "plant", "--quantization", "nf4",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "quantization='nf4'" in capsys.readouterr().err
+
+
+def test_fit_to_memory_applies_what_the_planner_picked():
+    from vpg_pipelines import load_demo_pipeline
+    from vpg_pipelines.memory.choose import MARGIN_BYTES, fit_to_memory
+
+    pipe = load_demo_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    call = {"prompt": ["plant"], "vpg_scale": 1.5}
+    plain = pipe.estimate_memory(**call)
+    budget = (plain.peak("group") + plain.peak("none")) // 2  # only offloading fits
+    choice = fit_to_memory(pipe, free_bytes=budget + MARGIN_BYTES, device="cpu", **call)
+    assert choice.fits and choice.quantization == "none" and choice.offload in ("model", "group")
+    if choice.offload == "group":
+        assert any(getattr(m, "_diffusers_hook", None) is not None for m in pipe.transformer.modules())
+    images = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    assert len(images) == 1
+    with pytest.raises(ValueError, match="free_bytes"):
+        fit_to_memory(load_demo_pipeline(), device="cpu", **call)
+
+
+def test_fit_to_memory_quantizes_when_only_int8_fits():
+    from vpg_pipelines import load_demo_pipeline
+    from vpg_pipelines.memory.choose import MARGIN_BYTES, fit_to_memory
+
+    pipe = load_demo_pipeline()
+    call = {"prompt": ["plant"], "vpg_scale": 1.5}
+    full = min(pipe.estimate_memory(**call).peak(m) for m in ("none", "model", "group"))
+    int8 = pipe.estimate_memory(quantization="int8", **call).peak("none")
+    assert int8 < full
+    choice = fit_to_memory(pipe, free_bytes=(int8 + full) // 2 + MARGIN_BYTES, device="cpu", **call)
+    assert (choice.quantization, choice.offload) == ("int8", "none")
+    assert type(pipe.transformer.head.weight).__name__ == "Int8Tensor"

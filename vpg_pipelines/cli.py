@@ -264,23 +264,19 @@ def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> 
     from .memory.quantization import apply_quantization, check_quantization
 
     check_quantization(args.quantization)
-    offload, quantization = args.offload, args.quantization
-    if offload == "auto":
-        from .memory.choose import choose_savers
+    if args.offload == "auto" and device.type == "cuda":
+        from .memory.choose import fit_to_memory
         from .memory.report import gib
 
-        if device.type != "cuda":
-            offload = "none"
-        else:
-            free, _ = torch.cuda.mem_get_info(device)
-            fixed = None if quantization is None else (quantization,)
-            choice = choose_savers(pipe, free, quantizations=fixed, **call)
-            quantization, offload = choice.quantization, choice.offload
-            verdict = "fits" if choice.fits else "does NOT fit (the smallest plan)"
-            print(f"memory: planned peak {gib(choice.peak)} of {gib(free)} free {verdict}: "
-                  f"quantization {quantization}, offload {offload}")
-    apply_quantization(pipe, quantization)
-    apply_offload(pipe, offload, device)
+        apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
+        fixed = None if args.quantization is None else ("none",)
+        choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
+        verdict = "fits" if choice.fits else "does NOT fit (the smallest plan)"
+        print(f"memory: planned peak {gib(choice.peak)} {verdict}: quantization {choice.quantization}, "
+              f"offload {choice.offload}")
+        return
+    apply_quantization(pipe, args.quantization)
+    apply_offload(pipe, "none" if args.offload == "auto" else args.offload, device)
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -89,3 +89,36 @@ def choose_savers(
     if best is None:
         raise ValueError(f"no candidate among quantizations {quantizations} and offloads {offloads}")
     return best
+
+
+def fit_to_memory(
+    pipe: Any,
+    free_bytes: int | None = None,
+    device: str | torch.device | None = None,
+    quantizations: tuple[str, ...] | None = None,
+    **call_kwargs: Any,
+) -> Choice:
+    """Pick (:func:`choose_savers`) and apply the savers that fit ``pipe(**call_kwargs)`` on ``device``.
+
+    ``free_bytes`` defaults to the device's free memory (``torch.cuda.mem_get_info``); the quantization is
+    applied to the transformer (``quantization.apply_quantization``), then the offload mode
+    (``offload.apply_offload``). Returns the :class:`Choice`; when nothing fits it applies the smallest
+    plan and says so (``fits`` False).
+    """
+    from .offload import apply_offload
+    from .quantization import apply_quantization
+
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if free_bytes is None:
+        if device.type != "cuda":
+            raise ValueError("`free_bytes` is needed off CUDA (there is no free-memory figure to plan against)")
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    from .calls import _current_quantization
+
+    current = _current_quantization(pipe.transformer)
+    choice = choose_savers(pipe, int(free_bytes), quantizations=quantizations, **call_kwargs)
+    if choice.quantization != current:
+        apply_quantization(pipe, choice.quantization)
+    apply_offload(pipe, choice.offload, device)
+    return choice
