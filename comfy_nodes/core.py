@@ -45,6 +45,8 @@ class VPGModel:
         guiders: the other guidance terms (IGG, SSG, entropy temperature ...) in graph order; the
             pipeline's chain orders them by stage (``guiders.py``).
         handle: ComfyUI's ``ModelPatcher`` over the pipeline's modules (``None`` outside ComfyUI).
+        offload: the loader's offload choice (``"auto"`` or a mode; see ``memory.py``).
+        quantization: the transformer's weight format the loader applied.
     """
 
     pipeline: Any
@@ -54,6 +56,8 @@ class VPGModel:
     prefix: PrefixGuidance | None = None
     handle: Any = None
     guiders: tuple = ()
+    offload: str = "auto"
+    quantization: str = "none"
 
     def clone(self, **changes: Any) -> VPGModel:
         return dataclasses.replace(self, **changes)
@@ -238,13 +242,15 @@ def sample(
     top_p: float = 0.96,
     on_scale: Callable[[ScaleProgress], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    prepare: Callable[[dict], None] | None = None,
 ) -> SampleResult:
     """Generate ``batch_size`` images per class of ``conditioning`` with ``model``'s guidance.
 
     Image ``i`` uses its own generator seeded ``seed + i``, so the same seed gives the same first
     image whatever the batch size (and the same start in a side-by-side without/with VPG).
     ``on_scale`` runs after every scale, then ``check_interrupt`` (which raises to cancel: nothing
-    is returned then). Also returns the per-scale guidance maps (zeros where VPG was off).
+    is returned then). ``prepare(call_kwargs)`` runs just before the pipeline call (memory planning).
+    Also returns the per-scale guidance maps (zeros where VPG was off).
     """
     model = _check_model(model, "VPG Sampler")
     if model.kind.conditioning != "class":
@@ -273,21 +279,17 @@ def sample(
     num_scales = model.num_scales
     callback = scale_callback(model, trace, maps, num_scales, on_scale, check_interrupt)
     cfg_scale = model.cfg.scale if model.cfg is not None else 0.0
+    call = dict(class_labels=list(conditioning.class_ids), num_images_per_prompt=batch_size,
+                guidance_scale=cfg_scale, top_k=int(top_k), top_p=float(top_p), **prefix_kwargs(model),
+                guiders=list(model.guiders), generator=generators(seed, total), output_type="pt",
+                callback_on_step_end=callback, trace=trace)
     try:
-        out = pipe(
-            class_labels=list(conditioning.class_ids),
-            num_images_per_prompt=batch_size,
-            guidance_scale=cfg_scale,
-            top_k=int(top_k),
-            top_p=float(top_p),
-            **prefix_kwargs(model),
-            guiders=list(model.guiders),
-            generator=generators(seed, total),
-            output_type="pt",
-            callback_on_step_end=callback,
-            trace=trace,
-        )
+        if prepare is not None:
+            prepare(call)
+        out = pipe(**call)
     except (TypeError, ValueError) as err:
+        if isinstance(err, VPGNodeError):
+            raise
         raise VPGNodeError(f"VPG Sampler: {err}") from err
     images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
     guidance = GuidanceMaps(

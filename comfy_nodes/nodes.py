@@ -8,6 +8,7 @@ and interruption.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from fractions import Fraction
@@ -21,7 +22,9 @@ import torch
 from comfy_api.latest import ComfyExtension, InputImpl, Types, io
 from typing_extensions import override
 
-from . import core, guidance_map, guiders, registry, text_sampling
+from vpg_pipelines.memory.offload import apply_offload
+
+from . import core, guidance_map, guiders, memory, registry, text_sampling
 from .specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, TEXT_ENCODER_CHOICES, InputSpec, NodeSpec
 
 FOLDER = "vpg"
@@ -133,7 +136,8 @@ class VPGModelLoader(io.ComfyNode):
         return build_schema(NODE_SPECS["VPGModelLoader"])
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str) -> str:
+    def fingerprint_inputs(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str, quantization: str,
+                           offload: str) -> str:
         """Reload when a chosen file changes on disk (same name, new contents)."""
         stamps = []
         for name, folders in ((model_name, (FOLDER,)), (vae_file, (FOLDER,)), (text_encoder, (TEXT_ENCODERS, FOLDER))):
@@ -142,17 +146,24 @@ class VPGModelLoader(io.ComfyNode):
             except FileNotFoundError:
                 path = None
             stamps.append(f"{name}:{os.path.getmtime(path) if path is not None else 0}")
-        return "|".join([*stamps, dtype])
+        return "|".join([*stamps, dtype, quantization, offload])
 
     @classmethod
-    def execute(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str, quantization: str,
+                offload: str) -> io.NodeOutput:
         try:
             pipe, kind = registry.load_pipeline(
                 model_name, vae_file, lambda name: _find(name, (FOLDER,)), dtype, text_encoder,
                 lambda name: _find(name, (TEXT_ENCODERS, FOLDER)))
         except registry.VPGLoadError as err:
             raise ValueError(f"VPG Load Model: {err}") from None
-        return io.NodeOutput(core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind)))
+        if offload not in memory.OFFLOAD_CHOICES:
+            raise ValueError(f"VPG Load Model: `offload` must be one of {memory.OFFLOAD_CHOICES}, got {offload!r}")
+        with readable_errors():
+            applied = memory.quantize_loaded(pipe, quantization, _free_bytes(), _on_cuda())
+        model = core.VPGModel(pipe, kind, model_name, handle=_management_handle(pipe, kind), offload=offload,
+                              quantization=applied)
+        return io.NodeOutput(model)
 
 
 class VPGClassConditioning(io.ComfyNode):
@@ -173,7 +184,7 @@ class VPGTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: core.VPGModel, prompt: str, negative_prompt: str) -> io.NodeOutput:
-        _load(model)
+        _load_for_text(model)
         with readable_errors():
             return io.NodeOutput(text_sampling.encode_text(model, prompt, negative_prompt))
 
@@ -248,10 +259,76 @@ class VPGEntropyTemperature(io.ComfyNode):
             return io.NodeOutput(guiders.apply_entropy_temperature(model, t0, alpha, theta, base, start, stop))
 
 
-def _load(model: object) -> None:
+def _load(model: object, memory_required: int = 0) -> None:
     """Let ComfyUI's model management place the weights (GPU when there is one, freeing others first)."""
     if isinstance(model, core.VPGModel) and model.handle is not None:
-        comfy.model_management.load_models_gpu([model.handle], force_full_load=True)
+        comfy.model_management.load_models_gpu([model.handle], memory_required=memory_required,
+                                               force_full_load=True)
+
+
+def _on_cuda() -> bool:
+    return comfy.model_management.get_torch_device().type == "cuda"
+
+
+def _free_bytes() -> int | None:
+    """ComfyUI's free VRAM (``None`` off CUDA: nothing is planned there)."""
+    if not _on_cuda():
+        return None
+    return int(comfy.model_management.get_free_memory(comfy.model_management.get_torch_device()))
+
+
+def _load_for_text(model: object) -> None:
+    """Place the weights for Text Encode: all on the GPU when the model runs without offloading (planned
+    with its default call when ``offload`` is auto); otherwise the offload hooks move the text encoder."""
+    if not isinstance(model, core.VPGModel) or model.handle is None:
+        return
+    pipe = model.pipeline
+    applied = getattr(pipe, "_vpg_offload", None)
+    if applied is not None or not _on_cuda():
+        if applied in (None, "none"):
+            _load(model)
+        return
+    offload = model.offload
+    if offload == "auto":
+        estimate = pipe.estimate_memory(**memory.default_call(pipe))
+        device = comfy.model_management.get_torch_device()
+        comfy.model_management.free_memory(estimate.peak("none"), device)
+        fits = estimate.peak("none") <= memory.usable(_free_bytes() or 0)
+        offload = "none" if fits else "model"
+    if offload == "none":
+        _load(model)
+    else:
+        apply_offload(pipe, offload, comfy.model_management.get_torch_device())
+        pipe._vpg_offload = offload
+
+
+def _prepare(model: object, node: str):
+    """The samplers' ``prepare``: plan the call's GPU memory, report it, refuse a run that cannot fit,
+    let ComfyUI unload other models for it, then place the weights (the offload mode on the first run)."""
+
+    def prepare(call: dict) -> None:
+        if not isinstance(model, core.VPGModel) or model.handle is None:
+            return
+        if not _on_cuda():
+            _load(model)
+            return
+        pipe = model.pipeline
+        device = comfy.model_management.get_torch_device()
+        wanted = pipe.estimate_memory(**call).peak("none")
+        comfy.model_management.free_memory(wanted, device)  # ComfyUI unloads other models first
+        free = _free_bytes() or 0
+        if getattr(pipe, "_vpg_offload", None) == "none":  # our weights are on the GPU already
+            free += int(model.handle.loaded_size()) if hasattr(model.handle, "loaded_size") else 0
+        plan = memory.plan_run(model, call, free, node)
+        logging.info("%s: %s", node, plan.describe())
+        if plan.offload == "none":
+            weights = sum(plan.estimate.weights.values())
+            _load(model, memory_required=max(0, plan.peak - weights))
+        elif getattr(pipe, "_vpg_offload", None) is None:
+            apply_offload(pipe, plan.offload, device)
+        pipe._vpg_offload = plan.offload
+
+    return prepare
 
 
 def _progress(model: object):
@@ -280,12 +357,12 @@ class VPGSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: core.VPGModel, conditioning: core.VPGConditioning, seed: int, batch_size: int,
                 top_k: int, top_p: float) -> io.NodeOutput:
-        _load(model)
         with readable_errors():
             result = core.sample(
                 model, conditioning, seed, batch_size, top_k, top_p,
                 on_scale=_progress(model),
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                prepare=_prepare(model, "VPG Sampler"),
             )
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.images.to(device), result.guidance)
@@ -299,12 +376,12 @@ class VPGTextImageSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: core.VPGModel, conditioning: text_sampling.VPGTextConditioning, seed: int, size: str,
                 batch_size: int, tau: float, cfg_insertion_layer: int, top_k: int, top_p: float) -> io.NodeOutput:
-        _load(model)
         with readable_errors():
             result = text_sampling.sample_text_image(
                 model, conditioning, seed, size, batch_size, tau, cfg_insertion_layer, top_k, top_p,
                 on_scale=_progress(model),
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                prepare=_prepare(model, "VPG Text-to-Image Sampler"),
             )
         device = comfy.model_management.intermediate_device()
         return io.NodeOutput(result.images.to(device), result.guidance)
@@ -319,12 +396,12 @@ class VPGVideoSampler(io.ComfyNode):
     def execute(cls, model: core.VPGModel, conditioning: text_sampling.VPGTextConditioning, seed: int,
                 num_frames: int, size: str, batch_size: int, tau_image: float, tau_video: float,
                 start_image: torch.Tensor | None = None) -> io.NodeOutput:
-        _load(model)
         with readable_errors():
             result = text_sampling.sample_video(
                 model, conditioning, seed, num_frames, size, batch_size, tau_image, tau_video, start_image,
                 on_scale=_progress(model),
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                prepare=_prepare(model, "VPG Video Sampler"),
             )
         frames = result.frames.to(comfy.model_management.intermediate_device())
         video = InputImpl.VideoFromComponents(

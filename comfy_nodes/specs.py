@@ -15,6 +15,7 @@ from vpg_pipelines.guidance.prefix import MODES, REFRESH
 from vpg_pipelines.guidance.ssg import INTERPOLATIONS
 
 from .guidance_map import NORMALIZE
+from .memory import OFFLOAD_CHOICES, QUANTIZATION_CHOICES
 from .registry import DTYPES
 from .text_sampling import DEFAULT_SIZE, infinity_sizes, infinity_star_sizes
 
@@ -114,6 +115,14 @@ NODE_SPECS: dict[str, NodeSpec] = {
                                   "text_encoders/flan-t5-xl). none for VAR and saved folders that bring one."),
                 InputSpec("dtype", "COMBO", default="fp32", options=tuple(DTYPES),
                           tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
+                InputSpec("quantization", "COMBO", default="auto", options=QUANTIZATION_CHOICES,
+                          tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (stored "
+                                  "fp8, computed bf16), none. auto: none unless the free VRAM needs it (planned "
+                                  "for the model's default call)."),
+                InputSpec("offload", "COMBO", default="auto", options=OFFLOAD_CHOICES,
+                          tooltip="none: all on the GPU; model: the text encoder leaves before sampling; group: "
+                                  "transformer blocks streamed in; sequential: layer by layer (slowest). auto: "
+                                  "the sampler plans each run and picks the least costly mode that fits."),
             ),
             (OutputSpec(MODEL, "model"),),
         ),

@@ -151,6 +151,7 @@ def sample_text_image(
     top_p: float = 0.97,
     on_scale: Callable[[ScaleProgress], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    prepare: Callable[[dict], None] | None = None,
 ) -> SampleResult:
     """``batch_size`` images of the prompt with ``model``'s guidance (Infinity).
 
@@ -182,16 +183,21 @@ def sample_text_image(
     negative = {}
     if cond.negative_embeds is not None:
         negative = dict(negative_prompt_embeds=cond.negative_embeds, negative_prompt_attention_mask=cond.negative_mask)
+    call = dict(
+        prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, **negative,
+        height=height, width=width, num_images_per_prompt=batch_size,
+        guidance_scale=model.cfg.scale if model.cfg is not None else 1.0,
+        tau=float(tau), cfg_insertion_layer=int(cfg_insertion_layer), top_k=int(top_k), top_p=float(top_p),
+        **prefix_kwargs(model), guiders=list(model.guiders), generator=generators(seed, batch_size),
+        output_type="pt", callback_on_step_end=callback, trace=trace,
+    )
     try:
-        out = pipe(
-            prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, **negative,
-            height=height, width=width, num_images_per_prompt=batch_size,
-            guidance_scale=model.cfg.scale if model.cfg is not None else 1.0,
-            tau=float(tau), cfg_insertion_layer=int(cfg_insertion_layer), top_k=int(top_k), top_p=float(top_p),
-            **prefix_kwargs(model), guiders=list(model.guiders), generator=generators(seed, batch_size),
-            output_type="pt", callback_on_step_end=callback, trace=trace,
-        )
+        if prepare is not None:
+            prepare(call)
+        out = pipe(**call)
     except (TypeError, ValueError) as err:
+        if isinstance(err, VPGNodeError):
+            raise
         raise VPGNodeError(f"{node}: {err}") from err
     images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
     grids = [pipe._schedule.grids[k] for k in range(num_scales)]
@@ -226,6 +232,7 @@ def sample_video(
     start_image: torch.Tensor | None = None,
     on_scale: Callable[[ScaleProgress], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    prepare: Callable[[dict], None] | None = None,
 ) -> VideoResult:
     """``batch_size`` videos of the prompt (InfinityStar), ``num_frames`` each at the pipeline's fps.
 
@@ -271,15 +278,20 @@ def sample_video(
         prompt, per_prompt, image = [conditioning.prompt] * batch_size, 1, starts
     elif starts is not None:
         image = starts[0]
+    call = dict(
+        prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image,
+        num_frames=num_frames, height=height, width=width, num_videos_per_prompt=per_prompt, **guidance,
+        tau_image=float(tau_image), tau_video=float(tau_video), **prefix_kwargs(model),
+        guiders=list(model.guiders), generator=generators(seed, batch_size), output_type="pt",
+        callback_on_step_end=callback,
+    )
     try:
-        out = pipe(
-            prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image,
-            num_frames=num_frames, height=height, width=width, num_videos_per_prompt=per_prompt, **guidance,
-            tau_image=float(tau_image), tau_video=float(tau_video), **prefix_kwargs(model),
-            guiders=list(model.guiders), generator=generators(seed, batch_size), output_type="pt",
-            callback_on_step_end=callback,
-        )
+        if prepare is not None:
+            prepare(call)
+        out = pipe(**call)
     except (TypeError, ValueError) as err:
+        if isinstance(err, VPGNodeError):
+            raise
         raise VPGNodeError(f"{node}: {err}") from err
     video = out.frames.float().cpu()  # (B, F, 3, H, W)
     frames = video.permute(0, 1, 3, 4, 2).reshape(-1, video.shape[-2], video.shape[-1], 3).contiguous()

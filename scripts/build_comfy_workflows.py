@@ -28,6 +28,8 @@ HF_INFINITY = "https://huggingface.co/FoundationVision/Infinity/resolve/main/"
 HF_INFINITY_STAR = "https://huggingface.co/FoundationVision/InfinityStar/resolve/main/"
 T5_FOLDER = "flan-t5-xl"
 """Where the docs tell users to put google/flan-t5-xl (models/text_encoders/flan-t5-xl)."""
+AUTO_MEMORY = ["auto", "auto"]  # the loader's quantization and offload: planned against the free VRAM
+NO_FILES = ["none", "none", "fp32", *AUTO_MEMORY]  # vae_file, text_encoder, dtype, quantization, offload
 TINY_INFINITY = "vpg-tiny-infinity/model_index.json"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar/model_index.json"
 """Saved folders written by tests/comfy/make_standin_models.py (from the parity fixtures)."""
@@ -86,7 +88,7 @@ class Graph:
 def chain(g: Graph, loader_widgets: list, classes: str, cfg: float, vpg: list | None, sampler: list,
           y: int = 0, loader_models: list[dict] | None = None) -> tuple[int, int, int]:
     """Loader -> conditioning, Loader -> CFG [-> Prefix] -> Sampler; returns (loader, cfg node, sampler)."""
-    loader = g.add("VPGModelLoader", (20, 40 + y), loader_widgets, size=(380, 130), models=loader_models)
+    loader = g.add("VPGModelLoader", (20, 40 + y), loader_widgets, size=(380, 180), models=loader_models)
     cond = g.add("VPGClassConditioning", (440, 250 + y), [classes], size=(320, 120))
     cfg_node = g.add("VPGCFG", (440, 40 + y), [cfg], size=(320, 60))
     g.link(loader, 0, cond, "model")
@@ -104,7 +106,7 @@ def chain(g: Graph, loader_widgets: list, classes: str, cfg: float, vpg: list | 
 
 def demo_cfg_prefix() -> dict:
     g = Graph()
-    _, _, samp = chain(g, [DEMO_CHOICE, "none", "none", "fp32"], "face-happy, animal-mammal, food-fruit-veg, transport",
+    _, _, samp = chain(g, [DEMO_CHOICE, *NO_FILES], "face-happy, animal-mammal, food-fruit-veg, transport",
                        3.0, [1.5, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 0, 0.95])
     up = g.add("ImageScaleBy", (1520, 40), ["nearest-exact", 4.0], size=(300, 90))
     save = g.add("SaveImage", (1860, 40), ["vpg_demo"], size=(400, 300))
@@ -120,7 +122,7 @@ def demo_cfg_prefix() -> dict:
 def demo_side_by_side() -> dict:
     """Two samplers, same seed and settings; the second one's model has Prefix Guidance."""
     g = Graph()
-    loader, cfg_node, plain = chain(g, [DEMO_CHOICE, "none", "none", "fp32"], "face-happy, animal-mammal, transport",
+    loader, cfg_node, plain = chain(g, [DEMO_CHOICE, *NO_FILES], "face-happy, animal-mammal, transport",
                                     3.0, None, [7, "fixed", 1, 0, 0.95])
     cond = 2
     prefix = g.add("VPGPrefixGuidance", (800, 420), [1.5, 0.5, "full", "persistent", "all"], size=(320, 180))
@@ -174,7 +176,8 @@ def var_d16() -> dict:
         {"name": "vae_ch160v4096z32.pth", "url": HF_VAR + "vae_ch160v4096z32.pth", "directory": "vpg"},
     ]
     g = Graph()
-    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "none", "fp32"], "golden retriever, 980, volcano",
+    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "none", "fp32", *AUTO_MEMORY],
+                       "golden retriever, 980, volcano",
                        1.5, [3.0, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 900, 0.96],
                        loader_models=models)
     save = g.add("SaveImage", (1520, 40), ["vpg_var_d16"], size=(400, 300))
@@ -189,7 +192,7 @@ def var_d16() -> dict:
 def text_chain(g: Graph, loader_widgets: list, prompt: str, guidance: tuple[str, list], vpg: list,
                sampler_type: str, sampler: list, loader_models: list[dict] | None = None) -> int:
     """Loader -> Text Encode, Loader -> CFG/APG -> Prefix -> sampler; returns the sampler."""
-    loader = g.add("VPGModelLoader", (20, 40), loader_widgets, size=(380, 160), models=loader_models)
+    loader = g.add("VPGModelLoader", (20, 40), loader_widgets, size=(380, 210), models=loader_models)
     enc = g.add("VPGTextEncode", (440, 300), [prompt, ""], size=(360, 200))
     cfg_node = g.add(guidance[0], (440, 40), guidance[1], size=(320, 90))
     prefix = g.add("VPGPrefixGuidance", (840, 40), vpg, size=(320, 180))
@@ -217,7 +220,7 @@ def _image_outputs(g: Graph, samp: int, prefix: str, upscale: float | None = Non
 
 
 def _video_outputs(g: Graph, samp: int, prefix: str) -> None:
-    save_video = g.add("SaveVideo", (1580, 40), ["video/" + prefix, "auto", "auto"], size=(400, 320))
+    save_video = g.add("SaveVideo", (1580, 40), ["video/" + prefix, *AUTO_MEMORY], size=(400, 320))
     save_frames = g.add("SaveImage", (1580, 420), [prefix + "_frames"], size=(400, 300))
     g.link(samp, 1, save_video, "video")
     g.link(samp, 0, save_frames, "images")
@@ -226,7 +229,7 @@ def _video_outputs(g: Graph, samp: int, prefix: str) -> None:
 def infinity_tiny() -> dict:
     """The tiny Infinity fixture (saved folder): CFG 3 + Prefix Guidance, default size (256x256)."""
     g = Graph()
-    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32"], "a red cat on the beach",
+    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_MEMORY], "a red cat on the beach",
                       ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "default", 2, 0.5, 0, 900, 0.97])
     _image_outputs(g, samp, "vpg_infinity_tiny")
@@ -240,7 +243,7 @@ def infinity_2b() -> dict:
         {"name": "infinity_vae_d32reg.pth", "url": HF_INFINITY + "infinity_vae_d32reg.pth", "directory": "vpg"},
     ]
     g = Graph()
-    samp = text_chain(g, ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER, "bf16"],
+    samp = text_chain(g, ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER, "bf16", *AUTO_MEMORY],
                       "a wax seal embossed with the letters VPG, photo", ("VPGCFG", [3.0]),
                       [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "1024x1024", 1, 0.5, 0, 900, 0.97], loader_models=models)
@@ -251,7 +254,7 @@ def infinity_2b() -> dict:
 def infinitystar_tiny() -> dict:
     """The tiny InfinityStar fixture (saved folder): APG + Prefix Guidance (semantic scales, p 0.1), 17 frames."""
     g = Graph()
-    samp = text_chain(g, [TINY_INFINITY_STAR, "none", "none", "fp32"], "a red fox running on the beach",
+    samp = text_chain(g, [TINY_INFINITY_STAR, "none", "none", "fp32", *AUTO_MEMORY], "a red fox running on the beach",
                       ("VPGAPG", [34.0, 0.05]), [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
                       [0, "fixed", 17, "default", 1, 1.0, 0.4])
     _video_outputs(g, samp, "vpg_infinitystar_tiny")
@@ -264,7 +267,8 @@ def infinitystar_720p() -> dict:
     models = [{"name": "infinitystar_videovae.pth", "url": HF_INFINITY_STAR + "infinitystar_videovae.pth",
                "directory": "vpg"}]
     g = Graph()
-    samp = text_chain(g, ["infinitystar_8b_720p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16"],
+    samp = text_chain(g, ["infinitystar_8b_720p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16",
+                          *AUTO_MEMORY],
                       "a red fox running through fresh snow, close-up", ("VPGAPG", [34.0, 0.05]),
                       [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
                       [0, "fixed", 81, "720x1280", 1, 1.0, 0.4], loader_models=models)

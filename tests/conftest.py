@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VPG_SHARED", REPO.parent / "shared"))
@@ -35,3 +36,13 @@ def var_pipe():
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def cuda_only(reason: str):
+    """Decorator of a test that needs a CUDA GPU: marked ``cuda`` (``scripts/gpu_check.sh`` runs
+    ``pytest -m cuda``) and skipped with ``reason`` without one."""
+
+    def mark(test):
+        return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)(test))
+
+    return mark

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
     not COMFY, reason="COMFYUI_PATH is not set (a ComfyUI checkout with its requirements) - node classes not tested"
 )
 REPO = Path(__file__).resolve().parents[1]
-NO_FILES = {"vae_file": "none", "text_encoder": "none", "dtype": "fp32"}
+NO_FILES = {"vae_file": "none", "text_encoder": "none", "dtype": "fp32", "quantization": "auto",
+            "offload": "auto"}
 
 
 @pytest.fixture(scope="module")

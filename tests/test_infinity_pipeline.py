@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.conftest import cuda_only, shared_path
 from tests.infinity_fixtures import fixture_root, load_fixture, report
 from tests.numerics import assert_greedy_margin, assert_same_steps, cfg_gain, layout_atol, record_draws, vpg_gain
 from tests.tiny_text import WORDS, tiny_t5
@@ -452,7 +452,7 @@ def test_offload_hooks_on_cpu_give_the_same_images(hooks):
 
 
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
+needs_cuda = cuda_only("CPU offload needs a CUDA GPU (none found)")
 
 
 @needs_cuda

@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.conftest import cuda_only, shared_path
 from tests.numerics import assert_same_steps, cfg_gain, record_draws, vpg_gain
 from vpg_pipelines import VARTransformer, VPGVARPipeline
 from vpg_pipelines.loading.checkpoint import CheckpointError, read_state_dict
@@ -284,7 +284,7 @@ def test_offload_hooks_on_cpu_give_the_same_images(hooks):
 
 
 # -- accelerate offload (needs a GPU) ---------------------------------------------------------------
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs a CUDA GPU (none found)")
+needs_cuda = cuda_only("CPU offload needs a CUDA GPU (none found)")
 
 
 @needs_cuda

@@ -1,4 +1,4 @@
-"""The ``vpg`` command line: ``vpg generate | demo | convert | eval``."""
+"""The ``vpg`` command line: ``vpg generate | demo | convert | memory | eval``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,16 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="the same seeds without | with VPG: a labelled grid (PNG) or side-by-side video (MP4)")
 
 
+def _add_memory_args(p: argparse.ArgumentParser, planning: bool = False) -> None:
+    p.add_argument("--quantization", choices=["none", "int8", "nf4", "fp8"], default=None,
+                   help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (layerwise casting); "
+                        "see docs/memory.md" + ("" if planning else " (default: as loaded)"))
+    if not planning:
+        p.add_argument("--offload", choices=["none", "model", "group", "sequential", "auto"], default="none",
+                       help="offload mode (docs/memory.md); auto: the least costly one the planner fits in the "
+                            "free GPU memory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpg", description="Visual Prefix Guidance for next-scale models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out.png",
                      help="output image (.png, .jpg; several images: a grid) or, InfinityStar, video (.mp4)")
     _add_sampling_args(gen)
+    _add_memory_args(gen)
+
+    mem = sub.add_parser("memory", help="plan the GPU memory of a generate call (per component, per offload mode)")
+    mem.add_argument("--model", required=True,
+                     help="a released model (" + ", ".join(_released_names()) + "), 'demo', a saved pipeline "
+                          "folder (read without its weights) or an official var_d*.pth (with --vae)")
+    mem.add_argument("--vae", default=None, help="official VQVAE file with a .pth --model")
+    mem.add_argument("--config", default=None, help="JSON with the official constructor args (.pth --model)")
+    mem.add_argument("--prompt", action="append", default=None,
+                     help="class name or id (text models: text); repeat for several (default: one)")
+    mem.add_argument("--negative-prompt", default=None)
+    mem.add_argument("--height", type=int, default=None)
+    mem.add_argument("--width", type=int, default=None)
+    mem.add_argument("--num-frames", type=int, default=None, help="InfinityStar: 1 or 1 + 16k (default: the model's)")
+    mem.add_argument("--num-images", type=int, default=1, help="images (InfinityStar: videos) per prompt")
+    mem.add_argument("--text-tokens", type=int, default=None,
+                     help="prompt length to plan with when the model has no tokenizer (released models; default 512)")
+    mem.add_argument("--free-gib", type=float, default=None,
+                     help="free GPU memory in GiB: also print what --offload auto would pick")
+    mem.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+    _add_sampling_args(mem)
+    _add_memory_args(mem, planning=True)
 
     demo = sub.add_parser("demo", help="the bundled tiny model: a labelled grid without | with VPG (offline)")
     demo.add_argument("--out", default="vpg_demo.png")
@@ -112,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: --text-encoder's)")
     conv.add_argument("--config", default=None, help="JSON with the official constructor args / settings")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    conv.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
+                      help="store the transformer quantized: int8 (TorchAO) or nf4 (bitsandbytes, CUDA); "
+                           "fp8 is applied at load time (vpg generate --quantization fp8)")
     conv.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
 
     from .evaluation.cli import add_eval_parser
@@ -219,20 +254,11 @@ def _check_generate_args(kind: str, args: argparse.Namespace, out: Path) -> None
                              f"with --out {out.with_suffix('.mp4').name}")
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from .visual import comparison_grid
-
-    out = Path(args.out)
-    kind = pipeline_class_name(args.model)
-    _check_generate_args(kind, args, out)
-    device = _device(args.device)
-    gpu_dtype = torch.bfloat16 if kind == "VPGInfinityStarPipeline" else torch.float16
-    dtype = DTYPES[args.dtype] if args.dtype else (gpu_dtype if device.type == "cuda" else None)
-    pipe = load_pipeline(args.model, args.vae, args.config, dtype).to(device)
+def _call_options(kind: str, args: argparse.Namespace, as_video: bool) -> tuple[list, dict]:
+    """The prompts and the other call arguments the flags give (``None`` flags left to the pipeline)."""
     video = kind == "VPGInfinityStarPipeline"
     text = kind != "VPGVARPipeline"
     prompts = [p if text or not p.strip().isdigit() else int(p) for p in args.prompt]
-    count = len(prompts) * args.num_images
     options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p,
                "igg_scale": args.igg_scale, "ssg_scale": args.ssg_scale,
                "entropy_temperature": args.entropy_temperature or None,
@@ -242,13 +268,49 @@ def _generate(args: argparse.Namespace) -> None:
     if text:
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
     if video:
-        as_video = out.suffix.lower() in VIDEO_SUFFIXES
         options |= {"num_frames": args.num_frames if args.num_frames or as_video else 1,
                     "num_videos_per_prompt": args.num_images}
     else:
         options["num_images_per_prompt"] = args.num_images
-    kwargs = {k: v for k, v in options.items() if v is not None}
+    return prompts, {k: v for k, v in options.items() if v is not None}
+
+
+def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> None:
+    """``--quantization`` then ``--offload`` (``auto``: planned against the free GPU memory)."""
+    from .memory.offload import apply_offload
+    from .memory.quantization import apply_quantization, check_quantization
+
+    check_quantization(args.quantization)
+    if args.offload == "auto" and device.type == "cuda":
+        from .memory.choose import fit_to_memory
+        from .memory.report import gib
+
+        apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
+        fixed = None if args.quantization is None else ("none",)
+        choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
+        verdict = "fits" if choice.fits else "does NOT fit (the smallest plan)"
+        print(f"memory: planned peak {gib(choice.peak)} {verdict}: quantization {choice.quantization}, "
+              f"offload {choice.offload}")
+        return
+    apply_quantization(pipe, args.quantization)
+    apply_offload(pipe, "none" if args.offload == "auto" else args.offload, device)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .visual import comparison_grid
+
+    out = Path(args.out)
+    kind = pipeline_class_name(args.model)
+    _check_generate_args(kind, args, out)
+    device = _device(args.device)
+    gpu_dtype = torch.bfloat16 if kind == "VPGInfinityStarPipeline" else torch.float16
+    dtype = DTYPES[args.dtype] if args.dtype else (gpu_dtype if device.type == "cuda" else None)
+    pipe = load_pipeline(args.model, args.vae, args.config, dtype)
+    video = kind == "VPGInfinityStarPipeline"
+    prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES)
+    count = len(prompts) * args.num_images
     vpg = _vpg_settings(pipe, args)
+    _place(pipe, args, device, {"prompt": prompts, **kwargs, **vpg})
 
     def run(**extra) -> list:
         generators = [torch.Generator().manual_seed(args.seed + i) for i in range(count)]
@@ -324,18 +386,78 @@ def _convert(args: argparse.Namespace) -> None:
         _check_source(name, value)
     cfg = _read_json(args.config, "--config")
     dtype = DTYPES[args.dtype]
+    from .memory.quantization import check_quantization
+
+    quantization = None if args.quantization == "none" else args.quantization
+    check_quantization(quantization)
     if args.var:
         from .pipelines.pipeline_vpg_var import VPGVARPipeline
 
-        pipe = VPGVARPipeline.from_official(args.var, args.vae, config=cfg, torch_dtype=dtype)
+        pipe = VPGVARPipeline.from_official(args.var, args.vae, config=cfg, torch_dtype=dtype,
+                                            quantization=quantization)
     else:
         cls = _pipeline_class("VPGInfinityPipeline" if args.infinity else "VPGInfinityStarPipeline")
         pipe = cls.from_official(source, args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
-                                 config=cfg, torch_dtype=dtype)
+                                 config=cfg, torch_dtype=dtype, quantization=quantization)
     _save_atomically(pipe, out)
     if text and pipe.text_encoder is None:
         print("note: no --text-encoder: the folder generates from prompt_embeds only (not from `vpg generate`)")
     print(f"wrote {out}")
+
+
+def _released_names() -> list[str]:
+    from .memory.released import RELEASED
+
+    return list(RELEASED)
+
+
+def _memory(args: argparse.Namespace) -> None:
+    """``vpg memory``: the planner's report for the call ``vpg generate`` would make with the same flags."""
+    from .memory.released import RELEASED, released_pipeline
+
+    quantization = args.quantization
+    if args.model in RELEASED:
+        pipe = released_pipeline(args.model)
+        kind = type(pipe).__name__
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if kind == "VPGInfinityStarPipeline"
+                                                       else torch.float16)
+        sizes = next(iter(RELEASED[args.model].sizes.values()))
+        for flag in ("height", "width", "num_frames"):
+            if flag in sizes and getattr(args, flag) is None:
+                setattr(args, flag, sizes[flag])
+    elif Path(args.model).is_dir() and (Path(args.model) / "model_index.json").exists():
+        from .memory.empty import empty_pipeline_from_folder
+
+        if args.vae is not None or args.config is not None:
+            raise ValueError("--vae and --config go with an official .pth --model, not with a pipeline folder")
+        pipe = empty_pipeline_from_folder(args.model)
+        kind = type(pipe).__name__
+        quantization = quantization or pipe._planned_quantization
+        dtype = DTYPES[args.dtype] if args.dtype else None
+    else:
+        kind = pipeline_class_name(args.model)
+        dtype = DTYPES[args.dtype] if args.dtype else None
+        pipe = load_pipeline(args.model, args.vae, args.config, dtype)
+    if args.prompt is None:
+        args.prompt = ["0" if kind == "VPGVARPipeline" else "a photo"]
+    if args.model == "demo" and args.prompt == ["0"]:
+        args.prompt = ["plant"]
+    prompts, kwargs = _call_options(kind, args, as_video=kind == "VPGInfinityStarPipeline")
+    call = {"prompt": prompts, **kwargs, **_vpg_settings(pipe, args)}
+    estimate = pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=args.text_tokens, **call)
+    print(estimate)
+    if args.free_gib is not None:
+        from .memory.choose import choose_savers
+        from .memory.report import gib
+
+        free = int(args.free_gib * 1024**3)
+        fixed = None if quantization is None else (quantization,)
+        choice = choose_savers(pipe, free, quantizations=fixed, dtype=dtype, text_tokens=args.text_tokens, **call)
+        verdict = "fits" if choice.fits else "does NOT fit; the smallest plan"
+        print(f"auto for {gib(free)} free: quantization {choice.quantization}, offload {choice.offload}, "
+              f"planned peak {gib(choice.peak)} ({verdict})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -355,7 +477,8 @@ def _eval(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": _generate, "convert": _convert, "demo": _demo, "eval": _eval}[args.command](args)
+        commands = {"generate": _generate, "convert": _convert, "demo": _demo, "memory": _memory, "eval": _eval}
+        commands[args.command](args)
     except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"vpg {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..sampling.kv_cache import KVCache
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that casts its input to its own weight dtype when it runs.
+
+    The cast happens inside the layer's ``forward``, after diffusers' hooks have run: under
+    ``enable_layerwise_casting`` the weight is then in the *compute* dtype (reading
+    ``layer.weight.dtype`` from the parent would give the fp8 *storage* dtype), and a bf16 model keeps
+    its float32 residual stream (as the official code does under autocast). A no-op when the dtypes
+    already agree.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
 
 
 def step_causal_mask(token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -16,6 +16,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
+from ..memory.offload import release_offloaded
 from ..models.infinity.adapter import InfinityAdapter, InfinityState
 from ..models.infinity.bsq_vae import InfinityBSQVAE
 from ..models.infinity.schedules import InfinitySchedule, schedule_for_size, schedule_from_template
@@ -33,7 +35,7 @@ DEFAULT_SIZE = 1024
 """Released models sample the 1:1 "1M" schedule (1024 x 1024) by default."""
 
 
-class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
+class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
     r"""Text-to-image generation with Infinity and Visual Prefix Guidance.
 
     Components:
@@ -46,6 +48,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (bit codes); small: stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
@@ -435,6 +438,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         if output_type == "latent":
             images = state.latents.squeeze(2)
         else:
+            release_offloaded(self, self.transformer)  # model offload: the VAE decodes alone
             decoded = adapter.decode(state)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()
@@ -471,6 +475,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         tokenizer: Any = None,
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> VPGInfinityPipeline:
         """Build the pipeline from the released files (``infinity_2b_reg.pth`` + ``infinity_vae_d32reg.pth``,
         or the 8B shard folder + ``infinity_vae_d56_f8_14_patchify.pth``).
@@ -488,11 +493,16 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
                 the weights. With top-level ``h_div_w_template`` and ``pn`` it also sets the default
                 output size.
             torch_dtype: cast the transformer and the VAE (and a text encoder loaded from a path).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
         from ..loading.infinity import load_official_infinity
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         transformer, vae = load_official_infinity(transformer_checkpoint, vae_checkpoint, config=config,
                                                   torch_dtype=torch_dtype)
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         if isinstance(tokenizer, str) or (tokenizer is None and isinstance(text_encoder, str)):
             from transformers import AutoTokenizer
 

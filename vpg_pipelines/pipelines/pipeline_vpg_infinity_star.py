@@ -20,6 +20,7 @@ from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
 from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
 from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
 from ..models.infinity_star.schedules import StepPlan, plan_steps
@@ -51,7 +52,7 @@ class InfinityStarPipelineOutput(BaseOutput):
 
 
 
-class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
+class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
 
     Components:
@@ -67,6 +68,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codes); stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents", "logits"]
 
@@ -498,6 +500,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         if output_type == "latent":
             frames = latents
         else:
+            self._release(self.transformer)  # model offload: the VAE decodes alone
             video = self.decode_latents(latents)
             frames = self.video_processor.postprocess_video(video, output_type=output_type)
         self.maybe_free_model_hooks()
@@ -536,6 +539,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         tokenizer: Any = None,
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> VPGInfinityStarPipeline:
         """Build the pipeline from the released files.
 
@@ -551,13 +555,17 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
                 "vae_block_out_channels": [...], "text_maxlen": 512}`` (the parity fixtures'
                 ``config.json`` format); sizes are read off the weights and checked against it.
             torch_dtype: cast the transformer and text encoder (the VAE stays float32, as officially).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
         """
         from ..loading.infinity_star import (
             RELEASED_720P,
             load_infinity_star_transformer,
             load_infinity_star_vae,
         )
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         config = dict(config or {})
         unknown = set(config) - {"args", "model", "vae_block_out_channels", "text_maxlen", "scale_schedule",
                                  "first_full_spatial_size_scale_index", "tau_list", "h_div_w_template"}
@@ -570,6 +578,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
             text_maxlen=int(config.get("text_maxlen", RELEASED_720P["text_maxlen"])), torch_dtype=torch_dtype,
         )
         _check_transformer_size(transformer, config.get("model"), overrides.get("text_channels"))
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         vae = load_infinity_star_vae(_resolve_checkpoint(vae_checkpoint),
                                      detail_scale_min_tokens=args["detail_scale_min_tokens"])
         channels = config.get("vae_block_out_channels")

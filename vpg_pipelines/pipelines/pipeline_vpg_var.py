@@ -17,6 +17,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from ..guidance.base import GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..memory.mixin import MemoryPlanningMixin
+from ..memory.offload import release_offloaded
 from ..models.var.adapter import VARAdapter
 from ..models.var.transformer import VARTransformer
 from ..models.var.vqvae import VARVQVAE
@@ -36,7 +38,7 @@ def imagenet_id2label() -> dict[str, str]:
     return json.loads(text)
 
 
-class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
+class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
     r"""Class-conditional image generation with VAR and Visual Prefix Guidance.
 
     Components:
@@ -47,6 +49,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->vae"
+    _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codebook); small: stays on the device
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: VARTransformer, vae: VARVQVAE, id2label: dict | None = None) -> None:
@@ -273,7 +276,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         adapter = VARAdapter(self.transformer, self.vae)
         state = adapter.prepare(
             labels, with_null=guidance.chain.uses_conditions(scales, len(scales)), device=device,
-            dtype=self.transformer.dtype,
+            dtype=self.vae.dtype,
             top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth,
         )
 
@@ -293,6 +296,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         if output_type == "latent":
             images = state.latents
         else:
+            release_offloaded(self, self.transformer)  # model offload: the VAE decodes alone
             decoded = adapter.decode(state)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()
@@ -309,6 +313,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
         id2label: dict | None = None,
+        quantization: str | None = None,
     ) -> VPGVARPipeline:
         """Build the pipeline from the released ``var_d*.pth`` and ``vae_ch160v4096z32.pth`` files.
 
@@ -318,8 +323,13 @@ class VPGVARPipeline(GuidanceStrengthsMixin, DiffusionPipeline):
             config: optional ``{"vqvae": {...}, "var": {...}}`` with the official constructor
                 arguments (needed for non-standard sizes); inferred from the weights otherwise.
             torch_dtype: cast the models (e.g. ``torch.float16``).
+            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
+                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
         from ..loading.var import load_official_var
+        from ..memory.quantization import check_quantization, quantize_transformer
 
+        check_quantization(quantization)
         transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
+        transformer = quantize_transformer(transformer, quantization, torch_dtype)
         return cls(transformer=transformer, vae=vae, id2label=id2label)

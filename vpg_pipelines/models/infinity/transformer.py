@@ -9,7 +9,7 @@ rebuild instead of storing (:data:`DERIVED_KEYS`); the official loader's other t
 One ``forward`` serves teacher forcing (all scales, block-causal), cached sampling (one scale per
 call) and VPG's corrupted branch (per-row RoPE position ids, several scales block-causally). Text is
 prepared once per call by :meth:`InfinityTransformer.encode_text` (attention pool, cross-attention
-memory), decorated so that offload hooks fire.
+memory), which runs through ``forward`` so that every offload hook fires.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ...sampling.adapter import HiddenHook
 from ...sampling.kv_cache import KVCache
-from ..layers import cached_attention, step_causal_mask
+from ..layers import Linear, cached_attention, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
 
 DERIVED_KEYS = re.compile(r"(^|\.)zero_k_bias$")
@@ -36,14 +35,6 @@ DERIVED_KEYS = re.compile(r"(^|\.)zero_k_bias$")
 
 MAX_SCALE_MUL = math.log(100.0)
 NUM_LEVELS = 15
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` that casts its input to the weight dtype (a bf16 model keeps a float32 residual
-    stream, as the official code does under autocast)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype))
 
 
 class LayerNorm(nn.LayerNorm):
@@ -233,7 +224,7 @@ class CrossAttention(nn.Module):
         kv = (self.mat_kv(memory) + bias)[cond_index]
         kv = kv.view(rows, kv.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        q = self.mat_q(x).view(rows, n, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self.mat_q(x).view(rows, n, self.num_heads, self.head_dim).transpose(1, 2).to(k.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[cond_index][:, None, None, :],
                                              scale=1 / math.sqrt(self.head_dim))
         return self.proj(out.transpose(1, 2).reshape(rows, n, dim))
@@ -399,7 +390,6 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
                 yield from chunk.module
 
     # -- text --------------------------------------------------------------------------------------
-    @apply_forward_hook
     def encode_text(
         self,
         text_features: torch.Tensor,
@@ -410,7 +400,15 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
 
         With ``null_rows`` a null row follows the real rows for every prompt: the first ``len_i``
         rows of the learned ``cfg_uncond`` (the null text is as long as the prompt).
+
+        Runs through ``forward`` (``self(text=...)``), so every offload hook fires: accelerate's, and
+        diffusers' group offloading, which loads the text layers with the model's top-level group.
         """
+        return self(text=(text_features, text_lens, null_rows))
+
+    def _encode_text(
+        self, text_features: torch.Tensor, text_lens: Sequence[int] | torch.Tensor, null_rows: bool
+    ) -> InfinityCondition:
         lens = torch.as_tensor(text_lens, dtype=torch.long).cpu()
         if lens.dim() != 1 or lens.numel() == 0 or int(lens.min()) < 1:
             raise ValueError(f"`text_lens` must be a non-empty list of positive lengths, got {lens.tolist()}")
@@ -439,10 +437,10 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
     # -- transformer -------------------------------------------------------------------------------
     def forward(
         self,
-        condition: InfinityCondition,
-        content: torch.Tensor | None,
-        position_ids: torch.Tensor,
-        scale_ids: torch.Tensor,
+        condition: InfinityCondition | None = None,
+        content: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        scale_ids: torch.Tensor | None = None,
         cond_index: torch.Tensor | None = None,
         include_start: bool = False,
         token_steps: torch.Tensor | None = None,
@@ -450,7 +448,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         store_kv: bool = True,
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
-    ) -> torch.Tensor:
+        text: tuple | None = None,
+    ) -> torch.Tensor | InfinityCondition:
         """Bitwise logits ``(R, N or last_tokens, 2 * bits_per_site)`` float32 (pairs bit=0, bit=1).
 
         Args:
@@ -464,7 +463,12 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             kv_cache: cache to attend to and extend (``store_kv``); ``None`` attends to the tokens only.
             hidden_hook: ``hook(block_index, hidden)`` after every block (CFG at a hidden layer).
             last_tokens: return only the logits of the last ``n`` tokens.
+            text: ``(text_features, text_lens, null_rows)``: return :meth:`encode_text`'s condition instead.
         """
+        if text is not None:
+            return self._encode_text(*text)
+        if condition is None or position_ids is None or scale_ids is None:
+            raise ValueError("pass `condition`, `position_ids` and `scale_ids` (or `text` to encode a prompt)")
         if cond_index is None:
             cond_index = torch.arange(condition.rows, device=position_ids.device)
         cond_index = cond_index.to(condition.pooled.device)

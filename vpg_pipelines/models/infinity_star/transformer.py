@@ -20,6 +20,7 @@ from torch import nn
 
 from ...sampling.adapter import HiddenHook
 from ...sampling.kv_cache import KVCache
+from ..layers import Linear
 
 HEADS = ("semantic", "detail", "none")
 ROPE_AXES = 4
@@ -78,10 +79,10 @@ class StarAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
-        self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
+        self.q_proj = Linear(dim, num_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(dim, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(dim, num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(num_heads * self.head_dim, dim, bias=bias)
         self.q_norm = FastRMSNorm(self.head_dim)
         self.k_norm = FastRMSNorm(self.head_dim)
 
@@ -114,9 +115,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_proj = Linear(dim, hidden, bias=False)
+        self.up_proj = Linear(dim, hidden, bias=False)
+        self.down_proj = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -196,9 +197,9 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"`depth` ({depth}) must be divisible by `num_block_chunks` ({num_block_chunks})")
         dim = embed_dim
         self.cfg_uncond = nn.Parameter(torch.zeros(null_text_len, text_channels))
-        self.text_proj = nn.Linear(text_channels, dim)
+        self.text_proj = Linear(text_channels, dim)
         self.sos_token = nn.Parameter(torch.zeros(1, 1, dim))  # unused at inference (the start input is a zero code)
-        self.word_embed = nn.Linear(vae_channels, dim)
+        self.word_embed = Linear(vae_channels, dim)
         self.norm_hidden_sates = FastRMSNorm(dim)  # (sic) the official name
         blocks = [StarBlock(dim, num_heads, num_key_value_heads, mlp_ratio, qkvo_bias) for _ in range(depth)]
         if num_block_chunks == 1:
@@ -207,9 +208,9 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
             per = depth // num_block_chunks
             chunks = [BlockChunk(blocks[i * per : (i + 1) * per]) for i in range(num_block_chunks)]
             self.block_chunks = nn.ModuleList(chunks)
-        self.head = nn.Linear(dim, detail_bits * num_of_label_value)
+        self.head = Linear(dim, detail_bits * num_of_label_value)
         if two_stage:
-            self.semantic_head2 = nn.Linear(dim, semantic_bits * num_of_label_value)
+            self.semantic_head2 = Linear(dim, semantic_bits * num_of_label_value)
 
     @property
     def head_dim(self) -> int:
@@ -234,7 +235,7 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         rows, length, _ = text_features.shape
         if length > self.config.null_text_len and null_text is not None and bool(null_text.any()):
             raise ValueError(f"text of {length} tokens is longer than the null text ({self.config.null_text_len})")
-        feats = text_features.to(self.text_proj.weight.dtype)
+        feats = text_features.to(self.cfg_uncond.dtype)
         if null_text is not None:
             null = self.cfg_uncond[:length].to(feats)[None].expand(rows, -1, -1)
             feats = torch.where(null_text.to(feats.device)[:, None, None], null, feats)
@@ -282,7 +283,7 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
         else:
             if inputs is None or position_ids is None:
                 raise ValueError("pass either `text_features` or `inputs` with `position_ids`")
-            x = self.word_embed(inputs.to(self.word_embed.weight.dtype))
+            x = self.word_embed(inputs)
         if position_ids.shape != (*x.shape[:2], ROPE_AXES):
             raise ValueError(f"`position_ids` must be {(*x.shape[:2], ROPE_AXES)}, got {tuple(position_ids.shape)}")
         rope = rope_angles(position_ids, self.head_dim, self.config.rope_base)
@@ -298,4 +299,4 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
             raise ValueError("this model has no semantic head (`two_stage=False`)")
         x = self.norm_hidden_sates(x)
         proj = self.semantic_head2 if head == "semantic" else self.head
-        return proj(x.to(proj.weight.dtype)).float()
+        return proj(x).float()

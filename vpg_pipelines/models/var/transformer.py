@@ -21,7 +21,7 @@ from torch import nn
 
 from ...sampling.adapter import HiddenHook
 from ...sampling.kv_cache import KVCache
-from ..layers import cached_attention, step_causal_mask
+from ..layers import Linear, cached_attention, step_causal_mask
 
 DERIVED_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 """Keys of the official files that hold no learned values (rebuilt from the config)."""
@@ -41,10 +41,10 @@ class VARAttention(nn.Module):
         self.l2_norm = l2_norm
         if l2_norm:
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
-        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.mat_qkv = Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(
         self,
@@ -72,8 +72,8 @@ class VARAttention(nn.Module):
 class VARFeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -91,7 +91,7 @@ class VARBlock(nn.Module):
         if shared_aln:
             self.ada_gss = nn.Parameter(torch.zeros(1, 1, 6, dim))
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(
         self,
@@ -119,14 +119,14 @@ class VARHeadNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1]).unbind(2)
         return _layer_norm(x, self.eps) * (scale + 1) + shift
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     """Linear to 6C viewed as (R, 1, 6, C): the shared AdaLN modulation of VAR-d36."""
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"`patch_nums` must start with 1 (a single start token), got {list(patch_nums)}")
         dim = embed_dim
         self.num_sites = sum(p * p for p in patch_nums)
-        self.word_embed = nn.Linear(vae_channels, dim)
+        self.word_embed = Linear(vae_channels, dim)
         self.class_emb = nn.Embedding(num_classes + 1, dim)  # last row: the null class
         self.pos_start = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_1LC = nn.Parameter(torch.zeros(1, self.num_sites, dim))
@@ -176,7 +176,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
             [VARBlock(dim, num_heads, mlp_ratio, shared_aln, attn_l2_norm, norm_eps) for _ in range(depth)]
         )
         self.head_nm = VARHeadNorm(dim, norm_eps)
-        self.head = nn.Linear(dim, vocab_size)
+        self.head = Linear(dim, vocab_size)
         site_scale = torch.cat([torch.full((p * p,), i, dtype=torch.long) for i, p in enumerate(patch_nums)])
         self.register_buffer("site_scale", site_scale, persistent=False)
 
@@ -222,7 +222,7 @@ class VARTransformer(ModelMixin, ConfigMixin):
         if include_start:
             parts.append(cond[:, None] + self.pos_start)
         if content is not None:
-            parts.append(self.word_embed(content.to(self.word_embed.weight.dtype)))
+            parts.append(self.word_embed(content))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         token_scale = self.site_scale[position_ids[0]]
         x = x + (self.lvl_embed(token_scale)[None] + self.pos_1LC[0, position_ids])

@@ -1,0 +1,139 @@
+"""GPU memory for the node pack: the loader's ``quantization`` / ``offload`` choices and the sampler's
+planned peak, with a readable refusal when a run cannot fit. No ComfyUI imports (``nodes.py`` passes in
+ComfyUI's free-memory figure and does the loading / freeing through ``comfy.model_management``).
+
+``auto`` quantization (loader) plans the model's default call (its default size, one sample, its
+default VPG) against the free memory at load time and quantizes only when no offload mode fits
+without it (``vpg_pipelines.memory.choose``). ``auto`` offload (sampler) plans the actual call and takes
+the least costly offload mode that fits; the mode is applied on the first run and kept for the loaded
+model (leaving accelerate's sequential offload cannot restore the weights), so a later run that needs
+another mode is refused with the option to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vpg_pipelines.memory import OFFLOAD_MODES
+from vpg_pipelines.memory.choose import CANDIDATES, choose_savers, usable
+from vpg_pipelines.memory.planner import MemoryEstimate
+from vpg_pipelines.memory.report import gib
+
+from .core import VPGNodeError
+
+QUANTIZATION_CHOICES = ("auto", "none", "int8", "nf4", "fp8")
+OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
+
+
+class VPGMemoryError(VPGNodeError):
+    """A run that cannot fit; the message names what would make it fit."""
+
+
+def default_call(pipeline: Any) -> dict[str, Any]:
+    """The call a loader plans with: one sample of the model's first class / a short prompt, its defaults."""
+    name = type(pipeline).__name__
+    if name == "VPGVARPipeline":
+        return {"class_labels": [0]}
+    return {"prompt": "a photo of a fox in the snow"}
+
+
+def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
+    """The quantization the loader applies for ``choice`` (``auto``: planned; ``None`` free bytes: a CPU,
+    where nothing is planned and the weights stay as loaded)."""
+    if choice not in QUANTIZATION_CHOICES:
+        raise VPGMemoryError(f"VPG Load Model: `quantization` must be one of {QUANTIZATION_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        if choice == "nf4" and not cuda:
+            raise VPGMemoryError("VPG Load Model: `quantization` nf4 (bitsandbytes) needs a CUDA GPU; "
+                                 "use int8 or fp8")
+        return choice
+    if free_bytes is None:
+        return "none"
+    allowed = ("none", "int8", "nf4") if cuda else ("none", "int8")
+    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(pipeline)).quantization
+
+
+def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
+    """Decide (:func:`loader_quantization`) and apply the loader's quantization; returns what was applied."""
+    from vpg_pipelines.memory.quantization import apply_quantization
+
+    quantization = loader_quantization(pipeline, choice, free_bytes, cuda)
+    dtype = pipeline.transformer.dtype
+    apply_quantization(pipeline, quantization, torch.bfloat16 if quantization == "fp8" and dtype == torch.float32
+                       else dtype)
+    return quantization
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the sampler will run with: the offload mode, its planned peak and the free memory it fits in."""
+
+    offload: str
+    peak: int
+    free: int
+    estimate: MemoryEstimate
+
+    def describe(self) -> str:
+        p = self.estimate.plans[self.offload].peak
+        return (f"planned GPU peak {gib(self.peak)} of {gib(self.free)} free (offload {self.offload}; "
+                f"at {p.name}: weights {gib(p.weights)} + K/V cache {gib(p.kv)} + activations {gib(p.activations)})")
+
+
+def _alternatives(model: Any, call: dict[str, Any], budget: int, applied: str | None) -> list[str]:
+    """Readable changes that would make the run fit, cheapest first."""
+    pipe = model.pipeline
+    tips = []
+    estimate = pipe.estimate_memory(**call)
+    for offload in OFFLOAD_MODES:
+        if offload != applied and estimate.peak(offload) <= budget:
+            where = "VPG Load Model (reload)" if applied is not None else "VPG Load Model"
+            tips.append(f"`offload` {offload} in {where} (planned {gib(estimate.peak(offload))})")
+            break
+    current = estimate.settings["quantization"]
+    if current == "none":
+        for quantization, offload in CANDIDATES:
+            if quantization == "none" or (applied is not None and offload != applied):
+                continue
+            if quantization == "nf4" and not torch.cuda.is_available():
+                continue
+            peak = pipe.estimate_memory(quantization=quantization, **call).peak(offload)
+            if peak <= budget:
+                tips.append(f"`quantization` {quantization} with `offload` {offload} in VPG Load Model "
+                            f"(planned {gib(peak)})")
+                break
+    prefix = call.get("vpg_scales")
+    if call.get("vpg_scale", 1.0) != 1.0 and prefix == "all":
+        lighter = pipe.estimate_memory(**{**call, "vpg_scales": "semantic"})
+        mode = applied or "none"
+        if lighter.peak(mode) <= budget:
+            tips.append(f"`scales` semantic in VPG Prefix Guidance (planned {gib(lighter.peak(mode))})")
+    return tips
+
+
+def plan_run(model: Any, call: dict[str, Any], free_bytes: int, node: str) -> RunPlan:
+    """The offload mode and planned peak of ``pipe(**call)`` for ``model`` (a ``VPGModel``) in ``free_bytes``.
+
+    ``model.offload`` is the loader's choice; ``model.pipeline._vpg_offload`` the mode already applied
+    (kept once applied). Raises :class:`VPGMemoryError` naming what would fit when nothing does.
+    """
+    pipe = model.pipeline
+    applied = getattr(pipe, "_vpg_offload", None)
+    budget = usable(free_bytes)
+    if applied is not None or model.offload != "auto":
+        offload = applied or model.offload
+        estimate = pipe.estimate_memory(**call)
+        peak = estimate.peak(offload)
+    else:
+        choice = choose_savers(pipe, free_bytes, quantizations=("none",), **call)
+        offload, peak, estimate = choice.offload, choice.peak, choice.estimate
+    if peak > budget:
+        tips = _alternatives(model, call, budget, applied)
+        advice = ("To make it fit, set " + "; or ".join(tips) + ".") if tips else (
+            "Nothing the planner knows fits: lower `batch_size` or the size, or free GPU memory.")
+        raise VPGMemoryError(
+            f"{node}: this run needs about {gib(peak)} of GPU memory (offload {offload}) but {gib(free_bytes)} "
+            f"are free (a margin of {gib(free_bytes - budget)} is kept). {advice}")
+    return RunPlan(offload, peak, free_bytes, estimate)

@@ -1,0 +1,55 @@
+"""Memory planning and memory savers for the VPG pipelines.
+
+``estimate_memory(pipe, **call_kwargs)`` (also ``pipe.estimate_memory(...)``) plans the accelerator
+memory of one ``pipe(...)`` call before it runs: weights per component, the K/V cache step by step
+(exact), activations (meta-device replays), decoding and the prompt encoder, and the peak under each
+offload mode. See ``docs/memory.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .planner import OFFLOAD_MODES, MemoryEstimate, OffloadPlan, Phase, build_estimate
+from .weights import QUANTIZATIONS, WeightLayout, weight_layout
+
+__all__ = [
+    "OFFLOAD_MODES",
+    "QUANTIZATIONS",
+    "MemoryEstimate",
+    "OffloadPlan",
+    "Phase",
+    "WeightLayout",
+    "estimate_memory",
+    "weight_layout",
+]
+
+
+def estimate_memory(
+    pipe: Any,
+    *,
+    dtype: torch.dtype | None = None,
+    quantization: str | None = None,
+    text_tokens: int | None = None,
+    stream: bool = True,
+    **call_kwargs: Any,
+) -> MemoryEstimate:
+    """Plan the accelerator memory of ``pipe(**call_kwargs)`` without running it.
+
+    Args:
+        pipe: a ``VPGVARPipeline``, ``VPGInfinityPipeline`` or ``VPGInfinityStarPipeline`` (real, quantized
+            or empty meta weights, e.g. :func:`~.released.released_pipeline`).
+        dtype: plan for this compute dtype instead of the pipeline's (weights cast to it).
+        quantization: plan the transformer's weights in this format (:data:`QUANTIZATIONS`) instead of
+            what they hold now.
+        text_tokens: prompt length to plan with when the pipeline has no tokenizer (default: the
+            model's maximum, 512).
+        stream: group offloading with CUDA streams (two blocks resident instead of one).
+        **call_kwargs: the arguments of the call, checked like the call checks them.
+    """
+    from .calls import plan_inputs
+
+    return build_estimate(plan_inputs(pipe, call_kwargs, dtype=dtype, quantization=quantization,
+                                      text_tokens=text_tokens, stream=stream))

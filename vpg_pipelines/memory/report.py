@@ -1,0 +1,37 @@
+"""Text rendering of a :class:`~.planner.MemoryEstimate` (``print(pipe.estimate_memory(...))``, ``vpg memory``)."""
+
+from __future__ import annotations
+
+from .planner import OFFLOAD_MODES, MemoryEstimate
+
+GIB = 1024**3
+
+
+def gib(nbytes: int) -> str:
+    """``12.34 GiB``, or ``56.7 MiB`` below 1 GiB."""
+    if nbytes >= GIB:
+        return f"{nbytes / GIB:.2f} GiB"
+    return f"{nbytes / 1024**2:.1f} MiB"
+
+
+def format_estimate(estimate: MemoryEstimate) -> str:
+    """A readable summary: settings, per-component figures, then the peak per offload mode."""
+    s = estimate.settings
+    lines = ["planned accelerator memory (GiB = 2^30 bytes, MiB = 2^20)",
+             "  " + ", ".join(f"{k} {v}" for k, v in s.items())]
+    for name, nbytes in estimate.weights.items():
+        lines.append(f"  weights  {name:<13} {gib(nbytes):>12}")
+    kv_step = estimate.kv_peak_step
+    lines.append(f"  K/V cache peak          {gib(estimate.kv_peak):>12}  (step {kv_step})")
+    step = estimate.largest_step
+    lines.append(f"  activations, largest    {gib(estimate.activations[step]):>12}  (step {step})")
+    if estimate.text_encoder is not None:
+        lines.append(f"  text encoder (activ.)   {gib(estimate.text_encoder):>12}")
+    lines.append(f"  decode (activations)    {gib(estimate.decode):>12}")
+    lines.append("  offload      peak        at")
+    for mode in OFFLOAD_MODES:
+        peak = estimate.plans[mode].peak
+        parts = f"weights {gib(peak.weights)} + K/V {gib(peak.kv)} + activations {gib(peak.activations)}"
+        lines.append(f"  {mode:<11} {gib(peak.total):>10}  {peak.name} ({parts})")
+    lines.extend(f"  note: {n}" for n in estimate.notes)
+    return "\n".join(lines)
