@@ -115,6 +115,29 @@ def test_kv_cache_plan_equals_what_the_sampler_allocates(kind, layout, demo, inf
     assert ("resample" in events) == (layout == "vpg resample")
 
 
+@pytest.mark.parametrize("case", ["igg replaces cfg", "vpg from guiders, first half"])
+def test_kv_cache_plan_follows_the_calls_guidance_chain(case, demo, monkeypatch):
+    """The planner builds the call's whole chain: IGG with CFG off still needs the null rows, and a
+    ``guiders=[PrefixGuidance(..., stop=0.5)]`` term guides the first half of the steps only."""
+    from vpg_pipelines.guidance.prefix import PrefixGuidance
+
+    kwargs = {"prompt": ["plant", "flag"], "output_type": "pt"}
+    if case == "igg replaces cfg":
+        kwargs |= {"guidance_scale": 0.0, "igg_scale": 1.0, "vpg_scale": 1.0}
+    else:
+        kwargs |= {"guidance_scale": 3.0, "guiders": [PrefixGuidance(1.5, stop=0.5)]}
+    kwargs = _with_generators(demo, kwargs)
+    estimate = demo.estimate_memory(**kwargs)
+    trace = SamplerTrace()
+    probe_call(demo, monkeypatch, trace=trace, **kwargs)
+    assert [s.after for s in estimate.kv] == [trace.cache_bytes[k] for k in sorted(trace.cache_bytes)]
+    rows = [s.rows for s in estimate.kv]
+    if case == "igg replaces cfg":
+        assert set(rows) == {4}  # 2 samples x (real, null)
+    else:
+        assert max(rows) == 8 and rows[-1] == 4 and sorted(trace.corrupted) == [1, 2]
+
+
 def _assert_replay_is_real(replay, forward: Forward, state) -> None:
     """The replay allocates what the real forward allocates, plus the host-built index tensors (scale ids,
     temperatures, condition rows: at most 16 bytes per token and row) that a GPU run copies to the device

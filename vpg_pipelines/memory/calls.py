@@ -118,7 +118,8 @@ def plan_inputs(
     steps, vpg = parts["steps"], parts.pop("vpg")
     guided = guided_steps(steps, vpg)
     replay = parts.pop("replay")
-    timeline = kv_timeline(steps, replay.geometry(), parts["condition_rows"], guided, vpg.refresh,
+    refresh = vpg.refresh if vpg is not None else "persistent"
+    timeline = kv_timeline(steps, replay.geometry(), parts["condition_rows"], guided, refresh,
                            replay.prefix_tokens)
     settings = {
         "model": kind,
@@ -127,13 +128,13 @@ def plan_inputs(
         "batch": parts["batch"],
         "cfg": parts["cfg"],
         "vpg_scales": vpg.scales if guided else "off",
-        "vpg_refresh": vpg.refresh,
+        "vpg_refresh": refresh,
         **parts.pop("describe"),
     }
     return PlanInputs(
         settings=settings, steps=steps, batch=parts["batch"], timeline=timeline, weights=layouts,
         activation=replay.activation, state=replay.state_bytes, vocab=replay.vocab, cfg=parts["cfg"],
-        guided=guided, refresh=vpg.refresh,
+        guided=guided, refresh=refresh,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
         notes=notes,
     )
@@ -154,6 +155,21 @@ def _vae_dtype(pipe: Any, default: torch.dtype) -> torch.dtype:
     return param.dtype if param is not None and param.is_floating_point() else default
 
 
+def _guidance(a: dict, condition, vpg, step_scales: list[int], num_scales: int) -> tuple[bool, Any]:
+    """Whether the call builds null-condition rows, and its prefix term, from the call's whole chain.
+
+    The pipelines build the chain with :class:`~vpg_pipelines.pipelines.guiders.CallGuidance`, so IGG
+    replacing an unset CFG (null rows without CFG) and a ``guiders=[...]`` list are planned as run.
+    """
+    from ..pipelines.guiders import CallGuidance, check_guidance_args
+
+    extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
+             a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
+    check_guidance_args(*extra)
+    chain = CallGuidance(condition, vpg, *extra, step_scales=step_scales).chain
+    return chain.uses_conditions(step_scales, num_scales), chain.prefix_term
+
+
 def _var(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
     from ..models.var.adapter import VARAdapter
 
@@ -163,8 +179,9 @@ def _var(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
     vpg = pipe.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"], a["vpg_scales"])
     batch = len(ids) * a["num_images_per_prompt"]
     num_scales = pipe.num_timesteps
-    cfg = ClassifierFreeGuidance(scale=float(a["guidance_scale"]), schedule="linear").is_active(num_scales)
     steps = VARAdapter(pipe.transformer, pipe.vae).steps(None)
+    cfg, vpg = _guidance(a, ClassifierFreeGuidance(scale=float(a["guidance_scale"]), schedule="linear"), vpg,
+                         list(range(num_scales)), num_scales)
     rows = batch * (2 if cfg else 1)
     replay = VARStepReplay(pipe.transformer, steps, rows, dtype, latent_dtype=vae_dtype)
     side = steps[-1].grid[0]
@@ -200,8 +217,9 @@ def _infinity(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
     batch = prompts * a["num_images_per_prompt"]
     gs = a["guidance_scale"]
     scale = [float(g) for g in gs] if isinstance(gs, (list, tuple)) else float(gs)
-    cfg = ClassifierFreeGuidance(scale=scale, schedule="constant",
-                                 layer=int(a["cfg_insertion_layer"])).is_active(schedule.num_scales)
+    condition = ClassifierFreeGuidance(scale=scale, schedule="constant", layer=int(a["cfg_insertion_layer"]))
+    scales = list(range(schedule.num_scales))
+    cfg, vpg = _guidance(a, condition, vpg, scales, schedule.num_scales)
     tokens = _embed_tokens(embeds, mask)
     if tokens is None:
         negatives = a["negative_prompt"]
@@ -258,7 +276,7 @@ def _infinity_star(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
         term = AdaptiveProjectedGuidance(float(guidance_scale), norm_threshold=float(threshold), eta=0.0)
     else:
         term = ClassifierFreeGuidance(float(guidance_scale), schedule="constant")
-    cfg = term.is_active(len(plan.schedule))
+    cfg, vpg = _guidance(a, term, vpg, [s.scale for s in plan.steps], len(plan.schedule))
     batch = prompts * a["num_videos_per_prompt"]
     tokens = _embed_tokens(embeds, a["prompt_attention_mask"])
     if tokens is None:

@@ -93,13 +93,8 @@ class KVStep:
 
 
 def guided_steps(steps: Sequence[ScaleStep], vpg: PrefixGuidance | None) -> set[int]:
-    """Indices of the steps the sampler guides with VPG (``next_scale._Run`` rule)."""
-    if vpg is None or vpg.is_noop:
-        return set()
-    num_scales = steps[-1].scale + 1
-    semantic = {s.scale for s in steps if s.semantic}
-    scales = vpg.guided_scales(num_scales, semantic)
-    return {s.index for s in steps if s.corruptible and s.scale in scales}
+    """Indices of the steps the sampler guides with VPG (the prefix term's own rule, as ``next_scale`` uses it)."""
+    return set() if vpg is None else vpg.guided_steps(steps, steps[-1].scale + 1)
 
 
 def kv_timeline(
