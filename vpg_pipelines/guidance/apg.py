@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm
+from .base import MAX_STRENGTH, NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, strength_ok
 
 SCHEDULES = ("constant", "linear")
 
@@ -68,8 +68,9 @@ class AdaptiveProjectedGuidance(GuidanceTerm):
         if not isinstance(eta, (int, float)) or eta != eta:
             raise ValueError(f"`eta` must be a number, got {eta!r}")
         values = list(scale) if isinstance(scale, Sequence) else [scale]
-        if not values or not all(isinstance(v, (int, float)) and v == v for v in values):
-            raise ValueError(f"`guidance_scale` must be a number or a non-empty list of numbers, got {scale!r}")
+        if not values or not all(strength_ok(v, -MAX_STRENGTH) for v in values):
+            raise ValueError(f"`guidance_scale` must be a number in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] or a "
+                             f"non-empty list of them, got {scale!r}")
         self.scale = scale
         self.norm_threshold = norm_threshold
         self.eta = eta

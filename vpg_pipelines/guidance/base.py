@@ -36,6 +36,21 @@ from diffusers.utils import PushToHubMixin
 if TYPE_CHECKING:
     from ..sampling.adapter import ScaleStep
 
+MAX_STRENGTH = 1e4
+"""The largest guidance strength a term accepts (CFG / APG scale, VPG's ``w``, IGG, SSG).
+
+Guided logits grow linearly with the strength; float32 logits of magnitude ~10-100 overflow to inf and
+sampling fails deep inside ``torch.multinomial`` from about 1e36 on, and nothing useful happens far
+before (the released operating points are 1.3-34). A bound gives a clear error at the argument instead.
+"""
+
+
+def strength_ok(value: Any, low: float = 0.0) -> bool:
+    """A real number (not a bool), finite, in ``[low, MAX_STRENGTH]``."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            and low <= value <= MAX_STRENGTH)
+
+
 GUIDER_CONFIG_NAME = "guider_config.json"
 """The file name diffusers' guiders save their config to (kept, so a folder reads the same way)."""
 

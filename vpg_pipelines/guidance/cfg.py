@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm
+from .base import MAX_STRENGTH, NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, strength_ok
 
 SCHEDULES = ("constant", "linear")
 
@@ -48,8 +48,9 @@ class ClassifierFreeGuidance(GuidanceTerm):
         if isinstance(layer, bool) or not isinstance(layer, int) or layer > 0:
             raise ValueError(f"`layer` must be 0 (logits) or negative (after a block), got {layer}")
         values = list(scale) if isinstance(scale, Sequence) else [scale]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in values):
-            raise ValueError(f"`guidance_scale` must be a number or a non-empty list of numbers, got {scale!r}")
+        if not values or not all(strength_ok(v, -MAX_STRENGTH) for v in values):
+            raise ValueError(f"`guidance_scale` must be a number in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] or a "
+                             f"non-empty list of them, got {scale!r}")
         self.scale = scale
         self.schedule = schedule
         self.layer = layer

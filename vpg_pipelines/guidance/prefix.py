@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_PREFIX, GuidanceStep, GuidanceTerm
+from .base import MAX_STRENGTH, NEEDS_PREFIX, GuidanceStep, GuidanceTerm, strength_ok
 from .corruption import CorruptionPattern, Generators, apply_corruption, draw_pattern
 
 MODES = ("full", "token", "position", "codebook")
@@ -59,8 +59,8 @@ class PrefixGuidance(GuidanceTerm):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ValueError(f"`vpg_scale` must be a number >= 0, got {scale!r}")
+        if not strength_ok(scale):
+            raise ValueError(f"`vpg_scale` must be a number in [0, {MAX_STRENGTH:g}], got {scale!r}")
         if isinstance(corruption, bool) or not isinstance(corruption, (int, float)) or not (
             0.0 <= corruption <= 1.0
         ):

@@ -10,12 +10,11 @@ effect from the next step — as diffusers' pipelines re-read ``self.guidance_sc
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from ..guidance.apg import AdaptiveProjectedGuidance
-from ..guidance.base import GuidanceTerm
+from ..guidance.base import MAX_STRENGTH, GuidanceTerm, strength_ok
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.chain import GuidanceChain
 from ..guidance.igg import InformationGroundingGuidance
@@ -37,8 +36,8 @@ def check_guidance_args(igg_scale: Any, ssg_scale: Any, entropy_temperature: Any
                         entropy_temperature_alpha: Any, entropy_temperature_theta: Any, guiders: Any) -> None:
     """The arguments of the terms beyond CFG and VPG; each error names its argument."""
     if igg_scale is not None:
-        check_number("igg_scale", igg_scale, low=0.0)
-    check_number("ssg_scale", ssg_scale, low=0.0)
+        check_number("igg_scale", igg_scale, low=0.0, high=MAX_STRENGTH)
+    check_number("ssg_scale", ssg_scale, low=0.0, high=MAX_STRENGTH)
     if not isinstance(entropy_temperature, bool):
         raise ValueError(f"`entropy_temperature` must be a bool, got {entropy_temperature!r}")
     check_number("entropy_temperature_t0", entropy_temperature_t0, low=0.0)
@@ -122,14 +121,16 @@ class CallGuidance:
         if condition is not None:
             value = pipe._guidance_scale
             values = value if isinstance(value, (list, tuple)) else [value]
-            if not values or not all(_finite(v) and v >= 0 for v in values):
-                raise ValueError(f"`guidance_scale` set during sampling must be a finite number >= 0, got {value!r}")
+            if not values or not all(strength_ok(v) for v in values):
+                raise ValueError(f"`guidance_scale` set during sampling must be a number in [0, {MAX_STRENGTH:g}], "
+                                 f"got {value!r}")
             condition.scale = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
         prefix = self.own.get("prefix")
         if prefix is not None:
             w = pipe._vpg_scale
-            if not _finite(w) or w < 0:
-                raise ValueError(f"`vpg_scale` set during sampling must be a finite number >= 0, got {w!r}")
+            if not strength_ok(w):
+                raise ValueError(f"`vpg_scale` set during sampling must be a number in [0, {MAX_STRENGTH:g}], "
+                                 f"got {w!r}")
             if not self._prefix_rows and float(w) != 1.0 and prefix.corruption > 0:
                 raise ValueError("`vpg_scale` was switched on during sampling, but this call started with VPG off and "
                                  "built no corrupted rows; start the call with vpg_scale != 1")
@@ -140,8 +141,9 @@ class CallGuidance:
             if value is None:
                 igg.disable()
             else:
-                if not _finite(value) or value < 0:
-                    raise ValueError(f"`igg_scale` set during sampling must be None or a number >= 0, got {value!r}")
+                if not strength_ok(value):
+                    raise ValueError(f"`igg_scale` set during sampling must be None or a number in "
+                                     f"[0, {MAX_STRENGTH:g}], got {value!r}")
                 igg.scale = float(value)
                 igg.enable()
         elif pipe._igg_scale is not None and not any(isinstance(t, InformationGroundingGuidance) for t in self.terms):
@@ -150,8 +152,9 @@ class CallGuidance:
         ssg = self.own.get("ssg")
         if ssg is not None:
             value = pipe._ssg_scale
-            if not _finite(value) or value < 0:
-                raise ValueError(f"`ssg_scale` set during sampling must be a finite number >= 0, got {value!r}")
+            if not strength_ok(value):
+                raise ValueError(f"`ssg_scale` set during sampling must be a number in [0, {MAX_STRENGTH:g}], "
+                                 f"got {value!r}")
             ssg.scale = float(value)
         temperature = self.own.get("temperature")
         if temperature is not None:
@@ -159,11 +162,6 @@ class CallGuidance:
                 raise ValueError(f"`entropy_temperature` set during sampling must be a bool, got "
                                  f"{pipe._entropy_temperature!r}")
             temperature.enable() if pipe._entropy_temperature else temperature.disable()
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(float(value)) != float("inf") and (
-        value == value)
 
 
 class GuidanceStrengthsMixin:

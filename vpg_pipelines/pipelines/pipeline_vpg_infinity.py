@@ -13,7 +13,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..guidance.base import GuidanceTerm
+from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..memory.mixin import MemoryPlanningMixin
@@ -183,15 +183,18 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
         if not bool(torch.isfinite(embeds).all()):
             raise ValueError(f"`{name}` holds non-finite values")
 
-    def _check_per_scale(self, name: str, value: Any, num_scales: int, positive: bool) -> None:
+    def _check_per_scale(self, name: str, value: Any, num_scales: int, positive: bool,
+                         high: float = float("inf")) -> None:
         low = "> 0" if positive else ">= 0"
+        if high < float("inf"):
+            low += f" and <= {high:g}"
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if isinstance(value, (list, tuple)) and len(values) != num_scales:
             raise ValueError(f"`{name}` list must have one value per scale ({num_scales} for this size), "
                              f"got {len(values)}")
         for v in values:
             ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-            if not ok or (v <= 0 if positive else v < 0):
+            if not ok or (v <= 0 if positive else v < 0) or v > high:
                 raise ValueError(f"`{name}` must be a finite number {low} or a list of {num_scales} of them, "
                                  f"got {value!r}")
 
@@ -256,7 +259,8 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
                 raise ValueError(f"`{name}` must be a positive integer number of pixels, got {value!r}")
         schedule = self.schedule_for(int(height), int(width))
         check_count("num_images_per_prompt", num_images_per_prompt)
-        self._check_per_scale("guidance_scale", guidance_scale, schedule.num_scales, positive=False)
+        self._check_per_scale("guidance_scale", guidance_scale, schedule.num_scales, positive=False,
+                              high=MAX_STRENGTH)
         self._check_per_scale("tau", tau, schedule.num_scales, positive=True)
         depth = self.transformer.config.depth
         if isinstance(cfg_insertion_layer, bool) or not isinstance(cfg_insertion_layer, numbers.Integral) or not (

@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
 
 from ..guidance.apg import AdaptiveProjectedGuidance
-from ..guidance.base import GuidanceTerm
+from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..memory.mixin import MemoryPlanningMixin
@@ -229,7 +229,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         if prompt_embeds is None and prompt_attention_mask is not None:
             raise ValueError("`prompt_attention_mask` was given without `prompt_embeds`")
         check_count("num_videos_per_prompt", num_videos_per_prompt)
-        check_number("guidance_scale", guidance_scale, low=0.0)
+        check_number("guidance_scale", guidance_scale, low=0.0, high=MAX_STRENGTH)
         if guidance not in GUIDANCE:
             raise ValueError(f"`guidance` must be one of {GUIDANCE}, got {guidance!r}")
         check_number("apg_norm_threshold", apg_norm_threshold, low=0.0)

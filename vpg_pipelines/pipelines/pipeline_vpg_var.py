@@ -14,7 +14,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..guidance.base import GuidanceTerm
+from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..memory.mixin import MemoryPlanningMixin
@@ -150,7 +150,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         if bad:
             raise ValueError(f"`{arg}` class ids must be in [0, {n - 1}], got {bad}")
         check_count("num_images_per_prompt", num_images_per_prompt)
-        check_number("guidance_scale", guidance_scale, low=0.0)
+        check_number("guidance_scale", guidance_scale, low=0.0, high=MAX_STRENGTH)
         check_top_k(top_k)
         check_number("top_p", top_p, low=0.0, high=1.0)
         if not isinstance(more_smooth, bool):
