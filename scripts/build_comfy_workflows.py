@@ -147,7 +147,7 @@ def demo_side_by_side() -> dict:
 def demo_guidance_stack() -> dict:
     """CFG -> IGG -> Prefix Guidance -> SSG on the bundled model (issue 14): the chain acts in that order."""
     g = Graph()
-    loader = g.add("VPGModelLoader", (20, 40), [DEMO_CHOICE, "none", "none", "fp32"], size=(380, 130))
+    loader = g.add("VPGModelLoader", (20, 40), [DEMO_CHOICE, *NO_FILES], size=(380, 180))
     cond = g.add("VPGClassConditioning", (440, 300), ["face-happy, animal-mammal, food-fruit-veg, transport"],
                  size=(320, 120))
     cfg_node = g.add("VPGCFG", (440, 40), [3.0], size=(320, 60))
