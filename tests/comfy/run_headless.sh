@@ -40,6 +40,8 @@ check() {  # check NAME ARGS...: one submit.py run
 DEMO=workflows/vpg_demo_cfg_prefix.json
 check "demo CFG + Prefix Guidance" "$DEMO" --out "$WORK/out/demo"
 check "demo side by side" workflows/vpg_demo_side_by_side.json --out "$WORK/out/side_by_side"
+check "demo guidance stack: CFG -> IGG -> Prefix Guidance -> SSG" workflows/vpg_demo_guidance_stack.json \
+    --out "$WORK/out/guidance_stack"
 check "VAR workflow (stand-in official files)" workflows/vpg_var_d16.json --set '2.classes="0, 3, 7"' \
     --out "$WORK/out/var_standin"
 check "Cancel mid-run leaves no output" "$DEMO" --set 5.batch_size=64 --set 5.seed=1 --interrupt-after 1.5
