@@ -123,3 +123,17 @@ def test_infinity_star_bf16_tracks_fp32(num_frames):
         frames = bf16(**{**kw, "guidance_scale": 34.0, "vpg_scale": 2.0, "output_type": "pt"},
                       generator=gens(0)).frames
     assert torch.isfinite(frames).all()
+
+
+def test_loading_in_bf16_is_quiet(capfd):
+    """diffusers' ``ModelMixin.to(dtype)`` warns about float32 modules on every cast; the loaders cast quietly."""
+    root = shared_path("parity", "var")
+    config = json.loads((root / "config.json").read_text())
+    VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config,
+                                 torch_dtype=torch.bfloat16)
+    star = shared_path("parity", "infinity_star")
+    pipe = VPGInfinityStarPipeline.from_official(star / "infinity_star.safetensors", star / "videovae.safetensors",
+                                                 config=json.loads((star / "config.json").read_text()),
+                                                 torch_dtype=torch.bfloat16)
+    assert pipe.transformer.head.weight.dtype == torch.float32  # kept in float32 as officially
+    assert "should be kept in float32" not in capfd.readouterr().err

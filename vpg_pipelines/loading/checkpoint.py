@@ -102,6 +102,22 @@ def _load_weights_only(path: Path) -> object:
     raise UnsafeCheckpointError(path, blocked)
 
 
+def cast_weights(module: nn.Module, dtype: torch.dtype | None, keep_fp32: Iterable[str] = ()) -> nn.Module:
+    """Cast ``module`` to ``dtype``, keeping the named submodules in float32; returns ``module``.
+
+    Plain ``nn.Module.to``: diffusers' ``ModelMixin.to(dtype)`` warns on every call that modules "should be
+    kept in float32" (listing none for most models), which is about ``from_pretrained``'s own casting; the
+    loaders here keep their float32 modules themselves.
+    """
+    if dtype is None:
+        return module
+    nn.Module.to(module, dtype)
+    for name in keep_fp32:
+        sub = module.get_submodule(name)
+        nn.Module.to(sub, torch.float32)
+    return module
+
+
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     weight_map = json.loads(index_path.read_text()).get("weight_map")
     if not isinstance(weight_map, dict):

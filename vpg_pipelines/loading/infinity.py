@@ -22,7 +22,7 @@ from accelerate import init_empty_weights
 from ..models.infinity.bsq_vae import DERIVED_KEYS as VAE_DERIVED_KEYS
 from ..models.infinity.bsq_vae import InfinityBSQVAE, canonical_vae_state_dict
 from ..models.infinity.transformer import DERIVED_KEYS, InfinityTransformer, default_cfg_uncond, ffn_hidden_width
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, cast_weights, load_strict, read_state_dict
 from .hub import resolve_file
 
 INFINITY_HUB_REPO = "FoundationVision/Infinity"
@@ -170,7 +170,7 @@ def load_infinity_vae(
     vcfg = infer_vae_config(state)
     vcfg.update({k: v for k, v in (config or {}).items() if k in VAE_ARGS})
     vae = build_vae(vcfg, state)
-    return vae.to(torch_dtype) if torch_dtype is not None else vae
+    return cast_weights(vae, torch_dtype)
 
 
 def load_infinity_transformer(
@@ -202,7 +202,7 @@ def load_infinity_transformer(
     if vae_codebook_dim is None and "codebook_dim" not in official:
         tcfg["codebook_dim"] = bits // (4 if tcfg["apply_spatial_patchify"] else 1)
     model = build_transformer(tcfg, state)
-    return model.to(torch_dtype) if torch_dtype is not None else model
+    return cast_weights(model, torch_dtype)
 
 
 def load_official_infinity(

@@ -18,7 +18,7 @@ from accelerate import init_empty_weights
 
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import DERIVED_KEYS, InfinityStarVideoVAE
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, cast_weights, load_strict, read_state_dict
 
 RELEASED_720P = {
     "transformer": "infinitystar_8b_720p_weights",
@@ -129,13 +129,7 @@ def build_vae(config: dict, state: dict[str, torch.Tensor] | None = None) -> Inf
 
 
 def _cast(model: torch.nn.Module, dtype: torch.dtype | None, keep_fp32: tuple[str, ...] = ()) -> None:
-    if dtype is None:
-        return
-    model.to(dtype)
-    for name in keep_fp32:
-        sub = getattr(model, name, None)
-        if sub is not None:
-            sub.to(torch.float32)
+    cast_weights(model, dtype, [name for name in keep_fp32 if getattr(model, name, None) is not None])
 
 
 def load_infinity_star_transformer(

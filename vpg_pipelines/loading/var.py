@@ -10,7 +10,7 @@ from accelerate import init_empty_weights
 
 from ..models.var.transformer import DERIVED_BUFFERS, VARTransformer
 from ..models.var.vqvae import VARVQVAE
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, cast_weights, load_strict, read_state_dict
 from .hub import resolve_file
 
 VAR_HUB_REPO = "FoundationVision/var"
@@ -117,5 +117,5 @@ def load_official_var(
     transformer = build_transformer(tcfg, var_state)
     vae = build_vqvae(vcfg, vae_state)
     if torch_dtype is not None:
-        transformer, vae = transformer.to(torch_dtype), vae.to(torch_dtype)
+        transformer, vae = cast_weights(transformer, torch_dtype), cast_weights(vae, torch_dtype)
     return transformer, vae
