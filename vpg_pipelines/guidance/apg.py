@@ -16,8 +16,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 
 from .base import MAX_STRENGTH, NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, strength_ok
-
-SCHEDULES = ("constant", "linear")
+from .cfg import SCHEDULES, ScaleSchedule
 
 
 def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +28,7 @@ def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return parallel.to(dtype), (v0 - parallel).to(dtype)
 
 
-class AdaptiveProjectedGuidance(GuidanceTerm):
+class AdaptiveProjectedGuidance(ScaleSchedule, GuidanceTerm):
     """APG with a per-scale strength ``s_k``.
 
     Args:
@@ -76,30 +75,6 @@ class AdaptiveProjectedGuidance(GuidanceTerm):
         self.eta = eta
         self.schedule = schedule
         self.layer = layer
-
-    def scale_at(self, scale_index: int, num_scales: int) -> float:
-        """The strength ``s_k`` at scale ``scale_index`` of ``num_scales``."""
-        if isinstance(self.scale, Sequence):
-            if len(self.scale) != num_scales:
-                raise ValueError(f"`guidance_scale` list has {len(self.scale)} values for {num_scales} scales")
-            return float(self.scale[scale_index])
-        if self.schedule == "linear":
-            return 1.0 + float(self.scale) * scale_index / max(num_scales - 1, 1)
-        return float(self.scale)
-
-    def is_active(self, num_scales: int) -> bool:
-        """Null rows are needed as soon as one scale is guided (their cache is shared)."""
-        return self.uses_rows(list(range(num_scales)), num_scales)
-
-    def uses_rows(self, step_scales: list[int], num_scales: int) -> bool:
-        n = len(step_scales)
-        return self.enabled and any(
-            self.in_range(i, n) and self.scale_at(k, num_scales) != 1.0 for i, k in enumerate(step_scales)
-        )
-
-    def strength(self, step: GuidanceStep) -> float:
-        """``s_k`` at this step; 1 when disabled or outside ``[start, stop)``."""
-        return self.scale_at(step.step.scale, step.num_scales) if self.is_on(step) else 1.0
 
     def describe(self) -> str:
         return f"APG {self.scale:g}" if isinstance(self.scale, (int, float)) else "APG (per scale)"

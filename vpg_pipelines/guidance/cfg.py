@@ -12,7 +12,38 @@ from .base import MAX_STRENGTH, NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, st
 SCHEDULES = ("constant", "linear")
 
 
-class ClassifierFreeGuidance(GuidanceTerm):
+class ScaleSchedule:
+    """The per-scale strength of a condition term (CFG, APG): a number with a schedule, or one per scale.
+
+    Expects ``scale``, ``schedule``, ``enabled`` and the range methods of :class:`GuidanceTerm`.
+    """
+
+    def scale_at(self, scale_index: int, num_scales: int) -> float:
+        """The strength ``s_k`` at scale ``scale_index`` of ``num_scales``."""
+        if isinstance(self.scale, Sequence):
+            if len(self.scale) != num_scales:
+                raise ValueError(f"`guidance_scale` list has {len(self.scale)} values for {num_scales} scales")
+            return float(self.scale[scale_index])
+        if self.schedule == "linear":
+            return 1.0 + float(self.scale) * scale_index / max(num_scales - 1, 1)
+        return float(self.scale)
+
+    def is_active(self, num_scales: int) -> bool:
+        """Null rows are needed at every scale as soon as one scale is guided (their cache is shared)."""
+        return self.uses_rows(list(range(num_scales)), num_scales)
+
+    def uses_rows(self, step_scales: list[int], num_scales: int) -> bool:
+        n = len(step_scales)
+        return self.enabled and any(
+            self.in_range(i, n) and self.scale_at(k, num_scales) != 1.0 for i, k in enumerate(step_scales)
+        )
+
+    def strength(self, step: GuidanceStep) -> float:
+        """``s_k`` at this step; 1 (the conditional logits) when disabled or outside ``[start, stop)``."""
+        return self.scale_at(step.step.scale, step.num_scales) if self.is_on(step) else 1.0
+
+
+class ClassifierFreeGuidance(ScaleSchedule, GuidanceTerm):
     """CFG with a per-scale strength ``s_k``.
 
     Args:
@@ -54,30 +85,6 @@ class ClassifierFreeGuidance(GuidanceTerm):
         self.scale = scale
         self.schedule = schedule
         self.layer = layer
-
-    def scale_at(self, scale_index: int, num_scales: int) -> float:
-        """The strength ``s_k`` at scale ``scale_index`` of ``num_scales``."""
-        if isinstance(self.scale, Sequence):
-            if len(self.scale) != num_scales:
-                raise ValueError(f"`guidance_scale` list has {len(self.scale)} values for {num_scales} scales")
-            return float(self.scale[scale_index])
-        if self.schedule == "linear":
-            return 1.0 + float(self.scale) * scale_index / max(num_scales - 1, 1)
-        return float(self.scale)
-
-    def is_active(self, num_scales: int) -> bool:
-        """Null rows are needed at every scale as soon as one scale is guided (their cache is shared)."""
-        return self.uses_rows(list(range(num_scales)), num_scales)
-
-    def uses_rows(self, step_scales: list[int], num_scales: int) -> bool:
-        n = len(step_scales)
-        return self.enabled and any(
-            self.in_range(i, n) and self.scale_at(k, num_scales) != 1.0 for i, k in enumerate(step_scales)
-        )
-
-    def strength(self, step: GuidanceStep) -> float:
-        """``s_k`` at this step; 1 (the conditional logits) when disabled or outside ``[start, stop)``."""
-        return self.scale_at(step.step.scale, step.num_scales) if self.is_on(step) else 1.0
 
     def describe(self) -> str:
         return f"CFG {self.scale:g}" if isinstance(self.scale, (int, float)) else "CFG (per scale)"
