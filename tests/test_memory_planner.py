@@ -156,13 +156,27 @@ def _real_forward_peak(replay, forward: Forward, state) -> int:
         cache.keys[layer] = torch.randn(shape).to(replay.kv_dtype)
         cache.values[layer] = torch.randn(shape).to(replay.kv_dtype)
         cache.lengths[layer] = forward.cached
+    with torch.no_grad():  # the run's memo (modulations of the condition rows) is filled at its first call
+        first = replay._first_call()
+        warm = KVCache(g.layers, first.rows, replay.capacity)
+        if first.steps:
+            replay.real_adapter.forward(state, _real_batch(replay, first), warm, None, first.last_tokens)
+        else:  # InfinityStar: the text prefill
+            replay.real_adapter.prefill(state, warm)
+    cache.memo, cache._memo_owner = warm.memo, warm._memo_owner
+    batch = _real_batch(replay, forward)  # the call's inputs exist before it
+    with torch.no_grad(), TensorMeter() as meter:
+        replay.real_adapter.forward(state, batch, cache, None, forward.last_tokens)
+    return meter.peak
+
+
+def _real_batch(replay, forward: Forward) -> RowBatch:
+    """The replay's (meta) batch of ``forward`` with CPU tensors."""
     batch = replay._batch(forward)
     real = SimpleNamespace(**vars(batch))
     real.content = None if batch.content is None else torch.randn(batch.content.shape)
     real.position_ids = torch.zeros(batch.position_ids.shape, dtype=torch.long)
-    with torch.no_grad(), TensorMeter() as meter:
-        replay.real_adapter.forward(state, RowBatch(**vars(real)), cache, None, forward.last_tokens)
-    return meter.peak
+    return RowBatch(**vars(real))
 
 
 def test_replayed_activations_equal_the_real_var_forward(demo):
@@ -290,3 +304,19 @@ def test_module_level_function_is_the_method(demo):
     a = estimate_memory(demo, prompt="plant", vpg_scale=2.0).to_dict()
     b = demo.estimate_memory(prompt="plant", vpg_scale=2.0).to_dict()
     assert a == b and a["kv_peak"] > 0
+
+
+def test_planner_counts_the_runs_memo(demo):
+    """The modulations the transformer keeps for the run (``KVCache.memo``) are planned exactly."""
+    from vpg_pipelines.models.var.adapter import VARAdapter
+
+    adapter = VARAdapter(demo.transformer, demo.vae)
+    steps = adapter.steps(None)
+    replay = VARStepReplay(demo.transformer, steps, 4, torch.float32)
+    state = adapter.prepare(torch.tensor([0, 1]), with_null=True, device=torch.device("cpu"), dtype=torch.float32)
+    cache = KVCache(demo.transformer.config.depth, 4, replay.capacity)
+    with torch.no_grad():
+        adapter.forward(state, RowBatch(torch.arange(4), None, torch.zeros(4, 1, dtype=torch.long), [steps[0]]), cache)
+    kept = sum(t.numel() * t.element_size() for t in cache.memo.values())
+    assert kept > 0 and replay.memo_bytes() == kept
+    assert replay.run_state_bytes(3, 2) == replay.state_bytes(3, 2) + kept

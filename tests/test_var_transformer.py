@@ -98,3 +98,38 @@ def test_mismatched_checkpoint_lists_keys():
     assert "missing keys (1): head.bias" in message
     assert "unexpected keys (1): extra.weight" in message
     assert "word_embed.weight: checkpoint (3, 3)" in message
+
+
+def test_condition_modulations_are_computed_once_per_run():
+    """With ``condition_index`` and a cache, each AdaLN modulation is computed at the first step only and
+    reused; the logits equal the per-row computation (the same condition rows, gathered)."""
+    from vpg_pipelines.sampling.kv_cache import KVCache
+
+    model, cases = _parity_model()
+    labels, x = cases["var.class_labels"], cases["var.teacher_forcing_input"]
+    conditions = torch.cat([labels, torch.full_like(labels, model.null_class)])  # CFG's condition rows
+    index = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])  # two prefix branches of the four condition rows
+    offsets = model.scale_offsets()
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1))
+               for m in [*(b.ada_lin for b in model.blocks), model.head_nm.ada_lin]]
+    memo_cache, plain_cache = (KVCache(model.config.depth, rows=8, capacity=model.num_sites) for _ in range(2))
+    with torch.no_grad():
+        for k in range(len(offsets) - 1):
+            ids = torch.arange(offsets[k], offsets[k + 1]).expand(8, -1)
+            content = None if k == 0 else x[:, offsets[k] - 1 : offsets[k + 1] - 1].repeat(4, 1, 1)
+            ids = torch.zeros(8, 1, dtype=torch.long) if k == 0 else ids
+            memo = model(conditions, content, ids, include_start=k == 0, kv_cache=memo_cache, condition_index=index)
+            calls_after_memo = len(calls)
+            plain = model(conditions[index], content, ids, include_start=k == 0, kv_cache=plain_cache)
+            # the same modulations up to the rows they were computed over (4 vs 8 rows: different matmul
+            # blocking may change the last bits); logits of this fp32 model are O(1): 1e-5 is ~100 ulps
+            torch.testing.assert_close(memo, plain, atol=1e-5, rtol=1e-5)
+            assert len(calls) - calls_after_memo == model.config.depth + 1  # the plain call computes every time
+    for h in handles:
+        h.remove()
+    per_step_plain = model.config.depth + 1
+    memo_calls = len(calls) - per_step_plain * (len(offsets) - 1)
+    assert memo_calls == model.config.depth + 1  # the memoised run: once, at the first step
+    assert set(memo_cache.memo) == {("ada", i) for i in range(model.config.depth)} | {"head"}
+    assert memo_cache.memo_for(conditions.clone()) == {}  # other condition rows: a fresh memo

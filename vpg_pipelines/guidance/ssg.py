@@ -131,8 +131,10 @@ class ScaledSpatialGuidance(GuidanceTerm):
             memory["prior"] = latest
         memory["latest"] = (step.step, logits)
         beta = self.beta(step)
+        if beta == 0.0:  # off at this step: only the memory is kept (a later step may switch it on)
+            return logits
         prior = self.prior(memory.get("prior"), step, logits)
-        if beta == 0.0 or prior is None:
+        if prior is None:
             return logits
         return logits + beta * (logits - prior)
 

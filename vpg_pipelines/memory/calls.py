@@ -133,7 +133,7 @@ def plan_inputs(
     }
     return PlanInputs(
         settings=settings, steps=steps, batch=parts["batch"], timeline=timeline, weights=layouts,
-        activation=replay.activation, state=replay.state_bytes, vocab=replay.vocab, cfg=parts["cfg"],
+        activation=replay.activation, state=replay.run_state_bytes, vocab=replay.vocab, cfg=parts["cfg"],
         guided=guided, refresh=refresh,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
         notes=notes,

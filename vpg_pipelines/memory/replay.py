@@ -133,7 +133,24 @@ class StepReplay:
             keys = cache.keys[0]
             self.kv_dtype = keys.dtype
             self._geometry = KVGeometry(self.depth, int(keys.shape[1]), int(keys.shape[3]), keys.element_size())
+            self._memo = (cache.memo, cache._memo_owner)
         return self._geometry
+
+    def memo_bytes(self) -> int:
+        """What the transformer keeps in the cache's memo for the whole run (``KVCache.memo``: values of
+        the condition rows such as AdaLN modulations): entries keyed ``(name, layer)`` exist once per
+        layer, the others once."""
+        self.geometry()
+        total = 0
+        for key, value in self._memo[0].items():
+            if isinstance(value, torch.Tensor):
+                per_layer = isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], int)
+                total += value.numel() * value.element_size() * (self.depth if per_layer else 1)
+        return total
+
+    def run_state_bytes(self, index: int, batch: int) -> int:
+        """The sampler state (:meth:`state_bytes`) plus the run's memo, alive from the first step on."""
+        return self.state_bytes(index, batch) + self.memo_bytes()
 
     def activation(self, forward: Forward) -> int:
         """Peak bytes the call allocates besides the cache storage (its logits included)."""
@@ -144,6 +161,7 @@ class StepReplay:
             cache.keys[0] = torch.empty(shape, device=META, dtype=self.kv_dtype)
             cache.values[0] = torch.empty(shape, device=META, dtype=self.kv_dtype)
             cache.lengths[0] = forward.cached
+            cache.memo, cache._memo_owner = dict(self._memo[0]), self._memo[1]  # filled at the first step
             batch = self._batch(forward) if forward.steps else None  # the call's inputs exist before it
             if batch is not None:
                 batch.cond_index = batch.cond_index.to(META)

@@ -19,8 +19,12 @@ class Linear(nn.Linear):
     already agree.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: a bias given at call time to a bias-free layer (one fused matmul + add, e.g. VAR's
+        q/k/v bias built from two parameters of the attention)."""
+        if bias is None:
+            return super().forward(x.to(self.weight.dtype))
+        return F.linear(x.to(self.weight.dtype), self.weight, bias.to(self.weight.dtype))
 
 
 def step_causal_mask(token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

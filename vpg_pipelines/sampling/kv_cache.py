@@ -7,6 +7,10 @@ no copy of the cache. Rows are the batch rows of the sampler (condition x prefix
 new capacity, which is how the corrupted VPG branch is added after the first scale and dropped
 after the last guided scale with its memory freed.
 
+It also holds the run's **memo**: values a transformer computes from the condition rows alone (AdaLN
+modulations, cross-attention keys/values of the text), which do not change during a run, so each is
+computed at the first step and reused (:meth:`memo_for`). Copies of the cache share it.
+
 The object is passed to the transformer as a keyword argument. Accelerate's offload hooks call
 ``.to()`` on arguments that have it and rebuild lists/dicts, so this class moves its tensors in
 place and returns itself (see ``spec/diffusers_conventions.md`` §4).
@@ -37,6 +41,15 @@ class KVCache:
         # its own new tokens). None means the whole cache. Used by models whose scales attend to a
         # subset of earlier scales (InfinityStar's `ref_sids`).
         self.visible: list[tuple[int, int]] | None = None
+        self.memo: dict = {}
+        self._memo_owner: object | None = None
+
+    def memo_for(self, conditions: object) -> dict:
+        """The memo of values computed from ``conditions`` (the run's condition rows, one object for
+        the whole run); a different object starts an empty memo."""
+        if self._memo_owner is not conditions:
+            self.memo, self._memo_owner = {}, conditions
+        return self.memo
 
     @property
     def length(self) -> int:
@@ -127,6 +140,7 @@ class KVCache:
                 dst[layer][:, :, :length] = old[idx, :, :length]
             new.lengths[layer] = length
         new.visible = self.visible
+        new.memo, new._memo_owner = self.memo, self._memo_owner
         return new
 
     def extend_rows(self, other: KVCache, capacity: int | None = None) -> KVCache:
@@ -154,6 +168,9 @@ class KVCache:
             for i, t in enumerate(store):
                 if t is not None:
                     store[i] = t.to(*args, **kwargs)
+        for key, value in self.memo.items():
+            if isinstance(value, torch.Tensor):
+                self.memo[key] = value.to(*args, **kwargs)
         return self
 
     def memory_bytes(self) -> int:

@@ -90,9 +90,8 @@ class VARAdapter:
         hidden_hook=None,
         last_tokens: int | None = None,
     ) -> torch.Tensor:
-        labels = state.condition_labels[batch.cond_index.to(state.condition_labels.device)]
         return self.transformer(
-            labels,
+            state.condition_labels,
             batch.content,
             batch.position_ids,
             include_start=batch.content is None,
@@ -101,6 +100,7 @@ class VARAdapter:
             store_kv=all(s.store_kv for s in batch.steps),
             hidden_hook=hidden_hook,
             last_tokens=last_tokens,
+            condition_index=batch.cond_index.to(state.condition_labels.device),
         )
 
     def random_content(self, count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

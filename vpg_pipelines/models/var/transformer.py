@@ -32,6 +32,18 @@ def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
+def _modulate(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``h * (1 + scale) + shift``, in place on the fresh ``h`` when no gradient is recorded."""
+    if torch.is_grad_enabled():
+        return h * (scale + 1) + shift
+    return h.mul_(scale + 1).add_(shift)
+
+
+def _gate(out: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``out * gamma``, in place on the fresh ``out`` when no gradient is recorded."""
+    return out * gamma if torch.is_grad_enabled() else out.mul_(gamma)
+
+
 class VARAttention(nn.Module):
     """Self-attention with fused qkv, (q, 0, v) biases and optional per-head L2-normalised q/k."""
 
@@ -56,10 +68,10 @@ class VARAttention(nn.Module):
     ) -> torch.Tensor:
         rows, n, dim = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = (self.mat_qkv(x) + bias).view(rows, n, 3, self.num_heads, self.head_dim)
+        qkv = self.mat_qkv(x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (R, H, N, hd)
         if self.l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp()
+            scale_mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().to(q.dtype)
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
             scale = 1.0
@@ -93,6 +105,18 @@ class VARBlock(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
+    def modulation(self, cond: torch.Tensor, memo: dict | None, layer: int) -> torch.Tensor:
+        """(C, 1, 6, dim) modulation of the condition rows ``cond`` (memoised for the run)."""
+        mod = None if memo is None else memo.get(("ada", layer))
+        if mod is None:
+            if self.shared_aln:
+                mod = self.ada_gss + cond  # cond is the shared (C, 1, 6, dim) modulation
+            else:
+                mod = self.ada_lin(cond).view(-1, 1, 6, self.ffn.fc2.out_features)
+            if memo is not None:
+                memo[("ada", layer)] = mod
+        return mod
+
     def forward(
         self,
         x: torch.Tensor,
@@ -101,16 +125,19 @@ class VARBlock(nn.Module):
         kv_cache: KVCache | None,
         attn_mask: torch.Tensor | None,
         store: bool,
+        rows: torch.Tensor | None = None,
+        memo: dict | None = None,
     ) -> torch.Tensor:
-        if self.shared_aln:
-            mod = self.ada_gss + cond  # cond is the shared (R, 1, 6, C) modulation
-        else:
-            mod = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1])
+        """``cond``: the condition rows' embedding (or shared modulation); ``rows``: each row's condition
+        (``None``: one condition per row)."""
+        mod = self.modulation(cond, memo, layer)
+        if rows is not None:
+            mod = mod[rows]
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)
-        h = _layer_norm(x, self.eps) * (scale1 + 1) + shift1
-        x = x + self.attn(h, layer, kv_cache, attn_mask, store) * gamma1
-        h = _layer_norm(x, self.eps) * (scale2 + 1) + shift2
-        return x + self.ffn(h) * gamma2
+        h = _modulate(_layer_norm(x, self.eps), scale1, shift1)
+        x = x + _gate(self.attn(h, layer, kv_cache, attn_mask, store), gamma1)
+        h = _modulate(_layer_norm(x, self.eps), scale2, shift2)
+        return x + _gate(self.ffn(h), gamma2)
 
 
 class VARHeadNorm(nn.Module):
@@ -121,9 +148,19 @@ class VARHeadNorm(nn.Module):
         self.eps = eps
         self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1]).unbind(2)
-        return _layer_norm(x, self.eps) * (scale + 1) + shift
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, rows: torch.Tensor | None = None, memo: dict | None = None
+    ) -> torch.Tensor:
+        """``cond``: the condition rows' embedding; ``rows``: each row's condition (``None``: one per row)."""
+        mod = None if memo is None else memo.get("head")
+        if mod is None:
+            mod = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1])
+            if memo is not None:
+                memo["head"] = mod
+        if rows is not None:
+            mod = mod[rows]
+        scale, shift = mod.unbind(2)
+        return _modulate(_layer_norm(x, self.eps), scale, shift)
 
 
 class SharedAdaLin(Linear):
@@ -202,11 +239,13 @@ class VARTransformer(ModelMixin, ConfigMixin):
         store_kv: bool = True,
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
+        condition_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (float32) for the given tokens.
 
         Args:
-            class_labels: ``(R,)`` class per row (``num_classes`` = null class).
+            class_labels: ``(R,)`` class per row (``num_classes`` = null class); with
+                ``condition_index``, the ``(C,)`` classes of the run's condition rows.
             content: ``(R, N, vae_channels)`` next-scale inputs, or ``None``.
             position_ids: ``(R, N + include_start)`` site indices into ``pos_1LC`` (0 = start token).
                 Tokens of several scales attend block-causally; donors of corrupted sites keep
@@ -216,11 +255,16 @@ class VARTransformer(ModelMixin, ConfigMixin):
             kv_cache: cache to attend to and extend (``store_kv``); ``None`` attends to the tokens only.
             hidden_hook: called as ``hook(block_index, hidden)`` after every block.
             last_tokens: return only the logits of the last ``n`` tokens.
+            condition_index: ``(R,)`` condition row of each row. Given together with a ``kv_cache``, the
+                modulations of the condition rows are computed once per cache (its memo) and reused by
+                later calls with the same ``class_labels`` object (the sampler passes its run's rows).
         """
-        cond = self.class_emb(class_labels)
+        cond = self.class_emb(class_labels)  # condition rows
+        memo = kv_cache.memo_for(class_labels) if kv_cache is not None and condition_index is not None else None
+        row_cond = cond if condition_index is None else cond[condition_index]
         parts = []
         if include_start:
-            parts.append(cond[:, None] + self.pos_start)
+            parts.append(row_cond[:, None] + self.pos_start)
         if content is not None:
             parts.append(self.word_embed(content))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -228,14 +272,20 @@ class VARTransformer(ModelMixin, ConfigMixin):
         x = x + (self.lvl_embed(token_scale)[None] + self.pos_1LC[0, position_ids])
         cached = kv_cache.length if kv_cache is not None else 0
         mask = step_causal_mask(token_scale, cached, dtype=x.dtype) if multi_scale else None
-        mod = self.shared_ada_lin(cond) if self.config.shared_aln else cond
+        mod = cond
+        if self.config.shared_aln:
+            mod = memo.get("shared") if memo is not None else None
+            if mod is None:
+                mod = self.shared_ada_lin(cond)
+                if memo is not None:
+                    memo["shared"] = mod
         for i, block in enumerate(self.blocks):
-            x = block(x, mod, i, kv_cache, mask, store_kv)
+            x = block(x, mod, i, kv_cache, mask, store_kv, condition_index, memo)
             if hidden_hook is not None:
                 x = hidden_hook(i, x)
         if last_tokens is not None:
             x = x[:, -last_tokens:]
-        return self.head(self.head_nm(x, cond)).float()
+        return self.head(self.head_nm(x, cond, condition_index, memo)).float()
 
     def teacher_forced_logits(self, class_labels: torch.Tensor, teacher_input: torch.Tensor) -> torch.Tensor:
         """Official ``VAR.forward``: logits (B, L, V) from labels and the (B, L-1, Cvae) input."""
