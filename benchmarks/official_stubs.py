@@ -179,10 +179,15 @@ class _Float32Torch(types.ModuleType):
 def exact_attention_casts(module: types.ModuleType) -> None:
     """Remove the bfloat16 casts in front of flash-attn in an official module (``infinity.models.basic``).
 
-    In that module ``torch.bfloat16`` appears only in those casts (checked by the caller's agreement
-    test), so reading it as float32 leaves every other operation as written.
+    In the official ``basic.py`` files ``torch.bfloat16`` appears only in those casts (Infinity's
+    cross-attention, InfinityStar's attention), so reading it as float32 leaves every other operation
+    as written.
     """
     module.torch = _Float32Torch()
+
+
+STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision")
+"""Top-level names :func:`install` may put in ``sys.modules`` (besides ``infinity.models.fused_op``)."""
 
 
 def missing_packages(names: tuple[str, ...]) -> list[str]:
