@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -69,4 +70,49 @@ def test_vs_official_agrees_with_the_official_sampler(tmp_path, official_modules
     for name in vs_official.OURS:
         assert batch["max_abs_image_diff"][name] < 1e-4
         assert batch["speedup"][name][0] > 0
+    assert "official `autoregressive_infer_cfg`" in out_md.read_text()
+
+
+INFINITY_REFERENCE_REPO = Path(os.environ.get("INFINITY_REFERENCE_REPO", REPO.parent / "ref" / "Infinity"))
+
+
+@pytest.fixture
+def official_infinity_removed_afterwards():
+    """The official code and the stand-ins live in `sys.modules` (`infinity`, `flash_attn`, ...): drop them after."""
+    from benchmarks import official_stubs
+
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("infinity", *official_stubs.STUBBED_TOP_LEVEL):
+            del sys.modules[name]
+
+
+def test_vs_official_infinity_rejects_a_wrong_checkout(tmp_path):
+    from benchmarks import vs_official_infinity
+
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_official_infinity.import_official(tmp_path)
+
+
+def test_vs_official_infinity_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards):
+    from benchmarks import vs_official_infinity
+
+    if not (INFINITY_REFERENCE_REPO / "infinity" / "models" / "infinity.py").is_file():
+        pytest.skip(f"no official Infinity checkout at {INFINITY_REFERENCE_REPO} (set INFINITY_REFERENCE_REPO)")
+    missing = [m for m in vs_official_infinity.NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the official Infinity code needs {missing}")
+    out_md = tmp_path / "r.md"
+    result = vs_official_infinity.main([
+        "--reference-repo", str(INFINITY_REFERENCE_REPO), "--depth", "2", "--width", "256", "--vae-ch-mult",
+        "1,1,1,1,1", "--text-len", "5", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-decode",
+        "--out-md", str(out_md)])
+    agree = result["agreement"]
+    assert agree["agree"] and agree["bits_total"] > 0
+    assert agree["max_abs_codes_diff"] <= 1e-6  # equal bits: sums of the same +-1/sqrt(d) codes (0 seen)
+    for name in vs_official_infinity.OURS:
+        # float32 decoders of the same codes: differently ordered convolutions, ~5e-5 seen
+        assert agree["max_abs_image_diff"][name] < 1e-3
+        assert result["speedup"][name][0] > 0
     assert "official `autoregressive_infer_cfg`" in out_md.read_text()

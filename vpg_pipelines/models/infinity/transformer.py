@@ -93,11 +93,14 @@ class InfinityCondition:
         pooled: ``(Rc, C)`` attention-pooled text (start token and AdaLN condition, ``cond_BD``).
         memory: ``(Rc, Lmax, C)`` cross-attention memory (``text_proj_for_ca``), zero-padded.
         mask: ``(Rc, Lmax)`` bool, True for a prompt's valid tokens.
+        modulation: ``(Rc, 1, 6, C)`` float32 shared AdaLN of every row (``shared_ada_lin(pooled)``), a
+            per-call constant computed once; ``None``: computed by every forward (or no shared AdaLN).
     """
 
     pooled: torch.Tensor
     memory: torch.Tensor
     mask: torch.Tensor
+    modulation: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -107,8 +110,9 @@ class InfinityCondition:
         """A moved copy (offload hooks call ``.to`` on forward arguments)."""
         mask_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         device_args = [a for a in args if not isinstance(a, torch.dtype)]
+        modulation = None if self.modulation is None else self.modulation.to(*args, **kwargs)
         return InfinityCondition(self.pooled.to(*args, **kwargs), self.memory.to(*args, **kwargs),
-                                 self.mask.to(*device_args, **mask_kwargs))
+                                 self.mask.to(*device_args, **mask_kwargs), modulation)
 
 
 class RMSNorm(nn.Module):
@@ -432,7 +436,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         padded, mask = pad_text(normed, lens)
         pooled = self.text_proj_for_sos(padded, mask).float()
         memory, _ = pad_text(self.text_proj_for_ca(normed), lens)
-        return InfinityCondition(pooled, memory, mask)
+        modulation = self.shared_ada_lin(pooled).float() if self.config.shared_aln else None
+        return InfinityCondition(pooled, memory, mask, modulation)
 
     # -- transformer -------------------------------------------------------------------------------
     def forward(
@@ -485,7 +490,12 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"`position_ids` {tuple(position_ids.shape)} / `scale_ids` {tuple(scale_ids.shape)} "
                              f"do not match the {tuple(x.shape[:2])} tokens")
         level = self.lvl_embed(scale_ids.to(x.device)).float()
-        modulation = self.shared_ada_lin(cond).float() if self.config.shared_aln else cond
+        if not self.config.shared_aln:
+            modulation = cond
+        elif condition.modulation is not None:  # computed once per call by encode_text
+            modulation = condition.modulation.to(cond.device)[cond_index]
+        else:
+            modulation = self.shared_ada_lin(cond).float()
         rope = rope_cos_sin(position_ids.to(x.device), self.config.embed_dim // self.config.num_heads)
         mask = None
         if token_steps is not None:
