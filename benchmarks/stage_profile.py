@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = "parity" if args.model == "tiny" else args.model
     pipe, description = build_pipeline(model, "cpu", torch.float32, args.seed)
     official = build_official(args.reference_repo, pipe)
-    args.dtype = "float32"  # what make_runs reads
+    args.dtype, args.samplers = "float32", ["ours-sampler"]  # what make_runs reads
     runs = make_runs(pipe, official, args, args.batch)
     plan = {"official": official_marks(official), "ours-sampler": ours_marks(pipe)}
     for _ in range(args.warmup):
