@@ -12,7 +12,9 @@ The official code is imported at run time from a local checkout (``--reference-r
   parity fixtures were made the same way).
 - ``timm``: ``register_model`` (identity), ``DropPath`` (identity at eval; the benchmarks run eval),
   ``SoftTargetCrossEntropy`` (a placeholder; training only).
-- ``torchvision``: empty modules (only the training data path uses them).
+- ``torchvision``: empty modules (only the training data path and losses use them).
+- ``tap`` (InfinityStar's ``Args`` base class): a plain class, so that ``Args()`` is an object whose
+  attributes are the class defaults (the official inference scripts then set attributes on it).
 - ``infinity.models.fused_op``: the released fused-norm functions without ``torch.compile`` (same
   math, eager; the fused path is the one the released models run and the one that applies the
   RoPE offset of the current scale during cached sampling).
@@ -39,6 +41,13 @@ def flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     out = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(),
                                          v.transpose(1, 2).float(), scale=softmax_scale, is_causal=causal)
     return out.transpose(1, 2).to(v.dtype)
+
+
+def flash_attn_qkvpacked_func(qkv: torch.Tensor, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                              causal: bool = False, **kw: Any) -> torch.Tensor:
+    """``qkv`` ``(B, L, 3, H, c)`` (imported next to ``flash_attn_func`` by InfinityStar; unused there)."""
+    q, k, v = qkv.unbind(2)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, **kw)
 
 
 def _pad_varlen(x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +110,14 @@ def register_model(fn: Any) -> Any:
     return fn
 
 
+# -- tap -------------------------------------------------------------------------------------------
+class Tap:
+    """Stand-in base class: no argument parsing; attributes fall back to the subclass's defaults."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        pass
+
+
 # -- fused_op --------------------------------------------------------------------------------------
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.float()
@@ -146,6 +163,7 @@ def install() -> list[str]:
     stubs: dict[str, types.ModuleType] = {}
     ops = _module("flash_attn.ops")
     stubs["flash_attn"] = _module("flash_attn", flash_attn_func=flash_attn_func,
+                                  flash_attn_qkvpacked_func=flash_attn_qkvpacked_func,
                                   flash_attn_varlen_kvpacked_func=flash_attn_varlen_kvpacked_func,
                                   flash_attn_varlen_func=flash_attn_varlen_func, ops=ops)
     stubs["flash_attn.ops"] = ops  # no fused ops: the official code falls back to plain PyTorch
@@ -159,9 +177,11 @@ def install() -> list[str]:
         stubs.update({"timm": _module("timm", models=models, loss=loss), "timm.models": models,
                       "timm.models.layers": layers, "timm.loss": loss})
     if _missing("torchvision"):
-        transforms = _module("torchvision.transforms")
-        stubs.update({"torchvision": _module("torchvision", transforms=transforms),
-                      "torchvision.transforms": transforms})
+        transforms, models = _module("torchvision.transforms"), _module("torchvision.models")
+        stubs.update({"torchvision": _module("torchvision", transforms=transforms, models=models),
+                      "torchvision.transforms": transforms, "torchvision.models": models})
+    if _missing("tap"):
+        stubs["tap"] = _module("tap", Tap=Tap)
     sys.modules.update(stubs)
     return sorted(stubs)
 
@@ -186,7 +206,7 @@ def exact_attention_casts(module: types.ModuleType) -> None:
     module.torch = _Float32Torch()
 
 
-STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision")
+STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision", "tap")
 """Top-level names :func:`install` may put in ``sys.modules`` (besides ``infinity.models.fused_op``)."""
 
 

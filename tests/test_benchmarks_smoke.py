@@ -116,3 +116,38 @@ def test_vs_official_infinity_agrees_with_the_official_sampler(tmp_path, officia
         assert agree["max_abs_image_diff"][name] < 1e-3
         assert result["speedup"][name][0] > 0
     assert "official `autoregressive_infer_cfg`" in out_md.read_text()
+
+
+INFINITY_STAR_REFERENCE_REPO = Path(os.environ.get("INFINITY_STAR_REFERENCE_REPO",
+                                                   REPO.parent / "ref" / "InfinityStar"))
+
+
+def test_vs_official_infinity_star_rejects_a_wrong_checkout(tmp_path):
+    from benchmarks import vs_official_infinity_star
+
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_official_infinity_star.import_official(tmp_path)
+
+
+def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards):
+    from benchmarks import vs_official_infinity_star
+
+    if not (INFINITY_STAR_REFERENCE_REPO / "infinity" / "schedules" / "infinity_elegant.py").is_file():
+        pytest.skip(f"no official InfinityStar checkout at {INFINITY_STAR_REFERENCE_REPO} "
+                    "(set INFINITY_STAR_REFERENCE_REPO)")
+    missing = [m for m in vs_official_infinity_star.NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the official InfinityStar code needs {missing}")
+    out_md = tmp_path / "r.md"
+    result = vs_official_infinity_star.main([
+        "--reference-repo", str(INFINITY_STAR_REFERENCE_REPO), "--depth", "2", "--width", "512", "--frames", "1",
+        "--vae-channels", "32,32,32,32,32", "--text-len", "5", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--no-decode", "--out-md", str(out_md)])
+    agree = result["agreement"]
+    assert agree["agree"] and agree["bits_total"] > 0  # the same seeded draws from the same logits
+    assert agree["max_abs_codes_diff"] <= 1e-6  # equal bits: sums of the same codes (0 seen)
+    for name in vs_official_infinity_star.OURS:
+        # float32 decoders of the same codes: differently ordered convolutions, ~1e-6 seen
+        assert agree["max_abs_video_diff"][name] < 1e-3
+        assert result["speedup"][name][0] > 0
+    assert "official `autoregressive_infer`" in out_md.read_text()

@@ -219,13 +219,28 @@ class CrossAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(embed_dim))
         self.proj = Linear(embed_dim, embed_dim)
 
-    def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, cond_index: torch.Tensor
-    ) -> torch.Tensor:
-        """``x`` (R, N, C); ``memory`` (Rc, L, C) and ``mask`` (Rc, L) per condition row."""
-        rows, n, dim = x.shape
+    def text_kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """``(Rc, L, 2C)`` keys and values of the condition rows' text (``v_bias`` on the values)."""
         bias = torch.cat([torch.zeros_like(self.v_bias), self.v_bias])
-        kv = (self.mat_kv(memory) + bias)[cond_index]
+        return self.mat_kv(memory) + bias
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, cond_index: torch.Tensor,
+        memo: dict | None = None, layer: int = 0,
+    ) -> torch.Tensor:
+        """``x`` (R, N, C); ``memory`` (Rc, L, C) and ``mask`` (Rc, L) per condition row.
+
+        With ``memo`` (the run's, :meth:`KVCache.memo_for`) the text's keys and values are computed at
+        the first call, inside this forward (on this block's device, so offload hooks see it), and
+        reused at every later scale under ``("ca_kv", layer)``.
+        """
+        rows, n, dim = x.shape
+        kv = None if memo is None else memo.get(("ca_kv", layer))
+        if kv is None or kv.device != x.device:
+            kv = self.text_kv(memory)
+            if memo is not None:
+                memo[("ca_kv", layer)] = kv
+        kv = kv[cond_index]
         kv = kv.view(rows, kv.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         q = self.mat_q(x).view(rows, n, self.num_heads, self.head_dim).transpose(1, 2).to(k.dtype)
@@ -272,6 +287,7 @@ class InfinityBlock(nn.Module):
         kv_cache: KVCache | None,
         attn_mask: torch.Tensor | None,
         store: bool,
+        memo: dict | None = None,
     ) -> torch.Tensor:
         if self.shared_aln:
             mod = self.ada_gss.float() + modulation  # modulation: shared (R, 1, 6, C), float32
@@ -280,7 +296,7 @@ class InfinityBlock(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)
         h = _layer_norm(x, self.eps) * (scale1 + 1) + shift1
         x = x + self.sa(h, rope, layer, kv_cache, attn_mask, store) * gamma1
-        x = x + self.ca(self.ca_norm(x), condition.memory, condition.mask, cond_index).float()
+        x = x + self.ca(self.ca_norm(x), condition.memory, condition.mask, cond_index, memo, layer).float()
         h = _layer_norm(x, self.eps) * (scale2 + 1) + shift2
         return x + self.ffn(h) * gamma2
 
@@ -474,6 +490,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             return self._encode_text(*text)
         if condition is None or position_ids is None or scale_ids is None:
             raise ValueError("pass `condition`, `position_ids` and `scale_ids` (or `text` to encode a prompt)")
+        # the text's cross-attention keys/values depend on the condition rows only: once per run
+        memo = kv_cache.memo_for(condition) if kv_cache is not None and cond_index is not None else None
         if cond_index is None:
             cond_index = torch.arange(condition.rows, device=position_ids.device)
         cond_index = cond_index.to(condition.pooled.device)
@@ -506,7 +524,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         for i, block in enumerate(self.iter_blocks()):
             if i == 0 or not only_first:
                 x = x + level
-            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv)
+            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv, memo)
             if hidden_hook is not None:
                 x = hidden_hook(i, x)
         if last_tokens is not None:

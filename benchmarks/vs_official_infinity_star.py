@@ -1,0 +1,418 @@
+"""Our InfinityStar sampler against the official one: same architecture, same weights, same draws.
+
+The official code is imported at run time from a local checkout of
+https://github.com/FoundationVision/InfinityStar (``--reference-repo``); nothing of it ships with this
+package. Its CUDA-only imports (and ``tap``, the base class of its ``Args``) are replaced by the CPU
+stand-ins of ``benchmarks/official_stubs.py``; it also needs ``einops`` and ``pytz``.
+
+The official 8B transformer (``infinity_qwen8b``: width 4096, 32 heads, 8 KV heads, flan-T5-XL text
+width 2048) is built at ``--depth`` blocks (the 8B has 36) with seeded random weights, and the
+official Wan-style video VAE with ``--vae-channels`` (released: 96,192,384,384,384); our transformer
+and VAE are loaded from their state dicts with our own loaders. Text features are random (no T5).
+
+Settings: the 720p script's (``tools/infer_video_720p.py``) at the smallest pixel budget (0.06M,
+192x336), ``--frames`` 1 (the image clip, 11 scales) or 17 (one video clip more, 22 scales), with
+the parity fixtures' repetitions for that budget (image ``[3]*11``, video ``[3]*8+[2,1,1]``, 8
+semantic scales, detail codebook from 100 tokens). The official sampler draws every bit with
+``torch.multinomial`` (no greedy mode); both samplers run plain CFG (``use_cfg``, ``s*c + (1-s)*u``)
+at ``--guidance-scale`` with one generator seeded with ``--seed``, drawn in the same order, so equal
+logits give equal bits. The script checks the bits of every (scale, repetition) step and reports the
+largest difference of the summed codes and of the decoded videos.
+
+    python benchmarks/vs_official_infinity_star.py --reference-repo /path/to/InfinityStar --depth 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import official_stubs
+from benchmarks.common import (
+    CLOCKS,
+    count_params,
+    fmt_range,
+    fmt_seconds,
+    interleaved,
+    machine_info,
+    markdown_table,
+    run_header,
+    write_outputs,
+)
+from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
+from vpg_pipelines.loading.infinity_star import build_transformer, build_vae, infer_transformer_config, infer_vae_config
+from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
+from vpg_pipelines.pipelines.pipeline_vpg_infinity_star import VPGInfinityStarPipeline
+from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
+
+# The released 8B (manifest ``infinity_star_8b_720p``): infinity_qwen8b, flan-T5-XL features.
+WIDTH, TEXT_CHANNELS, TEXT_MAXLEN = 4096, 2048, 512
+VAE_CHANNELS = (96, 192, 384, 384, 384)
+NEEDED = ("einops", "pytz")
+OURS = ("ours", "ours-sampler")
+NAMES = {"official": "official `autoregressive_infer` (infinity_elegant)",
+         "ours": "ours: `VPGInfinityStarPipeline.__call__`", "ours-sampler": "ours: `run_next_scale` + decode"}
+# The 720p script's settings, with the parity fixtures' repetitions for the 0.06M budget (11 scales a clip).
+SCRIPT_ARGS = {
+    "pn": "0.06M", "video_frames": 81, "dynamic_scale_schedule": "infinity_elegant_clip20frames_v2",
+    "use_apg": 0, "use_cfg": 1, "apg_norm_threshold": 0.05, "tau_image": 1.0, "tau_video": 0.4,
+    "image_scale_repetition": [3] * 11, "video_scale_repetition": [3] * 8 + [2, 1, 1], "use_two_stage_lfq": 1,
+    "detail_scale_min_tokens": 100, "semantic_scales": 8, "max_repeat_times": 10000, "vae_type": 64, "videovae": 10,
+}
+H_DIV_W = 0.571  # the script's target ratio
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference-repo", required=True, help="local checkout of the official InfinityStar repository")
+    p.add_argument("--depth", type=int, default=2, help="transformer blocks (>= 2; the 8B has 36)")
+    p.add_argument("--width", type=int, default=WIDTH,
+                   help="transformer width (4096 for the 8B; a multiple of 512: 128 per head, 4 heads per KV head)")
+    p.add_argument("--frames", type=int, default=17, choices=(1, 17), help="1: the image clip; 17: plus one video clip")
+    p.add_argument("--vae-channels", default=",".join(map(str, VAE_CHANNELS)),
+                   help="VAE block channels (released: 96,192,384,384,384; 32,32,32,32,32 for quick runs)")
+    p.add_argument("--text-len", type=int, default=16, help="prompt length in tokens")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--guidance-scale", type=float, default=1.5, help="plain CFG strength (low: see the docstring)")
+    p.add_argument("--no-pipeline", action="store_true", help="time the sampler only, not the pipeline")
+    p.add_argument("--no-decode", action="store_true",
+                   help="time the samplers without the VAE decode (the agreement check still decodes once)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", default="wall", choices=CLOCKS,
+                   help="rank by wall time, or by this process's CPU time (shared CPUs; use with --threads 1)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out-json", default=None)
+    p.add_argument("--out-md", default=None)
+    args = p.parse_args(argv)
+    if args.depth < 2:
+        p.error(f"--depth must be >= 2 (the official sampler runs >= 2 block chunks), got {args.depth}")
+    if args.width < 512 or args.width % 512:
+        p.error(f"--width must be a positive multiple of 512, got {args.width}")
+    try:
+        args.vae_channels = tuple(int(c) for c in args.vae_channels.split(","))
+    except ValueError:
+        p.error(f"--vae-channels must be 5 comma-separated integers, got {args.vae_channels!r}")
+    if len(args.vae_channels) != 5 or min(args.vae_channels) < 8 or any(c % 8 for c in args.vae_channels):
+        p.error(f"--vae-channels must be 5 positive multiples of 8, got {args.vae_channels}")
+    if not 1 <= args.text_len <= TEXT_MAXLEN or args.repeats < 1 or args.warmup < 0:
+        p.error(f"--text-len must be in [1, {TEXT_MAXLEN}], --repeats >= 1, --warmup >= 0")
+    if not 1.0 <= args.guidance_scale <= 20.0:
+        p.error(f"--guidance-scale must be in [1, 20], got {args.guidance_scale}")
+    return args
+
+
+def block_chunks(depth: int) -> int:
+    """Chunks of the official block layout: 6 as released when they divide the depth, else 2 or the depth."""
+    return next(c for c in (6, 2, depth) if depth % c == 0)
+
+
+# -- the official code -----------------------------------------------------------------------------
+def import_official(repo: str | Path) -> dict[str, Any]:
+    """The official ``Infinity`` class, ``Args``, video VAE builder and schedule helpers of the checkout at ``repo``."""
+    repo = Path(repo).expanduser().resolve()
+    if not (repo / "infinity" / "models" / "infinity.py").is_file() or not (
+            repo / "infinity" / "schedules" / "infinity_elegant.py").is_file():
+        raise ValueError(f"`--reference-repo` {repo} is not a checkout of the official InfinityStar code "
+                         "(expected infinity/models/infinity.py and infinity/schedules/infinity_elegant.py)")
+    module = sys.modules.get("infinity")
+    origin = str(next(iter(getattr(module, "__path__", [])), ""))
+    if module is not None and not origin.startswith(str(repo)):
+        raise RuntimeError(f"a different top-level module 'infinity' ({origin}) is already imported; "
+                           "run the benchmark in a fresh process")
+    missing = official_stubs.missing_packages(NEEDED)
+    if missing:
+        raise RuntimeError(f"the official code needs {missing}: pip install {' '.join(missing)}")
+    official_stubs.install()
+    sys.path.insert(0, str(repo))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            basic = importlib.import_module("infinity.models.basic")
+            model = importlib.import_module("infinity.models.infinity")
+            arg_util = importlib.import_module("infinity.utils.arg_util")
+            vae = importlib.import_module("infinity.models.videovae.models.load_vae_bsq_wan_absorb_patchify")
+            resolution = importlib.import_module("infinity.schedules.dynamic_resolution")
+            elegant = importlib.import_module("infinity.schedules.infinity_elegant")
+    finally:
+        sys.path.remove(str(repo))
+    official_stubs.exact_attention_casts(basic)
+    return {"Infinity": model.Infinity, "Args": arg_util.Args, "vae_module": vae, "resolution": resolution,
+            "elegant": elegant}
+
+
+def official_args(official: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The official ``Args`` as ``tools/infer_video_720p.py`` sets them, with :data:`SCRIPT_ARGS`."""
+    a = official["Args"]()
+    for key, value in SCRIPT_ARGS.items():
+        setattr(a, key, json.dumps(value) if key.endswith("_repetition") else value)
+    a.text_channels, a.cfg = TEXT_CHANNELS, args.guidance_scale
+    return a
+
+
+def official_vae(official: dict[str, Any], a: Any, channels: tuple[int, ...]) -> Any:
+    """The official video VAE (``video_vae_model``) with ``channels`` and no checkpoint (default init)."""
+    module = official["vae_module"]
+    real = module.AutoencoderKLCogVideoX
+
+    def sized(vae_args):
+        vae_args.block_out_channels = list(channels)
+        return real(vae_args)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({"vae": {}}, empty)  # loaded non-strictly by the official builder: nothing to load
+        module.AutoencoderKLCogVideoX = sized
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return module.video_vae_model(str(empty), "dynamic", a.vae_type, global_args=a, test_mode=True)
+        finally:
+            module.AutoencoderKLCogVideoX = real
+
+
+def _fill_zeros(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Zero-initialised parameters get random values too, so that their mapping is tested."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.02, generator=gen)
+
+
+def build_models(official: dict[str, Any], args: argparse.Namespace) -> tuple[Any, Any, Any, VPGInfinityStarPipeline]:
+    """Seeded random official VAE + transformer, their ``Args``, and our pipeline holding the same weights."""
+    a = official_args(official, args)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    vae = official_vae(official, a, args.vae_channels)
+    _fill_zeros(vae, gen)
+    heads = args.width // 128
+    with contextlib.redirect_stdout(io.StringIO()):  # the official constructor prints
+        model = official["Infinity"](
+            vae_local=vae, arch="qwen", depth=args.depth, block_chunks=block_chunks(args.depth),
+            embed_dim=args.width, num_heads=heads, num_key_value_heads=heads // 4, mlp_ratio=4, drop_path_rate=0,
+            text_channels=TEXT_CHANNELS, text_maxlen=TEXT_MAXLEN, raw_scale_schedule=None, checkpointing="full-block",
+            pad_to_multiplier=128, use_flex_attn=a.use_flex_attn, add_lvl_embeding_on_first_block=0,
+            num_of_label_value=a.num_of_label_value, rope2d_each_sa_layer=a.rope2d_each_sa_layer,
+            rope2d_normalized_by_hw=a.rope2d_normalized_by_hw, pn=a.pn, apply_spatial_patchify=a.apply_spatial_patchify,
+            inference_mode=True, train_h_div_w_list=[0.571, 1.0], video_frames=a.video_frames, other_args=a)
+    _fill_zeros(model, gen)
+    vae.eval()
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # ours must not share storage
+    transformer = build_transformer(infer_transformer_config(state, TEXT_MAXLEN), state)
+    vae_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    our_vae = build_vae(infer_vae_config(vae_state, SCRIPT_ARGS["detail_scale_min_tokens"]), vae_state)
+    overrides = {k: v for k, v in SCRIPT_ARGS.items() if k not in ("vae_type", "videovae")}
+    overrides.update(cfg=args.guidance_scale, h_div_w_template=H_DIV_W)
+    pipe = VPGInfinityStarPipeline(transformer, our_vae, official_args=overrides)
+    pipe.set_progress_bar_config(disable=True)
+    return model, vae, a, pipe
+
+
+# -- runs ------------------------------------------------------------------------------------------
+def official_schedule(official: dict[str, Any], a: Any, frames: int) -> tuple[list[tuple[int, int, int]], Any]:
+    """The scale schedule and ``context_info`` as ``tools/infer_video_720p.py`` computes them."""
+    resolution = official["resolution"]
+    meta, templates = resolution.get_dynamic_resolution_meta(a.dynamic_scale_schedule, a.video_frames)
+    template = templates[abs(templates - H_DIV_W).argmin()]
+    schedule = meta[template][a.pn]["pt2scale_schedule"][(frames - 1) // 4 + 1]
+    a.first_full_spatial_size_scale_index = resolution.get_first_full_spatial_size_scale_index(schedule)
+    a.tower_split_index = a.first_full_spatial_size_scale_index + 1
+    context_info = official["elegant"].get_scale_pack_info(schedule, a.first_full_spatial_size_scale_index, a)
+    return [tuple(s) for s in schedule], context_info
+
+
+def text_inputs(args: argparse.Namespace) -> torch.Tensor:
+    """Random prompt features ``(text_len, 2048)``."""
+    return torch.randn(args.text_len, TEXT_CHANNELS, generator=torch.Generator().manual_seed(args.seed + 1))
+
+
+class Recorder:
+    """Records the official sampler's bits (``indices_to_codes`` of both codebooks) and decoded video."""
+
+    def __init__(self, vae: Any) -> None:
+        self.vae, self.bits, self.video = vae, [], None
+
+    def __enter__(self) -> Recorder:
+        q = self.vae.quantizer
+        for lfq in (q.lfq_detail, q.lfq_semantic):
+            lfq.indices_to_codes = self._recording(lfq.indices_to_codes)
+        decode = self.vae.decode
+
+        def record_decode(z, *a, **kw):
+            self.video = decode(z, *a, **kw)
+            return self.video
+
+        self.vae.decode = record_decode
+        return self
+
+    def _recording(self, fn: Any) -> Any:
+        def record(indices, *a, **kw):
+            self.bits.append(indices.clone())
+            return fn(indices, *a, **kw)
+        return record
+
+    def __exit__(self, *exc: Any) -> None:
+        q = self.vae.quantizer
+        del q.lfq_detail.indices_to_codes, q.lfq_semantic.indices_to_codes, self.vae.decode
+
+
+def make_runs(model: Any, vae: Any, a: Any, pipe: VPGInfinityStarPipeline, official: dict[str, Any],
+              args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    schedule, context_info = official_schedule(official, a, args.frames)
+    height, width = schedule[-1][1] * 16, schedule[-1][2] * 16
+    plan = pipe.plan(args.frames, height, width)
+    if [tuple(s) for s in plan.schedule] != schedule:
+        raise RuntimeError(f"schedules differ: official {schedule}, ours {plan.schedule}")
+    features = text_inputs(args)
+    n, length = len(schedule), args.text_len
+    taus = [a.tau_image] * a.tower_split_index + [a.tau_video] * (n - a.tower_split_index)
+    label = (features, [length], torch.tensor([0, length], dtype=torch.int32), length)
+    rope_embeds = official["elegant"].get_visual_rope_embeds
+
+    def theirs(decode: bool = not args.no_decode, summed: bool = False) -> Any:
+        # a single frame: the official post-processing (frame 1 copied over frame 0) fails, so the
+        # summed codes are decoded here with the call it makes (`vae.decode(z, slice=True)`)
+        codes_only = summed or not decode or args.frames == 1
+        with torch.inference_mode(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # tqdm and prints
+            out = model.autoregressive_infer(
+                vae=vae, scale_schedule=schedule, label_B_or_BLT=label, g_seed=args.seed, B=1,
+                negative_label_B_or_BLT=None, cfg_list=[args.guidance_scale] * n, tau_list=taus, top_k=0, top_p=0.0,
+                gt_leak=-1, gt_ls_Bl=None, low_vram_mode=False, args=a, get_visual_rope_embeds=rope_embeds,
+                context_info=context_info, return_summed_code_only=codes_only)
+            if summed or not decode:
+                return out
+            return vae.decode(out, slice=True) if codes_only else out[1]
+
+    def sampler_state(decode: bool = True, trace: SamplerTrace | None = None):
+        adapter = InfinityStarAdapter(pipe.transformer, pipe.vae)
+        cfg = ClassifierFreeGuidance(scale=args.guidance_scale, schedule="constant")
+        state = adapter.prepare(plan, [features], None, with_null=True)
+        with torch.inference_mode():
+            run_next_scale(adapter, state, cfg=cfg, trace=trace, generator=torch.Generator().manual_seed(args.seed))
+            return state, adapter, adapter.decode(state) if decode else None
+
+    def ours_sampler() -> torch.Tensor:
+        """The shared sampler without the pipeline's argument checks and post-processing."""
+        state, adapter, video = sampler_state(not args.no_decode)
+        return adapter.latents(state) if video is None else video.add(1).mul(0.5).clamp(0, 1)
+
+    def ours(output_type: str = "latent" if args.no_decode else "pt") -> torch.Tensor:
+        return pipe(prompt_embeds=features[None], num_frames=args.frames, height=height, width=width,
+                    guidance_scale=args.guidance_scale, guidance="cfg", vpg_scale=1.0,
+                    generator=torch.Generator().manual_seed(args.seed), output_type=output_type).frames
+
+    runs = {"official": theirs, "ours-sampler": ours_sampler}
+    if not args.no_pipeline:
+        runs["ours"] = ours
+    return runs, sampler_state
+
+
+def agreement(vae: Any, runs: dict[str, Any], sampler_state: Any) -> dict[str, Any]:
+    """Bits per step, summed codes and videos of ours against the official sampler (untimed runs)."""
+    with Recorder(vae) as rec:
+        summed = runs["official"](summed=True)
+    with Recorder(vae) as dec:
+        runs["official"](decode=True)
+    trace = SamplerTrace()
+    state, adapter, video = sampler_state(trace=trace)
+    ours_bits = [trace.codes[i] for i in sorted(trace.codes)]
+    bits_differ = [int((x.to(y.dtype) != y).sum()) if x.shape == y.shape else -1 for x, y in zip(ours_bits, rec.bits)]
+    first = next((i for i, d in enumerate(bits_differ) if d), None)
+    latents = adapter.latents(state)
+    theirs = dec.video.float()
+    result = {
+        "bits_total": sum(b.numel() for b in rec.bits),
+        "bits_differ_per_step": bits_differ,
+        "first_differing_step": first,
+        "steps": [len(rec.bits), len(ours_bits)],
+        "max_abs_codes_diff": (latents - summed).abs().max().item(),
+        "max_abs_video_diff": {"ours-sampler": (video - theirs).abs().max().item()},
+    }
+    if "ours" in runs:
+        piped = runs["ours"](output_type="pt").float()  # (B, F, 3, H, W) in [0, 1], frame 1 copied over frame 0
+        ref = theirs.add(1).mul(0.5).clamp(0, 1).permute(0, 2, 1, 3, 4).clone()
+        ref[:, 0] = ref[:, min(1, ref.shape[1] - 1)]
+        result["max_abs_video_diff"]["ours"] = (piped - ref).abs().max().item() * 2  # on the [-1, 1] scale
+    result["agree"] = result["steps"][0] == result["steps"][1] and not any(bits_differ)
+    return result
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    a = result["args"]
+    settings = (f"depth {a['depth']}, width {a['width']}, {result['schedule']}, plain CFG {a['guidance_scale']} on "
+                f"the logits, tau 1 / 0.4, VAE channels {a['vae_channels']}, random text features "
+                f"({a['text_len']} tokens), VAE decode {'not timed' if a['no_decode'] else 'included'}")
+    head = run_header(result, settings)
+    agree = result["agreement"]
+    header = ["sampler", "median [min–max]", "our speed vs official (paired median [range])",
+              "max abs video diff vs official ([-1, 1] scale)"]
+    names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else NAMES
+    rows = []
+    for name in result["times"]:
+        t = result["times"][name]
+        row = [names[name], f"{fmt_seconds(median(t))} [{fmt_seconds(min(t))}–{fmt_seconds(max(t))}]"]
+        if name == "official":
+            row += ["1", "—"]
+        else:
+            s = result["speedup"][name]
+            row += [f"{median(s):.2f}× [{fmt_range(s)}]", f"{agree['max_abs_video_diff'][name]:.2e}"]
+        rows.append(row)
+    lines = [head, "", markdown_table(header, rows), "",
+             "Agreement (same seeded generator, multinomial per bit): bits "
+             f"{'equal' if agree['agree'] else 'DIFFERENT'} "
+             f"at every (scale, repetition) step ({agree['steps'][0]} steps, {agree['bits_total']} bits; first "
+             f"differing step {agree['first_differing_step']}); max abs summed-codes diff "
+             f"{agree['max_abs_codes_diff']:.2e}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    official = import_official(args.reference_repo)
+    model, vae, a, pipe = build_models(official, args)
+    runs, sampler_state = make_runs(model, vae, a, pipe, official, args)
+    agree = agreement(vae, runs, sampler_state)
+    series = interleaved(runs, args.repeats, args.warmup, "cpu", args.clock)
+    schedule, _ = official_schedule(official, a, args.frames)
+    result: dict[str, Any] = {
+        "benchmark": "vs_official_infinity_star",
+        "model": f"InfinityStar-8B architecture at depth {args.depth}, width {args.width}, random weights",
+        "params": count_params(pipe.transformer),
+        "device": "cpu",
+        "machine": machine_info("cpu"),
+        "args": {**vars(args), "device": "cpu", "dtype": "float32", "top_k": 0, "top_p": 0.0},  # full multinomial
+        "schedule": (f"{len(schedule)} scales ({agree['steps'][0]} steps), {args.frames} frame(s) at "
+                     f"{schedule[-1][1] * 16}x{schedule[-1][2] * 16} px"),
+        "agreement": agree,
+        "times": {name: s.times for name, s in series.items()},
+        "wall": {name: s.wall for name, s in series.items()},
+        "cpu": {name: s.cpu for name, s in series.items()},
+        # official time / our time, per round (> 1: ours is faster)
+        "speedup": {name: [o / u for o, u in zip(series["official"].times, series[name].times)]
+                    for name in runs if name != "official"},
+    }
+    markdown = to_markdown(result)
+    result["markdown"] = markdown
+    write_outputs(result, markdown, args.out_json, args.out_md)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
