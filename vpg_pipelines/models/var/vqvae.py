@@ -407,7 +407,14 @@ class VARVQVAE(ModelMixin, ConfigMixin):
 
     @apply_forward_hook
     def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """``decoder(post_quant_conv(f_hat))`` clamped to [-1, 1] (``fhat_to_img``)."""
+        """``decoder(post_quant_conv(f_hat))`` clamped to [-1, 1] (``fhat_to_img``).
+
+        On the CPU the activations run channels-last (NHWC): oneDNN's convolutions take that layout
+        natively, which decodes a VAR-256 image ~12 % faster than NCHW (``docs/benchmarks.md`` §6); the
+        result equals the NCHW decode up to float rounding. Other devices keep the layout they are given.
+        """
+        if f_hat.device.type == "cpu" and f_hat.ndim == 4:
+            f_hat = f_hat.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
 
     def _indices_to_maps(self, indices: Sequence[torch.Tensor]) -> list[torch.Tensor]:
