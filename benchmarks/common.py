@@ -303,6 +303,22 @@ def fmt_mib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f} MiB" if abs(n) >= 2**24 else f"{n / 2**20:.1f} MiB"
 
 
+def speed_rows(times: dict[str, list[float]], speedup: dict[str, list[float]], names: dict[str, str],
+               diffs: dict[str, float], baseline: str = "official") -> list[list[str]]:
+    """Rows of a same-run comparison: each run's median [min–max] time, its paired ratio to ``baseline``
+    (per-round ``speedup``) and its output difference (``diffs``); the baseline's row first as it comes."""
+    rows = []
+    for name, t in times.items():
+        row = [names[name], f"{fmt_seconds(statistics.median(t))} [{fmt_seconds(min(t))}–{fmt_seconds(max(t))}]"]
+        if name == baseline:
+            row += ["1", "—"]
+        else:
+            s = speedup[name]
+            row += [f"{statistics.median(s):.2f}× [{fmt_range(s)}]", f"{diffs[name]:.2e}"]
+        rows.append(row)
+    return rows
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

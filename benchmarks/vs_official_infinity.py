@@ -24,7 +24,6 @@ import io
 import math
 import sys
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import torch
@@ -37,12 +36,11 @@ from benchmarks import official_stubs
 from benchmarks.common import (
     CLOCKS,
     count_params,
-    fmt_range,
-    fmt_seconds,
     interleaved,
     machine_info,
     markdown_table,
     run_header,
+    speed_rows,
     write_outputs,
 )
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
@@ -298,16 +296,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     header = ["sampler", "median [min–max]", "our speed vs official (paired median [range])",
               "max abs image diff vs official ([-1, 1] scale)"]
     names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else NAMES
-    rows = []
-    for name in result["times"]:
-        t = result["times"][name]
-        row = [names[name], f"{fmt_seconds(median(t))} [{fmt_seconds(min(t))}–{fmt_seconds(max(t))}]"]
-        if name == "official":
-            row += ["1", "—"]
-        else:
-            s = result["speedup"][name]
-            row += [f"{median(s):.2f}× [{fmt_range(s)}]", f"{agree['max_abs_image_diff'][name]:.2e}"]
-        rows.append(row)
+    rows = speed_rows(result["times"], result["speedup"], names, agree["max_abs_image_diff"])
     lines = [head, "", markdown_table(header, rows), "",
              f"Agreement: greedy bits {'equal' if agree['agree'] else 'DIFFERENT'} at every scale "
              f"({agree['bits_total']} bits; differing per scale {agree['bits_differ_per_scale']}); "
