@@ -262,3 +262,17 @@ def test_sequential_offload_never_reads_weights_outside_a_forward(vqvae, cases):
     probs = torch.softmax(torch.randn(2, 3, vqvae.vocab_size), dim=-1)
     torch.testing.assert_close(offloaded.soft_lookup(probs), vqvae.soft_lookup(probs))
     torch.testing.assert_close(_f_hat_by_steps(offloaded, indices), _f_hat_by_steps(vqvae, indices))
+
+
+@torch.no_grad()
+def test_cpu_decode_runs_channels_last_and_returns_contiguous_images(vqvae):
+    """The CPU decode takes oneDNN's channels-last path (faster) and hands back an ordinary NCHW tensor,
+    equal to the NCHW decode up to rounding (the convolutions sum in another order)."""
+    f_hat = torch.randn(2, vqvae.Cvae, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = vqvae.decode_latent(f_hat)
+    assert image.is_contiguous()
+    nchw = vqvae.decoder(vqvae.post_quant_conv(f_hat)).clamp(-1, 1)
+    # every convolution sums in another order under the other layout, and the decoder stacks them: the
+    # rounding of each (a layout tolerance of its output) adds up along the stack
+    convs = 1 + sum(isinstance(m, torch.nn.Conv2d) for m in vqvae.decoder.modules())
+    torch.testing.assert_close(image, nchw, atol=layout_atol(nchw, gain=convs), rtol=0)

@@ -411,10 +411,12 @@ class VARVQVAE(ModelMixin, ConfigMixin):
 
         On the CPU the activations run channels-last (NHWC): oneDNN's convolutions take that layout
         natively, which decodes a VAR-256 image ~12 % faster than NCHW (``docs/benchmarks.md`` §6); the
-        result equals the NCHW decode up to float rounding. Other devices keep the layout they are given.
+        result equals the NCHW decode up to float rounding and is returned in the usual contiguous layout.
+        Other devices keep the layout they are given.
         """
         if f_hat.device.type == "cpu" and f_hat.ndim == 4:
-            f_hat = f_hat.contiguous(memory_format=torch.channels_last)
+            image = self.decoder(self.post_quant_conv(f_hat.contiguous(memory_format=torch.channels_last)))
+            return image.clamp(-1, 1).contiguous()
         return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
 
     def _indices_to_maps(self, indices: Sequence[torch.Tensor]) -> list[torch.Tensor]:
