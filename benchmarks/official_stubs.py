@@ -213,3 +213,34 @@ STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision", "tap")
 def missing_packages(names: tuple[str, ...]) -> list[str]:
     """The names among ``names`` that cannot be imported (for a clear error before the official import)."""
     return [n for n in names if _missing(n)]
+
+
+def import_infinity_checkout(repo: Any, what: str, required: tuple[str, ...], modules: tuple[str, ...],
+                             needed: tuple[str, ...] = ("einops", "pytz")) -> dict[str, types.ModuleType]:
+    """Import ``modules`` from the official checkout at ``repo`` (Infinity and InfinityStar both ship a
+    top-level ``infinity`` package) with the stand-ins installed; ``required`` files prove the checkout."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    repo = Path(repo).expanduser().resolve()
+    if not all((repo / path).exists() for path in required):
+        raise ValueError(f"`--reference-repo` {repo} is not a checkout of the official {what} code "
+                         f"(expected {' and '.join(required)})")
+    module = sys.modules.get("infinity")
+    origin = str(next(iter(getattr(module, "__path__", [])), ""))
+    if module is not None and not origin.startswith(str(repo)):
+        raise RuntimeError(f"a different top-level module 'infinity' ({origin}) is already imported; "
+                           "run the benchmark in a fresh process")
+    missing = missing_packages(needed)
+    if missing:
+        raise RuntimeError(f"the official code needs {missing}: pip install {' '.join(missing)}")
+    install()
+    sys.path.insert(0, str(repo))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            imported = {name: importlib.import_module(name) for name in ("infinity.models.basic", *modules)}
+    finally:
+        sys.path.remove(str(repo))
+    exact_attention_casts(imported["infinity.models.basic"])
+    return imported

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import math
 import sys
@@ -111,29 +110,11 @@ def block_chunks(depth: int) -> int:
 # -- the official code -----------------------------------------------------------------------------
 def import_official(repo: str | Path) -> dict[str, Any]:
     """The official ``Infinity`` class, ``vae_model`` and schedule table of the checkout at ``repo``."""
-    repo = Path(repo).expanduser().resolve()
-    if not (repo / "infinity" / "models" / "infinity.py").is_file() or not (repo / "infinity" / "utils").is_dir():
-        raise ValueError(f"`--reference-repo` {repo} is not a checkout of the official Infinity code "
-                         "(expected infinity/models/infinity.py)")
-    module = sys.modules.get("infinity")
-    origin = str(next(iter(getattr(module, "__path__", [])), ""))
-    if module is not None and not origin.startswith(str(repo)):
-        raise RuntimeError(f"a different top-level module 'infinity' ({origin}) is already imported; "
-                           "run the benchmark in a fresh process")
-    missing = official_stubs.missing_packages(NEEDED)
-    if missing:
-        raise RuntimeError(f"the official code needs {missing}: pip install {' '.join(missing)}")
-    official_stubs.install()
-    sys.path.insert(0, str(repo))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            basic = importlib.import_module("infinity.models.basic")
-            model = importlib.import_module("infinity.models.infinity")
-            vae = importlib.import_module("infinity.models.bsq_vae.vae")
-            resolution = importlib.import_module("infinity.utils.dynamic_resolution")
-    finally:
-        sys.path.remove(str(repo))
-    official_stubs.exact_attention_casts(basic)
+    m = official_stubs.import_infinity_checkout(
+        repo, "Infinity", ("infinity/models/infinity.py", "infinity/utils"),
+        ("infinity.models.infinity", "infinity.models.bsq_vae.vae", "infinity.utils.dynamic_resolution"), NEEDED)
+    model, vae, resolution = (m["infinity.models.infinity"], m["infinity.models.bsq_vae.vae"],
+                              m["infinity.utils.dynamic_resolution"])
     return {"Infinity": model.Infinity, "vae_model": vae.vae_model,
             "dynamic_resolution_h_w": resolution.dynamic_resolution_h_w}
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import sys
@@ -121,32 +120,13 @@ def block_chunks(depth: int) -> int:
 # -- the official code -----------------------------------------------------------------------------
 def import_official(repo: str | Path) -> dict[str, Any]:
     """The official ``Infinity`` class, ``Args``, video VAE builder and schedule helpers of the checkout at ``repo``."""
-    repo = Path(repo).expanduser().resolve()
-    if not (repo / "infinity" / "models" / "infinity.py").is_file() or not (
-            repo / "infinity" / "schedules" / "infinity_elegant.py").is_file():
-        raise ValueError(f"`--reference-repo` {repo} is not a checkout of the official InfinityStar code "
-                         "(expected infinity/models/infinity.py and infinity/schedules/infinity_elegant.py)")
-    module = sys.modules.get("infinity")
-    origin = str(next(iter(getattr(module, "__path__", [])), ""))
-    if module is not None and not origin.startswith(str(repo)):
-        raise RuntimeError(f"a different top-level module 'infinity' ({origin}) is already imported; "
-                           "run the benchmark in a fresh process")
-    missing = official_stubs.missing_packages(NEEDED)
-    if missing:
-        raise RuntimeError(f"the official code needs {missing}: pip install {' '.join(missing)}")
-    official_stubs.install()
-    sys.path.insert(0, str(repo))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            basic = importlib.import_module("infinity.models.basic")
-            model = importlib.import_module("infinity.models.infinity")
-            arg_util = importlib.import_module("infinity.utils.arg_util")
-            vae = importlib.import_module("infinity.models.videovae.models.load_vae_bsq_wan_absorb_patchify")
-            resolution = importlib.import_module("infinity.schedules.dynamic_resolution")
-            elegant = importlib.import_module("infinity.schedules.infinity_elegant")
-    finally:
-        sys.path.remove(str(repo))
-    official_stubs.exact_attention_casts(basic)
+    vae_name = "infinity.models.videovae.models.load_vae_bsq_wan_absorb_patchify"
+    m = official_stubs.import_infinity_checkout(
+        repo, "InfinityStar", ("infinity/models/infinity.py", "infinity/schedules/infinity_elegant.py"),
+        ("infinity.models.infinity", "infinity.utils.arg_util", vae_name, "infinity.schedules.dynamic_resolution",
+         "infinity.schedules.infinity_elegant"), NEEDED)
+    model, arg_util, vae = m["infinity.models.infinity"], m["infinity.utils.arg_util"], m[vae_name]
+    resolution, elegant = m["infinity.schedules.dynamic_resolution"], m["infinity.schedules.infinity_elegant"]
     return {"Infinity": model.Infinity, "Args": arg_util.Args, "vae_module": vae, "resolution": resolution,
             "elegant": elegant}
 
