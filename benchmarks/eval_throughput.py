@@ -40,8 +40,8 @@ VBENCH = ["a red cat walking on the beach", "a bird in the sky, frozen in time",
 
 def make_tiny(folder: Path) -> dict[str, Path]:
     """Tiny Infinity / InfinityStar pipeline folders (parity weights + a random tiny T5) and small input files."""
-    from tests.test_cli import FAST_ARGS
-    from tests.tiny_text import tiny_t5
+    from tests.helpers.cli import FAST_ARGS
+    from tests.helpers.tiny_text import tiny_t5
     from vpg_pipelines.cli import main
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def _guarded(results: Results, what: str, fn: Callable[[], dict]) -> None:
 def part_cuda_tests(opts: argparse.Namespace, results: Results) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider"]
     if opts.dry_run:
-        cmd += ["--collect-only", "tests/test_memory_savers.py"]
+        cmd += ["--collect-only", "tests/memory/test_memory_savers.py"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     results.add(what="pytest -m cuda", command=" ".join(cmd[1:]), returncode=proc.returncode, summary=tail)

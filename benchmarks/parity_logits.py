@@ -1,5 +1,5 @@
 """Teacher-forced logits of the parity fixtures' tiny official-format models, for comparing weight formats
-and dtypes (``tests/test_memory_savers.py`` on the CPU, ``benchmarks/gpu_check.py`` on CUDA).
+and dtypes (``tests/memory/test_memory_savers.py`` on the CPU, ``benchmarks/gpu_check.py`` on CUDA).
 
 Each builder returns ``(pipeline, logits)``: ``logits(transformer)`` runs ``transformer`` (any dtype,
 device or weight format) on the fixture's recorded inputs and returns float32 logits whose last

@@ -1,7 +1,7 @@
 """Write the drag-and-drop ComfyUI workflows in workflows/ (UI format) from compact graph descriptions.
 
 Run from the repository root: ``python scripts/build_comfy_workflows.py``. The output is committed;
-tests/test_comfy_workflows.py checks it against the node definitions independently of this script.
+tests/comfy/test_comfy_workflows.py checks it against the node definitions independently of this script.
 """
 
 from __future__ import annotations

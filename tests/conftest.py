@@ -1,22 +1,20 @@
-"""Shared test fixtures: where the read-only parity fixtures and specs live."""
+"""Fixtures every test folder can use: the shared parity data and the pipelines built from it.
+
+The builders live in ``tests/helpers``; importing their pytest fixtures here registers them for the whole suite.
+"""
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VPG_SHARED", REPO.parent / "shared"))
-
-
-def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"missing shared data {path} (CI keeps ../shared beside the checkout; set VPG_SHARED)")
-    return path
+from tests.helpers.cli import infinity_folder, star_folder  # noqa: F401 (fixtures)
+from tests.helpers.quality import fake_dataset  # noqa: F401 (fixture)
+from tests.helpers.shared import shared_path
+from tests.helpers.star import fast_pipe, fixture_files, parity_pipe  # noqa: F401 (fixtures)
+from vpg_pipelines import VPGVARPipeline
 
 
 @pytest.fixture(scope="session")
@@ -27,22 +25,8 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def var_pipe():
     """The tiny official-format VAR of the parity fixtures as a pipeline (progress bar off)."""
-    import json
-
-    from vpg_pipelines import VPGVARPipeline
-
     root = shared_path("parity", "var")
     config = json.loads((root / "config.json").read_text())
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def cuda_only(reason: str):
-    """Decorator of a test that needs a CUDA GPU: marked ``cuda`` (``scripts/gpu_check.sh`` runs
-    ``pytest -m cuda``) and skipped with ``reason`` without one."""
-
-    def mark(test):
-        return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)(test))
-
-    return mark

@@ -1,11 +1,11 @@
-"""The comparison tools of tests/numerics.py can fail: they catch real differences and near-ties."""
+"""The comparison tools of tests/helpers/numerics.py can fail: they catch real differences and near-ties."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.numerics import DrawLog, assert_greedy_margin, cfg_gain, layout_atol, record_draws
+from tests.helpers.numerics import DrawLog, assert_greedy_margin, cfg_gain, layout_atol, record_draws
 from vpg_pipelines.sampling.sample import multinomial_rows
 
 

@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# the tests folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from tiny_text import tiny_t5  # noqa: E402
 
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
-STAR_ARGS = {  # the InfinityStar fixture's settings (tests/test_infinity_star_pipeline.py)
+STAR_ARGS = {  # the InfinityStar fixture's settings (tests/pipelines/test_infinity_star_pipeline.py)
     "pn": "0.06M",
     "image_scale_repetition": [3] * 11,
     "video_scale_repetition": [3] * 8 + [2, 1, 1],

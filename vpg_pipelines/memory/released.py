@@ -1,7 +1,7 @@
 """The released models' architectures, as empty (meta-device) pipelines: plan their memory without files.
 
 The constructor arguments below are what the loaders read off the released checkpoints
-(``tests/test_memory_released.py`` checks every one against ``shared/spec/manifests``: the meta models
+(``tests/memory/test_memory_released.py`` checks every one against ``shared/spec/manifests``: the meta models
 have exactly the released keys and shapes). The text encoder is flan-T5-XL's encoder (``T5EncoderModel``
 with google/flan-t5-xl's configuration).
 """

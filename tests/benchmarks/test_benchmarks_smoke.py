@@ -1,0 +1,153 @@
+"""The benchmark scripts still run: one repetition each on the tiny parity model (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import vpg_overhead, vs_official
+from tests.helpers.shared import REPO, shared_path
+
+REFERENCE_REPO = Path(os.environ.get("VAR_REFERENCE_REPO", REPO.parent / "ref" / "VAR"))
+
+
+@pytest.fixture(autouse=True)
+def _parity_model():
+    shared_path("parity", "var", "var.safetensors")
+
+
+def test_vpg_overhead_runs_every_configuration(tmp_path):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    result = vpg_overhead.main(["--model", "parity", "--repeats", "1", "--warmup", "0", "--no-memory",
+                                "--threads", "1", "--out-json", str(out_json), "--out-md", str(out_md)])
+    configs = result["batches"][0]["configs"]
+    assert set(configs) == set(vpg_overhead.CONFIGS)
+    assert configs["cfg"]["ratio"] == [1.0]
+    assert all(c["times"][0] > 0 for c in configs.values())
+    assert json.loads(out_json.read_text())["batches"][0]["batch"] == 1
+    table = out_md.read_text()
+    assert "`vpg-all-resample`" in table and "Targets:" in table
+
+
+def test_vpg_overhead_measures_memory_in_fresh_processes():
+    result = vpg_overhead.main(["--model", "parity", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                                "--configs", "vpg-semantic"])
+    configs = result["batches"][0]["configs"]
+    assert list(configs) == ["cfg", "vpg-semantic"]
+    for c in configs.values():
+        mem = c["memory"]
+        assert 0 < mem["base"] <= mem["sampler_peak"]
+        assert mem["decode_peak"] > 0
+
+
+def test_vs_official_rejects_a_wrong_checkout(tmp_path):
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_official.import_official(tmp_path)
+
+
+@pytest.fixture
+def official_modules_removed_afterwards():
+    """The official code is imported as top-level modules (`dist`, `models`, ...): drop them after the test."""
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in vs_official.OFFICIAL_MODULES:
+            del sys.modules[name]
+
+
+def test_vs_official_agrees_with_the_official_sampler(tmp_path, official_modules_removed_afterwards):
+    if not (REFERENCE_REPO / "models" / "var.py").is_file():
+        pytest.skip(f"no official VAR checkout at {REFERENCE_REPO} (set VAR_REFERENCE_REPO)")
+    out_md = tmp_path / "r.md"
+    result = vs_official.main(["--reference-repo", str(REFERENCE_REPO), "--model", "tiny", "--repeats", "1",
+                               "--warmup", "0", "--threads", "1", "--out-md", str(out_md)])
+    batch = result["batches"][0]
+    for name in vs_official.OURS:
+        assert batch["max_abs_image_diff"][name] < 1e-4
+        assert batch["speedup"][name][0] > 0
+    assert "official `autoregressive_infer_cfg`" in out_md.read_text()
+
+
+INFINITY_REFERENCE_REPO = Path(os.environ.get("INFINITY_REFERENCE_REPO", REPO.parent / "ref" / "Infinity"))
+
+
+@pytest.fixture
+def official_infinity_removed_afterwards():
+    """The official code and the stand-ins live in `sys.modules` (`infinity`, `flash_attn`, ...): drop them after."""
+    from benchmarks import official_stubs
+
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("infinity", *official_stubs.STUBBED_TOP_LEVEL):
+            del sys.modules[name]
+
+
+def test_vs_official_infinity_rejects_a_wrong_checkout(tmp_path):
+    from benchmarks import vs_official_infinity
+
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_official_infinity.import_official(tmp_path)
+
+
+def test_vs_official_infinity_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards):
+    from benchmarks import vs_official_infinity
+
+    if not (INFINITY_REFERENCE_REPO / "infinity" / "models" / "infinity.py").is_file():
+        pytest.skip(f"no official Infinity checkout at {INFINITY_REFERENCE_REPO} (set INFINITY_REFERENCE_REPO)")
+    missing = [m for m in vs_official_infinity.NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the official Infinity code needs {missing}")
+    out_md = tmp_path / "r.md"
+    result = vs_official_infinity.main([
+        "--reference-repo", str(INFINITY_REFERENCE_REPO), "--depth", "2", "--width", "256", "--vae-ch-mult",
+        "1,1,1,1,1", "--text-len", "5", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-decode",
+        "--out-md", str(out_md)])
+    agree = result["agreement"]
+    assert agree["agree"] and agree["bits_total"] > 0
+    assert agree["max_abs_codes_diff"] <= 1e-6  # equal bits: sums of the same +-1/sqrt(d) codes (0 seen)
+    for name in vs_official_infinity.OURS:
+        # float32 decoders of the same codes: differently ordered convolutions, ~5e-5 seen
+        assert agree["max_abs_image_diff"][name] < 1e-3
+        assert result["speedup"][name][0] > 0
+    assert "official `autoregressive_infer_cfg`" in out_md.read_text()
+
+
+INFINITY_STAR_REFERENCE_REPO = Path(os.environ.get("INFINITY_STAR_REFERENCE_REPO",
+                                                   REPO.parent / "ref" / "InfinityStar"))
+
+
+def test_vs_official_infinity_star_rejects_a_wrong_checkout(tmp_path):
+    from benchmarks import vs_official_infinity_star
+
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_official_infinity_star.import_official(tmp_path)
+
+
+def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards):
+    from benchmarks import vs_official_infinity_star
+
+    if not (INFINITY_STAR_REFERENCE_REPO / "infinity" / "schedules" / "infinity_elegant.py").is_file():
+        pytest.skip(f"no official InfinityStar checkout at {INFINITY_STAR_REFERENCE_REPO} "
+                    "(set INFINITY_STAR_REFERENCE_REPO)")
+    missing = [m for m in vs_official_infinity_star.NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the official InfinityStar code needs {missing}")
+    out_md = tmp_path / "r.md"
+    result = vs_official_infinity_star.main([
+        "--reference-repo", str(INFINITY_STAR_REFERENCE_REPO), "--depth", "2", "--width", "512", "--frames", "1",
+        "--vae-channels", "32,32,32,32,32", "--text-len", "5", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--no-decode", "--out-md", str(out_md)])
+    agree = result["agreement"]
+    assert agree["agree"] and agree["bits_total"] > 0  # the same seeded draws from the same logits
+    assert agree["max_abs_codes_diff"] <= 1e-6  # equal bits: sums of the same codes (0 seen)
+    for name in vs_official_infinity_star.OURS:
+        # float32 decoders of the same codes: differently ordered convolutions, ~1e-6 seen
+        assert agree["max_abs_video_diff"][name] < 1e-3
+        assert result["speedup"][name][0] > 0
+    assert "official `autoregressive_infer`" in out_md.read_text()
