@@ -20,8 +20,8 @@ from vpg_pipelines.memory.replay import META, InfinityStarStepReplay, InfinitySt
 from vpg_pipelines.models.infinity.bsq_vae import DERIVED_KEYS as INFINITY_VAE_DERIVED
 from vpg_pipelines.models.infinity.transformer import DERIVED_KEYS as INFINITY_DERIVED
 from vpg_pipelines.models.infinity_star.video_vae import DERIVED_KEYS as STAR_VAE_DERIVED
+from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.models.var.transformer import DERIVED_BUFFERS as VAR_DERIVED
-from vpg_pipelines.sampling.kv_cache import KVCache
 
 # keys of the released files our modules rebuild or drop instead of storing (see the model modules)
 NOT_STORED = (VAR_DERIVED, INFINITY_DERIVED, INFINITY_VAE_DERIVED, STAR_VAE_DERIVED,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sampling.adapter import ScaleStep
+from ..models.adapter import ScaleStep
 from .kv_timeline import Forward, KVStep
 from .weights import WeightLayout
 

@@ -25,8 +25,8 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from ..sampling.adapter import RowBatch, ScaleStep
-from ..sampling.kv_cache import KVCache
+from ..models.adapter import RowBatch, ScaleStep
+from ..models.kv_cache import KVCache
 from .kv_timeline import Forward, KVGeometry
 from .meter import TensorMeter
 

@@ -1,4 +1,4 @@
-"""Infinity as a model of the shared next-scale sampler (see ``sampling/adapter.py``).
+"""Infinity as a model of the shared next-scale sampler (see ``models/adapter.py``).
 
 Content of a site = its next-scale input (the accumulated codes, trilinear-resized to the scale's
 grid, 2x2-patchified for the 8B model); position = its RoPE position id. Logits are the per-bit
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...sampling.adapter import HiddenHook, RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import Generators, sample_top_k_top_p
+from ..adapter import HiddenHook, RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import Generators, sample_top_k_top_p
 from .bsq_vae import InfinityBSQVAE, unpatchify_bits, upsample_codes
 from .schedules import InfinitySchedule
 from .transformer import InfinityCondition, InfinityTransformer

@@ -1,4 +1,4 @@
-"""InfinityStar as a model of the shared next-scale sampler (see ``sampling/adapter.py``).
+"""InfinityStar as a model of the shared next-scale sampler (see ``models/adapter.py``).
 
 Steps are the (scale, repetition) pairs of :func:`~.schedules.plan_steps`. The text prefix is
 forwarded once into the KV cache (:meth:`InfinityStarAdapter.prefill`); a step attends to the text,
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...sampling.adapter import HiddenHook, RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import multinomial_rows
+from ..adapter import HiddenHook, RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import multinomial_rows
 from .schedules import StarStep, StepPlan
 from .transformer import InfinityStarTransformer
 from .video_vae import InfinityStarVideoVAE

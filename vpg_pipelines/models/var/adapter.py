@@ -1,4 +1,4 @@
-"""VAR as a model of the shared next-scale sampler (see ``sampling/adapter.py``)."""
+"""VAR as a model of the shared next-scale sampler (see ``models/adapter.py``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...sampling.adapter import RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import gumbel_softmax, multinomial_rows, top_k_top_p_filter
+from ..adapter import RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import gumbel_softmax, multinomial_rows, top_k_top_p_filter
 from .transformer import VARTransformer
 from .vqvae import VARVQVAE
 
