@@ -30,6 +30,18 @@ from .transformer import InfinityStarTransformer
 from .video_vae import InfinityStarVideoVAE
 
 
+def plan_scale_steps(plan: StepPlan) -> list[ScaleStep]:
+    """The sampler's steps of ``plan``: one per (scale, repetition)."""
+    return [
+        ScaleStep(
+            index=s.index, scale=s.scale, num_sites=s.num_sites, grid=s.grid, store_kv=s.store_kv,
+            semantic=s.semantic_head,
+            extra={"ref_sids": s.ref_sids, "repeat": s.repeat, "clip": s.clip, "real_sid": s.real_sid},
+        )
+        for s in plan.steps
+    ]
+
+
 @dataclass
 class InfinityStarState:
     """Per-call state: condition rows, the step plan and the summed codes of every clip.
@@ -186,14 +198,7 @@ class InfinityStarAdapter:
 
     # -- protocol ----------------------------------------------------------------------------------
     def steps(self, state: InfinityStarState) -> list[ScaleStep]:
-        return [
-            ScaleStep(
-                index=s.index, scale=s.scale, num_sites=s.num_sites, grid=s.grid, store_kv=s.store_kv,
-                semantic=s.semantic_head,
-                extra={"ref_sids": s.ref_sids, "repeat": s.repeat, "clip": s.clip, "real_sid": s.real_sid},
-            )
-            for s in state.plan.steps
-        ]
+        return plan_scale_steps(state.plan)
 
     def num_condition_rows(self, state: InfinityStarState) -> int:
         return int(state.text_features.shape[0])
