@@ -23,7 +23,7 @@ from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
 from ..loading.hub import resolve_file
-from ..loading.infinity_star import RELEASED_720P, load_infinity_star_transformer, load_infinity_star_vae
+from ..loading.infinity_star import TEXT_MAXLEN, load_infinity_star_transformer, load_infinity_star_vae
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
 from ..memory.quantization import check_quantization, quantize_transformer
@@ -615,7 +615,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         args = resolve_args(overrides)
         transformer = load_infinity_star_transformer(
             _resolve_checkpoint(transformer_checkpoint),
-            text_maxlen=int(config.get("text_maxlen", RELEASED_720P["text_maxlen"])), torch_dtype=torch_dtype,
+            text_maxlen=int(config.get("text_maxlen", TEXT_MAXLEN)), torch_dtype=torch_dtype,
         )
         _check_transformer_size(transformer, config.get("model"), overrides.get("text_channels"))
         transformer = quantize_transformer(transformer, quantization, torch_dtype)
