@@ -33,7 +33,8 @@ def test_a_guiders_prefix_term_is_the_calls_prefix(var_pipe):
     term = PrefixGuidance(2.0, 0.25)
     call = var_pipe.resolve_call(class_labels=[0], guiders=[term])
     assert call.prefix is term
-    assert var_pipe.resolve_call(class_labels=[0], guiders=[ClassifierFreeGuidance(0.0)]).with_null is False
+    off = ClassifierFreeGuidance(1.0)  # the constant schedule at 1: the conditional logits alone
+    assert var_pipe.resolve_call(class_labels=[0], guiders=[off]).with_null is False
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [

@@ -68,7 +68,10 @@ def bind_arguments(pipe: Any, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     Raises ``TypeError`` for an argument the call does not take (as the call itself would).
     """
     signature = inspect.signature(type(pipe).__call__)
-    bound = signature.bind(pipe, **call_kwargs)
+    try:
+        bound = signature.bind(pipe, **call_kwargs)
+    except TypeError as err:  # worded as the call itself words it
+        raise TypeError(f"{type(pipe).__name__}.__call__() {err}") from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     arguments.pop("self", None)

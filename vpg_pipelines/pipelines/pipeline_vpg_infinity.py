@@ -46,8 +46,8 @@ class InfinityCall(ResolvedCall):
     """:meth:`VPGInfinityPipeline.resolve_call`'s result: also the scale ``schedule`` of the size and the number
     of prompts (before ``num_images_per_prompt``)."""
 
-    schedule: InfinitySchedule | None = None
-    num_prompts: int = 0
+    schedule: InfinitySchedule
+    num_prompts: int
 
 
 class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):

@@ -64,9 +64,9 @@ class InfinityStarCall(ResolvedCall):
     """:meth:`VPGInfinityStarPipeline.resolve_call`'s result: also the step ``plan``, the number of prompts
     (before ``num_videos_per_prompt``) and the bits forced by ``prefix_codes`` (checked, one per step)."""
 
-    plan: StepPlan | None = None
-    num_prompts: int = 0
-    forced_codes: tuple[torch.Tensor, ...] | None = None
+    plan: StepPlan
+    num_prompts: int
+    forced_codes: tuple[torch.Tensor, ...] | None
 
 
 class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):

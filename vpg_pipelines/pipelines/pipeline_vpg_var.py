@@ -47,7 +47,7 @@ def imagenet_id2label() -> dict[str, str]:
 class VARCall(ResolvedCall):
     """:meth:`VPGVARPipeline.resolve_call`'s result; ``class_ids``: one per prompt, before ``num_images_per_prompt``."""
 
-    class_ids: tuple[int, ...] = ()
+    class_ids: tuple[int, ...]
 
 
 class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):
