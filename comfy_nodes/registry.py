@@ -196,8 +196,7 @@ def _text_pipeline_modules(pipe: Any) -> dict[str, torch.nn.Module]:
 
 
 def _infinity_grid(pipeline: Any, scale: int) -> tuple[int, int]:
-    grid = pipeline._schedule.grids[scale]  # the schedule of the running call
-    return int(grid[-2]), int(grid[-1])
+    return pipeline.token_grid(scale)  # the schedule of the running call
 
 
 register_kind(
@@ -382,7 +381,7 @@ def load_pipeline(
     if text_encoder not in (None, "", NO_COMPANION):
         encoder_path = _resolve(resolve_text or resolve, "text_encoder", text_encoder)
     if choice == DEMO_CHOICE:
-        from vpg_pipelines.demo import demo_path
+        from vpg_pipelines.loading.auto import demo_path
 
         if encoder_path is not None:
             raise VPGLoadError("the bundled demo is class-conditional: set `text_encoder` to 'none'")

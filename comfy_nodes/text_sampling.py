@@ -200,9 +200,8 @@ def sample_text_image(
             raise
         raise VPGNodeError(f"{node}: {err}") from err
     images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
-    grids = [pipe._schedule.grids[k] for k in range(num_scales)]
     guidance = GuidanceMaps(
-        maps=[maps.get(k, torch.zeros(batch_size, *grids[k][-2:])) for k in range(num_scales)],
+        maps=[maps.get(k, torch.zeros(batch_size, *pipe.token_grid(k))) for k in range(num_scales)],
         images=images,
         description=model.describe(),
     )

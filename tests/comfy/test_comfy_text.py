@@ -157,7 +157,8 @@ def test_guidance_and_size_reach_the_pipeline(infinity):
     assert not torch.equal(plain.images, with_cfg.images) and not torch.equal(plain.images, with_vpg.images)
     assert all(float(m.abs().max()) == 0 for m in plain.guidance.maps)  # no VPG: nothing changed
     assert any(float(m.max()) > 0 for m in with_vpg.guidance.maps)
-    assert [tuple(m.shape[1:]) for m in with_vpg.guidance.maps] == list(infinity.pipeline._schedule.grids)
+    grids = [infinity.pipeline.token_grid(k) for k in range(infinity.pipeline.num_scales)]
+    assert [tuple(m.shape[1:]) for m in with_vpg.guidance.maps] == grids
     wide = text_sampling.sample_text_image(infinity, cond, seed=0, size="176x352")  # the 1:2 "0.06M" schedule
     assert wide.images.shape == (1, 176, 352, 3)
 
