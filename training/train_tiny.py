@@ -37,10 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from vpg_pipelines.evaluation.emoji_classifier import (  # noqa: E402
+    classifier_accuracy,
+    extract_features,
+    load_classifier,
+)
+from vpg_pipelines.evaluation.frechet import frechet_distance  # noqa: E402
 from vpg_pipelines.models.var.transformer import VARTransformer  # noqa: E402
 from vpg_pipelines.models.var.vqvae import VARVQVAE  # noqa: E402
 
 DATA = REPO / "training" / "data" / "emoji32.npz"
+DEFAULT_CLASSIFIER = REPO / "training" / "data" / "classifier_seed0.safetensors"  # benchmarks/quality_metrics.py
 RUNS = REPO / "training" / "runs"
 PATCH_NUMS = (1, 2, 3, 4, 6, 8)
 NO_FLIP = ("symbol-text", "symbol-sign", "flag")  # mirrored text / signs / flags are not emoji
@@ -355,14 +362,6 @@ def load_run_pipeline(run_dir: str | Path):
 def sample_quality(pipe, test_images: np.ndarray, per_class: int, guidance_scale: float, seed: int,
                    vpg_scale: float = 1.0) -> dict:
     """Class accuracy of samples under the reference classifier and FD to the held-out images."""
-    from benchmarks.quality_metrics import (
-        DEFAULT_CLASSIFIER,
-        classifier_accuracy,
-        extract_features,
-        frechet_distance,
-        load_classifier,
-    )
-
     if not DEFAULT_CLASSIFIER.exists():
         return {"skipped": f"no {DEFAULT_CLASSIFIER.name}: run benchmarks/quality_metrics.py"}
     classifier = load_classifier(DEFAULT_CLASSIFIER)
