@@ -56,7 +56,8 @@ def apply_igg(model: Any, igg_scale: float, schedule: str = "linear", start: flo
     if schedule not in IGG_SCHEDULES:
         raise VPGNodeError(f"{node}: `schedule` must be one of {IGG_SCHEDULES}, got {schedule!r}")
     start, stop = _range(node, start, stop)
-    return attach(model, InformationGroundingGuidance(scale=w, schedule=schedule, start=start, stop=stop), node)
+    igg = InformationGroundingGuidance(guidance_scale=w, schedule=schedule, start=start, stop=stop)
+    return attach(model, igg, node)
 
 
 def apply_ssg(model: Any, ssg_scale: float, interpolation: str = "linear", start: float = 0.0,
@@ -67,7 +68,8 @@ def apply_ssg(model: Any, ssg_scale: float, interpolation: str = "linear", start
     if interpolation not in INTERPOLATIONS:
         raise VPGNodeError(f"{node}: `interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}")
     start, stop = _range(node, start, stop)
-    return attach(model, ScaledSpatialGuidance(scale=beta, interpolation=interpolation, start=start, stop=stop), node)
+    ssg = ScaledSpatialGuidance(guidance_scale=beta, interpolation=interpolation, start=start, stop=stop)
+    return attach(model, ssg, node)
 
 
 def apply_entropy_temperature(model: Any, t0: float = 2.5, alpha: float = 3.0, theta: float = 0.6,

@@ -319,7 +319,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [f"{p} #{args.seed + i}" for i, p in enumerate(p for p in prompts for _ in range(args.num_images))]
-    w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).scale
+    w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).guidance_scale
     columns = [run(**{**vpg, "vpg_scale": 1.0}), run(**vpg)] if args.compare else [run(**vpg)]
     titles = ["without VPG", f"with VPG (w={w:g})"] if args.compare else [f"w={w:g}"]
     if video and out.suffix.lower() in VIDEO_SUFFIXES:

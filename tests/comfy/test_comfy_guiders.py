@@ -38,9 +38,9 @@ def test_nodes_attach_one_term_each_and_never_mutate_their_input(demo):
     stacked = guiders.apply_entropy_temperature(with_ssg, 2.0, 2.5, 0.5, 0.9, 0.0, 0.5)
     assert demo.guiders == () and len(with_igg.guiders) == 1 and len(with_ssg.guiders) == 2
     igg, ssg, temp = stacked.guiders
-    assert isinstance(igg, InformationGroundingGuidance) and (igg.scale, igg.schedule, igg.start, igg.stop) == (
-        1.5, "constant", 0.1, 0.9)
-    assert isinstance(ssg, ScaledSpatialGuidance) and (ssg.scale, ssg.interpolation) == (0.25, "nearest")
+    assert isinstance(igg, InformationGroundingGuidance)
+    assert (igg.guidance_scale, igg.schedule, igg.start, igg.stop) == (1.5, "constant", 0.1, 0.9)
+    assert isinstance(ssg, ScaledSpatialGuidance) and (ssg.guidance_scale, ssg.interpolation) == (0.25, "nearest")
     assert isinstance(temp, EntropyAwareTemperature) and (temp.t0, temp.alpha, temp.theta, temp.base, temp.stop) == (
         2.0, 2.5, 0.5, 0.9, 0.5)
     assert stacked.pipeline is demo.pipeline and "IGG 1.5" in stacked.describe() and "SSG 0.25" in stacked.describe()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_NOTHING, GuidanceStep, GuidanceTerm, check_scale
+from .base import NEEDS_NOTHING, GuidanceStep, GuidanceTerm, check_strength
 
 
 def site_entropy(logits: torch.Tensor, categories: int | None = None) -> torch.Tensor:
@@ -76,10 +76,10 @@ class EntropyAwareTemperature(GuidanceTerm):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        check_scale("entropy_temperature_base", base, allow_list=False)
-        check_scale("entropy_temperature_t0", t0, allow_list=False)
-        check_scale("entropy_temperature_alpha", alpha, allow_list=False)
-        check_scale("entropy_temperature_theta", theta, allow_list=False)
+        check_strength("entropy_temperature_base", base, allow_list=False)
+        check_strength("entropy_temperature_t0", t0, allow_list=False)
+        check_strength("entropy_temperature_alpha", alpha, allow_list=False)
+        check_strength("entropy_temperature_theta", theta, allow_list=False)
         if not base > 0 or not alpha > 0:
             raise ValueError(f"`entropy_temperature_base` and `entropy_temperature_alpha` must be > 0, got base "
                              f"{base!r}, alpha {alpha!r}")

@@ -180,7 +180,7 @@ def _var(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
     batch = len(ids) * a["num_images_per_prompt"]
     num_scales = pipe.num_timesteps
     steps = VARAdapter(pipe.transformer, pipe.vae).steps(None)
-    cfg, vpg = _guidance(a, ClassifierFreeGuidance(scale=float(a["guidance_scale"]), schedule="linear"), vpg,
+    cfg, vpg = _guidance(a, ClassifierFreeGuidance(guidance_scale=float(a["guidance_scale"]), schedule="linear"), vpg,
                          list(range(num_scales)), num_scales)
     rows = batch * (2 if cfg else 1)
     replay = VARStepReplay(pipe.transformer, steps, rows, dtype, latent_dtype=vae_dtype)
@@ -216,8 +216,9 @@ def _infinity(pipe, a, dtype, vae_dtype, text_tokens, notes) -> dict:
                                a["vpg_scales"], schedule.num_scales)
     batch = prompts * a["num_images_per_prompt"]
     gs = a["guidance_scale"]
-    scale = [float(g) for g in gs] if isinstance(gs, (list, tuple)) else float(gs)
-    condition = ClassifierFreeGuidance(scale=scale, schedule="constant", layer=int(a["cfg_insertion_layer"]))
+    strength = [float(g) for g in gs] if isinstance(gs, (list, tuple)) else float(gs)
+    condition = ClassifierFreeGuidance(guidance_scale=strength, schedule="constant",
+                                       layer=int(a["cfg_insertion_layer"]))
     scales = list(range(schedule.num_scales))
     cfg, vpg = _guidance(a, condition, vpg, scales, schedule.num_scales)
     tokens = _embed_tokens(embeds, mask)

@@ -401,7 +401,8 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
         per_scale = isinstance(guidance_scale, (list, tuple))
         self._guidance_scale = [float(g) for g in guidance_scale] if per_scale else float(guidance_scale)
         self._interrupt = False
-        cfg = ClassifierFreeGuidance(scale=self._guidance_scale, schedule="constant", layer=int(cfg_insertion_layer))
+        cfg = ClassifierFreeGuidance(guidance_scale=self._guidance_scale, schedule="constant",
+                                     layer=int(cfg_insertion_layer))
         scales = list(range(schedule.num_scales))
         guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
                                 entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)

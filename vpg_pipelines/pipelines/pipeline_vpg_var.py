@@ -265,7 +265,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
                             entropy_temperature_alpha, entropy_temperature_theta, guiders)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
-        cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule="linear")
+        cfg = ClassifierFreeGuidance(guidance_scale=float(guidance_scale), schedule="linear")
         scales = list(range(self.num_timesteps))
         guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
                                 entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
