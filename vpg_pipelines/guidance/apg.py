@@ -1,10 +1,16 @@
 """Adaptive projected guidance (APG) over the condition axis, as InfinityStar applies it to logits.
 
+Reference:
+    Seyedmorteza Sadat, Otmar Hilliges and Romann M. Weber, "Eliminating Oversaturation and Artifacts of
+    High Guidance Scales in Diffusion Models", ICLR 2025; arXiv:2410.02416 (2024),
+    https://arxiv.org/abs/2410.02416.
+
 ``diff = cond - uncond`` is scaled down so that its RMS over (sites, channels) is at most
 ``norm_threshold``, split into the parts parallel and orthogonal to ``cond`` (projection in float64
-over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)``.
-The interface mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are
-condition-axis terms of the guidance chain.
+over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)`` — the
+paper's projection and rescaling without its momentum, as InfinityStar's sampler uses it. The interface
+mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are condition-axis terms of the
+guidance chain and share :class:`~vpg_pipelines.guidance.cfg.StrengthSchedule`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Classifier-free guidance over the condition axis: ``g = u + s_k * (c - u)``."""
+"""Classifier-free guidance (CFG) over the condition axis: ``g = u + s_k * (c - u)``.
+
+Reference:
+    Jonathan Ho and Tim Salimans, "Classifier-Free Diffusion Guidance", NeurIPS 2021 Workshop on Deep
+    Generative Models and Downstream Applications; arXiv:2207.12598 (2022),
+    https://arxiv.org/abs/2207.12598.
+
+The next-scale models apply it to logits with their own per-scale schedules (VAR's linear ramp,
+Infinity's per-scale list); :class:`StrengthSchedule` holds that schedule for CFG and APG alike.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Information-Grounding Guidance (IGG, Nguyen et al., arXiv 2509.23876) on the condition axis.
+"""Information-Grounding Guidance (IGG) on the condition axis.
+
+Reference:
+    Ky Dan Nguyen, Hoang Lam Tran, Anh-Dung Dinh, Daochang Liu, Weidong Cai, Xiuying Wang and Chang Xu,
+    "Not All Tokens are Guided Equal: Improving Guidance in Visual Autoregressive Models",
+    arXiv:2509.23876 (2025), https://arxiv.org/abs/2509.23876; code
+    ``github.com/dnngky/infoground-guidance``.
 
 With the condition contrast ``d = l_c − l_u`` over the sites of the current scale (one feature vector
 of ``V`` logits per site), IGG attends over the sites with ``d`` itself:
@@ -10,7 +16,8 @@ of ``V`` logits per site), IGG attends over the sites with ``d`` itself:
 condition term that reads the same rows as CFG: after CFG (or APG) it adds ``t_igg · G`` to their
 result; with no other condition term in the chain (CFG's weight unset), ``l = l_u + t_igg · G`` —
 IGG replaces CFG, as in the public code. Note that ``w = 0`` still gives ``t = 1``: IGG is switched off
-by leaving it out (``igg_scale=None``) or with ``enabled=False``, not by a zero strength.
+by leaving it out (``igg_scale=None``) or with ``enabled=False``, not by a zero strength (``w`` is the
+term's ``guidance_scale``, the pipelines' ``igg_scale``).
 
 Decisions where the paper is silent (``docs/guidance.md``):
 

@@ -1,7 +1,14 @@
-"""Visual Prefix Guidance over the prefix axis: ``out = g~ + w * (g - g~)``.
+"""Visual Prefix Guidance (VPG) over the prefix axis: ``out = g~ + w * (g - g~)``.
+
+Reference:
+    Xinyao Liao, Qiyuan He, Yicong Li, Jiayin Zhu, Xiaoye Qu, Wei Wei and Angela Yao, "VPG: Visual Prefix
+    Guidance for Autoregressive Image and Video Generation", arXiv:2605.30317 (2026),
+    https://arxiv.org/abs/2605.30317. The authors' code is not public; this package is an implementation
+    of the paper (``docs/vpg.md``).
 
 ``g`` is the (CFG-guided) prediction on the clean generated prefix, ``g~`` the same prediction on a
-corrupted copy of that prefix (``corruption.py``). See ``docs/vpg.md`` for every option.
+corrupted copy of that prefix (``corruption.py``); ``w`` is the term's ``guidance_scale`` (the
+pipelines' ``vpg_scale``). See ``docs/vpg.md`` for every option.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Scaled Spatial Guidance (SSG, Shin et al., ICLR 2026, arXiv 2602.05534) on the guided logits.
+"""Scaled Spatial Guidance (SSG) on the guided logits.
+
+Reference:
+    Youngwoo Shin, Jiwan Hur and Junmo Kim, "SSG: Scaled Spatial Guidance for Multi-Scale Visual
+    Autoregressive Generation", ICLR 2026; arXiv:2602.05534 (2026), https://arxiv.org/abs/2602.05534.
 
 At step ``k`` the logits move away from a *prior* built from the previous scale's logits:
 

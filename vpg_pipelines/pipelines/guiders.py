@@ -23,9 +23,6 @@ from ..guidance.ssg import ScaledSpatialGuidance
 from ..guidance.temperature import EntropyAwareTemperature
 from .checks import check_number
 
-ENTROPY_TEMPERATURE_DEFAULTS = {"t0": 2.5, "alpha": 3.0, "theta": 0.6}
-"""The paper's constants (``T = T0·exp(−H/alpha) + theta``)."""
-
 _SLOTS = {
     ClassifierFreeGuidance: "condition", AdaptiveProjectedGuidance: "condition", PrefixGuidance: "prefix",
     InformationGroundingGuidance: "igg", ScaledSpatialGuidance: "ssg", EntropyAwareTemperature: "temperature",
