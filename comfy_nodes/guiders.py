@@ -15,6 +15,7 @@ from vpg_pipelines.guidance.base import GuidanceTerm
 from vpg_pipelines.guidance.igg import SCHEDULES as IGG_SCHEDULES
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import INTERPOLATIONS, ScaledSpatialGuidance
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS as PAPER
 from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
 from .core import VPGModel, VPGNodeError, _check_model
@@ -72,7 +73,7 @@ def apply_ssg(model: Any, ssg_scale: float, interpolation: str = "linear", start
     return attach(model, ssg, node)
 
 
-def apply_entropy_temperature(model: Any, t0: float = 2.5, alpha: float = 3.0, theta: float = 0.6,
+def apply_entropy_temperature(model: Any, t0: float = PAPER.t0, alpha: float = PAPER.alpha, theta: float = PAPER.theta,
                               base: float = 1.0, start: float = 0.0, stop: float = 1.0) -> VPGModel:
     """The entropy-aware temperature, applied after every other term."""
     node = "VPG Entropy Temperature"

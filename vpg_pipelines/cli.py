@@ -15,6 +15,8 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINES = {
     "VPGVARPipeline": ("pipeline_vpg_var", "VPGVARPipeline"),
@@ -55,9 +57,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssg-scale", type=float, default=None, help="Scaled Spatial Guidance beta (>= 0; default 0 = off)")
     p.add_argument("--entropy-temperature", action="store_true",
                    help="per-site temperature T0*exp(-H/alpha)+theta from the entropy H, after all guidance")
-    p.add_argument("--entropy-temperature-t0", type=float, default=None, help="T0 (default 2.5)")
-    p.add_argument("--entropy-temperature-alpha", type=float, default=None, help="alpha (default 3)")
-    p.add_argument("--entropy-temperature-theta", type=float, default=None, help="theta (default 0.6)")
+    paper = ENTROPY_TEMPERATURE_DEFAULTS
+    p.add_argument("--entropy-temperature-t0", type=float, default=None, help=f"T0 (default {paper.t0:g})")
+    p.add_argument("--entropy-temperature-alpha", type=float, default=None, help=f"alpha (default {paper.alpha:g})")
+    p.add_argument("--entropy-temperature-theta", type=float, default=None, help=f"theta (default {paper.theta:g})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")

@@ -13,10 +13,11 @@ import torch
 from comfy_nodes import core, guiders, registry
 from comfy_nodes import workflow as wf
 from comfy_nodes.registry import DEMO_CHOICE
+from comfy_nodes.specs import NODE_SPECS
 from tests.helpers.comfy import node_defs
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
-from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS, EntropyAwareTemperature
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "workflows" / "vpg_demo_guidance_stack.json"
@@ -124,3 +125,9 @@ def test_stack_workflow_runs_through_the_node_logic(demo):
     model = done[prompt[sampler]["inputs"]["model"][0]]
     assert [type(g).__name__ for g in model.guiders] == ["InformationGroundingGuidance", "ScaledSpatialGuidance"]
     assert result.images.shape == (4, 32, 32, 3) and torch.isfinite(result.images).all()
+
+
+def test_entropy_temperature_node_defaults_are_the_papers():
+    inputs = {i.name: i for i in NODE_SPECS["VPGEntropyTemperature"].inputs}
+    for key, value in ENTROPY_TEMPERATURE_DEFAULTS._asdict().items():
+        assert inputs[key].default == value

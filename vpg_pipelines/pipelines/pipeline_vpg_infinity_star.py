@@ -20,6 +20,7 @@ from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from ..memory.mixin import MemoryPlanningMixin
 from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
 from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
@@ -330,9 +331,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
-        entropy_temperature_t0: float = 2.5,
-        entropy_temperature_alpha: float = 3.0,
-        entropy_temperature_theta: float = 0.6,
+        entropy_temperature_t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,

@@ -17,6 +17,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
 from ..models.var.adapter import VARAdapter
@@ -193,9 +194,9 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
-        entropy_temperature_t0: float = 2.5,
-        entropy_temperature_alpha: float = 3.0,
-        entropy_temperature_theta: float = 0.6,
+        entropy_temperature_t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
