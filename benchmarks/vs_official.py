@@ -165,7 +165,7 @@ def make_runs(pipe, official, args: argparse.Namespace, batch: int) -> dict[str,
     def ours_sampler() -> torch.Tensor:
         """The shared sampler without the pipeline's argument checks and post-processing."""
         adapter = VARAdapter(pipe.transformer, pipe.vae)
-        cfg = ClassifierFreeGuidance(scale=args.guidance_scale, schedule="linear")
+        cfg = ClassifierFreeGuidance(guidance_scale=args.guidance_scale, schedule="linear")
         state = adapter.prepare(label_tensor, with_null=True, device=device, dtype=pipe.transformer.dtype,
                                 top_k=args.top_k, top_p=args.top_p)
         with torch.inference_mode():

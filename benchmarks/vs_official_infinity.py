@@ -223,7 +223,7 @@ def make_runs(model: Any, vae: Any, pipe: VPGInfinityPipeline, official: dict[st
 
     def sampler_state(decode: bool = True):
         adapter = InfinityAdapter(pipe.transformer, pipe.vae)
-        cfg = ClassifierFreeGuidance(scale=args.guidance_scale, schedule="constant", layer=0)
+        cfg = ClassifierFreeGuidance(guidance_scale=args.guidance_scale, schedule="constant", layer=0)
         state = adapter.prepare(features, lens, schedule, with_null=True, tau=args.tau, top_k=args.top_k,
                                 top_p=args.top_p)
         with torch.inference_mode():

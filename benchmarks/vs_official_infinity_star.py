@@ -277,7 +277,7 @@ def make_runs(model: Any, vae: Any, a: Any, pipe: VPGInfinityStarPipeline, offic
 
     def sampler_state(decode: bool = True, trace: SamplerTrace | None = None):
         adapter = InfinityStarAdapter(pipe.transformer, pipe.vae)
-        cfg = ClassifierFreeGuidance(scale=args.guidance_scale, schedule="constant")
+        cfg = ClassifierFreeGuidance(guidance_scale=args.guidance_scale, schedule="constant")
         state = adapter.prepare(plan, [features], None, with_null=True)
         with torch.inference_mode():
             run_next_scale(adapter, state, cfg=cfg, trace=trace, generator=torch.Generator().manual_seed(args.seed))

@@ -68,8 +68,8 @@ class VPGModel:
 
     def describe(self) -> str:
         name = "apg" if isinstance(self.cfg, AdaptiveProjectedGuidance) else "cfg"
-        cfg = f"{name} {self.cfg.scale:g}" if self.cfg else "no CFG"
-        vpg = f"VPG w={self.prefix.scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
+        cfg = f"{name} {self.cfg.guidance_scale:g}" if self.cfg else "no CFG"
+        vpg = f"VPG w={self.prefix.guidance_scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
         others = "".join(f", {g.describe()}" for g in self.guiders)
         return f"{self.source} ({cfg}, {vpg}{others})"
 
@@ -88,11 +88,12 @@ def apply_cfg(model: VPGModel, guidance_scale: float) -> VPGModel:
     model = _check_model(model, "VPG CFG")
     if model.cfg is not None:
         raise VPGNodeError(
-            f"VPG CFG: this model already has CFG (scale {model.cfg.scale:g}); remove one of the two VPG CFG nodes."
+            f"VPG CFG: this model already has CFG (cfg {model.cfg.guidance_scale:g}); remove one of the two VPG CFG "
+            "nodes."
         )
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
         raise VPGNodeError(f"VPG CFG: `cfg` must be a number >= 0, got {guidance_scale!r}")
-    cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule=model.kind.cfg_schedule)
+    cfg = ClassifierFreeGuidance(guidance_scale=float(guidance_scale), schedule=model.kind.cfg_schedule)
     return model.clone(cfg=cfg)
 
 
@@ -142,7 +143,7 @@ def apply_prefix_guidance(
     if model.prefix is not None:
         raise VPGNodeError(
             "VPG Prefix Guidance: this model already has Prefix Guidance "
-            f"(vpg_scale {model.prefix.scale:g}); chain only one VPG Prefix Guidance node."
+            f"(vpg_scale {model.prefix.guidance_scale:g}); chain only one VPG Prefix Guidance node."
         )
     if mode not in MODES:
         raise VPGNodeError(f"VPG Prefix Guidance: `mode` must be one of {MODES}, got {mode!r}")
@@ -278,7 +279,7 @@ def sample(
     maps: dict[int, torch.Tensor] = {}
     num_scales = model.num_scales
     callback = scale_callback(model, trace, maps, num_scales, on_scale, check_interrupt)
-    cfg_scale = model.cfg.scale if model.cfg is not None else 0.0
+    cfg_scale = model.cfg.guidance_scale if model.cfg is not None else 0.0
     call = dict(class_labels=list(conditioning.class_ids), num_images_per_prompt=batch_size,
                 guidance_scale=cfg_scale, top_k=int(top_k), top_p=float(top_p), **prefix_kwargs(model),
                 guiders=list(model.guiders), generator=generators(seed, total), output_type="pt",
@@ -307,8 +308,8 @@ def _check_int(name: str, value: Any, low: int, high: int, node: str = "VPG Samp
 
 def prefix_kwargs(model: VPGModel) -> dict:
     """The ``vpg_*`` pipeline arguments of ``model``'s Prefix Guidance (off when none is attached)."""
-    prefix = model.prefix or PrefixGuidance(scale=1.0)
-    return dict(vpg_scale=prefix.scale, vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
+    prefix = model.prefix or PrefixGuidance(guidance_scale=1.0)
+    return dict(vpg_scale=prefix.guidance_scale, vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
                 vpg_refresh=prefix.refresh, vpg_scales=prefix.scales)
 
 

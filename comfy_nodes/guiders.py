@@ -15,6 +15,7 @@ from vpg_pipelines.guidance.base import GuidanceTerm
 from vpg_pipelines.guidance.igg import SCHEDULES as IGG_SCHEDULES
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import INTERPOLATIONS, ScaledSpatialGuidance
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS as PAPER
 from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
 from .core import VPGModel, VPGNodeError, _check_model
@@ -56,7 +57,8 @@ def apply_igg(model: Any, igg_scale: float, schedule: str = "linear", start: flo
     if schedule not in IGG_SCHEDULES:
         raise VPGNodeError(f"{node}: `schedule` must be one of {IGG_SCHEDULES}, got {schedule!r}")
     start, stop = _range(node, start, stop)
-    return attach(model, InformationGroundingGuidance(scale=w, schedule=schedule, start=start, stop=stop), node)
+    igg = InformationGroundingGuidance(guidance_scale=w, schedule=schedule, start=start, stop=stop)
+    return attach(model, igg, node)
 
 
 def apply_ssg(model: Any, ssg_scale: float, interpolation: str = "linear", start: float = 0.0,
@@ -67,10 +69,11 @@ def apply_ssg(model: Any, ssg_scale: float, interpolation: str = "linear", start
     if interpolation not in INTERPOLATIONS:
         raise VPGNodeError(f"{node}: `interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}")
     start, stop = _range(node, start, stop)
-    return attach(model, ScaledSpatialGuidance(scale=beta, interpolation=interpolation, start=start, stop=stop), node)
+    ssg = ScaledSpatialGuidance(guidance_scale=beta, interpolation=interpolation, start=start, stop=stop)
+    return attach(model, ssg, node)
 
 
-def apply_entropy_temperature(model: Any, t0: float = 2.5, alpha: float = 3.0, theta: float = 0.6,
+def apply_entropy_temperature(model: Any, t0: float = PAPER.t0, alpha: float = PAPER.alpha, theta: float = PAPER.theta,
                               base: float = 1.0, start: float = 0.0, stop: float = 1.0) -> VPGModel:
     """The entropy-aware temperature, applied after every other term."""
     node = "VPG Entropy Temperature"

@@ -13,6 +13,7 @@ from typing import Any
 from vpg_pipelines.guidance.igg import SCHEDULES as IGG_SCHEDULES
 from vpg_pipelines.guidance.prefix import MODES, REFRESH
 from vpg_pipelines.guidance.ssg import INTERPOLATIONS
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS as PAPER
 
 from .guidance_map import NORMALIZE
 from .memory import OFFLOAD_CHOICES, QUANTIZATION_CHOICES
@@ -237,11 +238,12 @@ NODE_SPECS: dict[str, NodeSpec] = {
             "exp(-H/alpha) + theta), H the entropy of its guided distribution. Returns a patched copy.",
             (
                 _model_in,
-                InputSpec("t0", "FLOAT", default=2.5, min=0.0, max=10.0, step=0.05, tooltip="T0 (paper: 2.5)."),
-                InputSpec("alpha", "FLOAT", default=3.0, min=0.01, max=50.0, step=0.05,
-                          tooltip="alpha, in nats (paper: 3)."),
-                InputSpec("theta", "FLOAT", default=0.6, min=0.0, max=10.0, step=0.05,
-                          tooltip="theta (paper: 0.6)."),
+                InputSpec("t0", "FLOAT", default=PAPER.t0, min=0.0, max=10.0, step=0.05,
+                          tooltip=f"T0 (paper: {PAPER.t0:g})."),
+                InputSpec("alpha", "FLOAT", default=PAPER.alpha, min=0.01, max=50.0, step=0.05,
+                          tooltip=f"alpha, in nats (paper: {PAPER.alpha:g})."),
+                InputSpec("theta", "FLOAT", default=PAPER.theta, min=0.0, max=10.0, step=0.05,
+                          tooltip=f"theta (paper: {PAPER.theta:g})."),
                 InputSpec("base", "FLOAT", default=1.0, min=0.01, max=10.0, step=0.01,
                           tooltip="T_base, on top of the model's own temperature."),
                 *_range_inputs(),

@@ -186,7 +186,7 @@ def sample_text_image(
     call = dict(
         prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, **negative,
         height=height, width=width, num_images_per_prompt=batch_size,
-        guidance_scale=model.cfg.scale if model.cfg is not None else 1.0,
+        guidance_scale=model.cfg.guidance_scale if model.cfg is not None else 1.0,
         tau=float(tau), cfg_insertion_layer=int(cfg_insertion_layer), top_k=int(top_k), top_p=float(top_p),
         **prefix_kwargs(model), guiders=list(model.guiders), generator=generators(seed, batch_size),
         output_type="pt", callback_on_step_end=callback, trace=trace,
@@ -267,10 +267,10 @@ def sample_video(
 
     guidance: dict[str, Any] = {"guidance_scale": 1.0, "guidance": "cfg"}
     if isinstance(model.cfg, AdaptiveProjectedGuidance):
-        guidance = {"guidance_scale": float(model.cfg.scale), "guidance": "apg",
+        guidance = {"guidance_scale": float(model.cfg.guidance_scale), "guidance": "apg",
                     "apg_norm_threshold": float(model.cfg.norm_threshold)}
     elif model.cfg is not None:
-        guidance = {"guidance_scale": float(model.cfg.scale), "guidance": "cfg"}
+        guidance = {"guidance_scale": float(model.cfg.guidance_scale), "guidance": "cfg"}
     prompt: str | list[str] = conditioning.prompt
     per_prompt, image = batch_size, None
     if starts is not None and len(starts) > 1:  # one image per video: the pipeline pairs images with prompts

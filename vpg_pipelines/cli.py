@@ -17,6 +17,7 @@ import torch
 from .demo import run_demo
 from .evaluation.cli import add_eval_parser, run_eval
 from .flags import DTYPES, read_json_object, vpg_scales
+from .guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from .loading.auto import (
     SourceError,
     empty_pipeline_from_folder,
@@ -58,9 +59,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssg-scale", type=float, default=None, help="Scaled Spatial Guidance beta (>= 0; default 0 = off)")
     p.add_argument("--entropy-temperature", action="store_true",
                    help="per-site temperature T0*exp(-H/alpha)+theta from the entropy H, after all guidance")
-    p.add_argument("--entropy-temperature-t0", type=float, default=None, help="T0 (default 2.5)")
-    p.add_argument("--entropy-temperature-alpha", type=float, default=None, help="alpha (default 3)")
-    p.add_argument("--entropy-temperature-theta", type=float, default=None, help="theta (default 0.6)")
+    paper = ENTROPY_TEMPERATURE_DEFAULTS
+    p.add_argument("--entropy-temperature-t0", type=float, default=None, help=f"T0 (default {paper.t0:g})")
+    p.add_argument("--entropy-temperature-alpha", type=float, default=None, help=f"alpha (default {paper.alpha:g})")
+    p.add_argument("--entropy-temperature-theta", type=float, default=None, help=f"theta (default {paper.theta:g})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")
@@ -279,7 +281,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [f"{p} #{args.seed + i}" for i, p in enumerate(p for p in prompts for _ in range(args.num_images))]
-    w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).scale
+    w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).guidance_scale
     columns = [run(**{**vpg, "vpg_scale": 1.0}), run(**vpg)] if args.compare else [run(**vpg)]
     titles = ["without VPG", f"with VPG (w={w:g})"] if args.compare else [f"w={w:g}"]
     if video and out.suffix.lower() in VIDEO_SUFFIXES:

@@ -34,9 +34,9 @@ def run_demo(
     names = [pipe.config.id2label[str(c)].split(",")[0] for c in ids]
     labels = [c for c in ids for _ in range(num_seeds)]
 
-    def sample(scale: float) -> list[list]:
+    def sample(vpg_scale: float) -> list[list]:
         generators = [torch.Generator().manual_seed(s) for _ in ids for s in range(num_seeds)]
-        images = pipe(class_labels=labels, vpg_scale=scale, generator=generators, **settings).images
+        images = pipe(class_labels=labels, vpg_scale=vpg_scale, generator=generators, **settings).images
         return [images[i * num_seeds:(i + 1) * num_seeds] for i in range(len(ids))]
 
     grid = comparison_grid([sample(1.0), sample(w)], ["without VPG", f"with VPG (w={w:g})"], names, cell=64)

@@ -14,7 +14,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from tests.helpers.cli import FAST_ARGS
 from tests.helpers.shared import shared_path
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
-from vpg_pipelines.cli import main
+from vpg_pipelines.cli import build_parser, main
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from vpg_pipelines.loading.auto import load_pipeline
 
 
@@ -226,3 +227,12 @@ def test_convert_infinity_from_a_shard_folder(infinity_folder, tmp_path):
     ours = VPGInfinityPipeline.from_pretrained(out).transformer.state_dict()
     reference = VPGInfinityPipeline.from_pretrained(infinity_folder).transformer.state_dict()
     assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_entropy_temperature_help_names_the_papers_constants(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key, value in ENTROPY_TEMPERATURE_DEFAULTS._asdict().items():
+        name = "T0" if key == "t0" else key
+        assert f"--entropy-temperature-{key} ENTROPY_TEMPERATURE_{key.upper()} {name} (default {value:g})" in text

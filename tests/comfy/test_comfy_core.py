@@ -91,9 +91,9 @@ def test_guidance_nodes_return_patched_copies_and_never_mutate_their_input(demo)
     with_cfg = core.apply_cfg(demo, 2.0)
     with_vpg = core.apply_prefix_guidance(with_cfg, 2.5, 0.25, "token", "resample", "1-3")
     assert demo.cfg is None and demo.prefix is None
-    assert with_cfg.cfg.scale == 2.0 and with_cfg.cfg.schedule == "linear" and with_cfg.prefix is None
-    assert (with_vpg.prefix.scale, with_vpg.prefix.corruption, with_vpg.prefix.mode, with_vpg.prefix.refresh) == (
-        2.5, 0.25, "token", "resample")
+    assert with_cfg.cfg.guidance_scale == 2.0 and with_cfg.cfg.schedule == "linear" and with_cfg.prefix is None
+    prefix = with_vpg.prefix
+    assert (prefix.guidance_scale, prefix.corruption, prefix.mode, prefix.refresh) == (2.5, 0.25, "token", "resample")
     assert list(with_vpg.prefix.scales) == [1, 2, 3]
     assert with_vpg.pipeline is demo.pipeline and with_vpg.cfg is with_cfg.cfg
 

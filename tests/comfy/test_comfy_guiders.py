@@ -13,10 +13,11 @@ import torch
 from comfy_nodes import core, guiders, registry
 from comfy_nodes import workflow as wf
 from comfy_nodes.registry import DEMO_CHOICE
+from comfy_nodes.specs import NODE_SPECS
 from tests.helpers.comfy import node_defs
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
-from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
+from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS, EntropyAwareTemperature
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "workflows" / "vpg_demo_guidance_stack.json"
@@ -38,9 +39,9 @@ def test_nodes_attach_one_term_each_and_never_mutate_their_input(demo):
     stacked = guiders.apply_entropy_temperature(with_ssg, 2.0, 2.5, 0.5, 0.9, 0.0, 0.5)
     assert demo.guiders == () and len(with_igg.guiders) == 1 and len(with_ssg.guiders) == 2
     igg, ssg, temp = stacked.guiders
-    assert isinstance(igg, InformationGroundingGuidance) and (igg.scale, igg.schedule, igg.start, igg.stop) == (
-        1.5, "constant", 0.1, 0.9)
-    assert isinstance(ssg, ScaledSpatialGuidance) and (ssg.scale, ssg.interpolation) == (0.25, "nearest")
+    assert isinstance(igg, InformationGroundingGuidance)
+    assert (igg.guidance_scale, igg.schedule, igg.start, igg.stop) == (1.5, "constant", 0.1, 0.9)
+    assert isinstance(ssg, ScaledSpatialGuidance) and (ssg.guidance_scale, ssg.interpolation) == (0.25, "nearest")
     assert isinstance(temp, EntropyAwareTemperature) and (temp.t0, temp.alpha, temp.theta, temp.base, temp.stop) == (
         2.0, 2.5, 0.5, 0.9, 0.5)
     assert stacked.pipeline is demo.pipeline and "IGG 1.5" in stacked.describe() and "SSG 0.25" in stacked.describe()
@@ -124,3 +125,9 @@ def test_stack_workflow_runs_through_the_node_logic(demo):
     model = done[prompt[sampler]["inputs"]["model"][0]]
     assert [type(g).__name__ for g in model.guiders] == ["InformationGroundingGuidance", "ScaledSpatialGuidance"]
     assert result.images.shape == (4, 32, 32, 3) and torch.isfinite(result.images).all()
+
+
+def test_entropy_temperature_node_defaults_are_the_papers():
+    inputs = {i.name: i for i in NODE_SPECS["VPGEntropyTemperature"].inputs}
+    for key, value in ENTROPY_TEMPERATURE_DEFAULTS._asdict().items():
+        assert inputs[key].default == value

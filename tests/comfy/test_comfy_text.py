@@ -222,7 +222,7 @@ def test_size_lists_hold_the_official_sizes():
 # -- InfinityStar: APG + video ---------------------------------------------------------------------------
 def test_apg_and_prefix_guidance_chain_on_star(star):
     apg = core.apply_apg(star, 34.0, 0.05)
-    assert star.cfg is None and apg.cfg.scale == 34.0 and apg.cfg.norm_threshold == 0.05
+    assert star.cfg is None and apg.cfg.guidance_scale == 34.0 and apg.cfg.norm_threshold == 0.05
     guided = core.apply_prefix_guidance(apg, 1.5, 0.1, "full", "persistent", "semantic")
     assert guided.prefix.scales == "semantic" and apg.prefix is None
     with pytest.raises(core.VPGNodeError, match="already has guidance"):

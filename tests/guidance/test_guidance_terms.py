@@ -20,11 +20,11 @@ from vpg_pipelines.models.adapter import ScaleStep, StepInput
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 ALL_TERMS = [
-    ClassifierFreeGuidance(scale=[1.0, 2.0, 3.5], schedule="linear", layer=-2, start=0.1, stop=0.9),
+    ClassifierFreeGuidance(guidance_scale=[1.0, 2.0, 3.5], schedule="linear", layer=-2, start=0.1, stop=0.9),
     AdaptiveProjectedGuidance(12.0, norm_threshold=0.1, eta=0.5, stop=0.5),
-    PrefixGuidance(scale=2.5, corruption=0.25, mode="token", refresh="resample", scales=[1, 3], enabled=False),
-    InformationGroundingGuidance(scale=1.5, schedule="constant", max_scores=1000, start=0.25),
-    ScaledSpatialGuidance(scale=[0.0, 0.2, 0.4], interpolation="nearest"),
+    PrefixGuidance(guidance_scale=2.5, corruption=0.25, mode="token", refresh="resample", scales=[1, 3], enabled=False),
+    InformationGroundingGuidance(guidance_scale=1.5, schedule="constant", max_scores=1000, start=0.25),
+    ScaledSpatialGuidance(guidance_scale=[0.0, 0.2, 0.4], interpolation="nearest"),
     EntropyAwareTemperature(base=0.9, t0=2.0, alpha=2.5, theta=0.5),
 ]
 
@@ -95,7 +95,7 @@ def test_cfg_apg_vpg_reductions_are_their_formulas():
     assert torch.equal(ramp.reduce_conditions(c, u, None, ctx(2, num_scales=5)), 2 * c - u)
     apg = AdaptiveProjectedGuidance(3.0, norm_threshold=0.0)
     assert torch.equal(apg.reduce_conditions(c, u, None, ctx()), apg.combine(c, u, 3.0))
-    vpg = PrefixGuidance(scale=2.0)
+    vpg = PrefixGuidance(guidance_scale=2.0)
     assert torch.equal(vpg.reduce_prefix(c, u, ctx()), u + 2 * (c - u))
     assert vpg.reduce_prefix(c, None, ctx()) is c  # an unguided step
 
@@ -111,11 +111,11 @@ def test_cfg_outside_its_range_gives_the_conditional_logits():
 
 def test_vpg_steps_follow_scales_and_start_stop():
     steps = [ScaleStep(i, i, (i + 1) ** 2, (i + 1, i + 1)) for i in range(6)]
-    assert PrefixGuidance(scale=2.0).guided_steps(steps, 6) == {1, 2, 3, 4, 5}  # step 0 has one site
-    assert PrefixGuidance(scale=2.0, stop=0.5).guided_steps(steps, 6) == {1, 2}
-    assert PrefixGuidance(scale=2.0, start=0.5, scales=[1, 4]).guided_steps(steps, 6) == {4}
-    assert PrefixGuidance(scale=1.0).guided_steps(steps, 6) == set()
-    off = PrefixGuidance(scale=2.0)
+    assert PrefixGuidance(guidance_scale=2.0).guided_steps(steps, 6) == {1, 2, 3, 4, 5}  # step 0 has one site
+    assert PrefixGuidance(guidance_scale=2.0, stop=0.5).guided_steps(steps, 6) == {1, 2}
+    assert PrefixGuidance(guidance_scale=2.0, start=0.5, scales=[1, 4]).guided_steps(steps, 6) == {4}
+    assert PrefixGuidance(guidance_scale=1.0).guided_steps(steps, 6) == set()
+    off = PrefixGuidance(guidance_scale=2.0)
     off.disable()
     assert off.is_noop and off.guided_steps(steps, 6) == set()
 
@@ -151,7 +151,7 @@ def test_dse_keeps_constants_and_the_old_grid_spectrum():
 
 
 def test_ssg_formula_memory_and_where_it_is_not_defined():
-    ssg = ScaledSpatialGuidance(scale=0.5)
+    ssg = ScaledSpatialGuidance(guidance_scale=0.5)
     memories: dict = {}
     first = torch.tensor([[[1.0, 2.0]]])  # scale 0: one site, nothing to compare with
     assert ssg.reduce(first, ctx(0, grid=(1, 1), memories=memories)) is first
@@ -217,7 +217,7 @@ def test_grounding_chunks_give_the_same_result():
 def test_igg_formula_ramp_and_replacement_of_cfg():
     c, u = torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 6)
     g = grounding(c - u)
-    igg = InformationGroundingGuidance(scale=2.0)
+    igg = InformationGroundingGuidance(guidance_scale=2.0)
     step = ctx(2, num_scales=5)  # r = 2/4, t = 1 + 0.5·2 = 2
     assert igg.weight(step) == 2.0
     torch.testing.assert_close(igg.reduce_conditions(c, u, None, step), u + 2.0 * g)  # alone: replaces CFG
@@ -227,9 +227,9 @@ def test_igg_formula_ramp_and_replacement_of_cfg():
     torch.testing.assert_close(chain.reduce_conditions(split, step), cfg.combine(c, u, 2.5) + 2.0 * g)
     reversed_order = GuidanceChain([igg, cfg]).reduce_conditions(split, step)  # u + tG + (s·c + (1-s)·u − u)
     torch.testing.assert_close(reversed_order, cfg.combine(c, u, 2.5) + 2.0 * g, atol=1e-5, rtol=1e-5)
-    assert InformationGroundingGuidance(scale=0.0).weight(step) == 1.0  # w = 0 is not off
-    assert InformationGroundingGuidance(scale=2.0, schedule="constant").weight(ctx(0)) == 3.0
-    off = InformationGroundingGuidance(scale=2.0, enabled=False)
+    assert InformationGroundingGuidance(guidance_scale=0.0).weight(step) == 1.0  # w = 0 is not off
+    assert InformationGroundingGuidance(guidance_scale=2.0, schedule="constant").weight(ctx(0)) == 3.0
+    off = InformationGroundingGuidance(guidance_scale=2.0, enabled=False)
     assert off.reduce_conditions(c, u, None, step) is None  # contributes nothing, wherever it stands
     for terms in ([off, cfg], [cfg, off]):
         assert torch.equal(GuidanceChain(terms).reduce_conditions(split, step), cfg.combine(c, u, 2.5))
@@ -335,14 +335,14 @@ def test_whole_chain_by_hand_on_the_toy_model():
     Step 1 (logits doubled): g = (8,−2,6), g~ = 2·(3·(1.5,0,1) − 2·(.5,.5,.5)) = (7,−2,4); VPG:
     g~ + 2(g − g~) = (9,−2,8); SSG's prior is its step-0 input (4,−1,3) on every site:
     (9,−2,8) + 0.5·(5,−1,5) = (11.5,−2.5,10.5); /0.5 -> (23,−5,21)."""
-    seen = _toy([ClassifierFreeGuidance(3.0), PrefixGuidance(scale=2.0, corruption=0.5), ScaledSpatialGuidance(0.5),
-                 EntropyAwareTemperature(base=0.5, t0=0.0, theta=1.0)])
+    seen = _toy([ClassifierFreeGuidance(3.0), PrefixGuidance(guidance_scale=2.0, corruption=0.5),
+                 ScaledSpatialGuidance(0.5), EntropyAwareTemperature(base=0.5, t0=0.0, theta=1.0)])
     torch.testing.assert_close(seen[0], torch.tensor([[[8.0, -2.0, 6.0]]]))
     torch.testing.assert_close(seen[1], torch.tensor([23.0, -5.0, 21.0]).expand(1, 4, 3))
     # stages first (CFG, VPG), then the list order: here the temperature before SSG, whose prior is then
     # the scaled (8,−2,6): (18,−4,16) + 0.5·(10,−2,10) = (23,−5,21) — these linear terms commute ...
     swapped = _toy([EntropyAwareTemperature(base=0.5, t0=0.0, theta=1.0), ScaledSpatialGuidance(0.5),
-                    PrefixGuidance(scale=2.0, corruption=0.5), ClassifierFreeGuidance(3.0)])
+                    PrefixGuidance(guidance_scale=2.0, corruption=0.5), ClassifierFreeGuidance(3.0)])
     torch.testing.assert_close(swapped[1], seen[1])
     # ... the entropy-aware temperature does not: SSG before it is SSG on the raw guided logits
     a = _toy([ClassifierFreeGuidance(3.0), ScaledSpatialGuidance(0.5), EntropyAwareTemperature()])
@@ -354,7 +354,7 @@ def test_whole_chain_by_hand_on_the_toy_model():
 
 def test_igg_rows_are_built_without_cfg_and_replace_it():
     """IGG alone needs the null rows: the toy's (clean cond, clean null) rows give u + t·G(c − u)."""
-    seen = _toy([InformationGroundingGuidance(scale=1.0)])
+    seen = _toy([InformationGroundingGuidance(guidance_scale=1.0)])
     c, u = 2 * _Toy.values[0], 2 * _Toy.values[1]  # step 1 doubles the logits
     d = (c - u).expand(1, 1, 4, 3)
     expected = u + 2.0 * grounding(d)[0]  # step 1 of 2: r = 1, t = 1 + 1·1

@@ -30,19 +30,19 @@ def _reference(cond, uncond, s, threshold, eta):
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
-    scale=st.floats(0.5, 40.0),
+    strength=st.floats(0.5, 40.0),
     threshold=st.sampled_from([0.0, 0.05, 1.0]),
     eta=st.sampled_from([0.0, 0.5, 1.0]),
     spread=st.floats(0.01, 3.0),
 )
-def test_matches_the_projection_formula(seed, scale, threshold, eta, spread):
+def test_matches_the_projection_formula(seed, strength, threshold, eta, spread):
     g = torch.Generator().manual_seed(seed)
     cond = torch.randn(2, 5, 8, generator=g) * 3
     uncond = cond + torch.randn(2, 5, 8, generator=g) * spread
-    apg = AdaptiveProjectedGuidance(scale, norm_threshold=threshold, eta=eta)
-    out = apg.combine(cond, uncond, scale)
+    apg = AdaptiveProjectedGuidance(strength, norm_threshold=threshold, eta=eta)
+    out = apg.combine(cond, uncond, strength)
     assert out.dtype == cond.dtype and out.shape == cond.shape
-    torch.testing.assert_close(out.double(), _reference(cond, uncond, scale, threshold, eta), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out.double(), _reference(cond, uncond, strength, threshold, eta), atol=1e-4, rtol=1e-5)
 
 
 def test_guided_change_is_orthogonal_to_cond_and_bounded():
@@ -60,12 +60,13 @@ def test_guided_change_is_orthogonal_to_cond_and_bounded():
 def test_unit_strength_returns_cond_and_schedules_match_cfg():
     cond, uncond = torch.randn(1, 3, 4), torch.randn(1, 3, 4)
     assert torch.equal(AdaptiveProjectedGuidance(1.0).combine(cond, uncond, 1.0), cond)
-    for kwargs in ({"scale": 34.0}, {"scale": 2.0, "schedule": "linear"}, {"scale": [1.0, 2.0, 3.0]}):
+    for kwargs in ({"guidance_scale": 34.0}, {"guidance_scale": 2.0, "schedule": "linear"},
+                   {"guidance_scale": [1.0, 2.0, 3.0]}):
         apg, cfg = AdaptiveProjectedGuidance(**kwargs), ClassifierFreeGuidance(**kwargs)
-        assert [apg.scale_at(k, 3) for k in range(3)] == [cfg.scale_at(k, 3) for k in range(3)]
+        assert [apg.strength_at(k, 3) for k in range(3)] == [cfg.strength_at(k, 3) for k in range(3)]
         assert apg.is_active(3) == cfg.is_active(3)
     assert not AdaptiveProjectedGuidance(1.0).is_active(4)
-    assert AdaptiveProjectedGuidance(34.0).scale_at(0, 22) == 34.0
+    assert AdaptiveProjectedGuidance(34.0).strength_at(0, 22) == 34.0
 
 
 def test_threshold_caps_the_difference_rms():
@@ -82,10 +83,11 @@ def test_threshold_caps_the_difference_rms():
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"schedule": "cosine"}, "schedule"), ({"layer": -2}, "layer"), ({"norm_threshold": -1.0}, "norm_threshold"),
-     ({"scale": float("nan")}, "guidance_scale"), ({"scale": []}, "guidance_scale"), ({"eta": "x"}, "eta")],
+     ({"guidance_scale": float("nan")}, "guidance_scale"), ({"guidance_scale": []}, "guidance_scale"),
+     ({"eta": "x"}, "eta")],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdaptiveProjectedGuidance(**kwargs)
     with pytest.raises(ValueError, match="values for"):
-        AdaptiveProjectedGuidance([1.0, 2.0]).scale_at(0, 3)
+        AdaptiveProjectedGuidance([1.0, 2.0]).strength_at(0, 3)

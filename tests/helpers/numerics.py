@@ -39,9 +39,9 @@ or pattern changes (0.01 and more).
 """
 
 
-def cfg_gain(scale: float) -> float:
+def cfg_gain(strength: float) -> float:
     """Error amplification of ``s*c + (1-s)*u``: an error ``e`` in c and u gives ``(|s| + |1-s|) e``."""
-    return abs(scale) + abs(1.0 - scale)
+    return abs(strength) + abs(1.0 - strength)
 
 
 def vpg_gain(w: float) -> float:
@@ -49,13 +49,13 @@ def vpg_gain(w: float) -> float:
     return cfg_gain(w)
 
 
-def apg_gain(scale: float) -> float:
+def apg_gain(strength: float) -> float:
     """Error amplification of APG ``c + (s-1)(orthogonal part of a clipped c - u)``: at most ``1 + 2|s-1|``.
 
     The projection and the RMS clip are contractions (norm <= 1) of ``c - u``, whose error is at
     most twice the error of one input.
     """
-    return 1.0 + 2.0 * abs(scale - 1.0)
+    return 1.0 + 2.0 * abs(strength - 1.0)
 
 
 def layout_atol(reference: torch.Tensor | float, gain: float = 1.0, ulps: float = LAYOUT_ULPS) -> float:

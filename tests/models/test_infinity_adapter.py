@@ -30,7 +30,7 @@ def test_no_cfg_runs_single_rows_and_vpg_identity():
     with torch.no_grad(), record_draws() as reference:
         run_next_scale(adapter, state, generator=torch.Generator().manual_seed(0), trace=plain)
     adapter2, state2, _, _ = make_adapter_state("plain", 1.0, with_null=False)
-    vpg = PrefixGuidance(scale=1.0, corruption=0.5, always_compute=True)
+    vpg = PrefixGuidance(guidance_scale=1.0, corruption=0.5, always_compute=True)
     with torch.no_grad(), record_draws(replay=reference):
         run_next_scale(adapter2, state2, vpg=vpg, generator=torch.Generator().manual_seed(0), trace=guided)
     assert guided.corrupted, "the corrupted rows must actually run in this test"
@@ -44,8 +44,8 @@ def test_persistent_corrupted_branch_equals_replay(folder):
     """With CFG and VPG (persistent), the corrupted branch's logits at every scale equal a from-scratch
     block-causal pass over the corrupted prefix built from the recorded patterns."""
     adapter, state, _, _ = make_adapter_state(folder, 1.0, top_k=900, top_p=0.97)
-    cfg = ClassifierFreeGuidance(scale=3.0)
-    vpg = PrefixGuidance(scale=1.5, corruption=0.5)
+    cfg = ClassifierFreeGuidance(guidance_scale=3.0)
+    vpg = PrefixGuidance(guidance_scale=1.5, corruption=0.5)
     trace = SamplerTrace()
     with torch.no_grad():
         run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=torch.Generator().manual_seed(1), trace=trace)
@@ -99,7 +99,7 @@ def test_sampling_uses_official_top_p_on_bit_pairs():
 ])
 def test_vpg_variants_run_through_the_adapter(mode, refresh, layer, scales):
     adapter, state, _, _ = make_adapter_state("patchify", 1.0, top_k=900, top_p=0.97)
-    vpg = PrefixGuidance(scale=1.5, corruption=0.5, mode=mode, refresh=refresh, scales=scales)
+    vpg = PrefixGuidance(guidance_scale=1.5, corruption=0.5, mode=mode, refresh=refresh, scales=scales)
     trace = SamplerTrace()
     with torch.no_grad():
         run_next_scale(adapter, state, cfg=ClassifierFreeGuidance(2.0, layer=layer), vpg=vpg,
@@ -124,7 +124,7 @@ def test_offload_hooks_on_cpu_give_the_same_sample(hooks):
     from accelerate import cpu_offload, cpu_offload_with_hook
 
     def run(adapter, state):
-        cfg, vpg = ClassifierFreeGuidance(3.0), PrefixGuidance(scale=1.5, mode="codebook")
+        cfg, vpg = ClassifierFreeGuidance(3.0), PrefixGuidance(guidance_scale=1.5, mode="codebook")
         with torch.no_grad():
             run_next_scale(adapter, state, cfg=cfg, vpg=vpg, generator=torch.Generator().manual_seed(5))
             return state.latents, adapter.vae.decode(state.latents[:1, :, :, :8, :8])

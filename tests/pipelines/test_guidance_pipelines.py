@@ -52,7 +52,7 @@ def test_terms_off_reproduce_the_sampler_without_them(var_pipe):
     plain = SamplerTrace()
     with torch.no_grad():
         run_next_scale(adapter, state, cfg=ClassifierFreeGuidance(3.0, schedule="linear"),
-                       vpg=PrefixGuidance(scale=2.0), generator=gens(0, 1), trace=plain)
+                       vpg=PrefixGuidance(guidance_scale=2.0), generator=gens(0, 1), trace=plain)
     for k in plain.guided:
         assert torch.equal(trace.guided[k], plain.guided[k]) and torch.equal(trace.codes[k], plain.codes[k])
 
@@ -80,18 +80,18 @@ def test_guidance_scale_set_in_a_callback_takes_effect_from_the_next_step(var_pi
     changed = _var(var_pipe, callback_on_step_end=_set("_guidance_scale", 0.5, at=1))
     k_max = var_pipe.num_timesteps - 1
     strengths = [1.0 + float(3.0 if k <= 1 else 0.5) * k / max(k_max, 1) for k in range(k_max + 1)]
-    listed = _var(var_pipe, guiders=[ClassifierFreeGuidance(scale=strengths)])
+    listed = _var(var_pipe, guiders=[ClassifierFreeGuidance(guidance_scale=strengths)])
     assert torch.equal(changed, listed)
     assert not torch.equal(changed, _var(var_pipe))
     # diffusers' CFG cut-off callback pattern: 0 (VAR: conditional logits only) from step 2 on
     cut = _var(var_pipe, callback_on_step_end=_set("_guidance_scale", 0.0, at=1))
     ones = [strengths[0], strengths[1], 1.0, 1.0]
-    assert torch.equal(cut, _var(var_pipe, guiders=[ClassifierFreeGuidance(scale=ones)]))
+    assert torch.equal(cut, _var(var_pipe, guiders=[ClassifierFreeGuidance(guidance_scale=ones)]))
 
 
 @pytest.mark.parametrize("name,value,term", [
-    ("_ssg_scale", 0.5, ScaledSpatialGuidance(scale=[0.0, 0.0, 0.5, 0.5])),
-    ("_igg_scale", 1.0, InformationGroundingGuidance(scale=1.0, start=0.5)),
+    ("_ssg_scale", 0.5, ScaledSpatialGuidance(guidance_scale=[0.0, 0.0, 0.5, 0.5])),
+    ("_igg_scale", 1.0, InformationGroundingGuidance(guidance_scale=1.0, start=0.5)),
     ("_entropy_temperature", True, EntropyAwareTemperature(start=0.5)),
 ])
 def test_new_terms_switched_on_in_a_callback(var_pipe, name, value, term):
@@ -233,6 +233,6 @@ def test_infinity_star_guidance_scale_set_in_a_callback(fast_pipe):  # noqa: F81
     dynamic = fast_pipe(**kw, generator=gens(0), callback_on_step_end=_set("_guidance_scale", 1.0, at=2)).frames
     steps = fast_pipe.plan(1, **SIZE).steps
     assert [s.scale for s in steps] == list(range(len(steps)))
-    listed = AdaptiveProjectedGuidance(scale=[34.0 if k <= 2 else 1.0 for k in range(len(steps))])
+    listed = AdaptiveProjectedGuidance(guidance_scale=[34.0 if k <= 2 else 1.0 for k in range(len(steps))])
     assert torch.equal(dynamic, fast_pipe(**kw, generator=gens(0), guiders=[listed]).frames)
     assert not torch.equal(dynamic, fast_pipe(**kw, generator=gens(0)).frames)

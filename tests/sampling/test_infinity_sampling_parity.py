@@ -26,7 +26,7 @@ def test_greedy_sample_matches_official(folder, tag):
     case = next(c for c in meta["sampling_cases"] if c["tag"] == tag)
     adapter, state, cases, _ = make_adapter_state(folder, case["tau_list"])
     assert isinstance(adapter, NextScaleAdapter)
-    cfg = ClassifierFreeGuidance(scale=case["cfg_list"], layer=case["cfg_insertion_layer"][0])
+    cfg = ClassifierFreeGuidance(guidance_scale=case["cfg_list"], layer=case["cfg_insertion_layer"][0])
     trace = SamplerTrace()
     with torch.no_grad():
         run_next_scale(adapter, state, cfg=cfg, generator=torch.Generator().manual_seed(0), trace=trace)

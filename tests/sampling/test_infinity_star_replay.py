@@ -124,7 +124,8 @@ def test_unit_vpg_scale_changes_nothing(fixture):
     run_next_scale(adapter, _prepare(fixture), cfg=_apg(args), trace=plain)
     for refresh in ("persistent", "resample"):
         trace = SamplerTrace()
-        vpg = PrefixGuidance(scale=1.0, corruption=0.5, refresh=refresh, scales="semantic", always_compute=True)
+        vpg = PrefixGuidance(guidance_scale=1.0, corruption=0.5, refresh=refresh, scales="semantic",
+                             always_compute=True)
         run_next_scale(adapter, _prepare(fixture), cfg=_apg(args), vpg=vpg, trace=trace,
                        generator=torch.Generator().manual_seed(1))
         # semantic preset: relative scale < 8 in both clips, without the single-site first scale
@@ -234,7 +235,7 @@ def test_offload_hooks_on_cpu_give_the_same_steps(fixture, hooks):
     from accelerate import cpu_offload, cpu_offload_with_hook
 
     adapter, plan, cases, meta, args, _ = fixture
-    vpg = PrefixGuidance(scale=2.0, corruption=0.5, refresh="resample", scales=[12])
+    vpg = PrefixGuidance(guidance_scale=2.0, corruption=0.5, refresh="resample", scales=[12])
 
     def run(ad):
         trace = SamplerTrace()

@@ -36,8 +36,8 @@ def _codes(trace):
 def test_w1_and_p0_reproduce_unguided_sampler(var_pipe):
     """The runs differ in their row count (4 vs 8), so they agree up to rounding, not bit for bit."""
     _, plain = _run(var_pipe, None)
-    _, w1 = _run(var_pipe, PrefixGuidance(scale=1.0, corruption=0.5, always_compute=True))
-    _, p0 = _run(var_pipe, PrefixGuidance(scale=3.0, corruption=0.0, always_compute=True))
+    _, w1 = _run(var_pipe, PrefixGuidance(guidance_scale=1.0, corruption=0.5, always_compute=True))
+    _, p0 = _run(var_pipe, PrefixGuidance(guidance_scale=3.0, corruption=0.0, always_compute=True))
     assert w1.corrupted and p0.corrupted, "the corrupted branch must actually run in this test"
     for k in plain.guided:
         # CFG's gain (and VPG's for w = 3) amplifies the rounding of the differently batched forward
@@ -52,7 +52,7 @@ def test_w1_and_p0_reproduce_unguided_sampler(var_pipe):
 
 
 def test_skipped_when_it_cannot_change_anything(var_pipe):
-    _, w1 = _run(var_pipe, PrefixGuidance(scale=1.0))
+    _, w1 = _run(var_pipe, PrefixGuidance(guidance_scale=1.0))
     assert not w1.corrupted and all(rows == 4 for rows in w1.rows.values())
 
 
@@ -72,14 +72,14 @@ def test_pattern_replaces_floor_pn_sites_with_same_scale_donors(fraction):
 
 
 def test_first_scale_has_no_corrupted_branch_and_rows_leave_after_last_guided(var_pipe):
-    _, trace = _run(var_pipe, PrefixGuidance(scale=3.0, scales=[1, 2]))
+    _, trace = _run(var_pipe, PrefixGuidance(guidance_scale=3.0, scales=[1, 2]))
     assert trace.rows == {0: 4, 1: 8, 2: 8, 3: 4}
     assert sorted(trace.corrupted) == [1, 2] and 0 not in trace.patterns
     assert trace.cache_bytes[3] < trace.cache_bytes[2] * 2  # the corrupted half of the cache was freed
 
 
 def test_dropping_corrupted_rows_changes_nothing(var_pipe):
-    vpg = PrefixGuidance(scale=3.0, scales=[1, 2])
+    vpg = PrefixGuidance(guidance_scale=3.0, scales=[1, 2])
     with record_draws() as draws:
         _, dropped = _run(var_pipe, vpg, top_k=0)
     _, kept = _run(var_pipe, vpg, top_k=0, keep=True)
@@ -98,7 +98,7 @@ def test_dropping_corrupted_rows_changes_nothing(var_pipe):
 def test_persistent_cache_equals_from_scratch_corrupted_prefix(var_pipe, scales, mode):
     """The corrupted branch computed incrementally equals one block-causal pass over the corrupted
     prefix rebuilt from the recorded patterns (also when the first guided scale is not the first)."""
-    vpg = PrefixGuidance(scale=3.0, corruption=0.5, mode=mode, scales=scales)
+    vpg = PrefixGuidance(guidance_scale=3.0, corruption=0.5, mode=mode, scales=scales)
     _, trace = _run(var_pipe, vpg, top_k=0)
     model = var_pipe.transformer
     labels = torch.tensor(LABELS + [model.null_class] * 2)
@@ -112,20 +112,20 @@ def test_persistent_cache_equals_from_scratch_corrupted_prefix(var_pipe, scales,
         with torch.no_grad():
             logits = model(labels, torch.cat(contents, 1), torch.cat(positions, 1), include_start=True,
                            multi_scale=True, last_tokens=trace.inputs[k].position_ids.shape[0])
-        s = ClassifierFreeGuidance(CFG, schedule="linear").scale_at(k, 4)
+        s = ClassifierFreeGuidance(CFG, schedule="linear").strength_at(k, 4)
         expected = ClassifierFreeGuidance.combine(logits[:2], logits[2:], s)
         # one block-causal call over all scales vs one call per scale: equal up to rounding
         torch.testing.assert_close(trace.corrupted[k], expected, atol=layout_atol(logits, cfg_gain(s)), rtol=0)
 
 
 def test_resample_draws_a_fresh_prefix_each_step(var_pipe):
-    _, trace = _run(var_pipe, PrefixGuidance(scale=3.0, refresh="resample"), top_k=0)
+    _, trace = _run(var_pipe, PrefixGuidance(guidance_scale=3.0, refresh="resample"), top_k=0)
     assert trace.rows == {0: 4, 1: 4, 2: 4, 3: 4}  # the corrupted branch runs as a second call
     assert sorted(trace.resampled) == [1, 2, 3]
     assert sorted(trace.resampled[3]) == [1, 2, 3]
     assert not torch.equal(trace.resampled[2][1].source, trace.resampled[3][1].source) or not torch.equal(
         trace.resampled[2][2].source, trace.resampled[3][2].source)
-    _, p0 = _run(var_pipe, PrefixGuidance(scale=3.0, corruption=0.0, refresh="resample", always_compute=True))
+    _, p0 = _run(var_pipe, PrefixGuidance(guidance_scale=3.0, corruption=0.0, refresh="resample", always_compute=True))
     _, plain = _run(var_pipe, None)
     for k in plain.guided:  # the corrupted branch is a second call: w = 3 amplifies its rounding
         atol = layout_atol(plain.guided[k], LAST_CFG_GAIN * vpg_gain(3.0))
@@ -199,7 +199,7 @@ def test_cfg_then_vpg_composition_by_hand():
     # w=2: out = 3.5 + 2*(4 - 3.5) = 4.5. Step 0 has one site: no VPG, out = g = 4.
     seen: list[torch.Tensor] = []
     run_next_scale(_FixedLogits([2.0, 1.0, 1.5, 0.5]), seen, cfg=ClassifierFreeGuidance(3.0),
-                   vpg=PrefixGuidance(scale=2.0, corruption=0.5))
+                   vpg=PrefixGuidance(guidance_scale=2.0, corruption=0.5))
     assert torch.allclose(seen[0], torch.full((1, 1, 5), 4.0))
     assert torch.allclose(seen[1], torch.full((1, 4, 5), 4.5))
 
@@ -269,7 +269,7 @@ def test_cfg_at_a_hidden_layer_composes_with_the_persistent_branch(var_pipe, sca
             c, p = apply_corruption(inp.content, inp.position_ids, trace.patterns[j], "full")
             contents.append(c.repeat(2, 1, 1))
             positions.append(p.repeat(2, 1))
-            strengths.append(torch.full((p.shape[1],), cfg.scale_at(j, 4)))
+            strengths.append(torch.full((p.shape[1],), cfg.strength_at(j, 4)))
         s = torch.cat(strengths)
 
         def hook(block, h, s=s):
@@ -279,5 +279,5 @@ def test_cfg_at_a_hidden_layer_composes_with_the_persistent_branch(var_pipe, sca
             logits = model(labels, torch.cat(contents, 1), torch.cat(positions, 1), include_start=True,
                            multi_scale=True, hidden_hook=hook, last_tokens=trace.inputs[k].position_ids.shape[0])
         # block-causal call vs one call per scale; the hidden mixing amplifies rounding like CFG does
-        atol = layout_atol(logits, cfg_gain(cfg.scale_at(k, 4)))
+        atol = layout_atol(logits, cfg_gain(cfg.strength_at(k, 4)))
         torch.testing.assert_close(trace.corrupted[k], logits[:2], atol=atol, rtol=0)

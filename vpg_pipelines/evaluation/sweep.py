@@ -30,15 +30,15 @@ from .sampler import sample_run
 OFF = "off"
 
 
-def sweep_settings(scales: list[float], corruptions: list[float]) -> list[tuple[str, float, float]]:
+def sweep_settings(strengths: list[float], corruptions: list[float]) -> list[tuple[str, float, float]]:
     """(folder name, w, p): VPG off once, then every w != 1 for each p."""
-    for flag, values, low in (("--vpg-scale", scales, 0.0), ("--vpg-corruption", corruptions, 0.0)):
+    for flag, values, low in (("--vpg-scale", strengths, 0.0), ("--vpg-corruption", corruptions, 0.0)):
         if any(not np.isfinite(v) or v < low for v in values) or len(set(values)) != len(values):
             raise ValueError(f"{flag} takes distinct finite values >= {low:g}, got {values}")
     if any(p > 1 for p in corruptions):
         raise ValueError(f"--vpg-corruption values must be in [0, 1], got {corruptions}")
     settings = [(OFF, 1.0, corruptions[0])]
-    settings += [(f"w{w:g}-p{p:g}", w, p) for p in corruptions for w in scales if w != 1.0]
+    settings += [(f"w{w:g}-p{p:g}", w, p) for p in corruptions for w in strengths if w != 1.0]
     return settings
 
 

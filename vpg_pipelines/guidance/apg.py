@@ -1,10 +1,16 @@
 """Adaptive projected guidance (APG) over the condition axis, as InfinityStar applies it to logits.
 
+Reference:
+    Seyedmorteza Sadat, Otmar Hilliges and Romann M. Weber, "Eliminating Oversaturation and Artifacts of
+    High Guidance Scales in Diffusion Models", ICLR 2025; arXiv:2410.02416 (2024),
+    https://arxiv.org/abs/2410.02416.
+
 ``diff = cond - uncond`` is scaled down so that its RMS over (sites, channels) is at most
 ``norm_threshold``, split into the parts parallel and orthogonal to ``cond`` (projection in float64
-over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)``.
-The interface mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are
-condition-axis terms of the guidance chain.
+over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)`` — the
+paper's projection and rescaling without its momentum, as InfinityStar's sampler uses it. The interface
+mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are condition-axis terms of the
+guidance chain and share :class:`~vpg_pipelines.guidance.cfg.StrengthSchedule`.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import MAX_STRENGTH, NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, strength_ok
-from .cfg import SCHEDULES, ScaleSchedule
+from .base import NEEDS_CONDITIONS, GuidanceTerm, accepts_renamed_keywords
+from .cfg import StrengthSchedule
 
 
 def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,16 +34,19 @@ def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return parallel.to(dtype), (v0 - parallel).to(dtype)
 
 
-class AdaptiveProjectedGuidance(ScaleSchedule, GuidanceTerm):
+class AdaptiveProjectedGuidance(StrengthSchedule, GuidanceTerm):
     """APG with a per-scale strength ``s_k``.
 
     Args:
-        scale: the guidance strength (InfinityStar's ``cfg``, 34 for the released 720p model), or one
-            value per scale.
-        norm_threshold: the RMS bound of the difference (``apg_norm_threshold``; 0 disables it).
-        eta: weight of the parallel part (0 in the released settings).
-        schedule: ``"constant"`` or ``"linear"`` (``1 + scale * k / (K - 1)``) as for CFG.
-        layer: only 0 (logits) is supported; kept for interface parity with CFG.
+        guidance_scale (`float` or `list[float]`, defaults to 34.0): the strength ``s`` (InfinityStar's
+            ``cfg``, 34 for the released 720p model), or one value per scale. ``scale=`` is its deprecated
+            name (accepted with a ``FutureWarning`` until 0.2.0).
+        norm_threshold (`float`, defaults to 0.05): the RMS bound of the difference
+            (``apg_norm_threshold``; 0 disables it).
+        eta (`float`, defaults to 0.0): weight of the parallel part (0 in the released settings).
+        schedule (`str`, defaults to `"constant"`): ``"constant"`` or ``"linear"``
+            (``1 + guidance_scale * k / (K - 1)``) as for CFG.
+        layer (`int`, defaults to 0): only 0 (logits) is supported; kept for interface parity with CFG.
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; outside the
             range the strength is 1 (the conditional logits).
     """
@@ -45,10 +54,11 @@ class AdaptiveProjectedGuidance(ScaleSchedule, GuidanceTerm):
     needs = NEEDS_CONDITIONS
     display_name = "APG"
 
+    @accepts_renamed_keywords
     @register_to_config
     def __init__(
         self,
-        scale: float | Sequence[float] = 34.0,
+        guidance_scale: float | Sequence[float] = 34.0,
         norm_threshold: float = 0.05,
         eta: float = 0.0,
         schedule: str = "constant",
@@ -58,33 +68,23 @@ class AdaptiveProjectedGuidance(ScaleSchedule, GuidanceTerm):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        if schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
+        self._set_strength(guidance_scale, schedule)
         if layer != 0:
             raise ValueError(f"APG combines logits only: `layer` must be 0, got {layer}")
         if not (isinstance(norm_threshold, (int, float)) and norm_threshold >= 0):
             raise ValueError(f"`norm_threshold` must be a number >= 0, got {norm_threshold!r}")
         if not isinstance(eta, (int, float)) or eta != eta:
             raise ValueError(f"`eta` must be a number, got {eta!r}")
-        values = list(scale) if isinstance(scale, Sequence) else [scale]
-        if not values or not all(strength_ok(v, -MAX_STRENGTH) for v in values):
-            raise ValueError(f"`guidance_scale` must be a number in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] or a "
-                             f"non-empty list of them, got {scale!r}")
-        self.scale = scale
         self.norm_threshold = norm_threshold
         self.eta = eta
-        self.schedule = schedule
         self.layer = layer
 
-    def describe(self) -> str:
-        return f"APG {self.scale:g}" if isinstance(self.scale, (int, float)) else "APG (per scale)"
-
-    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, step_scale: float) -> torch.Tensor:
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, strength: float) -> torch.Tensor:
         """Guided logits from ``cond`` / ``uncond`` ``(..., n, V)``; the norms run over the last two dims.
 
         A strength of 1 returns ``cond`` (the official sampler skips guidance there).
         """
-        if step_scale == 1.0:
+        if strength == 1.0:
             return cond
         diff = cond - uncond
         if self.norm_threshold > 0:
@@ -92,16 +92,4 @@ class AdaptiveProjectedGuidance(ScaleSchedule, GuidanceTerm):
             rms = 1 / math.sqrt(n * v) * diff.norm(p=2, dim=[-1, -2], keepdim=True)
             diff = diff * torch.minimum(torch.ones_like(diff), self.norm_threshold / rms)
         parallel, orthogonal = _project(diff, cond)
-        return cond + (step_scale - 1) * (orthogonal + self.eta * parallel)
-
-    def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
-                          step: GuidanceStep) -> torch.Tensor:
-        """APG of one prefix branch; after another condition term, its nudge ``apg - u`` is added."""
-        s = self.strength(step)
-        if uncond is None:
-            if s != 1.0:
-                raise ValueError("APG: `guidance_scale` was switched on during sampling, but this call started with "
-                                 "guidance off and built no null-condition rows; start the call with guidance on")
-            return cond if guided is None else guided
-        out = self.combine(cond, uncond, s)
-        return out if guided is None else guided + (out - uncond)
+        return cond + (strength - 1) * (orthogonal + self.eta * parallel)

@@ -25,7 +25,10 @@ The sampler builds the rows the active terms need, runs one forward, then
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from ..models.adapter import ScaleStep
 
 MAX_STRENGTH = 1e4
-"""The largest guidance strength a term accepts (CFG / APG scale, VPG's ``w``, IGG, SSG).
+"""The largest guidance strength a term accepts (CFG / APG ``s``, VPG's ``w``, IGG's ``w``, SSG's ``beta``).
 
 Guided logits grow linearly with the strength; float32 logits of magnitude ~10-100 overflow to inf and
 sampling fails deep inside ``torch.multinomial`` from about 1e36 on, and nothing useful happens far
@@ -49,6 +52,46 @@ def strength_ok(value: Any, low: float = 0.0) -> bool:
     """A real number (not a bool), finite, in ``[low, MAX_STRENGTH]``."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
             and low <= value <= MAX_STRENGTH)
+
+
+RENAMED_KEYWORDS = {"scale": "guidance_scale"}
+"""Constructor keywords / attributes renamed in 0.1.0 (old -> new). In this package ``scale`` means a
+resolution level; a term's strength is ``guidance_scale``, as in diffusers' guiders."""
+RENAMED_KEYWORDS_REMOVED_IN = "0.2.0"
+"""The release that stops accepting the old names (a test fails once ``__version__`` reaches it)."""
+
+
+def warn_renamed(owner: str, old: str, new: str, what: str = "argument", stacklevel: int = 3) -> None:
+    """A ``FutureWarning`` for a renamed keyword / attribute, worded like diffusers' ``deprecate``.
+
+    diffusers' own ``deprecate`` compares the removal version with *diffusers'* version (and raises once
+    diffusers passes it), so it cannot date a removal in this package.
+    """
+    warnings.warn(f"The `{old}` {what} of {owner} is deprecated and will be removed in vpg-pipelines "
+                  f"{RENAMED_KEYWORDS_REMOVED_IN}; use `{new}` (a term's strength; `scale` means a resolution "
+                  "level in this package).", FutureWarning, stacklevel=stacklevel)
+
+
+def _rename_keywords(owner: str, kwargs: dict[str, Any], stacklevel: int) -> None:
+    for old, new in RENAMED_KEYWORDS.items():
+        if old in kwargs:
+            if new in kwargs:
+                raise TypeError(f"{owner}: pass `{new}` only (`{old}` is its deprecated name)")
+            warn_renamed(owner, old, new, stacklevel=stacklevel + 1)
+            kwargs[new] = kwargs.pop(old)
+
+
+def accepts_renamed_keywords(init: Callable[..., None]) -> Callable[..., None]:
+    """Let a term's ``__init__`` take the old keyword names of :data:`RENAMED_KEYWORDS` (with a warning)
+    until :data:`RENAMED_KEYWORDS_REMOVED_IN`. Put it above ``@register_to_config``, so that the config
+    records the new name."""
+
+    @functools.wraps(init)
+    def wrapper(self: GuidanceTerm, *args: Any, **kwargs: Any) -> None:
+        _rename_keywords(type(self).__name__, kwargs, stacklevel=3)
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 GUIDER_CONFIG_NAME = "guider_config.json"
@@ -148,6 +191,18 @@ class GuidanceTerm(ConfigMixin, PushToHubMixin):
         return type(self).from_config(self.config, **changes)
 
     @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False,
+                    **kwargs: Any) -> Any:
+        """diffusers' ``from_config``; a config (or a change) under a renamed keyword (``scale``) still
+        loads, with a ``FutureWarning``, until :data:`RENAMED_KEYWORDS_REMOVED_IN`."""
+        if "guidance_scale" in cls._get_init_keys(cls):
+            if isinstance(config, Mapping):
+                config = dict(config)
+                _rename_keywords(cls.__name__, config, stacklevel=3)
+            _rename_keywords(cls.__name__, kwargs, stacklevel=3)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
                         **kwargs: Any) -> GuidanceTerm:
         """Load a term saved with :meth:`save_pretrained` (a folder holding ``guider_config.json``).
@@ -192,6 +247,22 @@ class GuidanceTerm(ConfigMixin, PushToHubMixin):
         """One line for messages and node displays."""
         return self.display_name
 
+    # -- the renamed strength attribute (until RENAMED_KEYWORDS_REMOVED_IN) --------------------------------
+    @property
+    def scale(self) -> Any:
+        """Deprecated name of ``guidance_scale`` (a term without one, the temperature, has neither)."""
+        if "guidance_scale" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no strength (`guidance_scale`)")
+        warn_renamed(type(self).__name__, "scale", "guidance_scale", "attribute")
+        return self.guidance_scale
+
+    @scale.setter
+    def scale(self, value: Any) -> None:
+        if "guidance_scale" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no strength (`guidance_scale`)")
+        warn_renamed(type(self).__name__, "scale", "guidance_scale", "attribute")
+        self.guidance_scale = value
+
     # -- reductions (one per kind; the chain calls the one of ``needs``) ----------------------------------
     def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
                           step: GuidanceStep) -> torch.Tensor | None:
@@ -223,7 +294,7 @@ def _subclasses(cls: type) -> list[type]:
     return out
 
 
-def check_scale(name: str, value: Any, low: float = 0.0, allow_list: bool = True) -> None:
+def check_strength(name: str, value: Any, low: float = 0.0, allow_list: bool = True) -> None:
     """A finite number >= ``low``, or (``allow_list``) a non-empty list of them; the error names ``name``."""
     values = list(value) if allow_list and isinstance(value, (list, tuple)) else [value]
     ok = bool(values) and all(

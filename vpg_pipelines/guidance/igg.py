@@ -1,4 +1,10 @@
-"""Information-Grounding Guidance (IGG, Nguyen et al., arXiv 2509.23876) on the condition axis.
+"""Information-Grounding Guidance (IGG) on the condition axis.
+
+Reference:
+    Ky Dan Nguyen, Hoang Lam Tran, Anh-Dung Dinh, Daochang Liu, Weidong Cai, Xiuying Wang and Chang Xu,
+    "Not All Tokens are Guided Equal: Improving Guidance in Visual Autoregressive Models",
+    arXiv:2509.23876 (2025), https://arxiv.org/abs/2509.23876; code
+    ``github.com/dnngky/infoground-guidance``.
 
 With the condition contrast ``d = l_c − l_u`` over the sites of the current scale (one feature vector
 of ``V`` logits per site), IGG attends over the sites with ``d`` itself:
@@ -10,7 +16,8 @@ of ``V`` logits per site), IGG attends over the sites with ``d`` itself:
 condition term that reads the same rows as CFG: after CFG (or APG) it adds ``t_igg · G`` to their
 result; with no other condition term in the chain (CFG's weight unset), ``l = l_u + t_igg · G`` —
 IGG replaces CFG, as in the public code. Note that ``w = 0`` still gives ``t = 1``: IGG is switched off
-by leaving it out (``igg_scale=None``) or with ``enabled=False``, not by a zero strength.
+by leaving it out (``igg_scale=None``) or with ``enabled=False``, not by a zero strength (``w`` is the
+term's ``guidance_scale``, the pipelines' ``igg_scale``).
 
 Decisions where the paper is silent (``docs/guidance.md``):
 
@@ -34,7 +41,7 @@ import math
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, check_scale
+from .base import NEEDS_CONDITIONS, GuidanceStep, GuidanceTerm, accepts_renamed_keywords, check_strength
 
 SCHEDULES = ("linear", "constant")
 DEFAULT_MAX_SCORES = 1 << 24
@@ -49,11 +56,11 @@ def grounding(diff: torch.Tensor, site_axis: int = 2, max_scores: int = DEFAULT_
     features = math.prod(tail)
     d = diff.reshape(-1, n, features)
     rows = max(1, min(n, max_scores // max(1, d.shape[0] * n)))
-    scale = 1.0 / math.sqrt(features)
+    inv_sqrt_features = 1.0 / math.sqrt(features)
     keys = d.transpose(1, 2)
     out = torch.empty_like(d)
     for i in range(0, n, rows):
-        scores = (d[:, i : i + rows] @ keys) * scale
+        scores = (d[:, i : i + rows] @ keys) * inv_sqrt_features
         out[:, i : i + rows] = scores.softmax(dim=-1) @ d
     return out.reshape(*lead, n, *tail)
 
@@ -62,23 +69,27 @@ class InformationGroundingGuidance(GuidanceTerm):
     """IGG on the condition axis.
 
     Args:
-        scale: ``w`` (``igg_scale``), >= 0: ``t_igg = 1 + r_k · w``.
-        schedule: ``"linear"`` (the paper's ramp, ``r_k = k / (K − 1)``) or ``"constant"`` (``r_k = 1``).
-        max_scores: attention scores per chunk (memory bound of the ``n × n`` attention).
+        guidance_scale (`float`, defaults to 0.0): ``w`` (``igg_scale``), >= 0: ``t_igg = 1 + r_k · w``.
+            ``scale=`` is its deprecated name (accepted with a ``FutureWarning`` until 0.2.0).
+        schedule (`str`, defaults to `"linear"`): ``"linear"`` (the paper's ramp, ``r_k = k / (K − 1)``)
+            or ``"constant"`` (``r_k = 1``).
+        max_scores (`int`, defaults to 2**24): attention scores per chunk (memory bound of the
+            ``n × n`` attention).
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; outside the range
             IGG adds nothing (alone in the chain it then leaves the conditional logits).
 
-    ``scale`` may be changed between steps (the pipelines do so for ``pipe._igg_scale``).
+    ``guidance_scale`` may be changed between steps (the pipelines do so for ``pipe._igg_scale``).
     """
 
     needs = NEEDS_CONDITIONS
     display_name = "IGG"
     reads_condition_logits = True
 
+    @accepts_renamed_keywords
     @register_to_config
     def __init__(
         self,
-        scale: float = 0.0,
+        guidance_scale: float = 0.0,
         schedule: str = "linear",
         max_scores: int = DEFAULT_MAX_SCORES,
         start: float = 0.0,
@@ -86,22 +97,22 @@ class InformationGroundingGuidance(GuidanceTerm):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        check_scale("igg_scale", scale, allow_list=False)
+        check_strength("igg_scale", guidance_scale, allow_list=False)
         if schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}")
         if isinstance(max_scores, bool) or not isinstance(max_scores, int) or max_scores < 1:
             raise ValueError(f"`max_scores` must be an integer >= 1, got {max_scores!r}")
-        self.scale = scale
+        self.guidance_scale = guidance_scale
         self.schedule = schedule
         self.max_scores = max_scores
 
     def describe(self) -> str:
-        return f"IGG {self.scale:g}"
+        return f"IGG {self.guidance_scale:g}"
 
     def weight(self, step: GuidanceStep) -> float:
         """``t_igg = 1 + r_k · w`` at this step."""
         ratio = step.step.scale / max(step.num_scales - 1, 1) if self.schedule == "linear" else 1.0
-        return 1.0 + ratio * float(self.scale)
+        return 1.0 + ratio * float(self.guidance_scale)
 
     def reduce_conditions(self, cond: torch.Tensor, uncond: torch.Tensor | None, guided: torch.Tensor | None,
                           step: GuidanceStep) -> torch.Tensor | None:

@@ -1,7 +1,14 @@
-"""Visual Prefix Guidance over the prefix axis: ``out = g~ + w * (g - g~)``.
+"""Visual Prefix Guidance (VPG) over the prefix axis: ``out = g~ + w * (g - g~)``.
+
+Reference:
+    Xinyao Liao, Qiyuan He, Yicong Li, Jiayin Zhu, Xiaoye Qu, Wei Wei and Angela Yao, "VPG: Visual Prefix
+    Guidance for Autoregressive Image and Video Generation", arXiv:2605.30317 (2026),
+    https://arxiv.org/abs/2605.30317. The authors' code is not public; this package is an implementation
+    of the paper (``docs/vpg.md``).
 
 ``g`` is the (CFG-guided) prediction on the clean generated prefix, ``g~`` the same prediction on a
-corrupted copy of that prefix (``corruption.py``). See ``docs/vpg.md`` for every option.
+corrupted copy of that prefix (``corruption.py``); ``w`` is the term's ``guidance_scale`` (the
+pipelines' ``vpg_scale``). See ``docs/vpg.md`` for every option.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import MAX_STRENGTH, NEEDS_PREFIX, GuidanceStep, GuidanceTerm, strength_ok
+from .base import MAX_STRENGTH, NEEDS_PREFIX, GuidanceStep, GuidanceTerm, accepts_renamed_keywords, strength_ok
 from .corruption import CorruptionPattern, Generators, apply_corruption, draw_pattern
 
 MODES = ("full", "token", "position", "codebook")
@@ -23,32 +30,36 @@ class PrefixGuidance(GuidanceTerm):
     """VPG settings.
 
     Args:
-        scale: ``w`` (``vpg_scale``), >= 0. ``w = 1`` is plain sampling, ``w = 0`` the corrupted
-            branch alone.
-        corruption: fraction ``p`` in [0, 1] of the sites of each prefix scale that take a donor's
-            input (``floor(p * n)`` sites).
-        mode: ``"full"`` (donor's content and position; the paper's method), ``"token"`` (content
-            only), ``"position"`` (position only), ``"codebook"`` (a random codebook entry's content).
-        refresh: ``"persistent"`` (each scale corrupted once, kept in the corrupted branch's KV
-            cache) or ``"resample"`` (a fresh corruption of the whole prefix at every guided step,
-            recomputed from scratch).
-        scales: ``"all"``, ``"semantic"`` (the model's early scales) or a list of scale indices.
-        always_compute: run the corrupted branch even when it cannot change the result
-            (``w == 1`` or ``p == 0``); for tests and measurements.
+        guidance_scale (`float`, defaults to 1.5): ``w`` (``vpg_scale``), >= 0. ``w = 1`` is plain
+            sampling, ``w = 0`` the corrupted branch alone. ``scale=`` is its deprecated name (accepted
+            with a ``FutureWarning`` until 0.2.0).
+        corruption (`float`, defaults to 0.5): fraction ``p`` in [0, 1] of the sites of each prefix scale
+            that take a donor's input (``floor(p * n)`` sites).
+        mode (`str`, defaults to `"full"`): ``"full"`` (donor's content and position; the paper's
+            method), ``"token"`` (content only), ``"position"`` (position only), ``"codebook"`` (a random
+            codebook entry's content).
+        refresh (`str`, defaults to `"persistent"`): ``"persistent"`` (each scale corrupted once, kept
+            in the corrupted branch's KV cache) or ``"resample"`` (a fresh corruption of the whole
+            prefix at every guided step, recomputed from scratch).
+        scales (`str` or `list[int]`, defaults to `"all"`): the guided resolution levels: ``"all"``,
+            ``"semantic"`` (the model's early scales) or a list of scale indices.
+        always_compute (`bool`, defaults to `False`): run the corrupted branch even when it cannot
+            change the result (``w == 1`` or ``p == 0``); for tests and measurements.
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; a step outside
             ``[start, stop)`` is not guided (no corrupted branch).
 
-    ``scale`` may be changed between steps (the pipelines do so for ``pipe._vpg_scale``); which steps
-    run a corrupted branch is fixed when sampling starts.
+    ``guidance_scale`` may be changed between steps (the pipelines do so for ``pipe._vpg_scale``);
+    which steps run a corrupted branch is fixed when sampling starts.
     """
 
     needs = NEEDS_PREFIX
     display_name = "VPG"
 
+    @accepts_renamed_keywords
     @register_to_config
     def __init__(
         self,
-        scale: float = 1.5,
+        guidance_scale: float = 1.5,
         corruption: float = 0.5,
         mode: str = "full",
         refresh: str = "persistent",
@@ -59,8 +70,8 @@ class PrefixGuidance(GuidanceTerm):
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        if not strength_ok(scale):
-            raise ValueError(f"`vpg_scale` must be a number in [0, {MAX_STRENGTH:g}], got {scale!r}")
+        if not strength_ok(guidance_scale):
+            raise ValueError(f"`vpg_scale` must be a number in [0, {MAX_STRENGTH:g}], got {guidance_scale!r}")
         if isinstance(corruption, bool) or not isinstance(corruption, (int, float)) or not (
             0.0 <= corruption <= 1.0
         ):
@@ -76,7 +87,7 @@ class PrefixGuidance(GuidanceTerm):
             raise ValueError(
                 f"`vpg_scales` must be 'all', 'semantic' or a list of integer scale indices, got {scales!r}"
             )
-        self.scale = scale
+        self.guidance_scale = guidance_scale
         self.corruption = corruption
         self.mode = mode
         self.refresh = refresh
@@ -88,10 +99,10 @@ class PrefixGuidance(GuidanceTerm):
         """True when the corrupted branch cannot change the output (and is therefore skipped)."""
         if not self.enabled:
             return True
-        return not self.always_compute and (self.scale == 1.0 or self.corruption == 0.0)
+        return not self.always_compute and (self.guidance_scale == 1.0 or self.corruption == 0.0)
 
     def describe(self) -> str:
-        return f"VPG w={self.scale:g} p={self.corruption:g}"
+        return f"VPG w={self.guidance_scale:g} p={self.corruption:g}"
 
     @property
     def uses_random_content(self) -> bool:
@@ -134,7 +145,7 @@ class PrefixGuidance(GuidanceTerm):
     # -- the reduction ----------------------------------------------------------------------------------
     def combine(self, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
         """``corrupted + w * (clean - corrupted)``."""
-        return corrupted + (clean - corrupted) * self.scale
+        return corrupted + (clean - corrupted) * self.guidance_scale
 
     def reduce_prefix(self, clean: torch.Tensor, corrupted: torch.Tensor | None, step: GuidanceStep) -> torch.Tensor:
         if corrupted is None:

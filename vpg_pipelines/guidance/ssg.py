@@ -1,4 +1,8 @@
-"""Scaled Spatial Guidance (SSG, Shin et al., ICLR 2026, arXiv 2602.05534) on the guided logits.
+"""Scaled Spatial Guidance (SSG) on the guided logits.
+
+Reference:
+    Youngwoo Shin, Jiwan Hur and Junmo Kim, "SSG: Scaled Spatial Guidance for Multi-Scale Visual
+    Autoregressive Generation", ICLR 2026; arXiv:2602.05534 (2026), https://arxiv.org/abs/2602.05534.
 
 At step ``k`` the logits move away from a *prior* built from the previous scale's logits:
 
@@ -21,7 +25,7 @@ The authors' code is not public. Where the paper leaves a detail open, this file
 - **DCT normalisation**: the orthonormal DCT-II over every grid axis; the old grid's coefficients are
   multiplied by ``sqrt(new sites / old sites)`` before they replace the low block, so a constant field
   stays the same constant (an orthonormal DCT's DC coefficient grows with the square root of the size);
-- **beta schedule**: one value for every step (``scale``), or one per scale (a list); ``start`` / ``stop``
+- **beta schedule**: one value for every step (``guidance_scale``), or one per scale (a list); ``start`` / ``stop``
   restrict it; the first scale has no prior and is never changed;
 - **bitwise logits** (Infinity ``(n, d, 2)``, InfinityStar ``(n, 2d)``): every logit channel is treated
   alike — the update is linear, so this equals guiding each bit's log-odds;
@@ -41,7 +45,14 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_PREVIOUS, GuidanceStep, GuidanceTerm, check_scale, per_scale_value
+from .base import (
+    NEEDS_PREVIOUS,
+    GuidanceStep,
+    GuidanceTerm,
+    accepts_renamed_keywords,
+    check_strength,
+    per_scale_value,
+)
 
 INTERPOLATIONS = ("linear", "nearest")
 
@@ -89,40 +100,46 @@ class ScaledSpatialGuidance(GuidanceTerm):
     """SSG on the guided logits.
 
     Args:
-        scale: ``beta`` (``ssg_scale``), >= 0, or one value per scale; 0 changes nothing.
-        interpolation: ``"linear"`` (default) or ``"nearest"``: the kernel DSE interpolates with.
+        guidance_scale (`float` or `list[float]`, defaults to 0.5): ``beta`` (``ssg_scale``), >= 0, or
+            one value per scale; 0 changes nothing. ``scale=`` is its deprecated name (accepted with a
+            ``FutureWarning`` until 0.2.0).
+        interpolation (`str`, defaults to `"linear"`): ``"linear"`` or ``"nearest"``: the kernel DSE
+            interpolates with.
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`.
 
-    ``scale`` may be changed between steps (the pipelines do so for ``pipe._ssg_scale``).
+    ``guidance_scale`` may be changed between steps (the pipelines do so for ``pipe._ssg_scale``).
     """
 
     needs = NEEDS_PREVIOUS
     display_name = "SSG"
 
+    @accepts_renamed_keywords
     @register_to_config
     def __init__(
         self,
-        scale: float | Sequence[float] = 0.5,
+        guidance_scale: float | Sequence[float] = 0.5,
         interpolation: str = "linear",
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        check_scale("ssg_scale", scale)
+        check_strength("ssg_scale", guidance_scale)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"`interpolation` must be one of {INTERPOLATIONS}, got {interpolation!r}")
-        self.scale = scale
+        self.guidance_scale = guidance_scale
         self.interpolation = interpolation
 
     def describe(self) -> str:
-        return f"SSG {self.scale:g}" if isinstance(self.scale, (int, float)) else "SSG (per scale)"
+        if isinstance(self.guidance_scale, (int, float)):
+            return f"SSG {self.guidance_scale:g}"
+        return "SSG (per scale)"
 
     def beta(self, step: GuidanceStep) -> float:
         """``beta_k`` at this step (0 when off)."""
         if not self.is_on(step):
             return 0.0
-        return per_scale_value("ssg_scale", self.scale, step.step.scale, step.num_scales)
+        return per_scale_value("ssg_scale", self.guidance_scale, step.step.scale, step.num_scales)
 
     def reduce(self, logits: torch.Tensor, step: GuidanceStep) -> torch.Tensor:
         memory = step.memory(self)

@@ -1,4 +1,10 @@
-"""Entropy-aware temperature (NeurIPS 2025, arXiv 2510.09012; code github.com/krennic999/ARsample) on the guided logits.
+"""Entropy-aware temperature on the guided logits.
+
+Reference:
+    Xiaoxiao Ma, Feng Zhao, Pengyang Ling, Haibo Qiu, Zhixiang Wei, Hu Yu, Jie Huang, Zhixiong Zeng and
+    Lin Ma, "Towards Better & Faster Autoregressive Image Generation: From the Perspective of Entropy",
+    NeurIPS 2025; arXiv:2510.09012 (2025), https://arxiv.org/abs/2510.09012; code
+    ``github.com/krennic999/ARsample``.
 
 Per site, from the entropy ``H`` (in nats) of the guided distribution,
 
@@ -6,8 +12,10 @@ Per site, from the entropy ``H`` (in nats) of the guided distribution,
 
 with the paper's constants ``T0 = 2.5``, ``alpha = 3``, ``theta = 0.6`` (their LlamaGen code,
 ``autoregressive/models/generate.py``): confident sites (low ``H``) are sampled hotter, uncertain ones
-cooler. It needs nothing but the current logits; it belongs **after** every other guidance term
-(the pipelines put it last), and the model's own filters (top-k / top-p) run after it.
+cooler. The constants are written once, in :data:`ENTROPY_TEMPERATURE_DEFAULTS`, which this term, the
+pipelines' ``entropy_temperature_*`` arguments, the CLI and the ComfyUI node read. The term needs
+nothing but the current logits; it belongs **after** every other guidance term (the pipelines put it
+last), and the model's own filters (top-k / top-p) run after it.
 
 Decisions (``docs/guidance.md``):
 
@@ -25,10 +33,24 @@ Decisions (``docs/guidance.md``):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from .base import NEEDS_NOTHING, GuidanceStep, GuidanceTerm, check_scale
+from .base import NEEDS_NOTHING, GuidanceStep, GuidanceTerm, check_strength
+
+
+class EntropyTemperatureConstants(NamedTuple):
+    """The constants of ``T = T0 · exp(−H / alpha) + theta``."""
+
+    t0: float
+    alpha: float
+    theta: float
+
+
+ENTROPY_TEMPERATURE_DEFAULTS = EntropyTemperatureConstants(t0=2.5, alpha=3.0, theta=0.6)
+"""The paper's constants (their public LlamaGen code); written here once, read everywhere."""
 
 
 def site_entropy(logits: torch.Tensor, categories: int | None = None) -> torch.Tensor:
@@ -53,10 +75,11 @@ class EntropyAwareTemperature(GuidanceTerm):
     """Per-site temperature from the entropy of the guided distribution.
 
     Args:
-        base: ``T_base`` (> 0), multiplied on top of the model's own temperature.
-        t0: ``T0`` (>= 0), the paper's 2.5.
-        alpha: ``alpha`` (> 0), the paper's 3.
-        theta: ``theta`` (>= 0), the paper's 0.6; ``t0 = 0, theta = 1`` is a plain constant
+        base (`float`, defaults to 1.0): ``T_base`` (> 0), multiplied on top of the model's own
+            temperature.
+        t0 (`float`, defaults to 2.5): ``T0`` (>= 0).
+        alpha (`float`, defaults to 3.0): ``alpha`` (> 0).
+        theta (`float`, defaults to 0.6): ``theta`` (>= 0); ``t0 = 0, theta = 1`` is a plain constant
             temperature ``base`` (what the quality benchmark tunes the baseline with).
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`.
     """
@@ -68,18 +91,18 @@ class EntropyAwareTemperature(GuidanceTerm):
     def __init__(
         self,
         base: float = 1.0,
-        t0: float = 2.5,
-        alpha: float = 3.0,
-        theta: float = 0.6,
+        t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
     ) -> None:
         super().__init__(start, stop, enabled)
-        check_scale("entropy_temperature_base", base, allow_list=False)
-        check_scale("entropy_temperature_t0", t0, allow_list=False)
-        check_scale("entropy_temperature_alpha", alpha, allow_list=False)
-        check_scale("entropy_temperature_theta", theta, allow_list=False)
+        check_strength("entropy_temperature_base", base, allow_list=False)
+        check_strength("entropy_temperature_t0", t0, allow_list=False)
+        check_strength("entropy_temperature_alpha", alpha, allow_list=False)
+        check_strength("entropy_temperature_theta", theta, allow_list=False)
         if not base > 0 or not alpha > 0:
             raise ValueError(f"`entropy_temperature_base` and `entropy_temperature_alpha` must be > 0, got base "
                              f"{base!r}, alpha {alpha!r}")

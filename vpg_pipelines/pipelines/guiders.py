@@ -23,9 +23,6 @@ from ..guidance.ssg import ScaledSpatialGuidance
 from ..guidance.temperature import EntropyAwareTemperature
 from .checks import check_number
 
-ENTROPY_TEMPERATURE_DEFAULTS = {"t0": 2.5, "alpha": 3.0, "theta": 0.6}
-"""The paper's constants (``T = T0·exp(−H/alpha) + theta``)."""
-
 _SLOTS = {
     ClassifierFreeGuidance: "condition", AdaptiveProjectedGuidance: "condition", PrefixGuidance: "prefix",
     InformationGroundingGuidance: "igg", ScaledSpatialGuidance: "ssg", EntropyAwareTemperature: "temperature",
@@ -83,19 +80,19 @@ class CallGuidance:
         self._unset_condition = None
         if condition is not None and "condition" not in taken:
             if igg_on and scales and not condition.uses_rows(scales, max(scales) + 1):
-                self._unset_condition = condition.scale  # IGG replaces the unset CFG
+                self._unset_condition = condition.guidance_scale  # IGG replaces the unset CFG
             else:
                 own["condition"] = condition
         if prefix is not None and "prefix" not in taken:
             own["prefix"] = prefix
         hidden = getattr(own.get("condition"), "layer", 0) != 0
         if "igg" not in taken and (igg_scale is not None or not hidden):
-            igg = InformationGroundingGuidance(scale=float(igg_scale or 0.0))
+            igg = InformationGroundingGuidance(guidance_scale=float(igg_scale or 0.0))
             if igg_scale is None:
                 igg.disable()
             own["igg"] = igg
         if "ssg" not in taken:
-            own["ssg"] = ScaledSpatialGuidance(scale=float(ssg_scale))
+            own["ssg"] = ScaledSpatialGuidance(guidance_scale=float(ssg_scale))
         if "temperature" not in taken:
             temperature = EntropyAwareTemperature(t0=float(entropy_temperature_t0),
                                                   alpha=float(entropy_temperature_alpha),
@@ -120,11 +117,12 @@ class CallGuidance:
                              "and IGG in its place; start the call with CFG on")
         if condition is not None:
             value = pipe._guidance_scale
-            values = value if isinstance(value, (list, tuple)) else [value]
+            per_scale = isinstance(value, (list, tuple))
+            values = value if per_scale else [value]
             if not values or not all(strength_ok(v) for v in values):
                 raise ValueError(f"`guidance_scale` set during sampling must be a number in [0, {MAX_STRENGTH:g}], "
                                  f"got {value!r}")
-            condition.scale = [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
+            condition.guidance_scale = [float(v) for v in values] if per_scale else float(value)
         prefix = self.own.get("prefix")
         if prefix is not None:
             w = pipe._vpg_scale
@@ -134,7 +132,7 @@ class CallGuidance:
             if not self._prefix_rows and float(w) != 1.0 and prefix.corruption > 0:
                 raise ValueError("`vpg_scale` was switched on during sampling, but this call started with VPG off and "
                                  "built no corrupted rows; start the call with vpg_scale != 1")
-            prefix.scale = float(w)
+            prefix.guidance_scale = float(w)
         igg = self.own.get("igg")
         if igg is not None:
             value = pipe._igg_scale
@@ -144,7 +142,7 @@ class CallGuidance:
                 if not strength_ok(value):
                     raise ValueError(f"`igg_scale` set during sampling must be None or a number in "
                                      f"[0, {MAX_STRENGTH:g}], got {value!r}")
-                igg.scale = float(value)
+                igg.guidance_scale = float(value)
                 igg.enable()
         elif pipe._igg_scale is not None and not any(isinstance(t, InformationGroundingGuidance) for t in self.terms):
             raise ValueError("`igg_scale` was set during sampling, but IGG is not defined for this call (CFG mixes "
@@ -155,7 +153,7 @@ class CallGuidance:
             if not strength_ok(value):
                 raise ValueError(f"`ssg_scale` set during sampling must be a number in [0, {MAX_STRENGTH:g}], "
                                  f"got {value!r}")
-            ssg.scale = float(value)
+            ssg.guidance_scale = float(value)
         temperature = self.own.get("temperature")
         if temperature is not None:
             if not isinstance(pipe._entropy_temperature, bool):
@@ -201,7 +199,7 @@ class GuidanceStrengthsMixin:
                         entropy_temperature: bool) -> None:
         """Set the strength properties at the start of a call."""
         prefix = guidance.own.get("prefix")
-        self._vpg_scale = float(prefix.scale) if prefix is not None else 1.0
+        self._vpg_scale = float(prefix.guidance_scale) if prefix is not None else 1.0
         self._igg_scale = None if igg_scale is None else float(igg_scale)
         self._ssg_scale = float(ssg_scale)
         self._entropy_temperature = bool(entropy_temperature)

@@ -13,11 +13,13 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import replace_example_docstring
 from transformers import AutoTokenizer, T5EncoderModel
 
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from ..loading.infinity import load_official_infinity
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
@@ -39,6 +41,28 @@ DEFAULT_VPG_SCALE = 1.5
 """Our default VPG weight for Infinity (the paper's operating point is not available to us)."""
 DEFAULT_SIZE = 1024
 """Released models sample the 1:1 "1M" schedule (1024 x 1024) by default."""
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGInfinityPipeline
+
+        >>> # the released Infinity-2B: its files come from the hub repos FoundationVision/Infinity and
+        >>> # google/flan-t5-xl (not available offline, hence SKIP)
+        >>> pipe = VPGInfinityPipeline.from_official(
+        ...     "infinity_2b_reg.pth", "infinity_vae_d32reg.pth", text_encoder="google/flan-t5-xl",
+        ...     torch_dtype=torch.bfloat16,
+        ... )  # doctest: +SKIP
+        >>> pipe.enable_model_cpu_offload()  # doctest: +SKIP
+        >>> image = pipe(
+        ...     "a wax seal embossed with the letters VPG", height=1024, width=1024, guidance_scale=3.0,
+        ...     vpg_scale=1.5, generator=torch.Generator().manual_seed(0),
+        ... ).images[0]  # doctest: +SKIP
+        >>> image.save("seal.png")  # doctest: +SKIP
+
+        ```
+"""
 
 
 @dataclass(frozen=True)
@@ -333,7 +357,8 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         check_guidance_args(*extra)
         strength = a["guidance_scale"]
         strength = [float(g) for g in strength] if isinstance(strength, (list, tuple)) else float(strength)
-        cfg = ClassifierFreeGuidance(scale=strength, schedule=self.cfg_schedule, layer=int(a["cfg_insertion_layer"]))
+        cfg = ClassifierFreeGuidance(guidance_scale=strength, schedule=self.cfg_schedule,
+                                     layer=int(a["cfg_insertion_layer"]))
         steps = tuple(scale_steps(schedule))
         scales = [step.scale for step in steps]
         guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
@@ -346,6 +371,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | Sequence[str] | None = None,
@@ -366,9 +392,9 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
-        entropy_temperature_t0: float = 2.5,
-        entropy_temperature_alpha: float = 3.0,
-        entropy_temperature_theta: float = 0.6,
+        entropy_temperature_t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -381,59 +407,99 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         trace: SamplerTrace | None = None,
     ) -> ImagePipelineOutput | tuple:
-        r"""Generate images from text.
+        r"""
+        Generate images from text.
 
         Defaults are the official 2B settings of ``predict.py`` and the interactive notebook (cfg 3,
         tau 0.5, CFG on the logits, top-k 900, top-p 0.97); the 8B notebooks use ``tau=1.0``.
 
         Args:
-            prompt: a prompt or a list of prompts. Exactly one of ``prompt`` / ``prompt_embeds``.
-            negative_prompt: replaces the learned null text of CFG (a string for all prompts or one per
-                prompt); ``None`` or ``""`` keeps the learned null text, as the official code does.
-            height, width: output size in pixels (default: the pipeline's ``default_height/width``).
-                Infinity generates its template sizes only: an exact template size maps to its
-                schedule, anything else snaps to the nearest aspect ratio and pixel budget (logged).
-            num_images_per_prompt: images per prompt (adjacent in the output).
-            guidance_scale: the official ``cfg``, a number or one per scale; ``1`` everywhere turns
-                CFG off (no null rows are run).
-            tau: the official temperature, a number or one per scale (> 0).
-            cfg_insertion_layer: ``0`` combines CFG on the logits; ``-n`` on the hidden states after
-                block ``depth - n`` (``-1``: after the last block).
-            top_k, top_p: the official per-bit filters (``top_k=1`` is greedy; ``0`` disables).
-            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). ``None``: 1.5.
-            vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced.
-            vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
-            vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
-            vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or a
-                list of scale indices in ``[0, num_scales - 1]``.
-            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
-                ``1 + w·k/(K-1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+            prompt (`str` or `list[str]`, *optional*):
+                The prompt(s). Pass exactly one of ``prompt`` and ``prompt_embeds``.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces the learned null text of CFG (one string for all prompts or one per prompt);
+                ``None`` or ``""`` keeps the learned null text, as the official code does.
+            height (`int`, *optional*):
+                Output height in pixels; ``None``: the pipeline's ``default_height``. Infinity generates its
+                template sizes only: an exact template size maps to its schedule, anything else snaps to
+                the nearest aspect ratio and pixel budget (logged).
+            width (`int`, *optional*):
+                Output width in pixels; ``None``: the pipeline's ``default_width``.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Images per prompt (adjacent in the output).
+            guidance_scale (`float` or `list[float]`, *optional*, defaults to 3.0):
+                The official ``cfg``, a number or one per scale; ``1`` everywhere turns CFG off (no null
+                rows are run).
+            tau (`float` or `list[float]`, *optional*, defaults to 0.5):
+                The official temperature, a number or one per scale (> 0).
+            cfg_insertion_layer (`int`, *optional*, defaults to 0):
+                ``0`` combines CFG on the logits; ``-n`` on the hidden states after block ``depth - n``
+                (``-1``: after the last block).
+            top_k (`int`, *optional*, defaults to 900):
+                The official per-bit top-k filter (``1`` is greedy; ``0`` disables it).
+            top_p (`float`, *optional*, defaults to 0.97):
+                The official per-bit top-p filter (``0`` disables it).
+            vpg_scale (`float`, *optional*):
+                VPG's weight ``w`` (>= 0; 1 = off). ``None``: 1.5.
+            vpg_corruption (`float`, *optional*, defaults to 0.5):
+                The fraction ``p`` in [0, 1] of each prefix scale's sites replaced by a donor's.
+            vpg_mode (`str`, *optional*, defaults to `"full"`):
+                ``"full"``, ``"token"``, ``"position"`` or ``"codebook"`` (docs/vpg.md).
+            vpg_refresh (`str`, *optional*, defaults to `"persistent"`):
+                ``"persistent"`` or ``"resample"`` (docs/vpg.md).
+            vpg_scales (`str` or `list[int]`, *optional*, defaults to `"all"`):
+                The guided scales (resolution levels): ``"all"``, ``"semantic"`` (scales up to half the
+                final side) or a list of scale indices in ``[0, num_scales - 1]``.
+            igg_scale (`float`, *optional*):
+                Information-Grounding Guidance's ``w`` (>= 0), added to CFG with the weight
+                ``1 + w·k/(K - 1)``; ``None`` turns it off (``0`` does not); with CFG off
                 (``guidance_scale=1``) it replaces CFG. Needs ``cfg_insertion_layer=0``. See
                 docs/guidance.md.
-            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
-            entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of ``tau``)
-                from the entropy of the guided bits of a site, applied after all guidance (default off),
-                with ``entropy_temperature_t0`` (2.5), ``_alpha`` (3) and ``_theta`` (0.6).
-            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
-                arguments above would build for the same job.
-            generator: a ``torch.Generator`` or one per image (then image ``i`` depends only on
-                ``generator[i]``).
-            prompt_embeds: T5 features ``(B, L, text_channels)`` (as :meth:`encode_prompt` returns),
-                padded; ``prompt_attention_mask`` ``(B, L)`` marks the valid tokens (all when omitted).
-            negative_prompt_embeds, negative_prompt_attention_mask: the same for the negative prompts.
-            output_type: ``"pil"``, ``"np"`` (B, H, W, 3), ``"pt"`` (B, 3, H, W) in [0, 1], or
-                ``"latent"`` (the accumulated codes ``(B, d, h, w)`` the VAE decodes).
-            return_dict: return an ``ImagePipelineOutput`` (else a tuple).
-            callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after
-                every scale; may return ``{"latents": ...}`` to edit the accumulated codes (later
-                scales see the edit); set ``pipe._interrupt = True`` to stop early. Setting
-                ``pipe._guidance_scale``, ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or
-                ``_entropy_temperature`` takes effect from the next scale.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback (``["latents"]``).
-            trace: a ``SamplerTrace`` to fill with per-scale branch logits and patterns.
+            ssg_scale (`float`, *optional*, defaults to 0.0):
+                Scaled Spatial Guidance's ``beta`` (>= 0); ``0`` turns it off.
+            entropy_temperature (`bool`, *optional*, defaults to `False`):
+                A per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of ``tau``) from the entropy
+                ``H`` of a site's guided bits, applied after all guidance.
+            entropy_temperature_t0 (`float`, *optional*, defaults to 2.5):
+                ``T0`` (>= 0; the paper's value).
+            entropy_temperature_alpha (`float`, *optional*, defaults to 3.0):
+                ``alpha`` (> 0; the paper's value).
+            entropy_temperature_theta (`float`, *optional*, defaults to 0.6):
+                ``theta`` (>= 0; the paper's value).
+            guiders (`list[GuidanceTerm]`, *optional*):
+                More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
+                would build for the same job.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per image (then image ``i`` depends only on ``generator[i]``).
+            prompt_embeds (`torch.Tensor`, *optional*):
+                T5 features ``(B, L, text_channels)``, padded, as :meth:`encode_prompt` returns them.
+            prompt_attention_mask (`torch.Tensor`, *optional*):
+                ``(B, L)``, marking the valid tokens of ``prompt_embeds``; ``None``: all.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                The same as ``prompt_embeds`` for the negative prompts.
+            negative_prompt_attention_mask (`torch.Tensor`, *optional*):
+                The same as ``prompt_attention_mask`` for ``negative_prompt_embeds``.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                ``"pil"``, ``"np"`` ``(B, H, W, 3)``, ``"pt"`` ``(B, 3, H, W)`` in [0, 1], or ``"latent"``
+                (the accumulated codes ``(B, d, h, w)`` the VAE decodes).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`~pipelines.ImagePipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every scale; may return
+                ``{"latents": ...}`` to edit the accumulated codes (later scales see the edit); set
+                ``pipe._interrupt = True`` to stop early. Setting ``pipe._guidance_scale``, ``_vpg_scale``,
+                ``_igg_scale``, ``_ssg_scale`` or ``_entropy_temperature`` takes effect from the next scale.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*):
+                The tensors passed to the callback; ``None``: ``["latents"]``.
+            trace (`SamplerTrace`, *optional*):
+                Filled with the per-scale branch logits and corruption patterns.
+
+        Examples:
 
         Returns:
-            ``ImagePipelineOutput`` with ``images``, or ``(images,)``.
+            [`~pipelines.ImagePipelineOutput`] or `tuple`:
+                [`~pipelines.ImagePipelineOutput`] with ``images``, or ``(images,)`` when ``return_dict``
+                is ``False``.
         """
         # every argument of this call by name (nothing else is bound yet)
         call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
@@ -521,20 +587,45 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         or the 8B shard folder + ``infinity_vae_d56_f8_14_patchify.pth``).
 
         Args:
-            transformer_checkpoint, vae_checkpoint: local paths, or official file names fetched from
-                the hub repo ``FoundationVision/Infinity`` through ``huggingface_hub``.
-            text_encoder: a ``T5EncoderModel``, or a path / hub id loaded with
-                ``T5EncoderModel.from_pretrained`` (``"google/flan-t5-xl"``; the official code runs it
-                in float16). Omit it to pass ``prompt_embeds`` yourself.
-            tokenizer: a tokenizer, or a path / hub id (``AutoTokenizer``, ``legacy=True``); defaults
-                to the ``text_encoder`` path when that is a string.
-            config: optional ``{"vae": {...}, "infinity": {...}}`` with the official constructor
-                arguments (e.g. the parity fixtures' ``config.json``); anything missing is read off
-                the weights. With top-level ``h_div_w_template`` and ``pn`` it also sets the default
-                output size.
-            torch_dtype: cast the transformer and the VAE (and a text encoder loaded from a path).
-            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
-                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
+            transformer_checkpoint (`str`):
+                The transformer: a local path (a ``.pth`` file or the 8B shard folder), or an official file
+                name fetched from the hub repo ``FoundationVision/Infinity`` through ``huggingface_hub``.
+            vae_checkpoint (`str`):
+                The BSQ VAE, the same way.
+            text_encoder (`T5EncoderModel` or `str`, *optional*):
+                A ``T5EncoderModel``, or a path / hub id loaded with ``T5EncoderModel.from_pretrained``
+                (``"google/flan-t5-xl"``; the official code runs it in float16). ``None``: pass
+                ``prompt_embeds`` yourself.
+            tokenizer (`PreTrainedTokenizer` or `str`, *optional*):
+                A tokenizer, or a path / hub id (``AutoTokenizer``, ``legacy=True``); ``None``: the
+                ``text_encoder`` path when that is a string.
+            config (`dict`, *optional*):
+                ``{"vae": {...}, "infinity": {...}}`` with the official constructor arguments (e.g. the
+                parity fixtures' ``config.json``); anything missing is read off the weights. With top-level
+                ``h_div_w_template`` and ``pn`` it also sets the default output size.
+            torch_dtype (`torch.dtype`, *optional*):
+                Cast the transformer and the VAE (and a text encoder loaded from a path).
+            quantization (`str`, *optional*):
+                The transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes, CUDA) or
+                ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
+
+        Returns:
+            [`VPGInfinityPipeline`]: the loaded pipeline; move it with ``.to(device)`` or use
+            ``enable_model_cpu_offload()``.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGInfinityPipeline
+
+        >>> pipe = VPGInfinityPipeline.from_official(
+        ...     "infinity_2b_reg.pth", "infinity_vae_d32reg.pth", text_encoder="google/flan-t5-xl",
+        ...     torch_dtype=torch.bfloat16,
+        ... )  # doctest: +SKIP
+        >>> pipe.save_pretrained("infinity-2b-vpg")  # doctest: +SKIP
+
+        ```
         """
         check_quantization(quantization)
         transformer, vae = load_official_infinity(transformer_checkpoint, vae_checkpoint, config=config,

@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.video_processor import VideoProcessor
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, T5EncoderModel
@@ -22,6 +22,7 @@ from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from ..loading.hub import resolve_file
 from ..loading.infinity_star import TEXT_MAXLEN, load_infinity_star_transformer, load_infinity_star_vae
 from ..memory.mixin import MemoryPlanningMixin
@@ -44,6 +45,29 @@ GUIDANCE = ("apg", "cfg")
 DEFAULT_VPG_SCALE = 1.5  # the paper's InfinityStar value is not available to us (docs/vpg.md)
 DEFAULT_VPG_CORRUPTION = 0.1  # the paper asks for a smaller corruption on video
 INFINITY_STAR_HUB_REPO = "FoundationVision/InfinityStar"
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGInfinityStarPipeline, export_to_video
+
+        >>> # the released 8B 720p model: its files come from the hub repos FoundationVision/InfinityStar and
+        >>> # google/flan-t5-xl (not available offline, hence SKIP)
+        >>> pipe = VPGInfinityStarPipeline.from_official(
+        ...     "infinitystar_8b_720p_weights", "infinitystar_videovae.pth", text_encoder="google/flan-t5-xl",
+        ...     torch_dtype=torch.bfloat16,
+        ... )  # doctest: +SKIP
+        >>> pipe.enable_model_cpu_offload()  # doctest: +SKIP
+        >>> video = pipe(
+        ...     "A handsome smiling gardener inspecting plants, realistic cinematic lighting",
+        ...     vpg_scale=1.5, vpg_corruption=0.1, vpg_scales="semantic", generator=torch.Generator().manual_seed(41),
+        ... ).frames[0]  # doctest: +SKIP
+        >>> export_to_video(video, "gardener.mp4", fps=pipe.fps)  # doctest: +SKIP
+        'gardener.mp4'
+
+        ```
+"""
 
 
 @dataclass
@@ -374,6 +398,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | Sequence[str] | None = None,
@@ -397,9 +422,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
-        entropy_temperature_t0: float = 2.5,
-        entropy_temperature_alpha: float = 3.0,
-        entropy_temperature_theta: float = 0.6,
+        entropy_temperature_t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -412,70 +437,115 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         trace: SamplerTrace | None = None,
     ) -> InfinityStarPipelineOutput | tuple:
-        r"""Generate videos (or images with ``num_frames=1``).
+        r"""
+        Generate videos (or images with ``num_frames=1``).
 
         Defaults are the released 720p script's settings (APG, cfg 34, norm threshold 0.05, tau 1 / 0.4,
-        81 frames at 16 fps, the configured pixel budget at ratio 0.571: 720x1280 for the 720p model).
+        81 frames at 16 fps, the configured pixel budget at ratio 0.571: 720x1280 for the 720p model);
+        ``None`` below means "from those settings".
 
         Args:
-            prompt: text(s). The official template is applied: the suffix ``prompt_suffix`` and, with
-                ``append_duration2caption``, a ``<<<t=5s>>>`` prefix. Exactly one of ``prompt`` /
+            prompt (`str` or `list[str]`, *optional*):
+                The text(s). The official template is applied: the suffix ``prompt_suffix`` and, with
+                ``append_duration2caption``, a ``<<<t=5s>>>`` prefix. Pass exactly one of ``prompt`` and
                 ``prompt_embeds``.
-            negative_prompt: text(s) used as given; empty or ``None`` (the official default) uses the
-                model's learned null text.
-            num_frames: 1 (an image) or 1 + 16 k up to the model's ``video_frames`` (default: that).
-            height, width: a size of the official schedules (any aspect template and pixel budget;
-                the error lists them). Default: :attr:`default_size`.
-            num_videos_per_prompt: videos per prompt (adjacent in the output).
-            guidance_scale: the official ``cfg`` (34); 1 turns guidance off (no negative rows run).
-            guidance: ``"apg"`` (adaptive projected guidance, the released setting) or ``"cfg"``
-                (``s * cond + (1 - s) * uncond``). Default from the settings.
-            apg_norm_threshold: APG's bound on the RMS of ``cond - uncond`` (0.05; 0 disables it).
-            tau_image, tau_video: logit temperatures of the image clip (1.0) and video clips (0.4).
-            image: image-to-video: the first frame (PIL image, ``(H, W, 3)`` array or ``(3, H, W)``
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Text(s) used as given; empty or ``None`` (the official default) uses the model's learned
+                null text.
+            num_frames (`int`, *optional*):
+                1 (an image) or 1 + 16 k up to the model's ``video_frames``; ``None``: that length.
+            height (`int`, *optional*):
+                A height of the official schedules (any aspect template and pixel budget; the error lists
+                them); ``None`` (with ``width``): :attr:`default_size`.
+            width (`int`, *optional*):
+                The width, the same way.
+            num_videos_per_prompt (`int`, *optional*, defaults to 1):
+                Videos per prompt (adjacent in the output).
+            guidance_scale (`float`, *optional*):
+                The official ``cfg`` (34); 1 turns guidance off (no negative rows run).
+            guidance (`str`, *optional*):
+                ``"apg"`` (adaptive projected guidance, the released setting) or ``"cfg"``
+                (``s * cond + (1 - s) * uncond``).
+            apg_norm_threshold (`float`, *optional*):
+                APG's bound on the RMS of ``cond - uncond`` (0.05; 0 disables it).
+            tau_image (`float`, *optional*):
+                The logit temperature of the image clip (1.0).
+            tau_video (`float`, *optional*):
+                The logit temperature of the video clips (0.4).
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                Image-to-video: the first frame (a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)``
                 tensor in [0, 1]), one for all prompts or one per prompt. It is cropped to the video's
                 size, encoded (posterior mean) and its codes are forced for every step of the image
                 clip, as the official i2v does.
-            prefix_codes: bits forced for the first ``len(prefix_codes)`` steps, one ``(B or 1, t, h, w,
-                d)`` tensor per (scale, repetition) step; the sampler still draws (the generator stream
-                is the official one). Forcing every step replays a recorded generation.
-            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). Default 1.5 (the paper's video value is not
-                available to us).
-            vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced (0.1 for video).
-            vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
-            vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
-            vpg_scales: ``"semantic"`` (default: relative scale index < ``semantic_scales``, the paper's
-                scheduled VPG), ``"all"``, or a list of scale indices.
-            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to APG / CFG with the weight
-                ``1 + w·k/(K-1)`` (``k`` counts the scales of all clips); ``None`` (default) turns it off
-                (``0`` does not); with guidance off (``guidance_scale=1``) it replaces CFG. Cost ``O(n²)``
-                per step in the sites of a clip: see docs/guidance.md.
-            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0) over (t, h, w) inside each clip; ``0``
-                (default) turns it off.
-            entropy_temperature: per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of the taus)
-                from the entropy of a site's bits, applied after all guidance (default off), with
-                ``entropy_temperature_t0`` (2.5), ``_alpha`` (3) and ``_theta`` (0.6).
-            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
-                arguments above would build for the same job.
-            generator: a ``torch.Generator`` or one per video (then video ``i`` depends only on ``generator[i]``).
-            prompt_embeds: T5 features ``(B, L, C)``, with ``prompt_attention_mask`` ``(B, L)`` marking
-                the real tokens (default: all). Used as given (no template).
-            negative_prompt_embeds, negative_prompt_attention_mask: the same for the negative prompt.
-            output_type: ``"pil"`` (per video a list of frames), ``"np"`` ``(B, F, H, W, 3)``, ``"pt"``
+            prefix_codes (`list[torch.Tensor]`, *optional*):
+                Bits forced for the first ``len(prefix_codes)`` steps, one ``(B or 1, t, h, w, d)`` tensor
+                per (scale, repetition) step; the sampler still draws (the generator stream is the
+                official one). Forcing every step replays a recorded generation.
+            vpg_scale (`float`, *optional*, defaults to 1.5):
+                VPG's weight ``w`` (>= 0; 1 = off); the paper's video value is not available to us.
+            vpg_corruption (`float`, *optional*, defaults to 0.1):
+                The fraction ``p`` in [0, 1] of each prefix scale's sites replaced by a donor's (smaller for
+                video, as the paper asks).
+            vpg_mode (`str`, *optional*, defaults to `"full"`):
+                ``"full"``, ``"token"``, ``"position"`` or ``"codebook"`` (docs/vpg.md).
+            vpg_refresh (`str`, *optional*, defaults to `"persistent"`):
+                ``"persistent"`` or ``"resample"`` (docs/vpg.md).
+            vpg_scales (`str` or `list[int]`, *optional*, defaults to `"semantic"`):
+                The guided scales (resolution levels): ``"semantic"`` (relative scale index <
+                ``semantic_scales``, the paper's scheduled VPG), ``"all"``, or a list of scale indices.
+            igg_scale (`float`, *optional*):
+                Information-Grounding Guidance's ``w`` (>= 0), added to APG / CFG with the weight
+                ``1 + w·k/(K - 1)`` (``k`` counts the scales of all clips); ``None`` turns it off (``0``
+                does not); with guidance off (``guidance_scale=1``) it replaces CFG. Cost ``O(n²)`` per step
+                in the sites of a clip: see docs/guidance.md.
+            ssg_scale (`float`, *optional*, defaults to 0.0):
+                Scaled Spatial Guidance's ``beta`` (>= 0) over (t, h, w) inside each clip; ``0`` turns it
+                off.
+            entropy_temperature (`bool`, *optional*, defaults to `False`):
+                A per-site temperature ``T0·exp(-H/alpha) + theta`` (on top of the taus) from the entropy
+                ``H`` of a site's bits, applied after all guidance.
+            entropy_temperature_t0 (`float`, *optional*, defaults to 2.5):
+                ``T0`` (>= 0; the paper's value).
+            entropy_temperature_alpha (`float`, *optional*, defaults to 3.0):
+                ``alpha`` (> 0; the paper's value).
+            entropy_temperature_theta (`float`, *optional*, defaults to 0.6):
+                ``theta`` (>= 0; the paper's value).
+            guiders (`list[GuidanceTerm]`, *optional*):
+                More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
+                would build for the same job.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per video (then video ``i`` depends only on ``generator[i]``).
+            prompt_embeds (`torch.Tensor`, *optional*):
+                T5 features ``(B, L, C)``, used as given (no template).
+            prompt_attention_mask (`torch.Tensor`, *optional*):
+                ``(B, L)``, marking the real tokens of ``prompt_embeds``; ``None``: all.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                The same as ``prompt_embeds`` for the negative prompt.
+            negative_prompt_attention_mask (`torch.Tensor`, *optional*):
+                The same as ``prompt_attention_mask`` for ``negative_prompt_embeds``.
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                ``"pil"`` (per video a list of frames), ``"np"`` ``(B, F, H, W, 3)``, ``"pt"``
                 ``(B, F, 3, H, W)`` in [0, 1], or ``"latent"`` (the summed codes ``(B, 64, T, h, w)``).
                 Decoded videos take frame 1 over frame 0, as the official sampler does.
-            return_dict: return an ``InfinityStarPipelineOutput`` (else a tuple).
-            callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every
-                (scale, repetition) step; ``"latents"`` (the summed codes so far, editable by returning
-                ``{"latents": ...}``) and ``"logits"`` (the step's guided logits ``(B, sites, 2 d)``, read
-                only); set ``pipe._interrupt = True`` to stop early. Setting ``pipe._guidance_scale``,
-                ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or ``_entropy_temperature`` takes effect
-                from the next step.
-            callback_on_step_end_tensor_inputs: the tensors passed (default ``["latents"]``).
-            trace: a ``SamplerTrace`` to fill with per-step branch logits and patterns.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`InfinityStarPipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every (scale, repetition)
+                step; ``"latents"`` (the summed codes so far, editable by returning ``{"latents": ...}``)
+                and ``"logits"`` (the step's guided logits ``(B, sites, 2 d)``, read only); set
+                ``pipe._interrupt = True`` to stop early. Setting ``pipe._guidance_scale``, ``_vpg_scale``,
+                ``_igg_scale``, ``_ssg_scale`` or ``_entropy_temperature`` takes effect from the next step.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*):
+                The tensors passed to the callback; ``None``: ``["latents"]``.
+            trace (`SamplerTrace`, *optional*):
+                Filled with the per-step branch logits and corruption patterns.
+
+        Examples:
 
         Returns:
-            ``InfinityStarPipelineOutput`` with ``frames``, or ``(frames,)``.
+            [`InfinityStarPipelineOutput`] or `tuple`:
+                [`InfinityStarPipelineOutput`] with ``frames``, or ``(frames,)`` when ``return_dict`` is
+                ``False``.
         """
         # every argument of this call by name (nothing else is bound yet)
         call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
@@ -591,19 +661,44 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         """Build the pipeline from the released files.
 
         Args:
-            transformer_checkpoint: ``infinitystar_8b_720p_weights`` (a shard folder with its
-                ``*.index.json``), or one ``.safetensors`` / ``.pth`` state dict; a local path or a
-                file name in the hub repo ``FoundationVision/InfinityStar``.
-            vae_checkpoint: ``infinitystar_videovae.pth`` (local or on the hub).
-            text_encoder: a ``T5EncoderModel``, or a path / hub id (``"google/flan-t5-xl"``) to load one
-                (with its tokenizer unless ``tokenizer`` is given). ``None``: pass ``prompt_embeds``.
-            tokenizer: a tokenizer, or a path / hub id.
-            config: ``{"args": {...official Args overrides...}, "model": {...size...},
-                "vae_block_out_channels": [...], "text_maxlen": 512}`` (the parity fixtures'
-                ``config.json`` format); sizes are read off the weights and checked against it.
-            torch_dtype: cast the transformer and text encoder (the VAE stays float32, as officially).
-            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
-                CUDA) or ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
+            transformer_checkpoint (`str` or `Path`):
+                ``infinitystar_8b_720p_weights`` (a shard folder with its ``*.index.json``), or one
+                ``.safetensors`` / ``.pth`` state dict; a local path or a file name in the hub repo
+                ``FoundationVision/InfinityStar``.
+            vae_checkpoint (`str` or `Path`):
+                ``infinitystar_videovae.pth`` (local or on the hub).
+            text_encoder (`T5EncoderModel`, `str` or `Path`, *optional*):
+                A ``T5EncoderModel``, or a path / hub id (``"google/flan-t5-xl"``) to load one (with its
+                tokenizer unless ``tokenizer`` is given). ``None``: pass ``prompt_embeds``.
+            tokenizer (`PreTrainedTokenizer` or `str`, *optional*):
+                A tokenizer, or a path / hub id.
+            config (`dict`, *optional*):
+                ``{"args": {...official Args overrides...}, "model": {...size...},
+                "vae_block_out_channels": [...], "text_maxlen": 512}`` (the parity fixtures' ``config.json``
+                format); sizes are read off the weights and checked against it.
+            torch_dtype (`torch.dtype`, *optional*):
+                Cast the transformer and text encoder (the VAE stays float32, as officially).
+            quantization (`str`, *optional*):
+                The transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes, CUDA) or
+                ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
+
+        Returns:
+            [`VPGInfinityStarPipeline`]: the loaded pipeline; move it with ``.to(device)`` or use
+            ``enable_model_cpu_offload()``.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGInfinityStarPipeline
+
+        >>> pipe = VPGInfinityStarPipeline.from_official(
+        ...     "infinitystar_8b_720p_weights", "infinitystar_videovae.pth", text_encoder="google/flan-t5-xl",
+        ...     torch_dtype=torch.bfloat16,
+        ... )  # doctest: +SKIP
+        >>> pipe.save_pretrained("infinitystar-720p-vpg")  # doctest: +SKIP
+
+        ```
         """
         check_quantization(quantization)
         config = dict(config or {})

@@ -14,10 +14,12 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import replace_example_docstring
 
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from ..loading.var import load_official_var
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
@@ -35,6 +37,34 @@ from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
 PAPER_VPG_SCALES = {16: 3.0, 20: 2.4, 24: 1.8, 30: 1.3}
 """The paper's VPG operating points for the released VAR depths (all at corruption 0.5)."""
 DEFAULT_VPG_SCALE = 1.5
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGVARPipeline, load_demo_pipeline
+
+        >>> # the bundled demo model (a 1.3 M-parameter VAR trained on rendered emoji; runs offline on a CPU)
+        >>> pipe = load_demo_pipeline()
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> image = pipe("plant", guidance_scale=3.0, top_k=0, top_p=0.95, vpg_scale=1.5, generator=generator).images[0]
+        >>> image.size
+        (32, 32)
+
+        >>> # the released VAR-d16: its files come from the hub repo FoundationVision/var (not available
+        >>> # offline, hence SKIP)
+        >>> pipe = VPGVARPipeline.from_official(
+        ...     "var_d16.pth", "vae_ch160v4096z32.pth", torch_dtype=torch.float16
+        ... ).to("cuda")  # doctest: +SKIP
+        >>> pipe.get_label_ids(["golden retriever", "tabby cat"])  # doctest: +SKIP
+        [207, 281]
+        >>> images = pipe(
+        ...     ["golden retriever", "tabby cat"], vpg_scale=3.0, generator=torch.Generator().manual_seed(0)
+        ... ).images  # doctest: +SKIP
+
+        ```
+"""
 
 
 def imagenet_id2label() -> dict[str, str]:
@@ -207,7 +237,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
         extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
                  a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
         check_guidance_args(*extra)
-        cfg = ClassifierFreeGuidance(scale=float(a["guidance_scale"]), schedule=self.cfg_schedule)
+        cfg = ClassifierFreeGuidance(guidance_scale=float(a["guidance_scale"]), schedule=self.cfg_schedule)
         steps = tuple(scale_steps(list(self.transformer.config.patch_nums)))
         scales = [step.scale for step in steps]
         guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
@@ -219,6 +249,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | int | Sequence[str | int] | None = None,
@@ -236,9 +267,9 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
-        entropy_temperature_t0: float = 2.5,
-        entropy_temperature_alpha: float = 3.0,
-        entropy_temperature_theta: float = 0.6,
+        entropy_temperature_t0: float = ENTROPY_TEMPERATURE_DEFAULTS.t0,
+        entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
+        entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -247,53 +278,83 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         trace: SamplerTrace | None = None,
     ) -> ImagePipelineOutput | tuple:
-        r"""Generate class-conditional images.
+        r"""
+        Generate class-conditional images.
 
-        Defaults are the official VAR evaluation settings (cfg 1.5, top-k 900, top-p 0.96, no
-        Gumbel smoothing); the demo notebook uses ``guidance_scale=4, top_p=0.95``.
+        Defaults are the official VAR evaluation settings (cfg 1.5, top-k 900, top-p 0.96, no Gumbel
+        smoothing); the official demo notebook uses ``guidance_scale=4, top_p=0.95``.
 
         Args:
-            prompt: class name(s) (any synonym, case-insensitive, e.g. ``"golden retriever"``) or
-                class id(s). Exactly one of ``prompt`` / ``class_labels``.
-            class_labels: class id(s), as in diffusers' ``DiTPipeline``.
-            num_images_per_prompt: images per class (adjacent in the output).
-            guidance_scale: the official VAR ``cfg``: scale k uses ``(1+t)·cond − t·uncond`` with
-                ``t = cfg·k/(K−1)``. ``0`` turns CFG off (no null-class rows are run).
-            top_k, top_p: the official filters (``top_k=0`` / ``top_p=0`` disable them; ``top_k=1``
-                is greedy).
-            more_smooth: the official Gumbel-softmax smoothing (visuals only, not for FID).
-            vpg_scale: VPG weight ``w`` (>= 0; 1 = off). ``None``: the paper's value for this depth
-                (d16 3.0, d20 2.4, d24 1.8, d30 1.3), else 1.5.
-            vpg_corruption: fraction ``p`` in [0, 1] of each prefix scale's sites replaced.
-            vpg_mode: ``"full"`` (default), ``"token"``, ``"position"`` or ``"codebook"``.
-            vpg_refresh: ``"persistent"`` (default) or ``"resample"``.
-            vpg_scales: ``"all"`` (default), ``"semantic"`` (scales up to half the final side) or
-                a list of scale indices in ``[0, num_scales − 1]``.
-            igg_scale: Information-Grounding Guidance ``w`` (>= 0), added to CFG with the weight
-                ``1 + w·k/(K−1)``; ``None`` (default) turns it off (``0`` does not); with CFG off
+            prompt (`str`, `int` or `list[str | int]`, *optional*):
+                Class name(s) (any synonym, case-insensitive, e.g. ``"golden retriever"``; see
+                :meth:`get_label_ids`) or class id(s). Pass exactly one of ``prompt`` and ``class_labels``.
+            class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*):
+                Class id(s), as in diffusers' ``DiTPipeline``.
+            num_images_per_prompt (`int`, *optional*, defaults to 1):
+                Images per class (adjacent in the output).
+            guidance_scale (`float`, *optional*, defaults to 1.5):
+                The official VAR ``cfg``: scale ``k`` of ``K`` uses ``(1 + t)·cond − t·uncond`` with
+                ``t = cfg·k/(K − 1)``. ``0`` turns CFG off (no null-class rows are run).
+            top_k (`int`, *optional*, defaults to 900):
+                The official top-k filter (``0`` disables it; ``1`` is greedy).
+            top_p (`float`, *optional*, defaults to 0.96):
+                The official top-p filter (``0`` disables it).
+            more_smooth (`bool`, *optional*, defaults to `False`):
+                The official Gumbel-softmax smoothing (visuals only, not for FID).
+            vpg_scale (`float`, *optional*):
+                VPG's weight ``w`` (>= 0; 1 = off). ``None``: the paper's value for this depth (d16 3.0,
+                d20 2.4, d24 1.8, d30 1.3), else 1.5.
+            vpg_corruption (`float`, *optional*, defaults to 0.5):
+                The fraction ``p`` in [0, 1] of each prefix scale's sites replaced by a donor's.
+            vpg_mode (`str`, *optional*, defaults to `"full"`):
+                ``"full"``, ``"token"``, ``"position"`` or ``"codebook"`` (docs/vpg.md).
+            vpg_refresh (`str`, *optional*, defaults to `"persistent"`):
+                ``"persistent"`` or ``"resample"`` (docs/vpg.md).
+            vpg_scales (`str` or `list[int]`, *optional*, defaults to `"all"`):
+                The guided scales (resolution levels): ``"all"``, ``"semantic"`` (scales up to half the
+                final side) or a list of scale indices in ``[0, num_scales − 1]``.
+            igg_scale (`float`, *optional*):
+                Information-Grounding Guidance's ``w`` (>= 0), added to CFG with the weight
+                ``1 + w·k/(K − 1)``; ``None`` turns it off (``0`` does not); with CFG off
                 (``guidance_scale=0``) it replaces CFG. See docs/guidance.md.
-            ssg_scale: Scaled Spatial Guidance ``beta`` (>= 0); ``0`` (default) turns it off.
-            entropy_temperature: per-site temperature ``T0·exp(−H/alpha) + theta`` from the entropy
-                of the guided distribution, applied after all guidance (default off), with
-                ``entropy_temperature_t0`` (2.5), ``entropy_temperature_alpha`` (3) and
-                ``entropy_temperature_theta`` (0.6).
-            guiders: more guidance terms (``vpg_pipelines.guidance``); one replaces the term the
-                arguments above would build for the same job.
-            generator: a ``torch.Generator`` or one per image (then image ``i`` depends only on
-                ``generator[i]``, so a batch equals the images generated one by one).
-            output_type: ``"pil"``, ``"np"`` (B, H, W, 3), ``"pt"`` (B, 3, H, W) in [0, 1], or
-                ``"latent"`` (the cumulative VQVAE feature map ``f_hat``).
-            return_dict: return an ``ImagePipelineOutput`` (else a tuple).
-            callback_on_step_end: ``callback(pipe, step_index, scale_index, callback_kwargs)`` after
-                every scale; may return ``{"latents": ...}`` to edit ``f_hat``; set
-                ``pipe._interrupt = True`` to stop early (the image decodes from what was sampled).
-                Setting ``pipe._guidance_scale``, ``_vpg_scale``, ``_igg_scale``, ``_ssg_scale`` or
-                ``_entropy_temperature`` takes effect from the next scale.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback (``["latents"]``).
-            trace: a ``SamplerTrace`` to fill with per-scale branch logits and patterns.
+            ssg_scale (`float`, *optional*, defaults to 0.0):
+                Scaled Spatial Guidance's ``beta`` (>= 0); ``0`` turns it off.
+            entropy_temperature (`bool`, *optional*, defaults to `False`):
+                A per-site temperature ``T0·exp(−H/alpha) + theta`` from the entropy ``H`` of the guided
+                distribution, applied after all guidance.
+            entropy_temperature_t0 (`float`, *optional*, defaults to 2.5):
+                ``T0`` (>= 0; the paper's value).
+            entropy_temperature_alpha (`float`, *optional*, defaults to 3.0):
+                ``alpha`` (> 0; the paper's value).
+            entropy_temperature_theta (`float`, *optional*, defaults to 0.6):
+                ``theta`` (>= 0; the paper's value).
+            guiders (`list[GuidanceTerm]`, *optional*):
+                More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
+                would build for the same job.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                One generator, or one per image (then image ``i`` depends only on ``generator[i]``, so a
+                batch equals the images generated one by one).
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                ``"pil"``, ``"np"`` ``(B, H, W, 3)``, ``"pt"`` ``(B, 3, H, W)`` in [0, 1], or ``"latent"``
+                (the cumulative VQVAE feature map ``f_hat``).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return an [`~pipelines.ImagePipelineOutput`] instead of a plain tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                ``callback(pipe, step_index, scale_index, callback_kwargs)`` after every scale; may return
+                ``{"latents": ...}`` to edit ``f_hat``; set ``pipe._interrupt = True`` to stop early (the
+                image decodes from what was sampled). Setting ``pipe._guidance_scale``, ``_vpg_scale``,
+                ``_igg_scale``, ``_ssg_scale`` or ``_entropy_temperature`` takes effect from the next scale.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*):
+                The tensors passed to the callback; ``None``: ``["latents"]``.
+            trace (`SamplerTrace`, *optional*):
+                Filled with the per-scale branch logits and corruption patterns.
+
+        Examples:
 
         Returns:
-            ``ImagePipelineOutput`` with ``images``, or ``(images,)``.
+            [`~pipelines.ImagePipelineOutput`] or `tuple`:
+                [`~pipelines.ImagePipelineOutput`] with ``images``, or ``(images,)`` when ``return_dict``
+                is ``False``.
         """
         # every argument of this call by name (nothing else is bound yet)
         call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
@@ -354,13 +415,38 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
         """Build the pipeline from the released ``var_d*.pth`` and ``vae_ch160v4096z32.pth`` files.
 
         Args:
-            var_checkpoint, vae_checkpoint: local paths, or official file names fetched from the
-                hub repo ``FoundationVision/var`` through ``huggingface_hub`` (``"var_d16.pth"``).
-            config: optional ``{"vqvae": {...}, "var": {...}}`` with the official constructor
-                arguments (needed for non-standard sizes); inferred from the weights otherwise.
-            torch_dtype: cast the models (e.g. ``torch.float16``).
-            quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
-                CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
+            var_checkpoint (`str`):
+                The transformer: a local path, or an official file name fetched from the hub repo
+                ``FoundationVision/var`` through ``huggingface_hub`` (``"var_d16.pth"``).
+            vae_checkpoint (`str`):
+                The VQVAE, the same way (``"vae_ch160v4096z32.pth"``).
+            config (`dict`, *optional*):
+                ``{"vqvae": {...}, "var": {...}}`` with the official constructor arguments (needed for
+                non-standard sizes); inferred from the weights otherwise.
+            torch_dtype (`torch.dtype`, *optional*):
+                Cast the models (e.g. ``torch.float16``); ``None`` keeps float32.
+            id2label (`dict`, *optional*):
+                Class id -> name(s), comma-separated synonyms; ``None``: the ImageNet-1k names for
+                1000-class models, ``"class <i>"`` otherwise.
+            quantization (`str`, *optional*):
+                The transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes, CUDA) or
+                ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
+
+        Returns:
+            [`VPGVARPipeline`]: the loaded pipeline; move it with ``.to(device)``.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from vpg_pipelines import VPGVARPipeline
+
+        >>> pipe = VPGVARPipeline.from_official(
+        ...     "var_d16.pth", "vae_ch160v4096z32.pth", torch_dtype=torch.float16
+        ... )  # doctest: +SKIP
+        >>> pipe.save_pretrained("var-d16-vpg")  # doctest: +SKIP
+
+        ```
         """
         check_quantization(quantization)
         transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
