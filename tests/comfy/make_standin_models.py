@@ -18,6 +18,9 @@ Needs the parity fixtures of ``shared/parity`` (``VPG_SHARED`` or ``../shared``)
 * ``../text_encoders/flan-t5-xl/`` (a random T5 of the tiny Infinity's 128 channels, standing in for
   google/flan-t5-xl) and ``../text_encoders/tiny-t5-d64/`` (64 channels, for the tiny InfinityStar).
 * ``broken/model_index.json``: a folder of a pipeline class the pack cannot load (negative test).
+* ``var_d24_truncated.safetensors``: the tiny VAR cut in half, as an interrupted download leaves it, and
+  ``var_d30_pickle.pth``: a raw pickle that would call ``os.system`` (an ``echo``) if it were ever unpickled
+  unsafely (negative tests: the loader must call the first truncated and name the call of the second).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -45,6 +49,13 @@ STAR_ARGS = {  # the InfinityStar fixture's settings (tests/pipelines/test_infin
     "semantic_scales": 8,
     "detail_scale_min_tokens": 100,
 }
+
+
+class _Payload:
+    """Pickles as a call to ``os.system``: what a malicious checkpoint holds (harmless here: an echo)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo VPG-PICKLE-PAYLOAD-RAN",))
 
 
 def shared_root() -> Path:
@@ -122,6 +133,11 @@ def write_official_standins(target: Path) -> None:
         encoder, tokenizer = tiny_t5(channels)
         encoder.save_pretrained(encoders / name)
         tokenizer.save_pretrained(encoders / name)
+
+    data = (var / "var.safetensors").read_bytes()
+    (target / "var_d24_truncated.safetensors").write_bytes(data[: len(data) // 2])
+    shutil.copy(var / "config.json", target / "var_d24_truncated.json")
+    (target / "var_d30_pickle.pth").write_bytes(pickle.dumps(_Payload()))
 
     (target / "broken").mkdir(exist_ok=True)
     (target / "broken" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))

@@ -4,7 +4,8 @@
 #
 #   tests/comfy/run_headless.sh /path/to/ComfyUI /path/to/venv/bin/python
 #
-# Exit status: the number of failed checks (0 = all passed). Images land in $WORK/out/.
+# Exit status: the number of failed checks (0 = all passed). Images land in $WORK/out/; with THUMBNAILS=DIR
+# the thumbnails of the shipped workflows (tests/comfy/make_thumbnails.py) are written to DIR.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 COMFY=${1:-${COMFYUI_PATH:?give the ComfyUI checkout as \$1 or COMFYUI_PATH}}
@@ -51,7 +52,21 @@ check "missing model file" workflows/vpg_var_d16.json --no-check --set '1.model_
 check "unsupported pipeline folder" "$DEMO" --no-check --set '1.model_name="broken/model_index.json"' \
     --expect-error "which this node pack cannot load"
 check "wrong socket type" "$DEMO" --set '5.conditioning=["3", 0]' --expect-error "return_type_mismatch"
-check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' --expect-error "entries must be in [0, 5]"
+check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' \
+    --expect-error "VPG Prefix Guidance: \`scales\` asks for scale 9, but this model has 6 scales (0-5)"
+check "scale range far out of range" "$DEMO" --set '4.scales="1-100"' \
+    --expect-error "VPG Prefix Guidance: \`scales\` asks for scale 6-100, but this model has 6 scales (0-5)"
+check "NaN corruption" "$DEMO" --set 4.corruption=NaN \
+    --expect-error "VPG Prefix Guidance: \`corruption\` must be a number in [0, 1], got nan"
+check "Guidance Map option off its list" "$DEMO" --set '8.normalize="log"' \
+    --expect-error "VPG Guidance Map: \`normalize\` must be one of 'per scale', 'shared', got 'log'"
+check "bundled demo with a vae_file" "$DEMO" --set '1.vae_file="vae_ch160v4096z32.pth"' \
+    --expect-error "VPG Load Model: the bundled demo brings its own VAE and cannot use \`vae_file\`"
+check "truncated safetensors checkpoint" workflows/vpg_var_d16.json --no-check \
+    --set '1.model_name="var_d24_truncated.safetensors"' \
+    --expect-error "VPG Load Model: \`model_name\` 'var_d24_truncated.safetensors' is truncated or corrupt"
+check "pickle that would run code" workflows/vpg_var_d16.json --no-check --set '1.model_name="var_d30_pickle.pth"' \
+    --expect-error "VPG Load Model: \`model_name\` 'var_d30_pickle.pth' is a pickle that would call \`posix.system\`"
 check "unknown class name" "$DEMO" --set '2.classes="face-hapy"' --expect-error "Did you mean"
 check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_file="none"' \
     --expect-error "also pick the VAR VQVAE file"
@@ -82,5 +97,9 @@ check "video frame count" "$STAR" --set 5.num_frames=20 --expect-error "must be 
 check "APG on an Infinity model" "$INF" --set '3={"class_type": "VPGAPG", "inputs": {"model": ["1", 0], "cfg": 3.0, "norm_threshold": 0.05}}' \
     --expect-error "takes CFG only"
 
+if grep -q "VPG-PICKLE-PAYLOAD-RAN" "$WORK/server.log"; then echo "FAIL the pickle's payload ran"; FAILED=$((FAILED + 1)); fi
+if [ -n "${THUMBNAILS:-}" ]; then  # the workflows' own outputs as their template-browser thumbnails
+    "$PY" tests/comfy/make_thumbnails.py "$WORK/out" "$THUMBNAILS"
+fi
 echo "server log: $WORK/server.log; images: $WORK/out; failed checks: $FAILED"
 exit $FAILED

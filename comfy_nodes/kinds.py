@@ -2,7 +2,12 @@
 
 A *kind* bundles what the nodes need to know about one pipeline class: how to load a saved folder
 or the official checkpoint files, how its conditioning works, and how to turn a partial latent into a
-preview. VAR, Infinity and InfinityStar are registered here with :func:`register_kind`. No ComfyUI imports.
+preview. VAR, Infinity and InfinityStar are registered here with :func:`register_kind`.
+
+This module is the pack's side of issue 20's switch-over: its kind table and loading are what
+``vpg_pipelines.registry`` and ``vpg_pipelines.loading.auto`` take over; nothing else in the pack keeps
+per-kind knowledge or a name -> kind table. Its errors name the loader's widgets; the loader node adds
+its title.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer, T5EncoderModel
+
+from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
+from vpg_pipelines.demo import demo_path
+
+from .files import check_readable, explain_refusal
 
 DEMO_CHOICE = "bundled demo (VAR, 30 emoji classes)"
 """The loader's dropdown entry for the tiny model shipped inside ``vpg_pipelines`` (no download)."""
@@ -26,7 +37,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class VPGLoadError(ValueError):
-    """A model choice that cannot be loaded; the message says what to change."""
+    """A model choice that cannot be loaded; the message names the widget and says what to change."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +56,13 @@ class PipelineKind:
         cfg_schedule: the pipeline's CFG schedule (``"linear"`` for VAR, ``"constant"`` for Infinity).
         preview: ``(pipeline, latents) -> (B, 3, H, W)`` images in [0, 1] from a partial latent.
         modules: ``pipeline -> {name: nn.Module}``, the weights ComfyUI's model management should own.
-        grid: ``(pipeline, scale_index) -> (h, w)``, the token grid of a scale (for guidance maps).
+        grids: ``(pipeline, height, width) -> [(h, w), ...]``, the token grid of each scale of a call of
+            that size (for guidance maps; empty: the kind has none).
         media: ``"image"`` or ``"video"`` (which sampler node drives it).
         needs_text_encoder: ``"t5"`` when the official files take a T5 folder (``text_encoder``), else ``""``.
         guidance_kinds: the guidance terms its CFG-type nodes may add (``"cfg"``, ``"apg"``).
-        prefix_scales: ``pipeline -> number of scales`` to validate explicit VPG scale lists against
-            when it differs from ``pipeline.num_timesteps`` (InfinityStar plans its steps per call).
+        num_scales: ``pipeline -> number of scales`` of the model's default call (what the Prefix
+            Guidance node checks explicit scale indices against; the samplers check the actual call's).
     """
 
     name: str
@@ -63,11 +75,11 @@ class PipelineKind:
     cfg_schedule: str
     preview: Callable[[Any, torch.Tensor], torch.Tensor]
     modules: Callable[[Any], dict[str, torch.nn.Module]]
-    grid: Callable[[Any, int], tuple[int, int]]
+    grids: Callable[[Any, int, int], list[tuple[int, int]]]
     media: str = "image"
     needs_text_encoder: str = ""
     guidance_kinds: tuple[str, ...] = ("cfg",)
-    prefix_scales: Callable[[Any], int] | None = None
+    num_scales: Callable[[Any], int] | None = None
 
 
 KINDS: dict[str, PipelineKind] = {}
@@ -79,6 +91,8 @@ def register_kind(kind: PipelineKind) -> None:
         raise ValueError(f"`conditioning` must be 'class' or 'text', got {kind.conditioning!r}")
     if kind.media not in ("image", "video"):
         raise ValueError(f"`media` must be 'image' or 'video', got {kind.media!r}")
+    if kind.num_scales is None:
+        raise ValueError(f"kind {kind.name!r} needs `num_scales`")
     KINDS[kind.name] = kind
 
 
@@ -92,8 +106,6 @@ def kind_of_pipeline(pipeline: Any) -> PipelineKind:
 
 # -- VAR ---------------------------------------------------------------------------------------------
 def _var_load_folder(folder: Path, dtype: torch.dtype) -> Any:
-    from vpg_pipelines import VPGVARPipeline
-
     kwargs = {} if dtype == torch.float32 else {"torch_dtype": dtype}
     return VPGVARPipeline.from_pretrained(str(folder), **kwargs)
 
@@ -101,8 +113,6 @@ def _var_load_folder(folder: Path, dtype: torch.dtype) -> Any:
 def _var_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
     """The official pair; a ``<checkpoint>.json`` beside it (``{"var": {...}, "vqvae": {...}}``) gives
     the constructor arguments of non-standard sizes that cannot be inferred from the weights."""
-    from vpg_pipelines import VPGVARPipeline
-
     if text_encoder is not None:
         raise VPGLoadError("VAR is class-conditional: set `text_encoder` to 'none'")
     return VPGVARPipeline.from_official(str(checkpoint), str(companion), config=_sidecar(checkpoint),
@@ -139,7 +149,8 @@ register_kind(
         cfg_schedule="linear",
         preview=_var_preview,
         modules=lambda pipe: {"transformer": pipe.transformer, "vae": pipe.vae},
-        grid=lambda pipe, k: (pipe.transformer.config.patch_nums[k],) * 2,
+        grids=lambda pipe, height, width: [(side, side) for side in pipe.transformer.config.patch_nums],
+        num_scales=lambda pipe: len(pipe.transformer.config.patch_nums),
     )
 )
 
@@ -150,8 +161,6 @@ def _load_text_encoder(folder: Path | None, dtype: torch.dtype) -> tuple[Any, An
     tokenizer files), e.g. ``google/flan-t5-xl`` downloaded to ``models/text_encoders/flan-t5-xl``."""
     if folder is None:
         return None, None
-    from transformers import AutoTokenizer, T5EncoderModel
-
     if not (folder / "config.json").exists():
         raise VPGLoadError(f"`text_encoder` {folder} has no config.json (expected a transformers T5 folder)")
     try:
@@ -163,15 +172,11 @@ def _load_text_encoder(folder: Path | None, dtype: torch.dtype) -> tuple[Any, An
 
 
 def _infinity_load_folder(folder: Path, dtype: torch.dtype) -> Any:
-    from vpg_pipelines import VPGInfinityPipeline
-
     kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
     return VPGInfinityPipeline.from_pretrained(str(folder), **kwargs)
 
 
 def _infinity_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
-    from vpg_pipelines import VPGInfinityPipeline
-
     if re.match(r"^infinity_vae", checkpoint.name):
         raise VPGLoadError(f"`model_name` {checkpoint.name!r} is the VAE: pick the transformer "
                            "(infinity_2b_reg.pth or the 8B shard folder) and put the VAE in `vae_file`")
@@ -195,9 +200,8 @@ def _text_pipeline_modules(pipe: Any) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in modules.items() if module is not None}
 
 
-def _infinity_grid(pipeline: Any, scale: int) -> tuple[int, int]:
-    grid = pipeline._schedule.grids[scale]  # the schedule of the running call
-    return int(grid[-2]), int(grid[-1])
+def _infinity_grids(pipeline: Any, height: int, width: int) -> list[tuple[int, int]]:
+    return [(int(grid[-2]), int(grid[-1])) for grid in pipeline.schedule_for(height, width).grids]
 
 
 register_kind(
@@ -212,7 +216,8 @@ register_kind(
         cfg_schedule="constant",
         preview=_infinity_preview,
         modules=_text_pipeline_modules,
-        grid=_infinity_grid,
+        grids=_infinity_grids,
+        num_scales=lambda pipe: pipe.schedule_for(pipe.config.default_height, pipe.config.default_width).num_scales,
         needs_text_encoder="t5",
     )
 )
@@ -220,15 +225,11 @@ register_kind(
 
 # -- InfinityStar (text-to-video) --------------------------------------------------------------------
 def _star_load_folder(folder: Path, dtype: torch.dtype) -> Any:
-    from vpg_pipelines import VPGInfinityStarPipeline
-
     kwargs = {} if dtype == torch.float32 else {"dtype": dtype}
     return VPGInfinityStarPipeline.from_pretrained(str(folder), **kwargs)
 
 
 def _star_load_official(checkpoint: Path, companion: Path, text_encoder: Path | None, dtype: torch.dtype) -> Any:
-    from vpg_pipelines import VPGInfinityStarPipeline
-
     if "videovae" in checkpoint.name:
         raise VPGLoadError(f"`model_name` {checkpoint.name!r} is the video VAE: pick the transformer "
                            "(the infinitystar_8b_720p_weights shard folder) and put the VAE in `vae_file`")
@@ -248,7 +249,7 @@ def _star_preview(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
     return ((video[:, :, -1] + 1) / 2).clamp(0, 1)
 
 
-def _star_prefix_scales(pipeline: Any) -> int:
+def _star_num_scales(pipeline: Any) -> int:
     args = pipeline.config.official_args
     height, width = pipeline.default_size
     return len(pipeline.plan(int(args["video_frames"]), height, width).schedule)
@@ -266,11 +267,11 @@ register_kind(
         cfg_schedule="constant",
         preview=_star_preview,
         modules=_text_pipeline_modules,
-        grid=lambda pipe, k: (1, 1),
+        grids=lambda pipe, height, width: [],
         media="video",
         needs_text_encoder="t5",
         guidance_kinds=("cfg", "apg"),
-        prefix_scales=_star_prefix_scales,
+        num_scales=_star_num_scales,
     )
 )
 
@@ -382,10 +383,11 @@ def load_pipeline(
     if text_encoder not in (None, "", NO_COMPANION):
         encoder_path = _resolve(resolve_text or resolve, "text_encoder", text_encoder)
     if choice == DEMO_CHOICE:
-        from vpg_pipelines.demo import demo_path
-
         if encoder_path is not None:
             raise VPGLoadError("the bundled demo is class-conditional: set `text_encoder` to 'none'")
+        if companion not in (None, "", NO_COMPANION):
+            raise VPGLoadError(f"the bundled demo brings its own VAE and cannot use `vae_file` {companion!r}; "
+                               "set `vae_file` to none")
         folder = demo_path()
         if not (folder / "model_index.json").exists():
             raise VPGLoadError(f"the bundled demo model is missing from {folder} (reinstall vpg-pipelines)")
@@ -396,10 +398,14 @@ def load_pipeline(
         if saved.exists():
             folder = saved.parent
             kind = _folder_kind(folder)
+            if companion not in (None, "", NO_COMPANION):
+                raise VPGLoadError(f"`model_name` {choice!r} is a saved pipeline folder, which brings its own VAE "
+                                   f"and cannot use `vae_file` {companion!r}; set `vae_file` to none")
             try:
                 pipe = kind.load_folder(folder, torch_dtype)
             except (ValueError, KeyError, OSError, RuntimeError) as err:
-                raise VPGLoadError(f"cannot load the {kind.name} pipeline folder {folder}: {err}") from err
+                refusal = explain_refusal(err, {folder: ("model_name", choice)})
+                raise VPGLoadError(refusal or f"cannot load the {kind.name} pipeline folder {folder}: {err}") from err
             if encoder_path is not None:
                 _attach_text_encoder(pipe, kind, folder, encoder_path, torch_dtype)
         else:
@@ -416,8 +422,9 @@ def load_pipeline(
             except VPGLoadError:
                 raise
             except (ValueError, KeyError, OSError, RuntimeError) as err:
-                raise VPGLoadError(
-                    f"cannot load {choice!r} with {companion!r} as an official {kind.name} pair: {err}") from err
+                refusal = explain_refusal(err, {path: ("model_name", choice), second: ("vae_file", companion)})
+                raise VPGLoadError(refusal or f"cannot load {choice!r} with {companion!r} as an official {kind.name} "
+                                   f"pair: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe, kind_of_pipeline(pipe)
 
@@ -442,4 +449,8 @@ def _resolve(resolve: Callable[[str], Path], arg: str, name: str) -> Path:
         raise VPGLoadError(f"`{arg}` {name!r} was not found in the models/vpg folder ({err})") from err
     if not path.exists():
         raise VPGLoadError(f"`{arg}` {name!r} points to {path}, which does not exist")
+    try:
+        check_readable(arg, name, path)
+    except ValueError as err:
+        raise VPGLoadError(str(err)) from None
     return path
