@@ -77,8 +77,8 @@ def test_demo_loads_as_var_kind_with_progress_bar_off(demo):
     assert demo.pipeline._progress_bar_config.get("disable") is True
 
 
-def test_loader_node_loads_the_demo_and_refuses_a_vae_it_cannot_use(tmp_path):
-    host.add_model_folder_path(host.MODELS, tmp_path)
+def test_loader_node_loads_the_demo_and_refuses_a_vae_it_cannot_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(host, "folder_list", lambda folder: [tmp_path] if folder == host.MODELS else [])
     torch.save({}, tmp_path / "vae_ch160v4096z32.pth")
     widgets = dict(text_encoder="none", dtype="fp32", quantization="none", offload="auto")
     (model,) = run(VPGModelLoader, model_name=DEMO_CHOICE, vae_file="none", **widgets)

@@ -34,7 +34,7 @@ def models(tmp_path, monkeypatch):
     shutil.copy(root / "var.safetensors", tmp_path / "var_d16.safetensors")
     shutil.copy(root / "vqvae.safetensors", tmp_path / "vae_ch160v4096z32.safetensors")
     shutil.copy(root / "config.json", tmp_path / "var_d16.json")
-    host.add_model_folder_path(host.MODELS, tmp_path)
+    monkeypatch.setattr(host, "folder_list", lambda folder: [tmp_path] if folder == host.MODELS else [])
     monkeypatch.chdir(tmp_path)  # a payload that ran would create its file here
     yield tmp_path
     assert not (tmp_path / "PWNED_BY_PICKLE").exists(), "the pickle's payload ran"

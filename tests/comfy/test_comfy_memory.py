@@ -4,6 +4,7 @@ planned peak and its refusal naming what would fit."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 
@@ -132,7 +133,8 @@ def test_sampler_plans_before_the_pipeline_runs_and_refuses_what_cannot_fit(demo
     original = type(pipe).__call__
     gpu.free, gpu.loads = _free_for(peak // 4), []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(type(pipe), "__call__", lambda self, **kw: ran.append(kw) or original(self, **kw))
+        recording = functools.wraps(original)(lambda self, **kw: ran.append(kw) or original(self, **kw))
+        mp.setattr(type(pipe), "__call__", recording)  # same signature: the planner binds the call to it
         with pytest.raises(ValueError, match="^VPG Sampler: this run needs about"):
             run(VPGSampler, model=model, conditioning=cond, seed=0, batch_size=1, top_k=900, top_p=0.96)
     assert not ran and not gpu.loads  # refused before anything was placed or run
