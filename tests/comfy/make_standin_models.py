@@ -36,9 +36,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process
+# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process;
+# the repository root for `vpg_pipelines` when it is not installed (a plain clone in custom_nodes/)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 from tiny_text import tiny_t5  # noqa: E402
+
+from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline  # noqa: E402
 
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
@@ -67,8 +71,6 @@ def shared_root() -> Path:
 
 def tiny_infinity():
     """The Infinity fixture as a pipeline with a tiny T5 (default size: the fixture's 256 x 256)."""
-    from vpg_pipelines import VPGInfinityPipeline
-
     root = shared_root() / "infinity"
     config = json.loads((root / "config.json").read_text())
     pipe = VPGInfinityPipeline.from_official(str(root / "infinity.safetensors"), str(root / "vae.safetensors"),
@@ -86,8 +88,6 @@ def star_config() -> dict:
 
 def tiny_infinity_star():
     """The InfinityStar fixture as a pipeline with a tiny T5 (default size 192 x 336, up to 81 frames)."""
-    from vpg_pipelines import VPGInfinityStarPipeline
-
     root = shared_root() / "infinity_star"
     pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=star_config())

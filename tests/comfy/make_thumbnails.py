@@ -5,7 +5,7 @@ ComfyUI lists a pack's ``workflows/`` folder in its template browser and shows `
 thumbnail is what that workflow saved in the headless run: the images of its first Save Image node (a batch
 tiled as a grid; for a video, its first, middle and last frames side by side), fitted into 512 x 512.
 
-    python tests/comfy/make_thumbnails.py WORK/out workflows/
+    python tests/comfy/make_thumbnails.py WORK/out workflows/     # thumbnails beside the shipped workflows
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 RUNS = {  # run_headless.sh's --out folder of each shipped workflow
     "vpg_demo_cfg_prefix": "demo",
     "vpg_demo_side_by_side": "side_by_side",
@@ -67,15 +68,15 @@ def thumbnail(images: list[Image.Image], video: bool) -> Image.Image:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outputs", type=Path, help="run_headless.sh's $WORK/out")
-    ap.add_argument("workflows", type=Path, help="the folder of the shipped workflows (thumbnails go beside them)")
+    ap.add_argument("target", type=Path, help="where the <workflow>.jpg files go (workflows/ to ship them)")
     args = ap.parse_args()
     for name, run in RUNS.items():
-        workflow = json.loads((args.workflows / f"{name}.json").read_text())
+        workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
         video = any(n["type"] == "SaveVideo" for n in workflow["nodes"])
         images = saved_images(args.outputs / run, first_saved_prefix(workflow))
         if not images:
             raise SystemExit(f"{name}: no saved images in {args.outputs / run}")
-        target = args.workflows / f"{name}.jpg"
+        target = args.target / f"{name}.jpg"
         thumbnail(images, video).save(target, "JPEG", quality=88)
         print(f"{target}: {len(images)} saved images of {run}")
 
