@@ -129,16 +129,17 @@ def part_precision(opts: argparse.Namespace, results: Results) -> None:
 
 def _random_released(name: str, device: str, dtype: torch.dtype):
     """A released architecture with seeded random weights, built on ``device`` (N(0, 0.02) matrices)."""
-    from vpg_pipelines.memory.released import RELEASED, released_pipeline
+    from vpg_pipelines.loading.auto import released_pipeline
+    from vpg_pipelines.registry import released_model
 
-    spec = RELEASED[name]
+    kind, spec = released_model(name)
     empty = released_pipeline(name)
     torch.manual_seed(0)
     parts = {}
     with torch.device(device):
         parts["transformer"] = type(empty.transformer)(**spec.transformer)
         vae_args = dict(spec.vae)
-        if spec.kind == "infinity_star":
+        if kind.name == "infinity_star":
             vae_args["detail_scale_min_tokens"] = empty.config.official_args["detail_scale_min_tokens"]
         parts["vae"] = type(empty.vae)(**vae_args)
         if empty.text_encoder is not None:
@@ -150,10 +151,10 @@ def _random_released(name: str, device: str, dtype: torch.dtype):
     from vpg_pipelines.memory.replay import cast_floating
 
     for key, module in parts.items():
-        keep_vae_fp32 = key == "vae" and spec.kind == "infinity_star"
+        keep_vae_fp32 = key == "vae" and kind.name == "infinity_star"
         cast_floating(module, torch.float32 if keep_vae_fp32 else dtype).eval()
-    kwargs = {"official_args": empty.config.official_args} if spec.kind == "infinity_star" else {}
-    if spec.kind != "var":
+    kwargs = {"official_args": empty.config.official_args} if kind.name == "infinity_star" else {}
+    if kind.name != "var":
         kwargs["text_encoder"] = parts.get("text_encoder")
     pipe = type(empty)(parts["transformer"], parts["vae"], **kwargs)
     pipe.set_progress_bar_config(disable=True)

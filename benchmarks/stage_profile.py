@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import 
 from benchmarks.common import build_pipeline, count_params, machine_info, markdown_table, write_outputs
 from benchmarks.vs_official import build_official, make_runs
 from vpg_pipelines.guidance.chain import GuidanceChain
+from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.models.var.adapter import VARAdapter
-from vpg_pipelines.sampling.kv_cache import KVCache
 
 PREFIX = "stage:"
 STAGES = ("embedding", "block: norms, AdaLN, residual", "attention: q/k/v + output projections",

@@ -325,7 +325,7 @@ def _term_rows(args: argparse.Namespace, shape_name: str, grid: tuple[int, ...],
     from vpg_pipelines.guidance.igg import InformationGroundingGuidance
     from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
     from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
-    from vpg_pipelines.sampling.adapter import ScaleStep
+    from vpg_pipelines.models.adapter import ScaleStep
 
     device = torch.device(args.device)
     n, v = math.prod(grid), math.prod(per_site)

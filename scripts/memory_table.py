@@ -19,9 +19,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vpg_pipelines.loading.auto import released_pipeline  # noqa: E402
 from vpg_pipelines.memory import OFFLOAD_MODES  # noqa: E402
 from vpg_pipelines.memory.choose import CANDIDATES, usable  # noqa: E402
-from vpg_pipelines.memory.released import RELEASED, released_pipeline  # noqa: E402
+from vpg_pipelines.models.infinity.adapter import scale_steps as infinity_steps  # noqa: E402
+from vpg_pipelines.models.infinity_star.adapter import plan_scale_steps  # noqa: E402
+from vpg_pipelines.models.var.adapter import scale_steps as var_steps  # noqa: E402
+from vpg_pipelines.registry import released_model, released_names  # noqa: E402
 
 GIB = 1024**3
 TEXT_TOKENS = 64
@@ -93,7 +97,8 @@ def speed(pipe, estimate, sites: dict[int, int], offload: str) -> dict:
 
 def tables() -> tuple[str, dict]:
     lines, data = [], {}
-    for name, spec in RELEASED.items():
+    for name in released_names():
+        spec = released_model(name)[1]
         pipe = released_pipeline(name)
         lines.append(f"\n### {name}\n")
         lines.append("| size | guidance | weights | K/V peak | " + " | ".join(f"{m}" for m in OFFLOAD_MODES) + " |")
@@ -150,24 +155,13 @@ def targets() -> tuple[str, dict]:
 
 def plan_steps(pipe, estimate):
     """The steps of the planned call (their site counts feed the speed model)."""
-    from types import SimpleNamespace
-
-    kind = type(pipe).__name__
     settings = estimate.settings
-    if kind == "VPGVARPipeline":
-        from vpg_pipelines.models.var.adapter import VARAdapter
-
-        return VARAdapter(pipe.transformer, pipe.vae).steps(None)
-    if kind == "VPGInfinityPipeline":
-        from vpg_pipelines.models.infinity.adapter import InfinityAdapter
-
-        h, w = (int(v) for v in settings["size"].split("x"))
-        return InfinityAdapter(pipe.transformer, pipe.vae).steps(SimpleNamespace(schedule=pipe.schedule_for(h, w)))
-    from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
-
+    if settings["model"] == "var":
+        return var_steps(list(pipe.transformer.config.patch_nums))
     h, w = (int(v) for v in settings["size"].split("x"))
-    plan = pipe.plan(settings["num_frames"], h, w)
-    return InfinityStarAdapter(pipe.transformer, pipe.vae).steps(SimpleNamespace(plan=plan))
+    if settings["model"] == "infinity":
+        return infinity_steps(pipe.schedule_for(h, w))
+    return plan_scale_steps(pipe.plan(settings["num_frames"], h, w))
 
 
 def replace(text: str, name: str, body: str) -> str:

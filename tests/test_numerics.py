@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.helpers.numerics import DrawLog, assert_greedy_margin, cfg_gain, layout_atol, record_draws
-from vpg_pipelines.sampling.sample import multinomial_rows
+from vpg_pipelines.models.sample import multinomial_rows
 
 
 def _probs(seed: int, rows: int = 64, vocab: int = 5) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """Visual Prefix Guidance for next-scale autoregressive image and video models."""
 
-from .demo import load_demo_pipeline
 from .guidance.apg import AdaptiveProjectedGuidance
 from .guidance.base import GuidanceTerm
 from .guidance.cfg import ClassifierFreeGuidance
@@ -9,6 +8,7 @@ from .guidance.igg import InformationGroundingGuidance
 from .guidance.prefix import PrefixGuidance
 from .guidance.ssg import ScaledSpatialGuidance
 from .guidance.temperature import EntropyAwareTemperature
+from .loading.auto import load_demo_pipeline
 from .loading.infinity import load_official_infinity
 from .loading.var import load_official_var
 from .models.var.transformer import VARTransformer

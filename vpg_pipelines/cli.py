@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import os
@@ -15,25 +14,29 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PIPELINES = {
-    "VPGVARPipeline": ("pipeline_vpg_var", "VPGVARPipeline"),
-    "VPGInfinityPipeline": ("pipeline_vpg_infinity", "VPGInfinityPipeline"),
-    "VPGInfinityStarPipeline": ("pipeline_vpg_infinity_star", "VPGInfinityStarPipeline"),
-}
-"""``model_index.json`` ``_class_name`` -> (module under ``pipelines``, class)."""
+from .demo import run_demo
+from .evaluation.cli import add_eval_parser, run_eval
+from .flags import DTYPES, read_json_object, vpg_scales
+from .loading.auto import (
+    SourceError,
+    empty_pipeline_from_folder,
+    is_saved_folder,
+    load_pipeline,
+    released_pipeline,
+    saved_quantization,
+    source_kind,
+)
+from .memory.choose import choose_savers, fit_to_memory
+from .memory.offload import apply_offload
+from .memory.quantization import apply_quantization, check_quantization
+from .memory.report import gib
+from .registry import KINDS, ModelKind, released_model, released_names
+from .utils import export_to_video
+from .visual import comparison_grid, comparison_video
+
 VIDEO_SUFFIXES = (".mp4",)
-
-
-def _scales(text: str):
-    if text in ("all", "semantic"):
-        return text
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--vpg-scales must be 'all', 'semantic' or a comma list of ints, got {text!r}"
-        ) from None
+FLAGS = {"source": "--model", "companion": "--vae", "config": "--config", "text_encoder": "--text-encoder"}
+"""The loader's argument names (:class:`~.loading.auto.SourceError`) as flags."""
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vpg-mode", default=None, choices=["full", "token", "position", "codebook"],
                    help="default: full")
     p.add_argument("--vpg-refresh", default=None, choices=["persistent", "resample"], help="default: persistent")
-    p.add_argument("--vpg-scales", type=_scales, default=None,
+    p.add_argument("--vpg-scales", type=vpg_scales, default=None,
                    help="'all', 'semantic' or e.g. '1,2,3' (default: all; InfinityStar: semantic)")
     p.add_argument("--igg-scale", type=float, default=None,
                    help="Information-Grounding Guidance w (>= 0; default off; 0 is not off): docs/guidance.md")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mem = sub.add_parser("memory", help="plan the GPU memory of a generate call (per component, per offload mode)")
     mem.add_argument("--model", required=True,
-                     help="a released model (" + ", ".join(_released_names()) + "), 'demo', a saved pipeline "
+                     help="a released model (" + ", ".join(released_names()) + "), 'demo', a saved pipeline "
                           "folder (read without its weights) or an official var_d*.pth (with --vae)")
     mem.add_argument("--vae", default=None, help="official VQVAE file with a .pth --model")
     mem.add_argument("--config", default=None, help="JSON with the official constructor args (.pth --model)")
@@ -149,8 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "fp8 is applied at load time (vpg generate --quantization fp8)")
     conv.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
 
-    from .evaluation.cli import add_eval_parser
-
     add_eval_parser(sub)
     return parser
 
@@ -164,56 +165,24 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _pipeline_class(name: str):
-    if name not in PIPELINES:
-        raise ValueError(f"model_index.json names {name!r}; `vpg` runs {', '.join(PIPELINES)}")
-    module, cls = PIPELINES[name]
-    return getattr(importlib.import_module(f".pipelines.{module}", __package__), cls)
+def _flag_error(err: SourceError) -> ValueError:
+    return ValueError(f"{FLAGS.get(err.argument, err.argument)} {err.detail}")
 
 
-def pipeline_class_name(model: str) -> str:
-    """The pipeline class ``--model`` loads: a folder's ``model_index.json`` ``_class_name``, else VAR."""
-    index = Path(model) / "model_index.json"
-    if model != "demo" and index.is_file():
-        return str(json.loads(index.read_text()).get("_class_name"))
-    return "VPGVARPipeline"
-
-
-def load_pipeline(model: str, vae: str | None = None, config: str | None = None, dtype: torch.dtype | None = None):
-    """``demo``, a saved pipeline folder (dispatched on ``model_index.json``) or official VAR files."""
-    if model == "demo":
-        from .demo import load_demo_pipeline
-
-        return load_demo_pipeline()
-    path = Path(model)
-    if path.is_dir() and (path / "model_index.json").exists():
-        name = pipeline_class_name(model)
-        cls = _pipeline_class(name)
-        if vae is not None or config is not None:
-            raise ValueError("--vae and --config go with an official .pth --model, not with a pipeline folder")
-        if dtype is not None and name == "VPGInfinityStarPipeline":
-            dtype = {"default": dtype, "vae": torch.float32}  # the official video VAE runs in float32
-        return cls.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
-    if vae is None:
-        raise ValueError(f"--model {model!r} is not a pipeline folder; pass the official VQVAE file with --vae")
-    from .pipelines.pipeline_vpg_var import VPGVARPipeline
-
-    return VPGVARPipeline.from_official(model, vae, config=_read_json(config, "--config"), torch_dtype=dtype)
-
-
-def _read_json(path: str | None, flag: str) -> dict | None:
-    if path is None:
-        return None
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
+def _kind(model: str) -> ModelKind:
+    """The kind ``--model`` loads as (see :func:`~.loading.auto.source_kind`)."""
     try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{flag} {path} is not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{flag} {path} must hold a JSON object, got {type(value).__name__}")
-    return value
+        return source_kind(model)
+    except SourceError as err:
+        raise _flag_error(err) from None
+
+
+def _load(model: str, vae: str | None, config: str | None, dtype: torch.dtype | None):
+    """``--model`` (+ ``--vae``, ``--config``) through the one loader; its errors name the flags."""
+    try:
+        return load_pipeline(model, vae, read_json_object(config, "--config"), dtype)
+    except SourceError as err:
+        raise _flag_error(err) from None
 
 
 def _square(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -233,20 +202,20 @@ def _vpg_settings(pipe, args: argparse.Namespace) -> dict:
     return {n: defaults[n].default if getattr(args, n) is None else getattr(args, n) for n in names}
 
 
-def _check_generate_args(kind: str, args: argparse.Namespace, out: Path) -> None:
+def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -> None:
     """Flags that do not apply to the model, and output types it cannot write; before any loading."""
     suffix = out.suffix.lower()
     if suffix not in VIDEO_SUFFIXES and suffix not in PIL.Image.registered_extensions():
         raise ValueError(f"--out {out}: unknown file type {suffix!r}; use an image (.png, .jpg) or .mp4 (video)")
-    if kind != "VPGInfinityStarPipeline":
+    if kind.media != "video":
         if suffix in VIDEO_SUFFIXES:
             raise ValueError(f"--out {out}: only InfinityStar pipeline folders make videos; use an image file")
         if args.num_frames is not None:
             raise ValueError("--num-frames applies to InfinityStar pipeline folders only")
-    if kind == "VPGVARPipeline" and {args.negative_prompt, args.height, args.width} != {None}:
+    if kind.conditioning == "class" and {args.negative_prompt, args.height, args.width} != {None}:
         raise ValueError("--negative-prompt, --height and --width apply to Infinity and InfinityStar pipeline "
                          "folders only")
-    if kind == "VPGInfinityStarPipeline":
+    if kind.media == "video":
         if args.top_k is not None or args.top_p is not None:
             raise ValueError("--top-k and --top-p do not apply to InfinityStar (its sampler has no such filters)")
         if suffix not in VIDEO_SUFFIXES and args.num_frames not in (None, 1):
@@ -254,10 +223,10 @@ def _check_generate_args(kind: str, args: argparse.Namespace, out: Path) -> None
                              f"with --out {out.with_suffix('.mp4').name}")
 
 
-def _call_options(kind: str, args: argparse.Namespace, as_video: bool) -> tuple[list, dict]:
+def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> tuple[list, dict]:
     """The prompts and the other call arguments the flags give (``None`` flags left to the pipeline)."""
-    video = kind == "VPGInfinityStarPipeline"
-    text = kind != "VPGVARPipeline"
+    video = kind.media == "video"
+    text = kind.conditioning == "text"
     prompts = [p if text or not p.strip().isdigit() else int(p) for p in args.prompt]
     options = {"guidance_scale": args.guidance_scale, "top_k": args.top_k, "top_p": args.top_p,
                "igg_scale": args.igg_scale, "ssg_scale": args.ssg_scale,
@@ -277,14 +246,8 @@ def _call_options(kind: str, args: argparse.Namespace, as_video: bool) -> tuple[
 
 def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> None:
     """``--quantization`` then ``--offload`` (``auto``: planned against the free GPU memory)."""
-    from .memory.offload import apply_offload
-    from .memory.quantization import apply_quantization, check_quantization
-
     check_quantization(args.quantization)
     if args.offload == "auto" and device.type == "cuda":
-        from .memory.choose import fit_to_memory
-        from .memory.report import gib
-
         apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
         fixed = None if args.quantization is None else ("none",)
         choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
@@ -297,16 +260,13 @@ def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> 
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .visual import comparison_grid
-
     out = Path(args.out)
-    kind = pipeline_class_name(args.model)
+    kind = _kind(args.model)
     _check_generate_args(kind, args, out)
     device = _device(args.device)
-    gpu_dtype = torch.bfloat16 if kind == "VPGInfinityStarPipeline" else torch.float16
-    dtype = DTYPES[args.dtype] if args.dtype else (gpu_dtype if device.type == "cuda" else None)
-    pipe = load_pipeline(args.model, args.vae, args.config, dtype)
-    video = kind == "VPGInfinityStarPipeline"
+    dtype = DTYPES[args.dtype] if args.dtype else (kind.gpu_dtype if device.type == "cuda" else None)
+    pipe = _load(args.model, args.vae, args.config, dtype)
+    video = kind.media == "video"
     prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES)
     count = len(prompts) * args.num_images
     vpg = _vpg_settings(pipe, args)
@@ -323,9 +283,6 @@ def _generate(args: argparse.Namespace) -> None:
     columns = [run(**{**vpg, "vpg_scale": 1.0}), run(**vpg)] if args.compare else [run(**vpg)]
     titles = ["without VPG", f"with VPG (w={w:g})"] if args.compare else [f"w={w:g}"]
     if video and out.suffix.lower() in VIDEO_SUFFIXES:
-        from .utils import export_to_video
-        from .visual import comparison_video
-
         frames = columns[0][0] if len(columns) == 1 and count == 1 else comparison_video(columns, titles)
         export_to_video(frames, out, fps=pipe.fps)
     else:
@@ -384,72 +341,50 @@ def _convert(args: argparse.Namespace) -> None:
     for name, value in ((flag, source), ("--vae", args.vae), ("--text-encoder", args.text_encoder),
                         ("--tokenizer", args.tokenizer)):
         _check_source(name, value)
-    cfg = _read_json(args.config, "--config")
+    cfg = read_json_object(args.config, "--config")
     dtype = DTYPES[args.dtype]
-    from .memory.quantization import check_quantization
-
     quantization = None if args.quantization == "none" else args.quantization
     check_quantization(quantization)
-    if args.var:
-        from .pipelines.pipeline_vpg_var import VPGVARPipeline
-
-        pipe = VPGVARPipeline.from_official(args.var, args.vae, config=cfg, torch_dtype=dtype,
-                                            quantization=quantization)
-    else:
-        cls = _pipeline_class("VPGInfinityPipeline" if args.infinity else "VPGInfinityStarPipeline")
-        pipe = cls.from_official(source, args.vae, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
-                                 config=cfg, torch_dtype=dtype, quantization=quantization)
+    kind = KINDS["var" if args.var else "infinity" if args.infinity else "infinity_star"]
+    options = {"config": cfg, "torch_dtype": dtype, "quantization": quantization}
+    if kind.text_encoder:  # text encoder and tokenizer by path or hub id
+        options.update(text_encoder=args.text_encoder, tokenizer=args.tokenizer)
+    pipe = kind.pipeline_class.from_official(source, args.vae, **options)
     _save_atomically(pipe, out)
     if text and pipe.text_encoder is None:
         print("note: no --text-encoder: the folder generates from prompt_embeds only (not from `vpg generate`)")
     print(f"wrote {out}")
 
 
-def _released_names() -> list[str]:
-    from .memory.released import RELEASED
-
-    return list(RELEASED)
-
-
 def _memory(args: argparse.Namespace) -> None:
     """``vpg memory``: the planner's report for the call ``vpg generate`` would make with the same flags."""
-    from .memory.released import RELEASED, released_pipeline
-
     quantization = args.quantization
-    if args.model in RELEASED:
+    kind = _kind(args.model)
+    if args.model in released_names():
         pipe = released_pipeline(args.model)
-        kind = type(pipe).__name__
-        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if kind == "VPGInfinityStarPipeline"
-                                                       else torch.float16)
-        sizes = next(iter(RELEASED[args.model].sizes.values()))
+        dtype = DTYPES[args.dtype] if args.dtype else kind.gpu_dtype
+        sizes = next(iter(released_model(args.model)[1].sizes.values()))
         for flag in ("height", "width", "num_frames"):
             if flag in sizes and getattr(args, flag) is None:
                 setattr(args, flag, sizes[flag])
-    elif Path(args.model).is_dir() and (Path(args.model) / "model_index.json").exists():
-        from .memory.empty import empty_pipeline_from_folder
-
+    elif is_saved_folder(args.model):
         if args.vae is not None or args.config is not None:
             raise ValueError("--vae and --config go with an official .pth --model, not with a pipeline folder")
         pipe = empty_pipeline_from_folder(args.model)
-        kind = type(pipe).__name__
-        quantization = quantization or pipe._planned_quantization
+        quantization = quantization or saved_quantization(args.model)
         dtype = DTYPES[args.dtype] if args.dtype else None
     else:
-        kind = pipeline_class_name(args.model)
         dtype = DTYPES[args.dtype] if args.dtype else None
-        pipe = load_pipeline(args.model, args.vae, args.config, dtype)
+        pipe = _load(args.model, args.vae, args.config, dtype)
     if args.prompt is None:
-        args.prompt = ["0" if kind == "VPGVARPipeline" else "a photo"]
+        args.prompt = ["0" if kind.conditioning == "class" else "a photo"]
     if args.model == "demo" and args.prompt == ["0"]:
         args.prompt = ["plant"]
-    prompts, kwargs = _call_options(kind, args, as_video=kind == "VPGInfinityStarPipeline")
+    prompts, kwargs = _call_options(kind, args, as_video=kind.media == "video")
     call = {"prompt": prompts, **kwargs, **_vpg_settings(pipe, args)}
     estimate = pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=args.text_tokens, **call)
     print(estimate)
     if args.free_gib is not None:
-        from .memory.choose import choose_savers
-        from .memory.report import gib
-
         free = int(args.free_gib * 1024**3)
         fixed = None if quantization is None else (quantization,)
         choice = choose_savers(pipe, free, quantizations=fixed, dtype=dtype, text_tokens=args.text_tokens, **call)
@@ -461,16 +396,12 @@ def _memory(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     path = run_demo(args.out, num_seeds=args.seeds, vpg_scale=args.vpg_scale, classes=classes)
     print(f"wrote {path}")
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluation.cli import run_eval
-
     run_eval(args)
 
 

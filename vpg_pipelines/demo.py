@@ -1,29 +1,18 @@
-"""The bundled tiny model: a class-conditional VAR trained here on rendered emoji (offline)."""
+"""``vpg demo``: the bundled tiny model (a class-conditional VAR trained here on rendered emoji) draws a labelled
+grid without | with VPG, offline. The model itself loads with :func:`~vpg_pipelines.loading.auto.load_demo_pipeline`.
+"""
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-DEMO_FOLDER = "assets/demo"
+from .loading.auto import load_demo_pipeline
+from .visual import comparison_grid
+
 DEMO_SETTINGS = {"guidance_scale": 3.0, "top_k": 0, "top_p": 0.95, "vpg_scale": 1.5}
 """Sampling settings of the demo (nucleus sampling and the best-scoring CFG in train_tiny.py's evaluation)."""
-
-
-def demo_path() -> Path:
-    return Path(str(resources.files("vpg_pipelines").joinpath(DEMO_FOLDER)))
-
-
-def load_demo_pipeline(device: str | torch.device = "cpu"):
-    """The bundled tiny :class:`VPGVARPipeline` (class names usable as prompts), on ``device``."""
-    from .pipelines.pipeline_vpg_var import VPGVARPipeline
-
-    path = demo_path()
-    if not (path / "model_index.json").exists():
-        raise FileNotFoundError(f"the bundled demo model is missing from {path} (reinstall vpg-pipelines)")
-    return VPGVARPipeline.from_pretrained(str(path)).to(device)
 
 
 def run_demo(
@@ -35,8 +24,6 @@ def run_demo(
 ) -> Path:
     """Write a labelled grid: one row per class (all 30, or the ``classes`` named), ``num_seeds``
     seeds without VPG | the same seeds with VPG."""
-    from .visual import comparison_grid
-
     pipe = load_demo_pipeline(device)
     pipe.set_progress_bar_config(desc="demo")
     settings = dict(DEMO_SETTINGS)

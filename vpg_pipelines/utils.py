@@ -48,7 +48,7 @@ def export_to_video(frames, output_video_path: str | os.PathLike, fps: int = 16,
     """
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise ValueError(f"`fps` must be a positive number, got {fps!r}")
-    try:
+    try:  # imageio (+ imageio-ffmpeg) is optional: the `video` extra
         import imageio.v2 as imageio
     except ImportError as err:  # pragma: no cover - depends on the install
         raise ImportError("export_to_video needs imageio and imageio-ffmpeg: "

@@ -14,7 +14,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from tests.helpers.cli import FAST_ARGS
 from tests.helpers.shared import shared_path
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
-from vpg_pipelines.cli import load_pipeline, main
+from vpg_pipelines.cli import main
+from vpg_pipelines.loading.auto import load_pipeline
 
 
 def loaded(cls, folder):

@@ -12,7 +12,7 @@ from tests.helpers.cli import infinity_folder  # noqa: F401 (a fixture: the conv
 from tests.helpers.shared import shared_path
 from vpg_pipelines import VPGInfinityPipeline, VPGVARPipeline
 from vpg_pipelines.cli import main
-from vpg_pipelines.memory.empty import empty_pipeline_from_folder
+from vpg_pipelines.loading.auto import empty_pipeline_from_folder
 from vpg_pipelines.memory.weights import weight_layout
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")

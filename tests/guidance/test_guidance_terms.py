@@ -16,7 +16,7 @@ from vpg_pipelines.guidance.igg import InformationGroundingGuidance, grounding
 from vpg_pipelines.guidance.prefix import PrefixGuidance
 from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance, dct_matrix, discrete_spatial_enhancement
 from vpg_pipelines.guidance.temperature import EntropyAwareTemperature, site_entropy
-from vpg_pipelines.sampling.adapter import ScaleStep, StepInput
+from vpg_pipelines.models.adapter import ScaleStep, StepInput
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 ALL_TERMS = [

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import vpg_pipelines.sampling.kv_cache as kv_module
+import vpg_pipelines.models.kv_cache as kv_module
 import vpg_pipelines.sampling.next_scale as sampler_module
 from vpg_pipelines.memory.meter import TensorMeter, Window
 

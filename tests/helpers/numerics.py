@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vpg_pipelines.sampling import sample as sample_module
+from vpg_pipelines.models import sample as sample_module
 
 FP32_EPS = torch.finfo(torch.float32).eps
 LAYOUT_ULPS = 32
@@ -127,7 +127,7 @@ class DrawLog:
 
 @contextlib.contextmanager
 def record_draws(replay: DrawLog | None = None) -> Iterator[DrawLog]:
-    """Record every draw of ``vpg_pipelines.sampling.sample`` (all three models sample through it).
+    """Record every draw of ``vpg_pipelines.models.sample`` (all three models sample through it).
 
     Each draw is replayed from a copy of the generator state to recover its exponential race; the
     replay must reproduce the draw exactly, so a change in torch's algorithm fails loudly here.

@@ -25,9 +25,9 @@ from vpg_pipelines.memory import OFFLOAD_MODES, estimate_memory, weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
 from vpg_pipelines.memory.meter import TensorMeter
 from vpg_pipelines.memory.replay import InfinityStarStepReplay, InfinityStepReplay, VARStepReplay
+from vpg_pipelines.models.adapter import RowBatch
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
-from vpg_pipelines.sampling.adapter import RowBatch
-from vpg_pipelines.sampling.kv_cache import KVCache
+from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11,

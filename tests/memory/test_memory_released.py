@@ -12,16 +12,17 @@ import pytest
 import torch
 
 from tests.helpers.shared import shared_path
+from vpg_pipelines.loading.auto import released_pipeline
 from vpg_pipelines.loading.infinity import DROPPED_BUFFERS
 from vpg_pipelines.memory import weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
-from vpg_pipelines.memory.released import RELEASED, released_pipeline
 from vpg_pipelines.memory.replay import META, InfinityStarStepReplay, InfinityStepReplay, VARStepReplay
 from vpg_pipelines.models.infinity.bsq_vae import DERIVED_KEYS as INFINITY_VAE_DERIVED
 from vpg_pipelines.models.infinity.transformer import DERIVED_KEYS as INFINITY_DERIVED
 from vpg_pipelines.models.infinity_star.video_vae import DERIVED_KEYS as STAR_VAE_DERIVED
+from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.models.var.transformer import DERIVED_BUFFERS as VAR_DERIVED
-from vpg_pipelines.sampling.kv_cache import KVCache
+from vpg_pipelines.registry import released_model, released_names
 
 # keys of the released files our modules rebuild or drop instead of storing (see the model modules)
 NOT_STORED = (VAR_DERIVED, INFINITY_DERIVED, INFINITY_VAE_DERIVED, STAR_VAE_DERIVED,
@@ -43,24 +44,24 @@ def _non_persistent_bytes(module: torch.nn.Module, size: int) -> int:
     return total
 
 
-@pytest.mark.parametrize("name", list(RELEASED))
+@pytest.mark.parametrize("name", released_names())
 def test_released_architectures_are_the_manifests(name):
     pipe = released_pipeline(name)
-    transformer_manifest, vae_manifest = RELEASED[name].manifests
+    transformer_manifest, vae_manifest = released_model(name)[1].manifests
     for module, manifest in ((pipe.transformer, transformer_manifest), (pipe.vae, vae_manifest)):
         expected = _manifest(manifest)
         ours = {k: list(v.shape) for k, v in module.state_dict().items()}
         assert ours == expected
 
 
-@pytest.mark.parametrize("name", list(RELEASED))
+@pytest.mark.parametrize("name", released_names())
 def test_released_weights_are_the_manifest_bytes(name):
     """bf16 planning: every stored value in 2 bytes (``_keep_in_fp32_modules``: 4), plus the buffers our
     modules compute instead of storing; int8 planning: TorchAO's layout for every Linear weight (int8 values,
     a float32 scale and an int8 zero point per output row)."""
     pipe = released_pipeline(name)
     model = pipe.transformer
-    shapes = _manifest(RELEASED[name].manifests[0])
+    shapes = _manifest(released_model(name)[1].manifests[0])
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     expected = sum(math.prod(v) * (4 if k.split(".")[0] in keep else 2) for k, v in shapes.items())
     expected += _non_persistent_bytes(model, 2)
@@ -105,7 +106,7 @@ def _full_depth_cache(pipe, replay, forward: Forward) -> KVCache:
 @pytest.mark.parametrize("name", ["var-d30", "infinity-8b", "infinity-star-8b-720p"])
 def test_released_cache_geometry_is_what_a_full_forward_allocates(name):
     pipe = released_pipeline(name)
-    kind = RELEASED[name].kind
+    kind = released_model(name)[0].name
     if kind == "var":
         from vpg_pipelines.models.var.adapter import VARAdapter
 

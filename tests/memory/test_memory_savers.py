@@ -92,7 +92,7 @@ def test_fp8_layerwise_casting_on_the_bundled_model_as_a_user_would():
 def test_int8_pipeline_round_trip_through_from_pretrained(tmp_path):
     """``from_pretrained(quantization_config=PipelineQuantizationConfig(...))`` quantizes the transformer only,
     ``save_pretrained`` stores it quantized, and the reloaded pipeline samples the same images."""
-    from vpg_pipelines.demo import demo_path
+    from vpg_pipelines.loading.auto import demo_path
 
     config = pipeline_quantization_config("int8", torch.bfloat16)
     pipe = VPGVARPipeline.from_pretrained(str(demo_path()), quantization_config=config, dtype=torch.bfloat16)

@@ -8,7 +8,7 @@ import torch
 from tests.helpers.infinity import FOLDERS, load_fixture, report
 from tests.helpers.numerics import layout_atol
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
-from vpg_pipelines.sampling.kv_cache import KVCache
+from vpg_pipelines.models.kv_cache import KVCache
 
 ATOL = 1e-4
 

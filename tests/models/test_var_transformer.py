@@ -71,7 +71,7 @@ def test_teacher_forced_logits_match_official():
 
 def test_cached_steps_equal_one_block_causal_pass():
     """Scale-by-scale with the KV cache gives the teacher-forced logits (the cache is exact)."""
-    from vpg_pipelines.sampling.kv_cache import KVCache
+    from vpg_pipelines.models.kv_cache import KVCache
 
     model, cases = _parity_model()
     labels, x = cases["var.class_labels"], cases["var.teacher_forcing_input"]
@@ -103,7 +103,7 @@ def test_mismatched_checkpoint_lists_keys():
 def test_condition_modulations_are_computed_once_per_run():
     """With ``condition_index`` and a cache, each AdaLN modulation is computed at the first step only and
     reused; the logits equal the per-row computation (the same condition rows, gathered)."""
-    from vpg_pipelines.sampling.kv_cache import KVCache
+    from vpg_pipelines.models.kv_cache import KVCache
 
     model, cases = _parity_model()
     labels, x = cases["var.class_labels"], cases["var.teacher_forcing_input"]

@@ -12,7 +12,7 @@ import torch
 from tests.helpers.infinity import load_fixture, make_adapter_state, report
 from tests.helpers.numerics import assert_greedy_margin
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
-from vpg_pipelines.sampling.adapter import NextScaleAdapter
+from vpg_pipelines.models.adapter import NextScaleAdapter
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 ATOL = 1e-4

@@ -26,10 +26,10 @@ from tests.helpers.shared import shared_path
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.prefix import PrefixGuidance
 from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer, load_infinity_star_vae
+from vpg_pipelines.models.adapter import RowBatch
 from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
 from vpg_pipelines.models.infinity_star.schedules import plan_steps
-from vpg_pipelines.sampling.adapter import RowBatch
-from vpg_pipelines.sampling.kv_cache import KVCache
+from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 # Settings of the fixture (README): the 720p script's values with the schedule shrunk to 11 scales per clip.

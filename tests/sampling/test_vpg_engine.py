@@ -164,7 +164,7 @@ class _FixedLogits:
         self.values = values  # (clean cond, clean null, corrupted cond, corrupted null)
 
     def steps(self, state):
-        from vpg_pipelines.sampling.adapter import ScaleStep
+        from vpg_pipelines.models.adapter import ScaleStep
 
         return [ScaleStep(0, 0, 1, (1, 1)), ScaleStep(1, 1, 4, (2, 2))]
 
@@ -172,7 +172,7 @@ class _FixedLogits:
         return 2
 
     def step_input(self, state, step):
-        from vpg_pipelines.sampling.adapter import StepInput
+        from vpg_pipelines.models.adapter import StepInput
 
         ids = torch.arange(step.num_sites)
         return StepInput(None if step.index == 0 else torch.zeros(1, step.num_sites, 3), ids)

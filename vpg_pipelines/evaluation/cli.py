@@ -7,11 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..flags import DTYPES, vpg_scales
+from .fid import compute_fid_is
+from .image_sets import ImageSet
+from .pack import pack_imagenet
 from .protocols import PROTOCOLS
+from .run_folder import RunFolder
+from .runs import feature_net, load_for, make_spec, make_state
+from .sampler import sample_run
+from .sweep import run_sweep
 
 PRESETS = ("none", "paper")
-OVERRIDE_FLAGS = ("guidance_scale", "top_k", "top_p", "tau", "height", "width", "num_frames", "negative_prompt",
-                  "vpg_scale", "vpg_corruption", "vpg_mode", "vpg_refresh", "vpg_scales")
 
 
 def _call_arg(text: str) -> tuple[str, Any]:
@@ -25,8 +33,6 @@ def _call_arg(text: str) -> tuple[str, Any]:
 
 
 def _add_run_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from ..cli import DTYPES, _scales
-
     p.add_argument("--model", required=True,
                    help="'demo', a pipeline folder (vpg convert / save_pretrained) or an official var_d*.pth (+ --vae)")
     p.add_argument("--vae", default=None, help="official VQVAE file with a .pth --model")
@@ -66,7 +72,7 @@ def _add_run_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         p.add_argument("--vpg-corruption", type=float, default=None, help="fraction p of corrupted sites")
     p.add_argument("--vpg-mode", default=None, choices=["full", "token", "position", "codebook"])
     p.add_argument("--vpg-refresh", default=None, choices=["persistent", "resample"])
-    p.add_argument("--vpg-scales", type=_scales, default=None, help="'all', 'semantic' or e.g. '1,2,3'")
+    p.add_argument("--vpg-scales", type=vpg_scales, default=None, help="'all', 'semantic' or e.g. '1,2,3'")
     p.add_argument("--call-arg", type=_call_arg, action="append", default=[], metavar="NAME=VALUE",
                    help="any other pipeline argument (VALUE as JSON), e.g. --call-arg cfg_insertion_layer=-1")
 
@@ -106,84 +112,8 @@ def add_eval_parser(sub) -> None:
     _add_metric_args(sweep)
 
 
-# -- building a run ------------------------------------------------------------------------------------
-def make_state(cpu: bool):
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu or not torch.cuda.is_available())
-
-
-def _model_id(args: argparse.Namespace) -> str:
-    if args.model == "demo":
-        return "demo"
-    ids = [str(Path(args.model).expanduser().resolve())]
-    ids += [f"{flag}={Path(v).expanduser().resolve()}" for flag, v in (("vae", args.vae), ("config", args.config)) if v]
-    return " ".join(ids)
-
-
-def make_protocol(name: str, args: argparse.Namespace, pipe):
-    """The protocol object from the flags; flags of other protocols are refused by name."""
-    from .protocols import DPGProtocol, GenEvalProtocol, ImageNetProtocol, VBenchProtocol, parse_classes
-
-    prompts, per_prompt, limit = (getattr(args, k, None) for k in ("prompts", "per_prompt", "limit"))
-    if name == "imagenet":
-        if prompts is not None or per_prompt is not None or limit is not None:
-            raise ValueError("--prompts, --per-prompt and --limit apply to geneval, dpg and vbench; imagenet takes "
-                             "--classes and --per-class")
-        classes = parse_classes(args.classes, pipe.transformer.config.num_classes)
-        return ImageNetProtocol(classes, 50 if args.per_class is None else args.per_class)
-    if args.classes is not None or args.per_class is not None:
-        raise ValueError(f"--classes and --per-class apply to imagenet, not {name}")
-    if name == "geneval":
-        return GenEvalProtocol(prompts, 4 if per_prompt is None else per_prompt, limit)
-    if name == "dpg":
-        if per_prompt not in (None, 4):
-            raise ValueError("dpg: --per-prompt is fixed at 4 (the evaluator reads a 2 x 2 grid)")
-        return DPGProtocol(prompts, limit)
-    return VBenchProtocol(prompts, 5 if per_prompt is None else per_prompt, limit, fps=pipe.fps)
-
-
-def load_for(name: str, args: argparse.Namespace, state):
-    """Check the model kind against the protocol and load it onto this process's device."""
-    from ..cli import DTYPES, load_pipeline, pipeline_class_name
-
-    kind = pipeline_class_name(args.model)
-    wanted = PROTOCOLS[name].pipeline
-    if kind != wanted:
-        raise ValueError(f"--model {args.model} is a {kind}; the {name} protocol samples a {wanted}")
-    on_gpu = state.device.type == "cuda"
-    gpu = "bf16" if kind == "VPGInfinityStarPipeline" else "fp16"
-    dtype_name = args.dtype or (gpu if on_gpu else "fp32")
-    dtype = DTYPES[dtype_name] if (args.dtype or on_gpu) else None
-    pipe = load_pipeline(args.model, args.vae, args.config, dtype).to(state.device)
-    return pipe, dtype_name
-
-
-def make_spec(name: str, args: argparse.Namespace, pipe, dtype_name: str, out: Path | None = None,
-              overrides: dict[str, Any] | None = None):
-    from .protocols import resolve_call
-    from .sampler import RunSpec
-
-    protocol = make_protocol(name, args, pipe)
-    flags = {k: getattr(args, k, None) for k in OVERRIDE_FLAGS}
-    flags.update(dict(args.call_arg))
-    flags.update(overrides or {})
-    call = resolve_call(pipe, protocol.sampling_keys, protocol.preset(args.preset, pipe), flags)
-    call = protocol.complete(call, pipe, args.preset)
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    chunk = protocol.default_chunk_size if args.chunk_size is None else args.chunk_size
-    return RunSpec(protocol=protocol, out=Path(out or args.out), model=_model_id(args), pipeline=protocol.pipeline,
-                   seed=args.seed, chunk_size=chunk, batch_size=chunk if args.batch_size is None else args.batch_size,
-                   dtype=dtype_name, call=call, extra={"preset": args.preset})
-
-
 # -- subcommands -----------------------------------------------------------------------------------------
 def _sample(args: argparse.Namespace) -> None:
-    from .run_folder import RunFolder
-    from .sampler import sample_run
-
     state = make_state(args.cpu)
     pipe, dtype_name = load_for(args.protocol, args, state)
     spec = make_spec(args.protocol, args, pipe, dtype_name)
@@ -199,27 +129,10 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _pack(args: argparse.Namespace) -> None:
-    from .pack import pack_imagenet
-
     print(f"wrote {pack_imagenet(args.run, args.out)}")
 
 
-def feature_net(args: argparse.Namespace, device):
-    from .fid import ClassifierNet, InceptionNet
-
-    if args.metric_batch_size < 1:
-        raise ValueError(f"--metric-batch-size must be >= 1, got {args.metric_batch_size}")
-    if args.classifier:
-        return ClassifierNet(args.classifier, device), "classifier"
-    return InceptionNet(args.inception_weights, device), "inception"
-
-
 def _fid(args: argparse.Namespace) -> None:
-    import torch
-
-    from .fid import compute_fid_is
-    from .image_sets import ImageSet
-
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     samples, reference = ImageSet(args.samples, "samples"), ImageSet(args.reference, "--reference")
     net, space = feature_net(args, device)
@@ -236,8 +149,6 @@ def _fid(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from .sweep import run_sweep
-
     run_sweep(args)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 IMAGE_SIZE = 32
@@ -127,16 +129,11 @@ def train_classifier(
 
 
 def save_classifier(model: EmojiClassifier, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
     width = model.body[0][0].out_channels
     save_file(model.state_dict(), str(path), metadata={"num_classes": str(model.num_classes), "width": str(width)})
 
 
 def load_classifier(path: str | Path) -> EmojiClassifier:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     model = EmojiClassifier(int(meta["num_classes"]), width=int(meta["width"]))

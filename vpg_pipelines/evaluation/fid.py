@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .emoji_classifier import as_image_batch, load_classifier
 from .image_sets import ImageSet
 
 FeatureNet = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -50,7 +51,7 @@ class InceptionNet:
         weights = Path(weights).expanduser()
         if not weights.is_file():
             raise FileNotFoundError(f"--inception-weights {weights}: no such file (nothing is downloaded)")
-        try:
+        try:  # torch-fidelity (and a matching torchvision) is optional: only the Inception metrics need it
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as err:
             raise ImportError(
@@ -71,15 +72,13 @@ class InceptionNet:
     def __call__(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
         features, logits = self.model(x)
-        return features.reshape(len(x), -1).double().cpu(), logits.double().cpu()
+        return features.reshape(len(x), -1).cpu().double(), logits.cpu().double()  # float64 on the host only
 
 
 class ClassifierNet:
     """The emoji classifier's penultimate features and class logits (the demo model's feature space)."""
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu") -> None:
-        from .emoji_classifier import load_classifier
-
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"--classifier {path}: no such file")
@@ -88,10 +87,8 @@ class ClassifierNet:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from .emoji_classifier import as_image_batch
-
         features = self.model.features(as_image_batch(images).to(self.device))
-        return features.double().cpu(), self.model.head(features).double().cpu()
+        return features.cpu().double(), self.model.head(features).cpu().double()  # float64 on the host only
 
 
 def features_of(images: ImageSet, net: FeatureNet, batch_size: int, size: tuple[int, int]
@@ -108,6 +105,7 @@ def fid_is(sample_features: torch.Tensor, sample_logits: torch.Tensor, reference
     The IS splits follow the ADM evaluator (5,000 images each); torchmetrics shuffles before splitting,
     with a fixed seed here so the figure is reproducible.
     """
+    # torchmetrics is optional (the `eval` extra): only these metrics need it
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
 

@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
+import diffusers
+import numpy
 import torch
+import transformers
+from accelerate.utils import broadcast_object_list, gather_object, reduce
+from tqdm.auto import tqdm
 
+from .. import __version__
 from .protocols.base import FLAGS, Protocol
 from .run_folder import RunFolder
 from .sharding import ChunkPlan, batches, deal, sample_generators
@@ -60,21 +67,12 @@ class RunSpec:
 
 
 def versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import numpy
-    import transformers
-
-    from .. import __version__
-
     return {"vpg_pipelines": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
 def _say(line: str, main: bool) -> None:
-    from tqdm.auto import tqdm
-
     if main:
         tqdm.write(line, file=sys.stderr)
     else:
@@ -83,8 +81,6 @@ def _say(line: str, main: bool) -> None:
 
 def _prepare(spec: RunSpec, plan: ChunkPlan, state) -> dict[str, Any]:
     """Main process: open (or check) the folder and list the unfinished chunks; shared with every process."""
-    from accelerate.utils import broadcast_object_list
-
     payload: dict[str, Any] = {}
     if state.is_main_process:
         try:
@@ -128,9 +124,6 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
     Returns:
         A summary: samples and chunks done now, seconds, samples per second of this process.
     """
-    from accelerate.utils import gather_object, reduce
-    from tqdm.auto import tqdm
-
     plan = spec.check()
     samples = spec.protocol.samples()
     main, rank, world = state.is_main_process, state.process_index, state.num_processes

@@ -21,6 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from .fid import features_of, fid_is
+from .frechet import frechet_distance
+from .image_sets import ImageSet
+from .runs import feature_net, load_for, make_spec, make_state
+from .sampler import sample_run
+
 OFF = "off"
 
 
@@ -42,10 +48,6 @@ def _files(spec) -> list[Path]:
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     """Sample every setting (all processes), then measure, tabulate and plot (main process)."""
-    from .cli import feature_net, load_for, make_spec, make_state
-    from .image_sets import ImageSet
-    from .sampler import sample_run
-
     settings = sweep_settings(list(args.vpg_scale), list(args.vpg_corruption))
     reference = ImageSet(args.reference, "--reference")  # checked before hours of sampling
     state = make_state(args.cpu)
@@ -79,9 +81,6 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
 def measure(specs: dict, settings: list[tuple[str, float, float]], reference, net, space: str,
             batch_size: int) -> dict[str, Any]:
     """One row per setting: FD (or FID) and class accuracy (or Inception Score)."""
-    from .fid import features_of, fid_is
-    from .image_sets import ImageSet
-
     size = ImageSet.from_files(_files(specs[OFF])[:1]).size
     ref_features, _ = features_of(reference, net, batch_size, size)
     rows = []
@@ -91,8 +90,6 @@ def measure(specs: dict, settings: list[tuple[str, float, float]], reference, ne
         features, logits = features_of(images, net, batch_size, size)
         row: dict[str, Any] = {"name": name, "w": w, "p": None if name == OFF else p, "samples": len(images)}
         if space == "classifier":
-            from .frechet import frechet_distance
-
             labels = np.array([s.condition for s in spec.protocol.samples()])
             row["fd"] = frechet_distance(features, ref_features)
             row["accuracy"] = float((logits.argmax(1).numpy() == labels).mean())
@@ -124,7 +121,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Metric vs w, one line per p, every line starting at the VPG-off point (w = 1)."""
-    import matplotlib
+    import matplotlib  # optional (the `eval` extra), and heavy: only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -34,7 +34,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.utils import PushToHubMixin
 
 if TYPE_CHECKING:
-    from ..sampling.adapter import ScaleStep
+    from ..models.adapter import ScaleStep
 
 MAX_STRENGTH = 1e4
 """The largest guidance strength a term accepts (CFG / APG scale, VPG's ``w``, IGG, SSG).

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -60,8 +61,6 @@ def read_state_dict(
         if name.endswith(".index.json"):
             return _read_sharded(path)
         if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         elif name.endswith(_TORCH_SUFFIXES):
             state = _load_weights_only(path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
+
 
 def resolve_file(name: str | Path, default_repo: str) -> Path:
     """Return a local path for ``name``.
@@ -20,8 +22,6 @@ def resolve_file(name: str | Path, default_repo: str) -> Path:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     parts = text.split("/")
     repo, filename = (default_repo, text) if len(parts) < 3 else ("/".join(parts[:2]), "/".join(parts[2:]))
-    from huggingface_hub import hf_hub_download
-
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename))
     except Exception as err:

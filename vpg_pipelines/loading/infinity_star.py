@@ -16,17 +16,12 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
+from ..models.infinity_star.settings import RELEASED_720P_ARGS
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import DERIVED_KEYS, InfinityStarVideoVAE
 from .checkpoint import CheckpointError, cast_weights, load_strict, read_state_dict
 
-RELEASED_720P = {
-    "transformer": "infinitystar_8b_720p_weights",
-    "vae": "infinitystar_videovae.pth",
-    "text_encoder": "google/flan-t5-xl",
-    "text_maxlen": 512,
-    "detail_scale_min_tokens": 750,
-}
+TEXT_MAXLEN = 512
 
 
 def infer_transformer_config(state: dict[str, torch.Tensor], text_maxlen: int = 512) -> dict:
@@ -134,7 +129,7 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype | None, keep_fp32: tuple[st
 
 def load_infinity_star_transformer(
     path: str | Path,
-    text_maxlen: int = RELEASED_720P["text_maxlen"],
+    text_maxlen: int = TEXT_MAXLEN,
     torch_dtype: torch.dtype | None = None,
     **overrides,
 ) -> InfinityStarTransformer:
@@ -153,7 +148,7 @@ def load_infinity_star_transformer(
 
 def load_infinity_star_vae(
     path: str | Path,
-    detail_scale_min_tokens: int = RELEASED_720P["detail_scale_min_tokens"],
+    detail_scale_min_tokens: int = RELEASED_720P_ARGS["detail_scale_min_tokens"],
     torch_dtype: torch.dtype | None = None,
     **overrides,
 ) -> InfinityStarVideoVAE:

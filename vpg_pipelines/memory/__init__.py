@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .calls import plan_inputs
 from .planner import OFFLOAD_MODES, MemoryEstimate, OffloadPlan, Phase, build_estimate
 from .weights import QUANTIZATIONS, WeightLayout, weight_layout
 
@@ -40,7 +41,7 @@ def estimate_memory(
 
     Args:
         pipe: a ``VPGVARPipeline``, ``VPGInfinityPipeline`` or ``VPGInfinityStarPipeline`` (real, quantized
-            or empty meta weights, e.g. :func:`~.released.released_pipeline`).
+            or empty meta weights, e.g. :func:`vpg_pipelines.loading.auto.released_pipeline`).
         dtype: plan for this compute dtype instead of the pipeline's (weights cast to it).
         quantization: plan the transformer's weights in this format (:data:`QUANTIZATIONS`) instead of
             what they hold now.
@@ -49,7 +50,5 @@ def estimate_memory(
         stream: group offloading with CUDA streams (two blocks resident instead of one).
         **call_kwargs: the arguments of the call, checked like the call checks them.
     """
-    from .calls import plan_inputs
-
     return build_estimate(plan_inputs(pipe, call_kwargs, dtype=dtype, quantization=quantization,
                                       text_tokens=text_tokens, stream=stream))

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
+from .calls import current_quantization
+from .offload import apply_offload
 from .planner import MemoryEstimate
+from .quantization import apply_quantization
 
 CANDIDATES: tuple[tuple[str, str], ...] = (
     ("none", "none"), ("none", "model"), ("none", "group"),
@@ -62,9 +65,7 @@ def choose_savers(
     ``quantizations`` defaults to the pipeline's own weights (``"none"``) plus ``int8`` / ``nf4`` where they
     can run (``nf4``: CUDA); a pipeline whose transformer is already quantized is planned as it is.
     """
-    from .calls import _current_quantization
-
-    current = _current_quantization(pipe.transformer)
+    current = current_quantization(pipe.transformer)
     if quantizations is None:
         quantizations = ("none", "int8", "nf4") if torch.cuda.is_available() else ("none", "int8")
     if current != "none":
@@ -105,18 +106,13 @@ def fit_to_memory(
     (``offload.apply_offload``). Returns the :class:`Choice`; when nothing fits it applies the smallest
     plan and says so (``fits`` False).
     """
-    from .offload import apply_offload
-    from .quantization import apply_quantization
-
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     if free_bytes is None:
         if device.type != "cuda":
             raise ValueError("`free_bytes` is needed off CUDA (there is no free-memory figure to plan against)")
         free_bytes, _ = torch.cuda.mem_get_info(device)
-    from .calls import _current_quantization
-
-    current = _current_quantization(pipe.transformer)
+    current = current_quantization(pipe.transformer)
     choice = choose_savers(pipe, int(free_bytes), quantizations=quantizations, **call_kwargs)
     if choice.quantization != current:
         apply_quantization(pipe, choice.quantization)

@@ -1,5 +1,5 @@
 """The sampler's K/V cache, step by step, in bytes: a model of ``sampling/next_scale.py`` and
-``sampling/kv_cache.py`` that allocates nothing.
+``models/kv_cache.py`` that allocates nothing.
 
 What the sampler allocates (rows ``R`` = condition rows, ``2R`` while VPG's corrupted rows are in):
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..guidance.prefix import PrefixGuidance
-from ..sampling.adapter import ScaleStep
+from ..models.adapter import ScaleStep
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ from torch.utils._pytree import tree_leaves
 
 @dataclass
 class Window:
-    """Peak bytes seen between :meth:`TensorMeter.window` entry and exit (total and per tag)."""
+    """Peak bytes seen between :meth:`TensorMeter.open_window` and :meth:`TensorMeter.close_window` (total and per
+    tag)."""
 
     peak: int = 0
     peak_by_tag: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    start_live: int = 0
-    start_by_tag: dict[str, int] = field(default_factory=dict)
 
 
 class _FusedAttention(TorchFunctionMode):
@@ -112,18 +111,9 @@ class TensorMeter(TorchDispatchMode):
         finally:
             self._paused -= 1
 
-    @contextlib.contextmanager
-    def window(self) -> Iterator[Window]:
-        """The peak (total and per tag) reached inside the block."""
-        win = self.open_window()
-        try:
-            yield win
-        finally:
-            self.close_window(win)
-
     def open_window(self) -> Window:
         """Start recording peaks into a new :class:`Window` (until :meth:`close_window`)."""
-        win = Window(peak=self.live, start_live=self.live, start_by_tag=dict(self.live_by_tag))
+        win = Window(peak=self.live)
         for tag, value in self.live_by_tag.items():
             win.peak_by_tag[tag] = value
         self._windows.append(win)

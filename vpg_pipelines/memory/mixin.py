@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from . import MemoryEstimate, estimate_memory
+
 
 class MemoryPlanningMixin:
     """Adds :meth:`estimate_memory` to a VPG pipeline."""
@@ -18,7 +20,7 @@ class MemoryPlanningMixin:
         text_tokens: int | None = None,
         stream: bool = True,
         **call_kwargs: Any,
-    ):
+    ) -> MemoryEstimate:
         """Plan the accelerator memory of ``self(**call_kwargs)`` before running it.
 
         Returns a :class:`~vpg_pipelines.memory.MemoryEstimate`: weights per component, the K/V cache
@@ -33,7 +35,5 @@ class MemoryPlanningMixin:
             stream: group offloading with CUDA streams (two blocks resident).
             **call_kwargs: the arguments the call would get (checked like the call checks them).
         """
-        from . import estimate_memory
-
         return estimate_memory(self, dtype=dtype, quantization=quantization, text_tokens=text_tokens,
                                stream=stream, **call_kwargs)

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sampling.adapter import ScaleStep
+from ..models.adapter import ScaleStep
 from .kv_timeline import Forward, KVStep
+from .report import format_estimate
 from .weights import WeightLayout
 
 OFFLOAD_MODES = ("none", "model", "group", "sequential")
@@ -155,8 +156,6 @@ class MemoryEstimate:
         }
 
     def __str__(self) -> str:
-        from .report import format_estimate
-
         return format_estimate(self)
 
 

@@ -23,10 +23,9 @@ import tempfile
 from typing import Any
 
 import torch
+from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig, TorchAoConfig
 
 from .weights import QUANTIZATIONS
-
-SERIALIZABLE = ("int8", "nf4")
 
 
 def _check(name: str) -> None:
@@ -48,16 +47,12 @@ def diffusers_quantization_config(name: str, compute_dtype: torch.dtype = torch.
     """The diffusers quantization config of ``name`` (``int8`` or ``nf4``)."""
     _check(name)
     if name == "int8":
-        from diffusers import TorchAoConfig
-
-        try:
+        try:  # torchao is optional (the `quant` extra); only int8 needs it
             from torchao.quantization import Int8WeightOnlyConfig
         except ImportError as err:
             raise ImportError("`quantization='int8'` needs torchao: pip install torchao") from err
         return TorchAoConfig(Int8WeightOnlyConfig())
     if name == "nf4":
-        from diffusers import BitsAndBytesConfig
-
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     raise ValueError(f"`quantization={name!r}` is not a diffusers quantization_config (fp8 is layerwise casting)")
 
@@ -65,8 +60,6 @@ def diffusers_quantization_config(name: str, compute_dtype: torch.dtype = torch.
 def pipeline_quantization_config(name: str, compute_dtype: torch.dtype = torch.bfloat16) -> Any:
     """``PipelineQuantizationConfig`` quantizing the transformer only (the text encoder and VAE keep
     their dtype)."""
-    from diffusers import PipelineQuantizationConfig
-
     return PipelineQuantizationConfig(quant_mapping={"transformer": diffusers_quantization_config(name, compute_dtype)})
 
 

@@ -25,8 +25,12 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from ..sampling.adapter import RowBatch, ScaleStep
-from ..sampling.kv_cache import KVCache
+from ..models.adapter import RowBatch, ScaleStep
+from ..models.infinity.adapter import InfinityAdapter
+from ..models.infinity.transformer import InfinityCondition
+from ..models.infinity_star.adapter import InfinityStarAdapter
+from ..models.kv_cache import KVCache
+from ..models.var.adapter import VARAdapter, VARState
 from .kv_timeline import Forward, KVGeometry
 from .meter import TensorMeter
 
@@ -175,8 +179,6 @@ class StepReplay:
 
 class VARStepReplay(StepReplay):
     def _setup(self, transformer: nn.Module) -> None:
-        from ..models.var.adapter import VARAdapter, VARState
-
         self.model = meta_copy(transformer, self.dtype, depth=1)
         self.adapter = VARAdapter(self.model, vae=None)
         self.channels = int(transformer.config.vae_channels)
@@ -204,9 +206,6 @@ class VARStepReplay(StepReplay):
 
 class InfinityStepReplay(StepReplay):
     def _setup(self, transformer: nn.Module) -> None:
-        from ..models.infinity.adapter import InfinityAdapter
-        from ..models.infinity.transformer import InfinityCondition
-
         self.model = meta_copy(transformer, self.dtype, depth=1, num_block_chunks=1)
         self.bits = int(self.model.bits_per_site)
         width = int(transformer.config.embed_dim)
@@ -240,8 +239,6 @@ class InfinityStepReplay(StepReplay):
 
 class InfinityStarStepReplay(StepReplay):
     def _setup(self, transformer: nn.Module) -> None:
-        from ..models.infinity_star.adapter import InfinityStarAdapter
-
         self.model = meta_copy(transformer, self.dtype, depth=1, num_block_chunks=1)
         self.adapter = InfinityStarAdapter(self.model, SimpleNamespace(codebook_dim=64))
         plan = self.extra["plan"]

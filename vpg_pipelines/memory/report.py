@@ -1,8 +1,12 @@
-"""Text rendering of a :class:`~.planner.MemoryEstimate` (``print(pipe.estimate_memory(...))``, ``vpg memory``)."""
+"""Text rendering of a :class:`~.planner.MemoryEstimate` (``print(pipe.estimate_memory(...))``, ``vpg memory``).
+
+The planner's ``MemoryEstimate.__str__`` calls :func:`format_estimate`; this module reads the estimate's fields
+and imports nothing from the planner.
+"""
 
 from __future__ import annotations
 
-from .planner import OFFLOAD_MODES, MemoryEstimate
+from typing import Any
 
 GIB = 1024**3
 
@@ -14,8 +18,9 @@ def gib(nbytes: int) -> str:
     return f"{nbytes / 1024**2:.1f} MiB"
 
 
-def format_estimate(estimate: MemoryEstimate) -> str:
-    """A readable summary: settings, per-component figures, then the peak per offload mode."""
+def format_estimate(estimate: Any) -> str:
+    """A readable summary of a :class:`~.planner.MemoryEstimate`: settings, per-component figures, then the
+    peak per offload mode (in the planner's order of the modes)."""
     s = estimate.settings
     lines = ["planned accelerator memory (GiB = 2^30 bytes, MiB = 2^20)",
              "  " + ", ".join(f"{k} {v}" for k, v in s.items())]
@@ -29,8 +34,8 @@ def format_estimate(estimate: MemoryEstimate) -> str:
         lines.append(f"  text encoder (activ.)   {gib(estimate.text_encoder):>12}")
     lines.append(f"  decode (activations)    {gib(estimate.decode):>12}")
     lines.append("  offload      peak        at")
-    for mode in OFFLOAD_MODES:
-        peak = estimate.plans[mode].peak
+    for mode, plan in estimate.plans.items():
+        peak = plan.peak
         parts = f"weights {gib(peak.weights)} + K/V {gib(peak.kv)} + activations {gib(peak.activations)}"
         lines.append(f"  {mode:<11} {gib(peak.total):>10}  {peak.name} ({parts})")
     lines.extend(f"  note: {n}" for n in estimate.notes)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sampling.kv_cache import KVCache
+from .kv_cache import KVCache
 
 
 class Linear(nn.Linear):

@@ -6,23 +6,29 @@ import logging
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from transformers import AutoTokenizer, T5EncoderModel
 
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..loading.infinity import load_official_infinity
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
-from ..models.infinity.adapter import InfinityAdapter, InfinityState
+from ..memory.quantization import check_quantization, quantize_transformer
+from ..models.adapter import ScaleStep
+from ..models.infinity.adapter import InfinityAdapter, InfinityState, scale_steps
 from ..models.infinity.bsq_vae import InfinityBSQVAE
 from ..models.infinity.schedules import InfinitySchedule, schedule_for_size, schedule_from_template
 from ..models.infinity.transformer import InfinityTransformer
 from ..sampling.next_scale import SamplerTrace, run_next_scale
+from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -35,7 +41,16 @@ DEFAULT_SIZE = 1024
 """Released models sample the 1:1 "1M" schedule (1024 x 1024) by default."""
 
 
-class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
+@dataclass(frozen=True)
+class InfinityCall(ResolvedCall):
+    """:meth:`VPGInfinityPipeline.resolve_call`'s result: also the scale ``schedule`` of the size and the number
+    of prompts (before ``num_images_per_prompt``)."""
+
+    schedule: InfinitySchedule
+    num_prompts: int
+
+
+class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):
     r"""Text-to-image generation with Infinity and Visual Prefix Guidance.
 
     Components:
@@ -51,6 +66,10 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
     _exclude_from_cpu_offload = ["vae"]  # used inside the loop (bit codes); small: stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
+    cfg_schedule = "constant"
+    """CFG's strength is the same at every scale (or given per scale, see ``guidance_scale``)."""
+    vae_dtype: torch.dtype | None = None
+    """The VAE computes in the pipeline's dtype."""
 
     def __init__(
         self,
@@ -72,13 +91,11 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
         self._interrupt = False
         self._guidance_scale: float | list[float] = 1.0
-        self._schedule = self.schedule_for(int(default_height), int(default_width))
+        self._default_schedule = self.schedule_for(int(default_height), int(default_width))
 
     # -- diffusers-style properties -------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int:
-        """Number of scales (one sampling step each) of the current (or default) schedule."""
-        return self._schedule.num_scales
+    def _default_call_shape(self) -> tuple[tuple[ScaleStep, ...], int]:
+        return tuple(scale_steps(self._default_schedule)), self._default_schedule.num_scales
 
     @property
     def interrupt(self) -> bool:
@@ -285,11 +302,47 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
         vpg_scales: str | Sequence[int],
         num_scales: int | None = None,
     ) -> PrefixGuidance:
-        """Validated VPG settings; ``vpg_scale=None`` takes our default (1.5)."""
+        """Validated VPG settings; ``vpg_scale=None`` takes our default (1.5). ``num_scales``: of the call
+        (default :attr:`num_scales`)."""
         if vpg_scale is None:
             vpg_scale = DEFAULT_VPG_SCALE
         return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales,
-                                     num_scales or self.num_timesteps)
+                                     num_scales or self.num_scales)
+
+    def resolve_call(self, **call_kwargs: Any) -> InfinityCall:
+        """The call ``self(**call_kwargs)`` would make, checked and resolved, without running it.
+
+        Takes the arguments of :meth:`__call__` (``TypeError`` for any other) and raises the errors the call
+        would raise; ``height`` / ``width`` left ``None`` are the pipeline's default size. See
+        :class:`~vpg_pipelines.pipelines.call.ResolvedCall`.
+        """
+        a = bind_arguments(self, call_kwargs)
+        tensor_inputs = callback_tensor_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"])
+        a["height"] = self.config.default_height if a["height"] is None else a["height"]
+        a["width"] = self.config.default_width if a["width"] is None else a["width"]
+        schedule, num_prompts = self.check_inputs(
+            a["prompt"], a["negative_prompt"], a["prompt_embeds"], a["prompt_attention_mask"],
+            a["negative_prompt_embeds"], a["negative_prompt_attention_mask"], a["height"], a["width"],
+            a["num_images_per_prompt"], a["guidance_scale"], a["tau"], a["cfg_insertion_layer"], a["top_k"],
+            a["top_p"], a["generator"], a["output_type"], a["callback_on_step_end"], tensor_inputs,
+        )
+        vpg = self.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"],
+                                   a["vpg_scales"], schedule.num_scales)
+        extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
+                 a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
+        check_guidance_args(*extra)
+        strength = a["guidance_scale"]
+        strength = [float(g) for g in strength] if isinstance(strength, (list, tuple)) else float(strength)
+        cfg = ClassifierFreeGuidance(scale=strength, schedule=self.cfg_schedule, layer=int(a["cfg_insertion_layer"]))
+        steps = tuple(scale_steps(schedule))
+        scales = [step.scale for step in steps]
+        guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
+        return InfinityCall(
+            arguments=frozen(a), batch=num_prompts * a["num_images_per_prompt"], steps=steps,
+            num_scales=schedule.num_scales, guidance=guidance,
+            with_null=guidance.chain.uses_conditions(scales, schedule.num_scales),
+            callback_tensor_inputs=tuple(tensor_inputs), schedule=schedule, num_prompts=num_prompts,
+        )
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -382,31 +435,14 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
         Returns:
             ``ImagePipelineOutput`` with ``images``, or ``(images,)``.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        height = self.config.default_height if height is None else height
-        width = self.config.default_width if width is None else width
-        schedule, _ = self.check_inputs(
-            prompt, negative_prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-            negative_prompt_attention_mask, height, width, num_images_per_prompt, guidance_scale, tau,
-            cfg_insertion_layer, top_k, top_p, generator, output_type, callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, schedule.num_scales)
-        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
-        self._schedule = schedule
+        # every argument of this call by name (nothing else is bound yet)
+        call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
+        guidance, schedule, with_null = call.guidance, call.schedule, call.with_null
+        self._begin_call(call)
         per_scale = isinstance(guidance_scale, (list, tuple))
         self._guidance_scale = [float(g) for g in guidance_scale] if per_scale else float(guidance_scale)
         self._interrupt = False
-        cfg = ClassifierFreeGuidance(scale=self._guidance_scale, schedule="constant", layer=int(cfg_insertion_layer))
-        scales = list(range(schedule.num_scales))
-        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
         self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
-        with_null = guidance.chain.uses_conditions(scales, len(scales))
 
         device = self._execution_device
         if prompt is not None:
@@ -429,7 +465,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
 
             def on_step(step, st: InfinityState, logits) -> bool:
                 if callback_on_step_end is not None:
-                    kwargs = {name: self._callback_tensor(st, name) for name in callback_on_step_end_tensor_inputs}
+                    kwargs = {name: self._callback_tensor(st, name) for name in call.callback_tensor_inputs}
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     if "latents" in outputs:
                         self._set_latents(st, outputs.pop("latents"), step.scale)
@@ -500,20 +536,13 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffusion
             quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
                 CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
-        from ..loading.infinity import load_official_infinity
-        from ..memory.quantization import check_quantization, quantize_transformer
-
         check_quantization(quantization)
         transformer, vae = load_official_infinity(transformer_checkpoint, vae_checkpoint, config=config,
                                                   torch_dtype=torch_dtype)
         transformer = quantize_transformer(transformer, quantization, torch_dtype)
         if isinstance(tokenizer, str) or (tokenizer is None and isinstance(text_encoder, str)):
-            from transformers import AutoTokenizer
-
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or text_encoder, legacy=True)
         if isinstance(text_encoder, str):
-            from transformers import T5EncoderModel
-
             text_encoder = T5EncoderModel.from_pretrained(text_encoder, dtype=torch_dtype).eval()
         height = width = DEFAULT_SIZE
         if config and "h_div_w_template" in config and "pn" in config:

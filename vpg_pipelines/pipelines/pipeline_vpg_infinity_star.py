@@ -15,19 +15,27 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.video_processor import VideoProcessor
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer, T5EncoderModel
 
 from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..loading.hub import resolve_file
+from ..loading.infinity_star import TEXT_MAXLEN, load_infinity_star_transformer, load_infinity_star_vae
 from ..memory.mixin import MemoryPlanningMixin
-from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState
+from ..memory.offload import release_offloaded
+from ..memory.quantization import check_quantization, quantize_transformer
+from ..models.adapter import ScaleStep
+from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState, plan_scale_steps
 from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
 from ..models.infinity_star.schedules import StepPlan, plan_steps
 from ..models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve_args, select_schedule
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
+from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -51,8 +59,17 @@ class InfinityStarPipelineOutput(BaseOutput):
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
 
 
+@dataclass(frozen=True)
+class InfinityStarCall(ResolvedCall):
+    """:meth:`VPGInfinityStarPipeline.resolve_call`'s result: also the step ``plan``, the number of prompts
+    (before ``num_videos_per_prompt``) and the bits forced by ``prefix_codes`` (checked, one per step)."""
 
-class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
+    plan: StepPlan
+    num_prompts: int
+    forced_codes: tuple[torch.Tensor, ...] | None
+
+
+class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):
     r"""Text-to-video and image-to-video generation with InfinityStar and Visual Prefix Guidance.
 
     Components:
@@ -71,6 +88,10 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
     _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codes); stays on the device
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents", "logits"]
+    cfg_schedule = "constant"
+    """CFG's (and APG's) strength is the same at every step."""
+    vae_dtype: torch.dtype | None = torch.float32
+    """The video VAE runs in float32 whatever the pipeline's dtype, as officially."""
 
     def __init__(
         self,
@@ -95,13 +116,12 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         self.video_processor = VideoProcessor(do_resize=False, do_normalize=True)
         self._interrupt = False
         self._guidance_scale = args["cfg"]
-        self._num_timesteps: int | None = None
 
     # -- diffusers-style properties -------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int | None:
-        """Number of (scale, repetition) steps of the latest call."""
-        return self._num_timesteps
+    def _default_call_shape(self) -> tuple[tuple[ScaleStep, ...], int]:
+        defaults = self.call_defaults
+        plan = self.plan(defaults["num_frames"], *self.default_size)
+        return tuple(plan_scale_steps(plan)), len(plan.schedule)
 
     @property
     def interrupt(self) -> bool:
@@ -120,6 +140,15 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
     def default_size(self) -> tuple[int, int]:
         """``(height, width)`` the official scripts generate (configured budget, ratio 0.571)."""
         return default_size(self._args)
+
+    @property
+    def call_defaults(self) -> dict[str, Any]:
+        """What a call uses for the arguments left ``None`` (the model's settings: ``official_args``);
+        ``height`` / ``width`` both ``None`` take :attr:`default_size`."""
+        a = self._args
+        return {"guidance_scale": a["cfg"], "guidance": "apg" if a["use_apg"] else "cfg",
+                "apg_norm_threshold": a["apg_norm_threshold"], "tau_image": a["tau_image"],
+                "tau_video": a["tau_video"], "num_frames": a["video_frames"]}
 
     def plan(self, num_frames: int, height: int, width: int, tau_image: float | None = None,
              tau_video: float | None = None) -> StepPlan:
@@ -291,19 +320,57 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         dtype = vae_param.dtype if vae_param.device.type != "meta" else torch.float32
         latent = self.vae.encode(pixels[:, :, None].to(device=device, dtype=dtype), sample_posterior=False)
         bits = image_clip_bits(self.vae, latent.float(), plan)
-        self._release(self.vae)  # under model offload the VAE is not needed again until decoding
+        # model offload moves a module out only when the next hooked one runs: the VAE used this early would
+        # otherwise share the device with the transformer until decoding
+        release_offloaded(self, self.vae)
         repeat = num_prompts // len(images) * num_videos_per_prompt
         return [b.repeat_interleave(repeat, dim=0) for b in bits]
 
-    def _release(self, module: torch.nn.Module) -> None:
-        """Under ``enable_model_cpu_offload``, move ``module`` back to the CPU now.
+    def resolve_call(self, **call_kwargs: Any) -> InfinityStarCall:
+        """The call ``self(**call_kwargs)`` would make, checked and resolved, without running it.
 
-        The offload chain (text encoder -> transformer -> VAE) only offloads a module when the next one
-        runs; the VAE used early (image-to-video) would otherwise share the GPU with the transformer.
+        Takes the arguments of :meth:`__call__` (``TypeError`` for any other) and raises the errors the call
+        would raise; arguments left ``None`` take :attr:`call_defaults` (and :attr:`default_size`). See
+        :class:`~vpg_pipelines.pipelines.call.ResolvedCall`.
         """
-        for hook in getattr(self, "_all_hooks", None) or []:
-            if getattr(hook, "model", None) is module:
-                hook.offload()
+        a = bind_arguments(self, call_kwargs)
+        tensor_inputs = callback_tensor_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"])
+        for name, value in self.call_defaults.items():
+            if a[name] is None:
+                a[name] = value
+        num_prompts = self.check_inputs(
+            a["prompt"], a["negative_prompt"], a["prompt_embeds"], a["negative_prompt_embeds"],
+            a["prompt_attention_mask"], a["negative_prompt_attention_mask"], a["num_videos_per_prompt"],
+            a["guidance_scale"], a["guidance"], a["apg_norm_threshold"], a["tau_image"], a["tau_video"], a["image"],
+            a["prefix_codes"], a["generator"], a["output_type"], a["callback_on_step_end"], tensor_inputs,
+        )
+        if a["height"] is None and a["width"] is None:
+            a["height"], a["width"] = self.default_size
+        self._check_size(a["height"], a["width"])
+        plan = self.plan(a["num_frames"], a["height"], a["width"], float(a["tau_image"]), float(a["tau_video"]))
+        batch = num_prompts * a["num_videos_per_prompt"]
+        num_scales = len(plan.schedule)
+        vpg = self.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"],
+                                   a["vpg_scales"], num_scales)
+        extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
+                 a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
+        check_guidance_args(*extra)
+        if a["guidance"] == "apg":
+            term = AdaptiveProjectedGuidance(float(a["guidance_scale"]), norm_threshold=float(a["apg_norm_threshold"]),
+                                             eta=0.0)
+        else:
+            term = ClassifierFreeGuidance(float(a["guidance_scale"]), schedule=self.cfg_schedule)
+        steps = tuple(plan_scale_steps(plan))
+        scales = [step.scale for step in steps]
+        guidance = CallGuidance(term, vpg, *extra, step_scales=scales)
+        forced = None
+        if a["prefix_codes"] is not None:
+            forced = tuple(self._forced_codes(a["prefix_codes"], plan, batch))
+        return InfinityStarCall(
+            arguments=frozen(a), batch=batch, steps=steps, num_scales=num_scales, guidance=guidance,
+            with_null=guidance.chain.uses_conditions(scales, num_scales), callback_tensor_inputs=tuple(tensor_inputs),
+            plan=plan, num_prompts=num_prompts, forced_codes=forced,
+        )
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -410,48 +477,19 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         Returns:
             ``InfinityStarPipelineOutput`` with ``frames``, or ``(frames,)``.
         """
-        a = self._args
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        guidance_scale = a["cfg"] if guidance_scale is None else guidance_scale
-        guidance = ("apg" if a["use_apg"] else "cfg") if guidance is None else guidance
-        apg_norm_threshold = a["apg_norm_threshold"] if apg_norm_threshold is None else apg_norm_threshold
-        tau_image = a["tau_image"] if tau_image is None else tau_image
-        tau_video = a["tau_video"] if tau_video is None else tau_video
-        num_prompts = self.check_inputs(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
-            negative_prompt_attention_mask, num_videos_per_prompt, guidance_scale, guidance, apg_norm_threshold,
-            tau_image, tau_video, image, prefix_codes, generator, output_type, callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        num_frames = a["video_frames"] if num_frames is None else num_frames
-        if height is None and width is None:
-            height, width = self.default_size
-        self._check_size(height, width)
-        plan = self.plan(num_frames, height, width, float(tau_image), float(tau_video))
-        total = num_prompts * num_videos_per_prompt
-        self._num_timesteps = len(plan.steps)
-        num_scales = len(plan.schedule)
-        vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
-        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
-        if guidance == "apg":
-            term = AdaptiveProjectedGuidance(float(guidance_scale), norm_threshold=float(apg_norm_threshold), eta=0.0)
-        else:
-            term = ClassifierFreeGuidance(float(guidance_scale), schedule="constant")
-        self._guidance_scale = float(guidance_scale)
+        # every argument of this call by name (nothing else is bound yet)
+        call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
+        a, plan, guidance, with_null = call.arguments, call.plan, call.guidance, call.with_null
+        num_prompts, num_frames = call.num_prompts, a["num_frames"]
+        self._begin_call(call)
+        self._guidance_scale = float(a["guidance_scale"])
         self._interrupt = False
-        guidance = CallGuidance(term, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders,
-                                step_scales=[s.scale for s in plan.steps])
         self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
         device = self._execution_device
 
         forced = None
-        if prefix_codes is not None:
-            forced = self._forced_codes(prefix_codes, plan, total)
+        if call.forced_codes is not None:
+            forced = list(call.forced_codes)
         elif image is not None:
             forced = self.prepare_image_codes(image, plan, num_prompts, num_videos_per_prompt, device)
 
@@ -460,7 +498,6 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
             texts = self.encode_prompt([self.caption(p, num_frames) for p in prompts], device)
         else:
             texts = self._rows(prompt_embeds, prompt_attention_mask)
-        with_null = guidance.chain.uses_conditions([s.scale for s in plan.steps], num_scales)
         negatives: list[torch.Tensor | None] = [None] * num_prompts
         if with_null and negative_prompt_embeds is not None:
             negatives = self._rows(negative_prompt_embeds, negative_prompt_attention_mask)
@@ -485,7 +522,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
             def on_step(step, st, logits) -> bool:
                 if callback_on_step_end is not None:
                     kwargs = {}
-                    for name in callback_on_step_end_tensor_inputs:
+                    for name in call.callback_tensor_inputs:
                         kwargs[name] = adapter.latents(st) if name == "latents" else logits
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     if "latents" in outputs:
@@ -500,13 +537,21 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         if output_type == "latent":
             frames = latents
         else:
-            self._release(self.transformer)  # model offload: the VAE decodes alone
+            release_offloaded(self, self.transformer)  # model offload: the VAE decodes alone
             video = self.decode_latents(latents)
             frames = self.video_processor.postprocess_video(video, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
         return InfinityStarPipelineOutput(frames=frames)
+
+    @torch.no_grad()
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """A quick picture of partial summed codes (``callback_on_step_end``'s ``latents``): the newest latent
+        frame decoded on its own, ``(B, 3, H, W)`` in [0, 1]. One frame, not the whole video; outside the
+        first clip only an approximation of the final frames."""
+        video = self.decode_latents(latents[:, :, -1:])
+        return ((video[:, :, -1] + 1) / 2).clamp(0, 1)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Summed codes -> video ``(B, 3, F, H, W)`` in [-1, 1], frame 1 copied over frame 0 (official)."""
@@ -524,10 +569,12 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         vpg_mode: str,
         vpg_refresh: str,
         vpg_scales: str | Sequence[int],
-        num_scales: int,
+        num_scales: int | None = None,
     ) -> PrefixGuidance:
-        """Validated VPG settings (explicit scale lists are checked against the call's ``num_scales``)."""
-        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
+        """Validated VPG settings; explicit scale lists are checked against ``num_scales``, the call's number
+        of scales (default :attr:`num_scales`)."""
+        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales,
+                                     num_scales or self.num_scales)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -558,13 +605,6 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
             quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
                 CUDA) or ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
         """
-        from ..loading.infinity_star import (
-            RELEASED_720P,
-            load_infinity_star_transformer,
-            load_infinity_star_vae,
-        )
-        from ..memory.quantization import check_quantization, quantize_transformer
-
         check_quantization(quantization)
         config = dict(config or {})
         unknown = set(config) - {"args", "model", "vae_block_out_channels", "text_maxlen", "scale_schedule",
@@ -575,7 +615,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
         args = resolve_args(overrides)
         transformer = load_infinity_star_transformer(
             _resolve_checkpoint(transformer_checkpoint),
-            text_maxlen=int(config.get("text_maxlen", RELEASED_720P["text_maxlen"])), torch_dtype=torch_dtype,
+            text_maxlen=int(config.get("text_maxlen", TEXT_MAXLEN)), torch_dtype=torch_dtype,
         )
         _check_transformer_size(transformer, config.get("model"), overrides.get("text_channels"))
         transformer = quantize_transformer(transformer, quantization, torch_dtype)
@@ -586,15 +626,11 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, Diffu
             raise ValueError(f"`config` vae_block_out_channels {list(channels)} do not match the VAE checkpoint "
                              f"({list(vae.config.block_out_channels)})")
         if isinstance(text_encoder, (str, Path)):
-            from transformers import AutoTokenizer, T5EncoderModel
-
             source = str(text_encoder)
             text_encoder = T5EncoderModel.from_pretrained(source, torch_dtype=torch_dtype)
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(source)
         if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
         if text_encoder is not None:
             width = getattr(text_encoder.config, "d_model", None)
@@ -677,15 +713,11 @@ def _check_transformer_size(transformer: InfinityStarTransformer, model: dict | 
 
 def _resolve_checkpoint(name: str | Path) -> Path:
     """A local file or folder, a file of the InfinityStar hub repo, or a shard folder of it."""
-    from ..loading.hub import resolve_file
-
     path = Path(name).expanduser()
     if path.exists() or Path(str(name)).suffix:
         return resolve_file(name, INFINITY_STAR_HUB_REPO)
     text = str(name)
     if text.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"checkpoint folder not found: {path}")
-    from huggingface_hub import snapshot_download
-
     root = snapshot_download(repo_id=INFINITY_STAR_HUB_REPO, allow_patterns=[f"{text}/*"])
     return Path(root) / text

@@ -6,6 +6,7 @@ import difflib
 import json
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -17,12 +18,16 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
+from ..loading.var import load_official_var
 from ..memory.mixin import MemoryPlanningMixin
 from ..memory.offload import release_offloaded
-from ..models.var.adapter import VARAdapter
+from ..memory.quantization import check_quantization, quantize_transformer
+from ..models.adapter import ScaleStep
+from ..models.var.adapter import VARAdapter, scale_steps
 from ..models.var.transformer import VARTransformer
 from ..models.var.vqvae import VARVQVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
+from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -38,7 +43,14 @@ def imagenet_id2label() -> dict[str, str]:
     return json.loads(text)
 
 
-class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipeline):
+@dataclass(frozen=True)
+class VARCall(ResolvedCall):
+    """:meth:`VPGVARPipeline.resolve_call`'s result; ``class_ids``: one per prompt, before ``num_images_per_prompt``."""
+
+    class_ids: tuple[int, ...]
+
+
+class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):
     r"""Class-conditional image generation with VAR and Visual Prefix Guidance.
 
     Components:
@@ -51,6 +63,10 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
     model_cpu_offload_seq = "transformer->vae"
     _exclude_from_cpu_offload = ["vae"]  # used inside the loop (codebook); small: stays on the device
     _callback_tensor_inputs = ["latents"]
+    cfg_schedule = "linear"
+    """How CFG's strength grows over the scales (the official VAR ramp, see ``guidance_scale``)."""
+    vae_dtype: torch.dtype | None = None
+    """The VAE computes in the pipeline's dtype."""
 
     def __init__(self, transformer: VARTransformer, vae: VARVQVAE, id2label: dict | None = None) -> None:
         super().__init__()
@@ -69,10 +85,9 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         self._interrupt = False
 
     # -- diffusers-style properties -------------------------------------------------------------
-    @property
-    def num_timesteps(self) -> int:
-        """Number of scales (one sampling step each)."""
-        return len(self.transformer.config.patch_nums)
+    def _default_call_shape(self) -> tuple[tuple[ScaleStep, ...], int]:
+        patch_nums = list(self.transformer.config.patch_nums)
+        return tuple(scale_steps(patch_nums)), len(patch_nums)
 
     @property
     def interrupt(self) -> bool:
@@ -172,7 +187,35 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         """Validated VPG settings; ``vpg_scale=None`` takes the paper's value for this depth."""
         if vpg_scale is None:
             vpg_scale = PAPER_VPG_SCALES.get(self.transformer.config.depth, DEFAULT_VPG_SCALE)
-        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, self.num_timesteps)
+        num_scales = len(self.transformer.config.patch_nums)
+        return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales, num_scales)
+
+    def resolve_call(self, **call_kwargs: Any) -> VARCall:
+        """The call ``self(**call_kwargs)`` would make, checked and resolved, without running it.
+
+        Takes the arguments of :meth:`__call__` (``TypeError`` for any other) and raises the errors the call
+        would raise. See :class:`~vpg_pipelines.pipelines.call.ResolvedCall`.
+        """
+        a = bind_arguments(self, call_kwargs)
+        tensor_inputs = callback_tensor_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"])
+        ids = self.check_inputs(
+            a["prompt"], a["class_labels"], a["num_images_per_prompt"], a["guidance_scale"], a["top_k"], a["top_p"],
+            a["more_smooth"], a["generator"], a["output_type"], a["callback_on_step_end"], tensor_inputs,
+        )
+        vpg = self.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"],
+                                   a["vpg_scales"])
+        extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
+                 a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
+        check_guidance_args(*extra)
+        cfg = ClassifierFreeGuidance(scale=float(a["guidance_scale"]), schedule=self.cfg_schedule)
+        steps = tuple(scale_steps(list(self.transformer.config.patch_nums)))
+        scales = [step.scale for step in steps]
+        guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
+        return VARCall(
+            arguments=frozen(a), batch=len(ids) * a["num_images_per_prompt"], steps=steps, num_scales=len(steps),
+            guidance=guidance, with_null=guidance.chain.uses_conditions(scales, len(steps)),
+            callback_tensor_inputs=tuple(tensor_inputs), class_ids=tuple(ids),
+        )
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -252,39 +295,25 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         Returns:
             ``ImagePipelineOutput`` with ``images``, or ``(images,)``.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        if callback_on_step_end_tensor_inputs is None:
-            callback_on_step_end_tensor_inputs = ["latents"]
-        ids = self.check_inputs(
-            prompt, class_labels, num_images_per_prompt, guidance_scale, top_k, top_p, more_smooth,
-            generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-        )
-        vpg = self.prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
-        check_guidance_args(igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                            entropy_temperature_alpha, entropy_temperature_theta, guiders)
+        # every argument of this call by name (nothing else is bound yet)
+        call = self.resolve_call(**{name: value for name, value in locals().items() if name != "self"})
+        guidance = call.guidance
+        self._begin_call(call)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
-        cfg = ClassifierFreeGuidance(scale=float(guidance_scale), schedule="linear")
-        scales = list(range(self.num_timesteps))
-        guidance = CallGuidance(cfg, vpg, igg_scale, ssg_scale, entropy_temperature, entropy_temperature_t0,
-                                entropy_temperature_alpha, entropy_temperature_theta, guiders, step_scales=scales)
         self._start_guidance(guidance, igg_scale, ssg_scale, entropy_temperature)
 
         device = self._execution_device
-        labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
+        labels = torch.tensor(call.class_ids, dtype=torch.long).repeat_interleave(num_images_per_prompt)
         adapter = VARAdapter(self.transformer, self.vae)
-        state = adapter.prepare(
-            labels, with_null=guidance.chain.uses_conditions(scales, len(scales)), device=device,
-            dtype=self.vae.dtype,
-            top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth,
-        )
+        state = adapter.prepare(labels, with_null=call.with_null, device=device, dtype=self.vae.dtype,
+                                top_k=int(top_k), top_p=float(top_p), more_smooth=more_smooth)
 
-        with self.progress_bar(total=self.num_timesteps) as progress:
+        with self.progress_bar(total=len(call.steps)) as progress:
 
             def on_step(step, st, logits) -> bool:
                 if callback_on_step_end is not None:
-                    kwargs = {name: getattr(st, name) for name in callback_on_step_end_tensor_inputs}
+                    kwargs = {name: getattr(st, name) for name in call.callback_tensor_inputs}
                     outputs = callback_on_step_end(self, step.index, step.scale, kwargs) or {}
                     st.latents = outputs.pop("latents", st.latents)
                 guidance.sync(self)
@@ -303,6 +332,13 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    @torch.no_grad()
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """A quick picture of a partial latent (``callback_on_step_end``'s ``latents``, the cumulative
+        ``f_hat`` so far): decoded, ``(B, 3, H, W)`` in [0, 1]."""
+        decoded = self.vae.decode_latent(latents.to(device=self.vae.device, dtype=self.vae.dtype))
+        return ((decoded.float() + 1) / 2).clamp(0, 1)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -326,9 +362,6 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, DiffusionPipel
             quantization: the transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes,
                 CUDA) or ``"fp8"`` (layerwise casting); see ``docs/memory.md``.
         """
-        from ..loading.var import load_official_var
-        from ..memory.quantization import check_quantization, quantize_transformer
-
         check_quantization(quantization)
         transformer, vae = load_official_var(var_checkpoint, vae_checkpoint, config=config, torch_dtype=torch_dtype)
         transformer = quantize_transformer(transformer, quantization, torch_dtype)

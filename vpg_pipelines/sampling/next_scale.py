@@ -28,9 +28,9 @@ import torch
 from ..guidance.base import GuidanceStep, GuidanceTerm
 from ..guidance.chain import GuidanceChain
 from ..guidance.corruption import CorruptionPattern
-from .adapter import HiddenHook, NextScaleAdapter, RowBatch, ScaleStep, StepInput
+from ..models.adapter import HiddenHook, NextScaleAdapter, RowBatch, ScaleStep, StepInput
+from ..models.kv_cache import KVCache
 from .branches import BranchLayout
-from .kv_cache import KVCache
 
 StepCallback = Callable[[ScaleStep, Any, torch.Tensor], bool | None]
 

@@ -1,6 +1,6 @@
 """Benchmark protocols: ``imagenet`` (VAR), ``geneval`` and ``dpg`` (Infinity), ``vbench`` (InfinityStar)."""
 
-from .base import Protocol, Sample, resolve_call
+from .base import Protocol, Sample, sampling_settings
 from .dpg import DPGProtocol
 from .geneval import GenEvalProtocol
 from .imagenet import ImageNetProtocol, parse_classes
@@ -10,4 +10,4 @@ PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (ImageNetProtocol, Ge
                                                              VBenchProtocol)}
 
 __all__ = ["PROTOCOLS", "DPGProtocol", "GenEvalProtocol", "ImageNetProtocol", "Protocol", "Sample",
-           "VBenchProtocol", "parse_classes", "resolve_call"]
+           "VBenchProtocol", "parse_classes", "sampling_settings"]

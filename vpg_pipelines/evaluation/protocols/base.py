@@ -75,7 +75,8 @@ class Protocol(ABC):
         return call
 
 
-def resolve_call(pipe, keys: Sequence[str], preset: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def sampling_settings(pipe, keys: Sequence[str], preset: Mapping[str, Any], overrides: Mapping[str, Any]
+                      ) -> dict[str, Any]:
     """The complete sampling settings: the pipeline's defaults for ``keys``, then ``preset``, then ``overrides``
     (the flags given; ``None`` = not given). A key the pipeline does not take is an error naming its flag."""
     params = inspect.signature(type(pipe).__call__).parameters

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...pipelines.pipeline_vpg_var import DEFAULT_VPG_SCALE, PAPER_VPG_SCALES
 from .base import VPG_KEYS, Protocol, Sample, check_count
 
 PAPER_SETTINGS = {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False,
@@ -75,16 +76,12 @@ class ImageNetProtocol(Protocol):
     def preset(self, name: str, pipe) -> dict[str, Any]:
         if name == "none":
             return {}
-        from ...pipelines.pipeline_vpg_var import PAPER_VPG_SCALES
-
         depth = pipe.transformer.config.depth
         w = {"vpg_scale": PAPER_VPG_SCALES[depth]} if depth in PAPER_VPG_SCALES else {}
         return {**PAPER_SETTINGS, **w}
 
     def complete(self, call: dict[str, Any], pipe, preset: str) -> dict[str, Any]:
         if call.get("vpg_scale") is None:  # the pipeline's own rule: the paper's w for the depth, else its default
-            from ...pipelines.pipeline_vpg_var import DEFAULT_VPG_SCALE, PAPER_VPG_SCALES
-
             depth = pipe.transformer.config.depth
             if preset == "paper" and depth not in PAPER_VPG_SCALES:
                 raise ValueError(f"--preset paper: the paper gives w for VAR depths {sorted(PAPER_VPG_SCALES)}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...pipelines.pipeline_vpg_infinity import DEFAULT_VPG_SCALE
 from .base import VPG_KEYS, Protocol, Sample
 
 PAPER_SETTINGS = {"guidance_scale": 4.0, "tau": 1.0, "cfg_insertion_layer": 0, "top_k": 900, "top_p": 0.97,
@@ -27,8 +28,6 @@ class TextToImageProtocol(Protocol):
         return dict(PAPER_SETTINGS) if name == "paper" else {}
 
     def complete(self, call: dict[str, Any], pipe, preset: str) -> dict[str, Any]:
-        from ...pipelines.pipeline_vpg_infinity import DEFAULT_VPG_SCALE
-
         if call.get("height") is None:
             call["height"] = int(pipe.config.default_height)
         if call.get("width") is None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...utils import export_to_video
 from .base import VPG_KEYS, Protocol, Sample, check_count, existing_file, file_sha256
 
 PAPER_SETTINGS = {"vpg_scale": 1.5, "vpg_corruption": 0.1, "vpg_mode": "full", "vpg_refresh": "persistent",
@@ -74,8 +75,6 @@ class VBenchProtocol(Protocol):
         return f"videos/{sample.condition}-{sample.slot}.mp4"
 
     def write(self, samples: Sequence[Sample], outputs: Sequence[Any], stage) -> None:
-        from ...utils import export_to_video
-
         for sample, frames in zip(samples, outputs, strict=True):
             export_to_video(frames, stage(self.file_name(sample)), fps=self.fps)
 
@@ -84,12 +83,7 @@ class VBenchProtocol(Protocol):
 
     def complete(self, call: dict[str, Any], pipe, preset: str) -> dict[str, Any]:
         # the pipeline reads None as "the model's released settings": record the values it will use
-        settings = getattr(pipe, "_args", {})
-        official = {"guidance_scale": settings.get("cfg"), "apg_norm_threshold": settings.get("apg_norm_threshold"),
-                    "tau_image": settings.get("tau_image"), "tau_video": settings.get("tau_video"),
-                    "num_frames": settings.get("video_frames"),
-                    "guidance": None if "use_apg" not in settings else ("apg" if settings["use_apg"] else "cfg")}
-        for key, value in official.items():
+        for key, value in pipe.call_defaults.items():
             if key in call and call[key] is None and value is not None:
                 call[key] = value
         if call.get("height") is None and call.get("width") is None:

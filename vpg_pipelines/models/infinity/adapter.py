@@ -1,4 +1,4 @@
-"""Infinity as a model of the shared next-scale sampler (see ``sampling/adapter.py``).
+"""Infinity as a model of the shared next-scale sampler (see ``models/adapter.py``).
 
 Content of a site = its next-scale input (the accumulated codes, trilinear-resized to the scale's
 grid, 2x2-patchified for the 8B model); position = its RoPE position id. Logits are the per-bit
@@ -13,12 +13,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...sampling.adapter import HiddenHook, RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import Generators, sample_top_k_top_p
+from ..adapter import HiddenHook, RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import Generators, sample_top_k_top_p
 from .bsq_vae import InfinityBSQVAE, unpatchify_bits, upsample_codes
 from .schedules import InfinitySchedule
 from .transformer import InfinityCondition, InfinityTransformer
+
+
+def scale_steps(schedule: InfinitySchedule) -> list[ScaleStep]:
+    """One step per scale of ``schedule``; the last scale's keys/values are not kept (no later scale attends
+    to them: the 1024 px cache holds 6425 of 10521 tokens)."""
+    final = max(schedule.grids[-1])
+    last = len(schedule.grids) - 1
+    return [
+        ScaleStep(index=k, scale=k, num_sites=h * w, grid=(h, w), store_kv=k < last, semantic=max(h, w) <= final / 2)
+        for k, (h, w) in enumerate(schedule.grids)
+    ]
 
 
 @dataclass
@@ -105,15 +116,7 @@ class InfinityAdapter:
         return InfinityState(condition, schedule, latents, taus, top_k, float(top_p))
 
     def steps(self, state: InfinityState) -> list[ScaleStep]:
-        """One step per scale; the last scale's keys/values are not kept (no later scale attends to them:
-        the 1024 px cache holds 6425 of 10521 tokens)."""
-        final = max(state.schedule.grids[-1])
-        last = len(state.schedule.grids) - 1
-        return [
-            ScaleStep(index=k, scale=k, num_sites=h * w, grid=(h, w), store_kv=k < last,
-                      semantic=max(h, w) <= final / 2)
-            for k, (h, w) in enumerate(state.schedule.grids)
-        ]
+        return scale_steps(state.schedule)
 
     def num_condition_rows(self, state: InfinityState) -> int:
         return state.condition.rows

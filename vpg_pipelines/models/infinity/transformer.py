@@ -25,8 +25,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...sampling.adapter import HiddenHook
-from ...sampling.kv_cache import KVCache
+from ..adapter import HiddenHook
+from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
 

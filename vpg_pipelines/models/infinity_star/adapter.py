@@ -1,4 +1,4 @@
-"""InfinityStar as a model of the shared next-scale sampler (see ``sampling/adapter.py``).
+"""InfinityStar as a model of the shared next-scale sampler (see ``models/adapter.py``).
 
 Steps are the (scale, repetition) pairs of :func:`~.schedules.plan_steps`. The text prefix is
 forwarded once into the KV cache (:meth:`InfinityStarAdapter.prefill`); a step attends to the text,
@@ -22,12 +22,24 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...sampling.adapter import HiddenHook, RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import multinomial_rows
+from ..adapter import HiddenHook, RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import multinomial_rows
 from .schedules import StarStep, StepPlan
 from .transformer import InfinityStarTransformer
 from .video_vae import InfinityStarVideoVAE
+
+
+def plan_scale_steps(plan: StepPlan) -> list[ScaleStep]:
+    """The sampler's steps of ``plan``: one per (scale, repetition)."""
+    return [
+        ScaleStep(
+            index=s.index, scale=s.scale, num_sites=s.num_sites, grid=s.grid, store_kv=s.store_kv,
+            semantic=s.semantic_head,
+            extra={"ref_sids": s.ref_sids, "repeat": s.repeat, "clip": s.clip, "real_sid": s.real_sid},
+        )
+        for s in plan.steps
+    ]
 
 
 @dataclass
@@ -186,14 +198,7 @@ class InfinityStarAdapter:
 
     # -- protocol ----------------------------------------------------------------------------------
     def steps(self, state: InfinityStarState) -> list[ScaleStep]:
-        return [
-            ScaleStep(
-                index=s.index, scale=s.scale, num_sites=s.num_sites, grid=s.grid, store_kv=s.store_kv,
-                semantic=s.semantic_head,
-                extra={"ref_sids": s.ref_sids, "repeat": s.repeat, "clip": s.clip, "real_sid": s.real_sid},
-            )
-            for s in state.plan.steps
-        ]
+        return plan_scale_steps(state.plan)
 
     def num_condition_rows(self, state: InfinityStarState) -> int:
         return int(state.text_features.shape[0])

@@ -18,8 +18,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...sampling.adapter import HiddenHook
-from ...sampling.kv_cache import KVCache
+from ..adapter import HiddenHook
+from ..kv_cache import KVCache
 from ..layers import Linear
 
 HEADS = ("semantic", "detail", "none")

@@ -425,10 +425,6 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
     def temporal_factor(self) -> int:
         return math.prod(self.config.temporal_compression)
 
-    def is_detail_scale(self, h: int, w: int) -> bool:
-        """A scale uses the detail codebook when it has at least ``detail_scale_min_tokens`` sites."""
-        return h * w >= self.config.detail_scale_min_tokens
-
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`decode`."""
         return self.decode(latents)

@@ -1,4 +1,4 @@
-"""VAR as a model of the shared next-scale sampler (see ``sampling/adapter.py``)."""
+"""VAR as a model of the shared next-scale sampler (see ``models/adapter.py``)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,22 @@ from dataclasses import dataclass
 
 import torch
 
-from ...sampling.adapter import RowBatch, ScaleStep, StepInput
-from ...sampling.kv_cache import KVCache
-from ...sampling.sample import gumbel_softmax, multinomial_rows, top_k_top_p_filter
+from ..adapter import RowBatch, ScaleStep, StepInput
+from ..kv_cache import KVCache
+from ..sample import gumbel_softmax, multinomial_rows, top_k_top_p_filter
 from .transformer import VARTransformer
 from .vqvae import VARVQVAE
+
+
+def scale_steps(patch_nums: list[int]) -> list[ScaleStep]:
+    """One step per scale (side ``patch_nums[i]``). No later scale attends to the last one, so its keys/values
+    are not kept (the cache holds every scale but the last: 424 of VAR-256's 680 tokens)."""
+    half = patch_nums[-1] / 2
+    last = len(patch_nums) - 1
+    return [
+        ScaleStep(index=i, scale=i, num_sites=p * p, grid=(p, p), store_kv=i < last, semantic=p <= half)
+        for i, p in enumerate(patch_nums)
+    ]
 
 
 @dataclass
@@ -59,15 +70,8 @@ class VARAdapter:
         latents = torch.zeros(class_labels.shape[0], self.vae.Cvae, side, side, device=device, dtype=dtype)
         return VARState(labels, latents, top_k, top_p, more_smooth)
 
-    def steps(self, state: VARState) -> list[ScaleStep]:
-        """One step per scale. No later scale attends to the last one, so its keys/values are not kept
-        (the cache holds every scale but the last: 424 of VAR-256's 680 tokens)."""
-        half = self.patch_nums[-1] / 2
-        last = len(self.patch_nums) - 1
-        return [
-            ScaleStep(index=i, scale=i, num_sites=p * p, grid=(p, p), store_kv=i < last, semantic=p <= half)
-            for i, p in enumerate(self.patch_nums)
-        ]
+    def steps(self, state: VARState | None) -> list[ScaleStep]:
+        return scale_steps(self.patch_nums)
 
     def num_condition_rows(self, state: VARState) -> int:
         return state.condition_labels.shape[0]

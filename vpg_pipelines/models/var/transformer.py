@@ -19,8 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ...sampling.adapter import HiddenHook
-from ...sampling.kv_cache import KVCache
+from ..adapter import HiddenHook
+from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
 
 DERIVED_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")

@@ -310,7 +310,6 @@ class VARVQVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"vocab_size and z_channels must be >= 1, got {vocab_size}, {z_channels}")
         ch_mult = _as_int_tuple(ch_mult, "ch_mult")
         self.v_patch_nums = _as_int_tuple(v_patch_nums, "v_patch_nums")
-        self.V = vocab_size
         self.using_znorm = bool(using_znorm)
         self.downsample = 2 ** (len(ch_mult) - 1)
 

@@ -1,7 +1,8 @@
 """What a next-scale model implements so that the shared sampler can drive it.
 
-The sampler (``next_scale.py``) knows nothing about VAR, Infinity or InfinityStar. Each model ships a
-small adapter with the methods of :class:`NextScaleAdapter`; no model knows about guidance.
+The sampler (``sampling/next_scale.py``) knows nothing about VAR, Infinity or InfinityStar. Each model
+ships a small adapter with the methods of :class:`NextScaleAdapter`; no model knows about guidance or
+the sampler (this protocol, the K/V cache and the official sampling rules live here, under the models).
 
 Rows. The sampler runs every branch in one batch. With CFG on, the condition axis has two groups
 (real condition, null condition); with VPG on a guided step, the prefix axis has two groups (clean,
