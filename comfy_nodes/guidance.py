@@ -23,7 +23,7 @@ from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 from .api import io
 from .errors import check_widgets, fail, index_ranges, title, translated
 from .guidance_map import NORMALIZE, GuidanceMaps, render
-from .model import CATEGORY, VPG_GUIDANCE, VPG_MODEL, VPGModel, model_input, vpg_model
+from .model import CATEGORY, VPG_GUIDANCE, VPG_MODEL, VPGModel, default_call, model_input, vpg_model
 
 SCALE_PRESETS = ("all", "semantic")
 
@@ -82,7 +82,7 @@ class VPGCFG(io.ComfyNode):
         model = vpg_model(title(cls), model)
         _cfg_free(title(cls), model)
         check_widgets(cls, cfg=cfg)
-        return io.NodeOutput(model.clone(cfg=ClassifierFreeGuidance(float(cfg), schedule=model.kind.cfg_schedule)))
+        return io.NodeOutput(model.clone(cfg=ClassifierFreeGuidance(float(cfg), schedule=model.pipeline.cfg_schedule)))
 
 
 class VPGAPG(io.ComfyNode):
@@ -184,7 +184,9 @@ class VPGPrefixGuidance(io.ComfyNode):
                                    "chain only one VPG Prefix Guidance node.")
         check_widgets(cls, vpg_scale=vpg_scale, corruption=corruption, mode=mode, refresh=refresh, scales=scales)
         scale_list = parse_scales(node_title, scales)
-        check_scale_indices(node_title, scale_list, model.kind.num_scales(model.pipeline))
+        with translated(node_title):
+            num_scales = model.pipeline.resolve_call(**default_call(model.kind)).num_scales
+        check_scale_indices(node_title, scale_list, num_scales)
         with translated(node_title):
             prefix = PrefixGuidance(float(vpg_scale), float(corruption), mode, refresh, scale_list)
         return io.NodeOutput(model.clone(prefix=prefix))

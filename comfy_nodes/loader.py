@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from . import host, kinds
+from vpg_pipelines.registry import kind_of
+
+from . import host, sources
 from .api import io
 from .errors import check_widgets, title, translated
 from .memory import OFFLOAD_CHOICES, QUANTIZATION_CHOICES, quantize_loaded
@@ -13,7 +15,7 @@ from .model import CATEGORY, VPG_MODEL, Placement, VPGModel
 
 def _stamp(name: str, folders: tuple[str, ...]) -> str:
     """``name:mtime`` of a chosen file or folder (0 when there is none), so a changed file reloads."""
-    if name in (kinds.DEMO_CHOICE, kinds.NO_COMPANION):
+    if name in (sources.DEMO_CHOICE, sources.NO_COMPANION):
         return f"{name}:0"
     try:
         return f"{name}:{os.path.getmtime(host.find(name, folders))}"
@@ -33,21 +35,21 @@ class VPGModelLoader(io.ComfyNode):
                         "folder (pick its model_index.json) or an official checkpoint pair, from models/vpg (VAR, "
                         "Infinity, InfinityStar); text models also take a T5 folder.",
             inputs=[
-                io.Combo.Input("model_name", options=kinds.loader_choices(models),
+                io.Combo.Input("model_name", options=sources.loader_choices(models),
                                tooltip="The bundled demo, a saved folder's model_index.json or an official checkpoint "
                                        "(var_d16.pth, infinity_2b_reg.pth, the infinitystar_8b_720p_weights folder "
                                        "...) in models/vpg."),
                 # not "vae_name": ComfyUI's frontend (1.27) routes inputs of that name through its model-asset
                 # code, which fails on servers missing some core loader nodes
-                io.Combo.Input("vae_file", options=kinds.companion_choices(models), default=kinds.NO_COMPANION,
+                io.Combo.Input("vae_file", options=sources.companion_choices(models), default=sources.NO_COMPANION,
                                tooltip="For an official checkpoint: its VAE file (vae_ch160v4096z32.pth for VAR, "
                                        "infinity_vae_d32reg.pth for Infinity 2B, infinitystar_videovae.pth). none "
                                        "for the bundled demo and saved folders, which bring their own."),
-                io.Combo.Input("text_encoder", default=kinds.NO_COMPANION,
-                               options=kinds.text_encoder_choices(host.filenames(host.TEXT_ENCODERS) + models),
+                io.Combo.Input("text_encoder", default=sources.NO_COMPANION,
+                               options=sources.text_encoder_choices(host.filenames(host.TEXT_ENCODERS) + models),
                                tooltip="Infinity / InfinityStar official files: the flan-T5-XL folder (models/"
                                        "text_encoders/flan-t5-xl). none for VAR and saved folders that bring one."),
-                io.Combo.Input("dtype", options=list(kinds.DTYPES), default="fp32",
+                io.Combo.Input("dtype", options=list(sources.DTYPES), default="fp32",
                                tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
                 io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto",
                                tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (stored "
@@ -74,10 +76,10 @@ class VPGModelLoader(io.ComfyNode):
                 offload: str) -> io.NodeOutput:
         check_widgets(cls, dtype=dtype, quantization=quantization, offload=offload)
         with translated(title(cls)):
-            pipe, kind = kinds.load_pipeline(
+            pipe = sources.load_choice(
                 model_name, vae_file, lambda name: host.find(name, (host.MODELS,)), dtype, text_encoder,
                 lambda name: host.find(name, (host.TEXT_ENCODERS, host.MODELS)))
             applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.on_cuda())
-        placement = Placement(handle=host.management_handle(kind.modules(pipe)))
-        return io.NodeOutput(VPGModel(pipe, kind, model_name, offload=offload, quantization=applied,
+        placement = Placement(handle=host.management_handle(pipe.weight_modules))
+        return io.NodeOutput(VPGModel(pipe, kind_of(pipe), model_name, offload=offload, quantization=applied,
                                       placement=placement))

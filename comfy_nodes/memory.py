@@ -24,20 +24,13 @@ from vpg_pipelines.memory.offload import apply_offload
 from vpg_pipelines.memory.planner import MemoryEstimate
 from vpg_pipelines.memory.quantization import apply_quantization
 from vpg_pipelines.memory.report import gib
+from vpg_pipelines.registry import kind_of
 
 from . import host
-from .model import VPGModel
+from .model import VPGModel, default_call
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8", "nf4", "fp8")
 OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
-
-
-def default_call(pipeline: Any) -> dict[str, Any]:
-    """The call a loader plans with: one sample of the model's first class / a short prompt, its defaults."""
-    name = type(pipeline).__name__
-    if name == "VPGVARPipeline":
-        return {"class_labels": [0]}
-    return {"prompt": "a photo of a fox in the snow"}
 
 
 def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
@@ -50,7 +43,7 @@ def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, cuda
     if free_bytes is None:
         return "none"
     allowed = ("none", "int8", "nf4") if cuda else ("none", "int8")
-    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(pipeline)).quantization
+    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(kind_of(pipeline))).quantization
 
 
 def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
@@ -146,7 +139,7 @@ def place_for_text_encoding(model: VPGModel) -> None:
         return
     offload = model.offload
     if offload == "auto":
-        wanted = model.pipeline.estimate_memory(**default_call(model.pipeline)).peak("none")
+        wanted = model.pipeline.estimate_memory(**default_call(model.kind)).peak("none")
         host.free_memory(wanted)
         offload = "none" if wanted <= usable(host.free_bytes() or 0) else "model"
     if offload == "none":

@@ -13,10 +13,10 @@ from typing import Any
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.guidance.prefix import PrefixGuidance
+from vpg_pipelines.registry import ModelKind
 
 from .api import io
 from .errors import fail
-from .kinds import PipelineKind
 
 VPG_MODEL = io.Custom("VPG_MODEL")
 VPG_COND = io.Custom("VPG_COND")
@@ -45,7 +45,7 @@ class VPGModel:
 
     Attributes:
         pipeline: the loaded pipeline (``VPGVARPipeline`` or another kind's).
-        kind: its :class:`~comfy_nodes.kinds.PipelineKind`.
+        kind: its :class:`~vpg_pipelines.registry.ModelKind` (conditioning, media, guidance kinds).
         source: what was loaded (the loader's choice), shown in messages.
         cfg: classifier-free (or, for InfinityStar, adaptive projected) guidance, or ``None`` (off).
         prefix: Visual Prefix Guidance, or ``None`` (off).
@@ -57,7 +57,7 @@ class VPGModel:
     """
 
     pipeline: Any
-    kind: PipelineKind
+    kind: ModelKind
     source: str
     cfg: ClassifierFreeGuidance | AdaptiveProjectedGuidance | None = None
     prefix: PrefixGuidance | None = None
@@ -85,6 +85,14 @@ class VPGModel:
         vpg = f"VPG w={self.prefix.scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
         others = "".join(f", {g.describe()}" for g in self.guiders)
         return f"{self.source} ({cfg}, {vpg}{others})"
+
+
+def default_call(kind: ModelKind) -> dict[str, Any]:
+    """The call a loader plans with and the Prefix Guidance node checks scale indices against: one sample of
+    the model's first class or a short prompt, every other argument at the model's default."""
+    if kind.conditioning == "class":
+        return {"class_labels": [0]}
+    return {"prompt": "a photo of a fox in the snow"}
 
 
 def model_input() -> Any:

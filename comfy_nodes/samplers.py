@@ -12,6 +12,7 @@ import torch
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.models.infinity.schedules import PIXEL_BUDGETS, TEMPLATE_GRIDS, schedule_from_template
 from vpg_pipelines.models.infinity_star.settings import resolve_args, supported_sizes
+from vpg_pipelines.pipelines.call import ResolvedCall
 from vpg_pipelines.sampling.next_scale import SamplerTrace
 
 from . import host
@@ -75,6 +76,24 @@ def _model_for(node_title: str, model: Any, conditioning: Any, want: str) -> VPG
     return model
 
 
+def resolve(node_title: str, model: VPGModel, call: dict[str, Any]) -> ResolvedCall:
+    """The call's steps and scales as the pipeline resolves them (every argument checked, in the node's
+    words); Prefix Guidance's scale indices are checked against the call's own scales first."""
+    with translated(node_title):
+        resolved = model.pipeline.resolve_call(**{**call, "vpg_scales": "all"})  # any VPG scale list: the shape
+    if model.prefix is not None:
+        check_scale_indices(node_title, model.prefix.scales, resolved.num_scales)
+    return resolved
+
+
+def token_grids(resolved: ResolvedCall) -> list[tuple[int, int]]:
+    """``(height, width)`` of each scale's token grid (its first step's), by scale index."""
+    grids: dict[int, tuple[int, int]] = {}
+    for step in resolved.steps:
+        grids.setdefault(step.scale, (int(step.grid[-2]), int(step.grid[-1])))
+    return [grids[k] for k in range(resolved.num_scales)]
+
+
 def _maps(maps: dict[int, torch.Tensor], grids: list[tuple[int, int]], batch: int) -> list[torch.Tensor]:
     """One map per scale; scales VPG did not guide are zero."""
     return [maps.get(k, torch.zeros(batch, *grid)) for k, grid in enumerate(grids)]
@@ -116,14 +135,15 @@ class VPGSampler(io.ComfyNode):
                                    f"{len(class_names(model))}; connect VPG Class Conditioning to the same loader.")
         check_widgets(cls, seed=seed, batch_size=batch_size, top_k=top_k, top_p=top_p)
         pipe = model.pipeline
-        grids = model.kind.grids(pipe, 0, 0)
         total = len(conditioning.class_ids) * batch_size
         trace, maps = SamplerTrace(), {}
         call = dict(class_labels=list(conditioning.class_ids), num_images_per_prompt=batch_size,
                     guidance_scale=model.cfg_strength(off=0.0), top_k=top_k, top_p=float(top_p),
                     **model.prefix_kwargs(), guiders=list(model.guiders), generator=generators(seed, total),
-                    output_type="pt", trace=trace,
-                    callback_on_step_end=image_step_callback(model, trace, grids, maps, Progress(len(grids))))
+                    output_type="pt", trace=trace)
+        resolved = resolve(node_title, model, call)
+        grids = token_grids(resolved)
+        call["callback_on_step_end"] = image_step_callback(model, trace, grids, maps, Progress(len(resolved.steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))
         images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
         guidance = GuidanceMaps(_maps(maps, grids, total), images, model.describe())
@@ -168,12 +188,8 @@ class VPGTextImageSampler(io.ComfyNode):
         pipe = model.pipeline
         hw = parse_size(node_title, size)
         height, width = hw if hw is not None else (pipe.config.default_height, pipe.config.default_width)
-        schedule = pipe.schedule_for(height, width)
-        if schedule.image_size != (height, width):
+        if pipe.schedule_for(height, width).image_size != (height, width):
             raise fail(node_title, f"`size` {size!r} is not an Infinity schedule size; pick one from the list")
-        if model.prefix is not None:
-            check_scale_indices(node_title, model.prefix.scales, schedule.num_scales)
-        grids = model.kind.grids(pipe, height, width)
         trace, maps = SamplerTrace(), {}
         cond = conditioning
         negative = {}
@@ -185,8 +201,10 @@ class VPGTextImageSampler(io.ComfyNode):
             num_images_per_prompt=batch_size, guidance_scale=model.cfg_strength(off=1.0), tau=float(tau),
             cfg_insertion_layer=cfg_insertion_layer, top_k=top_k, top_p=float(top_p), **model.prefix_kwargs(),
             guiders=list(model.guiders), generator=generators(seed, batch_size), output_type="pt", trace=trace,
-            callback_on_step_end=image_step_callback(model, trace, grids, maps, Progress(schedule.num_scales)),
         )
+        resolved = resolve(node_title, model, call)
+        grids = token_grids(resolved)
+        call["callback_on_step_end"] = image_step_callback(model, trace, grids, maps, Progress(len(resolved.steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))
         images = out.images.permute(0, 2, 3, 1).float().cpu().contiguous()
         guidance = GuidanceMaps(_maps(maps, grids, batch_size), images, model.describe())
@@ -253,10 +271,6 @@ class VPGVideoSampler(io.ComfyNode):
         pipe = model.pipeline
         hw = parse_size(node_title, size)
         height, width = hw if hw is not None else pipe.default_size
-        with translated(node_title):
-            plan = pipe.plan(num_frames, height, width, tau_image, tau_video)
-        if model.prefix is not None:
-            check_scale_indices(node_title, model.prefix.scales, len(plan.schedule))
         guidance: dict[str, Any] = {"guidance_scale": model.cfg_strength(off=1.0), "guidance": "cfg"}
         if isinstance(model.cfg, AdaptiveProjectedGuidance):
             guidance |= {"guidance": "apg", "apg_norm_threshold": float(model.cfg.norm_threshold)}
@@ -271,8 +285,8 @@ class VPGVideoSampler(io.ComfyNode):
             height=height, width=width, num_videos_per_prompt=per_prompt, **guidance, tau_image=float(tau_image),
             tau_video=float(tau_video), **model.prefix_kwargs(), guiders=list(model.guiders),
             generator=generators(seed, batch_size), output_type="pt",
-            callback_on_step_end=video_step_callback(model, Progress(len(plan.steps))),
         )
+        call["callback_on_step_end"] = video_step_callback(model, Progress(len(resolve(node_title, model, call).steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))
         video = out.frames.float().cpu()  # (B, F, 3, H, W)
         frames = video.permute(0, 1, 3, 4, 2).reshape(-1, video.shape[-2], video.shape[-1], 3).contiguous()

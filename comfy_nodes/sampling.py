@@ -69,7 +69,7 @@ def image_step_callback(model: VPGModel, trace: SamplerTrace, grids: list[tuple[
         if clean is not None:
             maps[scale_index] = change_map(clean, guided, site_grid(grids[scale_index], clean.shape[1])).cpu()
         latents = kwargs["latents"]
-        progress.step(scale_index, lambda: model.kind.preview(pipe, latents[:1]))
+        progress.step(scale_index, lambda: pipe.preview_image(latents[:1]))
         return {}
 
     return callback
@@ -81,7 +81,7 @@ def video_step_callback(model: VPGModel, progress: Progress) -> Callable[..., di
 
     def callback(_pipe: Any, step_index: int, scale_index: int, kwargs: dict) -> dict:
         latents = kwargs["latents"]
-        progress.step(step_index, lambda: model.kind.preview(pipe, latents[:1]))
+        progress.step(step_index, lambda: pipe.preview_image(latents[:1]))
         return {}
 
     return callback

@@ -50,7 +50,7 @@ check "same run uncancelled (how long Cancel cut short)" "$DEMO" --set 5.batch_s
 check "missing model file" workflows/vpg_var_d16.json --no-check --set '1.model_name="var_d30.pth"' \
     --expect-error "was not found in the models/vpg folder"
 check "unsupported pipeline folder" "$DEMO" --no-check --set '1.model_name="broken/model_index.json"' \
-    --expect-error "which this node pack cannot load"
+    --expect-error "which vpg_pipelines cannot load"
 check "wrong socket type" "$DEMO" --set '5.conditioning=["3", 0]' --expect-error "return_type_mismatch"
 check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' \
     --expect-error "VPG Prefix Guidance: \`scales\` asks for scale 9, but this model has 6 scales (0-5)"
@@ -69,7 +69,7 @@ check "pickle that would run code" workflows/vpg_var_d16.json --no-check --set '
     --expect-error "VPG Load Model: \`model_name\` 'var_d30_pickle.pth' is a pickle that would call \`posix.system\`"
 check "unknown class name" "$DEMO" --set '2.classes="face-hapy"' --expect-error "Did you mean"
 check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_file="none"' \
-    --expect-error "also pick the VAR VQVAE file"
+    --expect-error "is an official var checkpoint; also pick its VAE (the VAR VQVAE file"
 
 # Infinity / InfinityStar (node ids: 1 loader, 2 text encode, 3 CFG/APG, 4 prefix, 5 sampler). The official
 # workflows load in bf16 (for GPUs); bf16 convolutions on a CPU are very slow, so the stand-ins run in fp32.
@@ -86,9 +86,9 @@ check "InfinityStar 720p workflow (stand-in shard folder + T5 folder)" "$STAR720
     --out "$WORK/out/star_standin"
 check "Cancel mid-video leaves no output" "$STAR" --set 5.seed=1 --interrupt-after 2
 check "Infinity VAE picked as the model" "$INF" --set '1.model_name="infinity_vae_d32reg.pth"' \
-    --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the VAE: pick the transformer"
+    --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the infinity VAE: pick the transformer"
 check "InfinityStar VAE with the Infinity transformer" "$INF" --set '1.vae_file="infinitystar_videovae.pth"' \
-    --expect-error "is not an Infinity VAE"
+    --expect-error "is not the infinity VAE"
 check "T5 of the wrong width" "$INF" --set '1.text_encoder="tiny-t5-d64"' --expect-error "64-channel features"
 check "official text model without a T5 folder" "$INF" --set '1.text_encoder="none"' --set '1.dtype="fp32"' \
     --expect-error "pick the T5 folder"

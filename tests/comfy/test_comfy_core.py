@@ -4,22 +4,21 @@ guidance maps equal to the sampler trace."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
 
-from comfy_nodes import guidance_map, host, kinds
+from comfy_nodes import guidance_map, host, sources
 from comfy_nodes.conditioning import ClassConditioning, VPGClassConditioning
 from comfy_nodes.guidance import VPGCFG, VPGGuidanceMap, VPGPrefixGuidance, parse_scales
-from comfy_nodes.kinds import DEMO_CHOICE, NO_COMPANION, VPGLoadError
 from comfy_nodes.loader import VPGModelLoader
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
-from tests.helpers.comfy import run
+from comfy_nodes.sources import DEMO_CHOICE, NO_COMPANION
+from tests.helpers.comfy import load, run
 from tests.helpers.numerics import cfg_gain, record_draws, trace_atol, vpg_gain
 from tests.helpers.shared import shared_path
 from vpg_pipelines.sampling.next_scale import SamplerTrace
@@ -52,7 +51,7 @@ def sample(model, cond, seed, batch_size=1, top_k=0, top_p=0.95):
 
 @pytest.fixture(scope="module")
 def demo() -> VPGModel:
-    pipe, kind = kinds.load_pipeline(DEMO_CHOICE, NO_COMPANION, _no_files)
+    pipe, kind = load(DEMO_CHOICE, NO_COMPANION, _no_files)
     return VPGModel(pipe, kind, DEMO_CHOICE)
 
 
@@ -65,15 +64,15 @@ def guided(demo) -> VPGModel:
 def test_loader_choices_offer_demo_folders_by_index_and_loose_checkpoints():
     files = ["var_d16.pth", "vae_ch160v4096z32.pth", "my_run/model_index.json", "my_run/transformer/x.safetensors",
              "my_run/vae/y.safetensors", "notes.txt", "sub/var_d20.pth"]
-    assert kinds.loader_choices(files) == [
+    assert sources.loader_choices(files) == [
         DEMO_CHOICE, "my_run/model_index.json", "sub/var_d20.pth", "vae_ch160v4096z32.pth", "var_d16.pth"]
-    assert kinds.companion_choices(files)[0] == NO_COMPANION
-    assert "notes.txt" not in kinds.companion_choices(files)
+    assert sources.companion_choices(files)[0] == NO_COMPANION
+    assert "notes.txt" not in sources.companion_choices(files)
 
 
 def test_demo_loads_as_var_kind_with_progress_bar_off(demo):
     assert demo.kind.name == "var" and demo.kind.conditioning == "class"
-    assert demo.kind.num_scales(demo.pipeline) == len(demo.pipeline.transformer.config.patch_nums) == 6
+    assert demo.pipeline.num_scales == len(demo.pipeline.transformer.config.patch_nums) == 6
     assert demo.pipeline._progress_bar_config.get("disable") is True
 
 
@@ -92,13 +91,13 @@ def test_loader_node_loads_the_demo_and_refuses_a_vae_it_cannot_use(tmp_path, mo
 
 def test_saved_folder_round_trip_gives_the_same_images(demo, tmp_path):
     demo.pipeline.save_pretrained(tmp_path / "run")
-    pipe, kind = kinds.load_pipeline("run/model_index.json", NO_COMPANION, lambda n: tmp_path / n)
+    pipe, kind = load("run/model_index.json", NO_COMPANION, lambda n: tmp_path / n)
     model = VPGModel(pipe, kind, "run/model_index.json")
     a = sample(cfg(demo, 3.0), classes(demo, "plant"), 5)[0]
     b = sample(cfg(model, 3.0), classes(model, "plant"), 5)[0]
     assert torch.equal(a, b)
-    with pytest.raises(VPGLoadError, match="is a saved pipeline folder, which brings its own VAE"):
-        kinds.load_pipeline("run/model_index.json", "run/vae/diffusion_pytorch_model.safetensors",
+    with pytest.raises(ValueError, match=r"is a saved pipeline folder\) brings its own VAE and cannot use `vae_file`"):
+        load("run/model_index.json", "run/vae/diffusion_pytorch_model.safetensors",
                             lambda n: tmp_path / n)
 
 
@@ -107,28 +106,29 @@ def test_official_pair_loads_with_a_sidecar_config(tmp_path):
     shutil.copy(root / "var.safetensors", tmp_path / "var_d2.safetensors")
     shutil.copy(root / "vqvae.safetensors", tmp_path / "vae_tiny.safetensors")
     resolve = lambda n: tmp_path / n  # noqa: E731
-    with pytest.raises(VPGLoadError, match="vae_file"):
-        kinds.load_pipeline("var_d2.safetensors", NO_COMPANION, resolve)
-    with pytest.raises(VPGLoadError, match="patch_nums"):  # not inferable without the sidecar
-        kinds.load_pipeline("var_d2.safetensors", "vae_tiny.safetensors", resolve)
+    with pytest.raises(ValueError, match="vae_file"):
+        load("var_d2.safetensors", NO_COMPANION, resolve)
+    with pytest.raises(ValueError, match="patch_nums"):  # not inferable without the sidecar
+        load("var_d2.safetensors", "vae_tiny.safetensors", resolve)
     shutil.copy(root / "config.json", tmp_path / "var_d2.json")
-    pipe, kind = kinds.load_pipeline("var_d2.safetensors", "vae_tiny.safetensors", resolve)
+    pipe, kind = load("var_d2.safetensors", "vae_tiny.safetensors", resolve)
     config = json.loads((root / "config.json").read_text())
     assert kind.name == "var" and list(pipe.transformer.config.patch_nums) == config["var"]["patch_nums"]
 
 
 def test_loader_errors_name_the_input(tmp_path):
-    with pytest.raises(VPGLoadError, match="`model_name` 'missing.pth' was not found"):
-        kinds.load_pipeline("missing.pth", NO_COMPANION, _no_files)
+    with pytest.raises(ValueError, match="`model_name` 'missing.pth' was not found"):
+        load("missing.pth", NO_COMPANION, _no_files)
     torch.save({}, tmp_path / "weights.pth")
-    with pytest.raises(VPGLoadError, match="not a checkpoint file name the loader recognises"):
-        kinds.load_pipeline("weights.pth", NO_COMPANION, lambda n: tmp_path / n)
+    with pytest.raises(ValueError, match="`model_name` 'weights.pth' is not named like an official checkpoint"):
+        load("weights.pth", NO_COMPANION, lambda n: tmp_path / n)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(VPGLoadError, match="StableDiffusionPipeline, which this node pack cannot load"):
-        kinds.load_pipeline("other/model_index.json", NO_COMPANION, lambda n: tmp_path / n)
-    with pytest.raises(VPGLoadError, match="`dtype`"):
-        kinds.load_pipeline(DEMO_CHOICE, NO_COMPANION, _no_files, dtype="fp8")
+    with pytest.raises(ValueError, match="holds a StableDiffusionPipeline, which vpg_pipelines cannot load"):
+        load("other/model_index.json", NO_COMPANION, lambda n: tmp_path / n)
+    with pytest.raises(ValueError, match="^VPG Load Model: `dtype` must be one of 'fp32', 'bf16', 'fp16', got 'fp8'"):
+        run(VPGModelLoader, model_name=DEMO_CHOICE, vae_file="none", text_encoder="none", dtype="fp8",
+            quantization="none", offload="auto")
 
 
 # -- the guidance chain ----------------------------------------------------------------------------------
@@ -243,8 +243,9 @@ def test_progress_ticks_once_per_scale_with_a_preview(demo, guided, progress_hoo
 
 def test_no_preview_is_decoded_when_nobody_watches(demo, guided):
     decoded = []
-    counting = guided.clone(kind=dataclasses.replace(guided.kind, preview=lambda *a: decoded.append(1)))
-    sample(counting, classes(demo, "plant"), 0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guided.pipeline, "preview_image", lambda *a: decoded.append(1))
+        sample(guided, classes(demo, "plant"), 0)
     assert decoded == []
 
 

@@ -13,8 +13,8 @@ import torch
 
 from comfy_nodes import host
 from comfy_nodes.files import pickle_calls
-from comfy_nodes.kinds import DEMO_CHOICE
 from comfy_nodes.loader import VPGModelLoader
+from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers.comfy import run
 from tests.helpers.shared import shared_path
 

@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_nodes import kinds
 from comfy_nodes.conditioning import VPGClassConditioning
 from comfy_nodes.extension import NODES
 from comfy_nodes.guidance import VPGCFG, VPGIGG, VPGSSG, VPGEntropyTemperature, VPGPrefixGuidance
-from comfy_nodes.kinds import DEMO_CHOICE
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
+from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers import comfy_workflow as wf
-from tests.helpers.comfy import node_defs, run
+from tests.helpers.comfy import load, node_defs, run
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
 from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
@@ -34,7 +33,7 @@ def _no_files(name):
 
 @pytest.fixture(scope="module")
 def demo() -> VPGModel:
-    pipe, kind = kinds.load_pipeline(DEMO_CHOICE, "none", _no_files)
+    pipe, kind = load(DEMO_CHOICE, "none", _no_files)
     return VPGModel(pipe, kind, DEMO_CHOICE)
 
 

@@ -11,12 +11,12 @@ import pytest
 from comfy_nodes import host
 from comfy_nodes.conditioning import VPGClassConditioning
 from comfy_nodes.guidance import VPGCFG, VPGPrefixGuidance
-from comfy_nodes.kinds import DEMO_CHOICE, load_pipeline
 from comfy_nodes.memory import default_call, loader_quantization, plan_run, quantize_loaded
 from comfy_nodes.model import Placement, VPGModel
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
-from tests.helpers.comfy import run
+from comfy_nodes.sources import DEMO_CHOICE
+from tests.helpers.comfy import load, run
 from vpg_pipelines.memory.choose import MARGIN_BYTES, usable
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")
@@ -29,7 +29,7 @@ def _free_for(budget: int) -> int:
 
 @pytest.fixture
 def demo_model():
-    pipe, kind = load_pipeline(DEMO_CHOICE, "none", lambda name: name)
+    pipe, kind = load(DEMO_CHOICE, "none", lambda name: name)
     model = run(VPGCFG, model=VPGModel(pipe, kind, DEMO_CHOICE), cfg=3.0)[0]
     return run(VPGPrefixGuidance, model=model, vpg_scale=1.5, corruption=0.5, mode="full", refresh="persistent",
                scales="all")[0]
@@ -62,7 +62,7 @@ def test_loader_quantization_choices(demo_model):
 
 
 def test_quantize_loaded_applies_the_choice():
-    pipe, _ = load_pipeline(DEMO_CHOICE, "none", lambda name: name)
+    pipe, _ = load(DEMO_CHOICE, "none", lambda name: name)
     assert quantize_loaded(pipe, "int8", None, cuda=False) == "int8"
     assert type(pipe.transformer.head.weight).__name__ == "Int8Tensor"
 

@@ -20,9 +20,9 @@ import torch
 
 from comfy_nodes import api, host
 from comfy_nodes.extension import NODES
-from comfy_nodes.kinds import DEMO_CHOICE
 from comfy_nodes.model import VPGModel
 from comfy_nodes.sampling import PREVIEW_MAX_SIZE
+from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers import comfy_workflow as wf
 from tests.helpers.comfy import listed_files, node_infos
 

@@ -12,15 +12,15 @@ import PIL.Image
 import pytest
 import torch
 
-from comfy_nodes import host, kinds
+from comfy_nodes import host, sources
 from comfy_nodes.conditioning import TextConditioning, VPGClassConditioning, VPGTextEncode
 from comfy_nodes.guidance import VPGAPG, VPGCFG, VPGPrefixGuidance
-from comfy_nodes.kinds import NO_COMPANION, VPGLoadError
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGSampler, VPGTextImageSampler, VPGVideoSampler, infinity_sizes, infinity_star_sizes
 from comfy_nodes.sampling import generators
+from comfy_nodes.sources import NO_COMPANION
 from tests.comfy import make_standin_models as standins
-from tests.helpers.comfy import run
+from tests.helpers.comfy import load, run
 from tests.helpers.numerics import cfg_gain, record_draws, trace_atol, vpg_gain
 from tests.helpers.shared import shared_path
 from vpg_pipelines.sampling.next_scale import SamplerTrace
@@ -88,28 +88,28 @@ def listed(models, folder: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def infinity(resolve) -> VPGModel:
-    pipe, kind = kinds.load_pipeline(f"{standins.TINY_INFINITY}/model_index.json", NO_COMPANION, resolve)
+    pipe, kind = load(f"{standins.TINY_INFINITY}/model_index.json", NO_COMPANION, resolve)
     return VPGModel(pipe, kind, "tiny infinity")
 
 
 @pytest.fixture(scope="module")
 def star(resolve) -> VPGModel:
-    pipe, kind = kinds.load_pipeline(f"{standins.TINY_INFINITY_STAR}/model_index.json", NO_COMPANION, resolve)
+    pipe, kind = load(f"{standins.TINY_INFINITY_STAR}/model_index.json", NO_COMPANION, resolve)
     return VPGModel(pipe, kind, "tiny star")
 
 
 # -- loading -------------------------------------------------------------------------------------------
 def test_dropdowns_offer_shard_folders_and_t5_folders(models):
-    choices = kinds.loader_choices(listed(models, "vpg"))
+    choices = sources.loader_choices(listed(models, "vpg"))
     assert "infinitystar_8b_720p_weights" in choices
     assert not any(c.startswith("infinitystar_8b_720p_weights/") for c in choices)  # its shards are hidden
     assert {"infinity_2b_reg.pth", "vpg-tiny-infinity/model_index.json"} <= set(choices)
-    encoders = kinds.text_encoder_choices(listed(models, "text_encoders") + listed(models, "vpg"))
+    encoders = sources.text_encoder_choices(listed(models, "text_encoders") + listed(models, "vpg"))
     assert encoders == [NO_COMPANION, "flan-t5-xl", "tiny-t5-d64"]  # not the T5 inside a saved pipeline
     # ComfyUI lists only weight files under text_encoders (no .json): folders are found by transformers names
     comfy_listing = ["flan-t5-xl/model-00001-of-00002.safetensors", "flan-t5-xl/model-00002-of-00002.safetensors",
                      "t5xxl_fp16.safetensors", "clip/clip_l.safetensors", "tiny-t5-d64/model.safetensors"]
-    assert kinds.text_encoder_choices(comfy_listing) == [NO_COMPANION, "flan-t5-xl", "tiny-t5-d64"]
+    assert sources.text_encoder_choices(comfy_listing) == [NO_COMPANION, "flan-t5-xl", "tiny-t5-d64"]
 
 
 def test_saved_folders_dispatch_by_model_index(infinity, star):
@@ -119,7 +119,7 @@ def test_saved_folders_dispatch_by_model_index(infinity, star):
 
 
 def test_official_infinity_pair_with_t5_folder_equals_the_fixture(resolve, infinity):
-    pipe, kind = kinds.load_pipeline("infinity_2b_reg.pth", "infinity_vae_d32reg.pth", resolve,
+    pipe, kind = load("infinity_2b_reg.pth", "infinity_vae_d32reg.pth", resolve,
                                         text_encoder="flan-t5-xl")
     assert kind.name == "infinity" and pipe.config.default_height == 256
     for ours, ref in ((pipe.transformer, infinity.pipeline.transformer), (pipe.text_encoder,
@@ -129,7 +129,7 @@ def test_official_infinity_pair_with_t5_folder_equals_the_fixture(resolve, infin
 
 
 def test_official_star_shard_folder_loads(resolve, star):
-    pipe, kind = kinds.load_pipeline("infinitystar_8b_720p_weights", "infinitystar_videovae.pth", resolve,
+    pipe, kind = load("infinitystar_8b_720p_weights", "infinitystar_videovae.pth", resolve,
                                         text_encoder="tiny-t5-d64")
     assert kind.name == "infinity_star" and pipe.default_size == star.pipeline.default_size
     a, b = pipe.transformer.state_dict(), star.pipeline.transformer.state_dict()
@@ -137,22 +137,26 @@ def test_official_star_shard_folder_loads(resolve, star):
 
 
 @pytest.mark.parametrize(("args", "kwargs", "message"), [
-    (("infinity_vae_d32reg.pth", "infinity_2b_reg.pth"), {}, "is the VAE: pick the transformer"),
-    (("infinity_2b_reg.pth", "infinitystar_videovae.pth"), {}, "is not an Infinity VAE"),
-    (("infinitystar_8b_720p_weights", "infinity_vae_d32reg.pth"), {}, "is not the InfinityStar video VAE"),
-    (("infinitystar_videovae.pth", "infinitystar_videovae.pth"), {}, "is the video VAE"),
-    (("infinity_2b_reg.pth", NO_COMPANION), {}, "also pick the Infinity VAE file"),
+    (("infinity_vae_d32reg.pth", "infinity_2b_reg.pth"), {},
+     "`model_name` 'infinity_vae_d32reg.pth' is the infinity VAE: pick the transformer"),
+    (("infinity_2b_reg.pth", "infinitystar_videovae.pth"), {},
+     "`vae_file` 'infinitystar_videovae.pth' is not the infinity VAE; pick the Infinity VAE file"),
+    (("infinitystar_8b_720p_weights", "infinity_vae_d32reg.pth"), {},
+     "`vae_file` 'infinity_vae_d32reg.pth' is not the infinity_star VAE; pick the InfinityStar video VAE"),
+    (("infinitystar_videovae.pth", "infinitystar_videovae.pth"), {}, "is the infinity_star VAE: pick the transformer"),
+    (("infinity_2b_reg.pth", NO_COMPANION), {}, "is an official infinity checkpoint; also pick its VAE (the Infinity"),
     (("infinity_2b_reg.pth", "infinity_vae_d32reg.pth"), {"text_encoder": "tiny-t5-d64"},
-     "gives 64-channel features but the transformer takes 128"),
+     "`text_encoder` gives 64-channel features but the transformer takes 128"),
     (("infinity_2b_reg.pth", "infinity_vae_d32reg.pth"), {"text_encoder": "flan-t5-xxl"},
      "`text_encoder` 'flan-t5-xxl' was not found"),
-    (("var_d16.pth", "vae_ch160v4096z32.pth"), {"text_encoder": "flan-t5-xl"}, "set `text_encoder` to 'none'"),
+    (("var_d16.pth", "vae_ch160v4096z32.pth"), {"text_encoder": "flan-t5-xl"},
+     "`text_encoder` var models are class-conditional: they take no text encoder"),
     (("vpg-tiny-infinity/model_index.json", NO_COMPANION), {"text_encoder": "flan-t5-xl"},
-     "brings its own text encoder"),
+     "the pipeline brings its own text encoder"),
 ])
 def test_bad_combinations_name_what_to_change(resolve, args, kwargs, message):
-    with pytest.raises(VPGLoadError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        kinds.load_pipeline(*args, resolve, **kwargs)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(*args, resolve, **kwargs)
 
 
 # -- Infinity: text encode + text-to-image ---------------------------------------------------------------
@@ -241,7 +245,7 @@ def test_text_errors_are_readable(infinity, star):
 
 
 def test_text_encode_without_a_text_encoder_says_where_to_pick_one(resolve):
-    pipe, kind = kinds.load_pipeline("infinity_2b_reg.pth", "infinity_vae_d32reg.pth", resolve)
+    pipe, kind = load("infinity_2b_reg.pth", "infinity_vae_d32reg.pth", resolve)
     with pytest.raises(ValueError, match="pick the T5 folder"):
         encode(VPGModel(pipe, kind, "no t5"), PROMPT)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from comfy_nodes.extension import NODES
-from comfy_nodes.kinds import DEMO_CHOICE
+from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers import comfy_workflow as wf
 from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_models, node_defs, node_infos
 

@@ -18,9 +18,10 @@ from unittest import mock
 
 import pytest
 
-from comfy_nodes import host
+from comfy_nodes import host, sources
 from comfy_nodes.extension import NODES
 from tests.helpers import comfy_workflow as wf
+from vpg_pipelines.registry import ModelKind, kind_of
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -73,3 +74,10 @@ def progress_hook():
     host.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total, preview)))
     yield calls
     host.set_progress_bar_global_hook(None)
+
+
+def load(choice: str, vae_file: str, resolve: Any, dtype: str = "fp32",
+         text_encoder: str = "none") -> tuple[Any, ModelKind]:
+    """The loader node's loading (:func:`comfy_nodes.sources.load_choice`) and the kind of what it loaded."""
+    pipe = sources.load_choice(choice, vae_file, resolve, dtype, text_encoder)
+    return pipe, kind_of(pipe)
