@@ -92,7 +92,7 @@ check "InfinityStar VAE with the Infinity transformer" "$INF" --set '1.vae_file=
 check "T5 of the wrong width" "$INF" --set '1.text_encoder="tiny-t5-d64"' --expect-error "64-channel features"
 check "official text model without a T5 folder" "$INF" --set '1.text_encoder="none"' --set '1.dtype="fp32"' \
     --expect-error "pick the T5 folder"
-check "Infinity size off the schedules" "$INF" --set '5.size="1000x1000"' --expect-error "not an Infinity schedule size"
+check "Infinity size off the schedules" "$INF" --set '5.size="1000x1000"' --expect-error "\`size\` must be one of the 61 choices in its list"
 check "video frame count" "$STAR" --set 5.num_frames=20 --expect-error "must be one of [1, 17"
 check "APG on an Infinity model" "$INF" --set '3={"class_type": "VPGAPG", "inputs": {"model": ["1", 0], "cfg": 3.0, "norm_threshold": 0.05}}' \
     --expect-error "takes CFG only"

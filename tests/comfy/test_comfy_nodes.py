@@ -122,7 +122,7 @@ def test_node_chain_produces_images_and_never_mutates_inputs(comfyui, loaded):
     n = comfyui["nodes"]
     import comfy.model_patcher
 
-    assert isinstance(loaded, VPGModel) and isinstance(loaded.handle, comfy.model_patcher.ModelPatcher)
+    assert isinstance(loaded, VPGModel) and isinstance(loaded.placement.handle, comfy.model_patcher.ModelPatcher)
     cond = n.VPGClassConditioning.execute(model=loaded, classes="face-happy, plant").result[0]
     with_cfg = n.VPGCFG.execute(model=loaded, cfg=3.0).result[0]
     guided = n.VPGPrefixGuidance.execute(model=with_cfg, vpg_scale=1.5, corruption=0.5, mode="full",
