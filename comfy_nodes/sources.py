@@ -96,10 +96,13 @@ def _resolve(resolve: Callable[[str], Path], widget: str, name: str) -> Path:
     try:
         path = Path(resolve(name))
     except Exception as err:  # folder_paths raises FileNotFoundError; custom resolvers may differ
-        raise ValueError(f"`{widget}` {name!r} was not found in the models/vpg folder ({err})") from err
+        raise ChoiceError(f"`{widget}` {name!r} was not found in the models/vpg folder ({err})") from err
     if not path.exists():
-        raise ValueError(f"`{widget}` {name!r} points to {path}, which does not exist")
-    check_readable(widget, name, path)
+        raise ChoiceError(f"`{widget}` {name!r} points to {path}, which does not exist")
+    try:
+        check_readable(widget, name, path)
+    except ValueError as err:
+        raise ChoiceError(str(err)) from None
     return path
 
 
@@ -140,11 +143,7 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
         if choice == DEMO_CHOICE or is_saved_folder(folder):
             pipe = _load_saved(choice, folder, has_vae, vae_file, encoder, torch_dtype)
         else:
-            kind = kind_for_official_file(folder)
-            if not has_vae and kind is not None:
-                raise ChoiceError(f"`model_name` {choice!r} is an official {kind.name} checkpoint; also pick its VAE "
-                                 f"({kind.companion_hint}) as `vae_file`")
-            vae = _resolve(resolve, "vae_file", vae_file) if has_vae else None
+            vae = _official_vae(choice, folder, vae_file, resolve)
             chosen[vae] = ("vae_file", vae_file)
             pipe = load_official(folder, vae, text_encoder=encoder, dtype=torch_dtype)
     except SourceError as err:
@@ -155,6 +154,18 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
         raise ValueError(explain_refusal(err, chosen) or f"cannot load {choice!r}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _official_vae(choice: str, folder: Path, vae_file: str, resolve: Callable[[str], Path]) -> Path | None:
+    """The VAE file of an official checkpoint (``None``: none picked, for a name no kind knows; the loader
+    then says what the name should look like)."""
+    kind = kind_for_official_file(folder)
+    if vae_file in (None, "", NO_COMPANION):
+        if kind is not None:
+            raise ChoiceError(f"`model_name` {choice!r} is an official {kind.name} checkpoint; also pick its VAE "
+                              f"({kind.companion_hint}) as `vae_file`")
+        return None
+    return _resolve(resolve, "vae_file", vae_file)
 
 
 def _load_saved(choice: str, folder: Path, has_vae: bool, vae_file: str, encoder: Path | None,

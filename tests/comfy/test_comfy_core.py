@@ -96,7 +96,7 @@ def test_saved_folder_round_trip_gives_the_same_images(demo, tmp_path):
     a = sample(cfg(demo, 3.0), classes(demo, "plant"), 5)[0]
     b = sample(cfg(model, 3.0), classes(model, "plant"), 5)[0]
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match=r"is a saved pipeline folder\) brings its own VAE and cannot use `vae_file`"):
+    with pytest.raises(ValueError, match=r"\(a saved pipeline folder\) brings its own VAE and cannot use `vae_file`"):
         load("run/model_index.json", "run/vae/diffusion_pytorch_model.safetensors",
                             lambda n: tmp_path / n)
 

@@ -14,10 +14,12 @@ import inspect
 import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
 from comfy_nodes.extension import NODES
 from comfy_nodes.sources import DEMO_CHOICE
+from tests.comfy import make_thumbnails
 from tests.helpers import comfy_workflow as wf
 from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_models, node_defs, node_infos
 
@@ -56,6 +58,15 @@ def test_every_model_file_is_declared_with_a_download(path):
                 continue
             assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"
             assert declared[name]["directory"] == "vpg" and declared[name]["url"].endswith("/" + name)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_each_workflow_has_its_thumbnail(path):
+    """ComfyUI's template browser shows ``<name>.jpg`` beside ``<name>.json``; make_thumbnails.py makes each
+    from that workflow's own run in run_headless.sh."""
+    with PIL.Image.open(path.with_suffix(".jpg")) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) == make_thumbnails.SIDE
+    assert path.stem in make_thumbnails.RUNS
 
 
 def test_var_workflow_points_at_the_official_file_names():
