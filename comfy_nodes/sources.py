@@ -144,7 +144,8 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
             pipe = _load_saved(choice, folder, has_vae, vae_file, encoder, torch_dtype)
         else:
             vae = _official_vae(choice, folder, vae_file, resolve)
-            chosen[vae] = ("vae_file", vae_file)
+            if vae is not None:
+                chosen[vae] = ("vae_file", vae_file)
             pipe = load_official(folder, vae, text_encoder=encoder, dtype=torch_dtype)
     except SourceError as err:
         raise ValueError(_in_widget_words(err)) from err
