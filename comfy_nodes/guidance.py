@@ -23,7 +23,7 @@ from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 from .api import io
 from .errors import check_widgets, fail, index_ranges, title, translated
 from .guidance_map import NORMALIZE, GuidanceMaps, render
-from .model import CATEGORY, VPG_GUIDANCE, VPG_MODEL, VPGModel, default_call, model_input, vpg_model
+from .model import CATEGORY, VPG_GUIDANCE, VPG_MODEL, VPGModel, default_call, model_input, strength, vpg_model
 
 SCALE_PRESETS = ("all", "semantic")
 
@@ -180,7 +180,7 @@ class VPGPrefixGuidance(io.ComfyNode):
         node_title = title(cls)
         model = vpg_model(node_title, model)
         if model.prefix is not None:
-            raise fail(node_title, f"this model already has Prefix Guidance (vpg_scale {model.prefix.scale:g}); "
+            raise fail(node_title, f"this model already has Prefix Guidance (vpg_scale {strength(model.prefix):g}); "
                                    "chain only one VPG Prefix Guidance node.")
         check_widgets(cls, vpg_scale=vpg_scale, corruption=corruption, mode=mode, refresh=refresh, scales=scales)
         scale_list = parse_scales(node_title, scales)

@@ -25,6 +25,12 @@ CATEGORY = "sampling/vpg"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+def strength(term: Any) -> float:
+    """A guidance term's strength (CFG / APG ``cfg``, VPG's ``w``, IGG's ``w``, SSG's ``beta``); the one place
+    the pack reads the term's field for it."""
+    return float(term.scale)
+
+
 @dataclass
 class Placement:
     """How the weights of one loaded pipeline are placed; shared by every clone of the model.
@@ -71,18 +77,18 @@ class VPGModel:
 
     def cfg_strength(self, off: float) -> float:
         """The CFG / APG strength (the pipeline's ``guidance_scale``), ``off`` without a CFG or APG node."""
-        return float(self.cfg.scale) if self.cfg is not None else off
+        return strength(self.cfg) if self.cfg is not None else off
 
     def prefix_kwargs(self) -> dict[str, Any]:
         """The pipeline's ``vpg_*`` arguments of the Prefix Guidance node (off without one)."""
         prefix = self.prefix or PrefixGuidance(1.0)
-        return dict(vpg_scale=prefix.scale, vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
+        return dict(vpg_scale=strength(prefix), vpg_corruption=prefix.corruption, vpg_mode=prefix.mode,
                     vpg_refresh=prefix.refresh, vpg_scales=prefix.scales)
 
     def describe(self) -> str:
         name = "apg" if isinstance(self.cfg, AdaptiveProjectedGuidance) else "cfg"
-        cfg = f"{name} {self.cfg.scale:g}" if self.cfg else "no CFG"
-        vpg = f"VPG w={self.prefix.scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
+        cfg = f"{name} {strength(self.cfg):g}" if self.cfg else "no CFG"
+        vpg = f"VPG w={strength(self.prefix):g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
         others = "".join(f", {g.describe()}" for g in self.guiders)
         return f"{self.source} ({cfg}, {vpg}{others})"
 

@@ -14,7 +14,7 @@ from comfy_nodes import guidance_map, host, sources
 from comfy_nodes.conditioning import ClassConditioning, VPGClassConditioning
 from comfy_nodes.guidance import VPGCFG, VPGGuidanceMap, VPGPrefixGuidance, parse_scales
 from comfy_nodes.loader import VPGModelLoader
-from comfy_nodes.model import VPGModel
+from comfy_nodes.model import VPGModel, strength
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
 from comfy_nodes.sources import DEMO_CHOICE, NO_COMPANION
@@ -136,8 +136,8 @@ def test_guidance_nodes_return_patched_copies_and_never_mutate_their_input(demo)
     with_cfg = cfg(demo, 2.0)
     with_vpg = prefix(with_cfg, 2.5, 0.25, "token", "resample", "1-3")
     assert demo.cfg is None and demo.prefix is None
-    assert with_cfg.cfg.scale == 2.0 and with_cfg.cfg.schedule == "linear" and with_cfg.prefix is None
-    assert (with_vpg.prefix.scale, with_vpg.prefix.corruption, with_vpg.prefix.mode, with_vpg.prefix.refresh) == (
+    assert strength(with_cfg.cfg) == 2.0 and with_cfg.cfg.schedule == "linear" and with_cfg.prefix is None
+    assert (strength(with_vpg.prefix), with_vpg.prefix.corruption, with_vpg.prefix.mode, with_vpg.prefix.refresh) == (
         2.5, 0.25, "token", "resample")
     assert list(with_vpg.prefix.scales) == [1, 2, 3]
     assert with_vpg.pipeline is demo.pipeline and with_vpg.cfg is with_cfg.cfg

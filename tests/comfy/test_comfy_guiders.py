@@ -13,7 +13,7 @@ import torch
 from comfy_nodes.conditioning import VPGClassConditioning
 from comfy_nodes.extension import NODES
 from comfy_nodes.guidance import VPGCFG, VPGIGG, VPGSSG, VPGEntropyTemperature, VPGPrefixGuidance
-from comfy_nodes.model import VPGModel
+from comfy_nodes.model import VPGModel, strength
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
 from comfy_nodes.sources import DEMO_CHOICE
@@ -61,8 +61,9 @@ def test_nodes_attach_one_term_each_and_never_mutate_their_input(demo):
     assert demo.guiders == () and len(with_igg.guiders) == 1 and len(with_ssg.guiders) == 2
     term_igg, term_ssg, temp = stacked.guiders
     assert isinstance(term_igg, InformationGroundingGuidance)
-    assert (term_igg.scale, term_igg.schedule, term_igg.start, term_igg.stop) == (1.5, "constant", 0.1, 0.9)
-    assert isinstance(term_ssg, ScaledSpatialGuidance) and (term_ssg.scale, term_ssg.interpolation) == (0.25, "nearest")
+    assert (strength(term_igg), term_igg.schedule, term_igg.start, term_igg.stop) == (1.5, "constant", 0.1, 0.9)
+    assert isinstance(term_ssg, ScaledSpatialGuidance)
+    assert (strength(term_ssg), term_ssg.interpolation) == (0.25, "nearest")
     assert isinstance(temp, EntropyAwareTemperature) and (temp.t0, temp.alpha, temp.theta, temp.base, temp.stop) == (
         2.0, 2.5, 0.5, 0.9, 0.5)
     assert stacked.pipeline is demo.pipeline and "IGG 1.5" in stacked.describe() and "SSG 0.25" in stacked.describe()

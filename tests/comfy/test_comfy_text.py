@@ -15,7 +15,7 @@ import torch
 from comfy_nodes import host, sources
 from comfy_nodes.conditioning import TextConditioning, VPGClassConditioning, VPGTextEncode
 from comfy_nodes.guidance import VPGAPG, VPGCFG, VPGPrefixGuidance
-from comfy_nodes.model import VPGModel
+from comfy_nodes.model import VPGModel, strength
 from comfy_nodes.samplers import VPGSampler, VPGTextImageSampler, VPGVideoSampler, infinity_sizes, infinity_star_sizes
 from comfy_nodes.sampling import generators
 from comfy_nodes.sources import NO_COMPANION
@@ -258,7 +258,7 @@ def test_size_lists_hold_the_official_sizes():
 # -- InfinityStar: APG + video ---------------------------------------------------------------------------
 def test_apg_and_prefix_guidance_chain_on_star(star):
     with_apg = apg(star, 34.0, 0.05)
-    assert star.cfg is None and with_apg.cfg.scale == 34.0 and with_apg.cfg.norm_threshold == 0.05
+    assert star.cfg is None and strength(with_apg.cfg) == 34.0 and with_apg.cfg.norm_threshold == 0.05
     guided = prefix(with_apg, 1.5, 0.1, "full", "persistent", "semantic")
     assert guided.prefix.scales == "semantic" and with_apg.prefix is None
     with pytest.raises(ValueError, match="already has guidance"):
