@@ -15,6 +15,6 @@ if __package__ and importlib.util.find_spec("comfy_api") is not None:
     except ImportError:  # a plain clone: use the package next to this file
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-    from .comfy_nodes.nodes import comfy_entrypoint
+    from .comfy_nodes.extension import comfy_entrypoint
 
     __all__ = ["comfy_entrypoint"]

@@ -1,2 +1,3 @@
-"""The ComfyUI node pack. The plain modules (``registry``, ``core``, ``guidance_map``, ``specs``,
-``workflow``) import without ComfyUI; only ``nodes`` needs it, so it is not imported here."""
+"""The ComfyUI node pack (see docs/comfyui.md). Nothing is imported here: ComfyUI loads the nodes through
+the repository's root ``__init__.py`` (``comfy_nodes.extension``), and importing a single module (in tests,
+without ComfyUI) should not load them all."""

@@ -1,6 +1,6 @@
 """GPU memory for the node pack: the loader's ``quantization`` / ``offload`` choices and the sampler's
-planned peak, with a readable refusal when a run cannot fit. No ComfyUI imports (``nodes.py`` passes in
-ComfyUI's free-memory figure and does the loading / freeing through ``comfy.model_management``).
+planned peak, with a readable refusal when a run cannot fit, and the placement of the weights through
+ComfyUI's model management (:mod:`comfy_nodes.host`).
 
 ``auto`` quantization (loader) plans the model's default call (its default size, one sample, its
 default VPG) against the free memory at load time and quantizes only when no offload mode fits
@@ -12,6 +12,7 @@ another mode is refused with the option to change.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,47 +20,34 @@ import torch
 
 from vpg_pipelines.memory import OFFLOAD_MODES
 from vpg_pipelines.memory.choose import CANDIDATES, choose_savers, usable
+from vpg_pipelines.memory.offload import apply_offload
 from vpg_pipelines.memory.planner import MemoryEstimate
+from vpg_pipelines.memory.quantization import apply_quantization
 from vpg_pipelines.memory.report import gib
+from vpg_pipelines.registry import kind_of
 
-from .core import VPGNodeError
+from . import host
+from .model import VPGModel, default_call
 
 QUANTIZATION_CHOICES = ("auto", "none", "int8", "nf4", "fp8")
 OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
 
 
-class VPGMemoryError(VPGNodeError):
-    """A run that cannot fit; the message names what would make it fit."""
-
-
-def default_call(pipeline: Any) -> dict[str, Any]:
-    """The call a loader plans with: one sample of the model's first class / a short prompt, its defaults."""
-    name = type(pipeline).__name__
-    if name == "VPGVARPipeline":
-        return {"class_labels": [0]}
-    return {"prompt": "a photo of a fox in the snow"}
-
-
 def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
     """The quantization the loader applies for ``choice`` (``auto``: planned; ``None`` free bytes: a CPU,
-    where nothing is planned and the weights stay as loaded)."""
-    if choice not in QUANTIZATION_CHOICES:
-        raise VPGMemoryError(f"VPG Load Model: `quantization` must be one of {QUANTIZATION_CHOICES}, got {choice!r}")
+    where nothing is planned and the weights stay as loaded). ``choice`` is one of the widget's options."""
     if choice != "auto":
         if choice == "nf4" and not cuda:
-            raise VPGMemoryError("VPG Load Model: `quantization` nf4 (bitsandbytes) needs a CUDA GPU; "
-                                 "use int8 or fp8")
+            raise ValueError("`quantization` nf4 (bitsandbytes) needs a CUDA GPU; use int8 or fp8")
         return choice
     if free_bytes is None:
         return "none"
     allowed = ("none", "int8", "nf4") if cuda else ("none", "int8")
-    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(pipeline)).quantization
+    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(kind_of(pipeline))).quantization
 
 
 def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
     """Decide (:func:`loader_quantization`) and apply the loader's quantization; returns what was applied."""
-    from vpg_pipelines.memory.quantization import apply_quantization
-
     quantization = loader_quantization(pipeline, choice, free_bytes, cuda)
     dtype = pipeline.transformer.dtype
     apply_quantization(pipeline, quantization, torch.bfloat16 if quantization == "fp8" and dtype == torch.float32
@@ -82,7 +70,7 @@ class RunPlan:
                 f"at {p.name}: weights {gib(p.weights)} + K/V cache {gib(p.kv)} + activations {gib(p.activations)})")
 
 
-def _alternatives(model: Any, call: dict[str, Any], budget: int, applied: str | None) -> list[str]:
+def _alternatives(model: VPGModel, call: dict[str, Any], budget: int, applied: str | None) -> list[str]:
     """Readable changes that would make the run fit, cheapest first."""
     pipe = model.pipeline
     tips = []
@@ -113,14 +101,14 @@ def _alternatives(model: Any, call: dict[str, Any], budget: int, applied: str | 
     return tips
 
 
-def plan_run(model: Any, call: dict[str, Any], free_bytes: int, node: str) -> RunPlan:
-    """The offload mode and planned peak of ``pipe(**call)`` for ``model`` (a ``VPGModel``) in ``free_bytes``.
+def plan_run(model: VPGModel, call: dict[str, Any], free_bytes: int, node: str) -> RunPlan:
+    """The offload mode and planned peak of ``pipe(**call)`` for ``model`` in ``free_bytes``.
 
-    ``model.offload`` is the loader's choice; ``model.pipeline._vpg_offload`` the mode already applied
-    (kept once applied). Raises :class:`VPGMemoryError` naming what would fit when nothing does.
+    ``model.offload`` is the loader's choice; ``model.placement.offload`` the mode already applied (kept
+    once applied). Raises a ``ValueError`` titled ``node`` naming what would fit when nothing does.
     """
     pipe = model.pipeline
-    applied = getattr(pipe, "_vpg_offload", None)
+    applied = model.placement.offload
     budget = usable(free_bytes)
     if applied is not None or model.offload != "auto":
         offload = applied or model.offload
@@ -133,7 +121,52 @@ def plan_run(model: Any, call: dict[str, Any], free_bytes: int, node: str) -> Ru
         tips = _alternatives(model, call, budget, applied)
         advice = ("To make it fit, set " + "; or ".join(tips) + ".") if tips else (
             "Nothing the planner knows fits: lower `batch_size` or the size, or free GPU memory.")
-        raise VPGMemoryError(
+        raise ValueError(
             f"{node}: this run needs about {gib(peak)} of GPU memory (offload {offload}) but {gib(free_bytes)} "
             f"are free (a margin of {gib(free_bytes - budget)} is kept). {advice}")
     return RunPlan(offload, peak, free_bytes, estimate)
+
+
+def place_for_text_encoding(model: VPGModel) -> None:
+    """Place the weights for VPG Text Encode: all on the GPU when the model runs without offloading (planned
+    with its default call when ``offload`` is auto); otherwise the offload hooks move the text encoder."""
+    placement = model.placement
+    if placement.handle is None:
+        return
+    if placement.offload is not None or not host.on_cuda():
+        if placement.offload in (None, "none"):
+            host.load_models(placement.handle)
+        return
+    offload = model.offload
+    if offload == "auto":
+        wanted = model.pipeline.estimate_memory(**default_call(model.kind)).peak("none")
+        host.free_memory(wanted)
+        offload = "none" if wanted <= usable(host.free_bytes() or 0) else "model"
+    if offload == "none":
+        host.load_models(placement.handle)
+    else:
+        apply_offload(model.pipeline, offload, host.torch_device())
+    placement.offload = offload
+
+
+def prepare_run(model: VPGModel, node: str, call: dict[str, Any]) -> None:
+    """Before a sampler runs the pipeline: plan the call's GPU memory, report it, refuse a run that cannot
+    fit, let ComfyUI unload other models for it, then place the weights (the offload mode on the first run)."""
+    placement = model.placement
+    if placement.handle is None:
+        return
+    if not host.on_cuda():
+        host.load_models(placement.handle)
+        return
+    wanted = model.pipeline.estimate_memory(**call).peak("none")
+    host.free_memory(wanted)  # ComfyUI unloads other models first
+    free = host.free_bytes() or 0
+    if placement.offload == "none":  # our weights are on the GPU already
+        free += host.loaded_bytes(placement.handle)
+    plan = plan_run(model, call, free, node)
+    logging.info("%s: %s", node, plan.describe())
+    if plan.offload == "none":
+        host.load_models(placement.handle, memory_required=max(0, plan.peak - sum(plan.estimate.weights.values())))
+    elif placement.offload is None:
+        apply_offload(model.pipeline, plan.offload, host.torch_device())
+    placement.offload = plan.offload

@@ -13,8 +13,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comfy_nodes.registry import DEMO_CHOICE  # noqa: E402
-from comfy_nodes.specs import NODE_SPECS  # noqa: E402
+from comfy_nodes.kinds import DEMO_CHOICE  # noqa: E402
+
+from comfy_nodes.extension import NODES  # noqa: E402
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+NODE_INFO = {info["name"]: info for info in (cls.GET_NODE_INFO_V1() for cls in NODES)}
+"""The pack's nodes as ComfyUI reports them (``/object_info``), read from the node classes."""
 
 # output types of the ComfyUI core nodes used here (inputs are listed per graph below)
 CORE_OUTPUTS = {"SaveImage": [], "PreviewImage": [], "ImageScaleBy": ["IMAGE"], "ImageStitch": ["IMAGE"],
@@ -43,11 +48,13 @@ class Graph:
     def add(self, node_type: str, pos: tuple[int, int], widgets: list, title: str | None = None,
             size: tuple[int, int] = (320, 130), models: list[dict] | None = None) -> int:
         node_id = len(self.nodes) + 1
-        if node_type in NODE_SPECS:
-            spec = NODE_SPECS[node_type]
-            inputs = [{"name": i.name, "type": i.type, "link": None} for i in spec.inputs if not i.is_widget]
-            outputs = [{"name": o.name, "type": o.type, "links": [], "slot_index": s}
-                       for s, o in enumerate(spec.outputs)]
+        if node_type in NODE_INFO:
+            info = NODE_INFO[node_type]
+            declared = {**info["input"]["required"], **info["input"].get("optional", {})}
+            inputs = [{"name": name, "type": kind, "link": None} for name, (kind, _) in declared.items()
+                      if kind not in WIDGET_TYPES]
+            outputs = [{"name": name, "type": kind, "links": [], "slot_index": s}
+                       for s, (kind, name) in enumerate(zip(info["output"], info["output_name"]))]
         else:
             inputs = [{"name": n, "type": CORE_SOCKET_TYPES[n], "link": None} for n in CORE_SOCKETS[node_type]]
             outputs = [{"name": t, "type": t, "links": [], "slot_index": s}

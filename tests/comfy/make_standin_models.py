@@ -18,6 +18,9 @@ Needs the parity fixtures of ``shared/parity`` (``VPG_SHARED`` or ``../shared``)
 * ``../text_encoders/flan-t5-xl/`` (a random T5 of the tiny Infinity's 128 channels, standing in for
   google/flan-t5-xl) and ``../text_encoders/tiny-t5-d64/`` (64 channels, for the tiny InfinityStar).
 * ``broken/model_index.json``: a folder of a pipeline class the pack cannot load (negative test).
+* ``var_d24_truncated.safetensors``: the tiny VAR cut in half, as an interrupted download leaves it, and
+  ``var_d30_pickle.pth``: a raw pickle that would call ``os.system`` (an ``echo``) if it were ever unpickled
+  unsafely (negative tests: the loader must call the first truncated and name the call of the second).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -32,9 +36,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process
+# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process;
+# the repository root for `vpg_pipelines` when it is not installed (a plain clone in custom_nodes/)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 from tiny_text import tiny_t5  # noqa: E402
+
+from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline  # noqa: E402
 
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
@@ -47,6 +55,13 @@ STAR_ARGS = {  # the InfinityStar fixture's settings (tests/pipelines/test_infin
 }
 
 
+class _Payload:
+    """Pickles as a call to ``os.system``: what a malicious checkpoint holds (harmless here: an echo)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo VPG-PICKLE-PAYLOAD-RAN",))
+
+
 def shared_root() -> Path:
     repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("VPG_SHARED", repo.parent / "shared")) / "parity"
@@ -56,8 +71,6 @@ def shared_root() -> Path:
 
 def tiny_infinity():
     """The Infinity fixture as a pipeline with a tiny T5 (default size: the fixture's 256 x 256)."""
-    from vpg_pipelines import VPGInfinityPipeline
-
     root = shared_root() / "infinity"
     config = json.loads((root / "config.json").read_text())
     pipe = VPGInfinityPipeline.from_official(str(root / "infinity.safetensors"), str(root / "vae.safetensors"),
@@ -75,8 +88,6 @@ def star_config() -> dict:
 
 def tiny_infinity_star():
     """The InfinityStar fixture as a pipeline with a tiny T5 (default size 192 x 336, up to 81 frames)."""
-    from vpg_pipelines import VPGInfinityStarPipeline
-
     root = shared_root() / "infinity_star"
     pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=star_config())
@@ -122,6 +133,11 @@ def write_official_standins(target: Path) -> None:
         encoder, tokenizer = tiny_t5(channels)
         encoder.save_pretrained(encoders / name)
         tokenizer.save_pretrained(encoders / name)
+
+    data = (var / "var.safetensors").read_bytes()
+    (target / "var_d24_truncated.safetensors").write_bytes(data[: len(data) // 2])
+    shutil.copy(var / "config.json", target / "var_d24_truncated.json")
+    (target / "var_d30_pickle.pth").write_bytes(pickle.dumps(_Payload()))
 
     (target / "broken").mkdir(exist_ok=True)
     (target / "broken" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))

@@ -4,7 +4,8 @@
 #
 #   tests/comfy/run_headless.sh /path/to/ComfyUI /path/to/venv/bin/python
 #
-# Exit status: the number of failed checks (0 = all passed). Images land in $WORK/out/.
+# Exit status: the number of failed checks (0 = all passed). Images land in $WORK/out/; with THUMBNAILS=DIR
+# the thumbnails of the shipped workflows (tests/comfy/make_thumbnails.py) are written to DIR.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 COMFY=${1:-${COMFYUI_PATH:?give the ComfyUI checkout as \$1 or COMFYUI_PATH}}
@@ -49,12 +50,26 @@ check "same run uncancelled (how long Cancel cut short)" "$DEMO" --set 5.batch_s
 check "missing model file" workflows/vpg_var_d16.json --no-check --set '1.model_name="var_d30.pth"' \
     --expect-error "was not found in the models/vpg folder"
 check "unsupported pipeline folder" "$DEMO" --no-check --set '1.model_name="broken/model_index.json"' \
-    --expect-error "which this node pack cannot load"
+    --expect-error "which vpg_pipelines cannot load"
 check "wrong socket type" "$DEMO" --set '5.conditioning=["3", 0]' --expect-error "return_type_mismatch"
-check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' --expect-error "entries must be in [0, 5]"
+check "scale index out of range" "$DEMO" --set '4.scales="2, 9"' \
+    --expect-error "VPG Prefix Guidance: \`scales\` asks for scale 9, but this model has 6 scales (0-5)"
+check "scale range far out of range" "$DEMO" --set '4.scales="1-100"' \
+    --expect-error "VPG Prefix Guidance: \`scales\` asks for scale 6-100, but this model has 6 scales (0-5)"
+check "NaN corruption" "$DEMO" --set 4.corruption=NaN \
+    --expect-error "VPG Prefix Guidance: \`corruption\` must be a number in [0, 1], got nan"
+check "Guidance Map option off its list" "$DEMO" --set '8.normalize="log"' \
+    --expect-error "VPG Guidance Map: \`normalize\` must be one of 'per scale', 'shared', got 'log'"
+check "bundled demo with a vae_file" "$DEMO" --set '1.vae_file="vae_ch160v4096z32.pth"' \
+    --expect-error "VPG Load Model: the bundled demo brings its own VAE and cannot use \`vae_file\`"
+check "truncated safetensors checkpoint" workflows/vpg_var_d16.json --no-check \
+    --set '1.model_name="var_d24_truncated.safetensors"' \
+    --expect-error "VPG Load Model: \`model_name\` 'var_d24_truncated.safetensors' is truncated or corrupt"
+check "pickle that would run code" workflows/vpg_var_d16.json --no-check --set '1.model_name="var_d30_pickle.pth"' \
+    --expect-error "VPG Load Model: \`model_name\` 'var_d30_pickle.pth' is a pickle that would call \`posix.system\`"
 check "unknown class name" "$DEMO" --set '2.classes="face-hapy"' --expect-error "Did you mean"
 check "official checkpoint without its VAE" workflows/vpg_var_d16.json --set '1.vae_file="none"' \
-    --expect-error "also pick the VAR VQVAE file"
+    --expect-error "is an official var checkpoint; also pick its VAE (the VAR VQVAE file"
 
 # Infinity / InfinityStar (node ids: 1 loader, 2 text encode, 3 CFG/APG, 4 prefix, 5 sampler). The official
 # workflows load in bf16 (for GPUs); bf16 convolutions on a CPU are very slow, so the stand-ins run in fp32.
@@ -71,16 +86,20 @@ check "InfinityStar 720p workflow (stand-in shard folder + T5 folder)" "$STAR720
     --out "$WORK/out/star_standin"
 check "Cancel mid-video leaves no output" "$STAR" --set 5.seed=1 --interrupt-after 2
 check "Infinity VAE picked as the model" "$INF" --set '1.model_name="infinity_vae_d32reg.pth"' \
-    --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the VAE: pick the transformer"
+    --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the infinity VAE: pick the transformer"
 check "InfinityStar VAE with the Infinity transformer" "$INF" --set '1.vae_file="infinitystar_videovae.pth"' \
-    --expect-error "is not an Infinity VAE"
+    --expect-error "is not the infinity VAE"
 check "T5 of the wrong width" "$INF" --set '1.text_encoder="tiny-t5-d64"' --expect-error "64-channel features"
 check "official text model without a T5 folder" "$INF" --set '1.text_encoder="none"' --set '1.dtype="fp32"' \
     --expect-error "pick the T5 folder"
-check "Infinity size off the schedules" "$INF" --set '5.size="1000x1000"' --expect-error "not an Infinity schedule size"
+check "Infinity size off the schedules" "$INF" --set '5.size="1000x1000"' --expect-error "\`size\` must be one of the 61 choices in its list"
 check "video frame count" "$STAR" --set 5.num_frames=20 --expect-error "must be one of [1, 17"
 check "APG on an Infinity model" "$INF" --set '3={"class_type": "VPGAPG", "inputs": {"model": ["1", 0], "cfg": 3.0, "norm_threshold": 0.05}}' \
     --expect-error "takes CFG only"
 
+if grep -q "VPG-PICKLE-PAYLOAD-RAN" "$WORK/server.log"; then echo "FAIL the pickle's payload ran"; FAILED=$((FAILED + 1)); fi
+if [ -n "${THUMBNAILS:-}" ]; then  # the workflows' own outputs as their template-browser thumbnails
+    "$PY" tests/comfy/make_thumbnails.py "$WORK/out" "$THUMBNAILS"
+fi
 echo "server log: $WORK/server.log; images: $WORK/out; failed checks: $FAILED"
 exit $FAILED

@@ -6,7 +6,7 @@
     python tests/comfy/submit.py URL WF.json --no-check --expect-error "Value not in list"
 
 The workflow is checked against the server's ``/object_info`` and converted to API format with
-``comfy_nodes.workflow`` (the frontend does this conversion in the browser). Exit status 0 when the
+``tests/helpers/comfy_workflow.py`` (the frontend does this conversion in the browser). Exit status 0 when the
 run succeeded (or failed with the expected message), 1 otherwise.
 """
 
@@ -22,9 +22,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))  # the module alone, no package imports
 
-from comfy_nodes import workflow as wf  # noqa: E402
+import comfy_workflow as wf  # noqa: E402
 
 
 def _get(url: str) -> bytes:

@@ -4,19 +4,21 @@ planned peak and its refusal naming what would fit."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 
-from comfy_nodes import core
-from comfy_nodes.memory import (
-    VPGMemoryError,
-    default_call,
-    loader_quantization,
-    plan_run,
-    quantize_loaded,
-)
-from comfy_nodes.registry import DEMO_CHOICE, load_pipeline
+from comfy_nodes import host
+from comfy_nodes.conditioning import VPGClassConditioning
+from comfy_nodes.guidance import VPGCFG, VPGPrefixGuidance
+from comfy_nodes.memory import default_call, loader_quantization, plan_run, quantize_loaded
+from comfy_nodes.model import Placement, VPGModel
+from comfy_nodes.samplers import VPGSampler
+from comfy_nodes.sampling import generators
+from comfy_nodes.sources import DEMO_CHOICE
+from tests.helpers.comfy import load, run
 from vpg_pipelines.memory.choose import MARGIN_BYTES, usable
+from vpg_pipelines.registry import kind_of
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")
 
@@ -28,14 +30,15 @@ def _free_for(budget: int) -> int:
 
 @pytest.fixture
 def demo_model():
-    pipe, kind = load_pipeline(DEMO_CHOICE, "none", lambda name: name)
-    model = core.VPGModel(pipe, kind, DEMO_CHOICE)
-    return core.apply_prefix_guidance(core.apply_cfg(model, 3.0), 1.5, 0.5, "full", "persistent", "all")
+    pipe, kind = load(DEMO_CHOICE, "none", lambda name: name)
+    model = run(VPGCFG, model=VPGModel(pipe, kind, DEMO_CHOICE), cfg=3.0)[0]
+    return run(VPGPrefixGuidance, model=model, vpg_scale=1.5, corruption=0.5, mode="full", refresh="persistent",
+               scales="all")[0]
 
 
 def _call(model, batch=4):
     return dict(class_labels=[0, 1], num_images_per_prompt=batch // 2, guidance_scale=3.0,
-                **core.prefix_kwargs(model), generator=core.generators(0, batch), output_type="pt")
+                **model.prefix_kwargs(), generator=generators(0, batch), output_type="pt")
 
 
 def test_usable_keeps_a_margin():
@@ -48,11 +51,9 @@ def test_loader_quantization_choices(demo_model):
     assert loader_quantization(pipe, "int8", None, cuda=False) == "int8"
     assert loader_quantization(pipe, "auto", None, cuda=False) == "none"  # a CPU: nothing planned
     assert loader_quantization(pipe, "auto", 80 * 1024**3, cuda=False) == "none"
-    with pytest.raises(VPGMemoryError, match="nf4"):
+    with pytest.raises(ValueError, match="nf4"):
         loader_quantization(pipe, "nf4", None, cuda=False)
-    with pytest.raises(VPGMemoryError, match="quantization"):
-        loader_quantization(pipe, "int4", None, cuda=False)
-    call = default_call(pipe)
+    call = default_call(kind_of(pipe))
     plain = pipe.estimate_memory(**call)
     int8 = pipe.estimate_memory(quantization="int8", **call)
     full = min(plain.peak(m) for m in ("none", "model", "group"))
@@ -62,7 +63,7 @@ def test_loader_quantization_choices(demo_model):
 
 
 def test_quantize_loaded_applies_the_choice():
-    pipe, _ = load_pipeline(DEMO_CHOICE, "none", lambda name: name)
+    pipe, _ = load(DEMO_CHOICE, "none", lambda name: name)
     assert quantize_loaded(pipe, "int8", None, cuda=False) == "int8"
     assert type(pipe.transformer.head.weight).__name__ == "Int8Tensor"
 
@@ -84,7 +85,7 @@ def test_run_that_cannot_fit_is_refused_naming_what_would(demo_model):
     call = _call(model)
     estimate = model.pipeline.estimate_memory(**call)
     free = _free_for(estimate.peak("group"))
-    with pytest.raises(VPGMemoryError) as err:
+    with pytest.raises(ValueError) as err:
         plan_run(model, call, free, "VPG Sampler")
     text = str(err.value)
     assert text.startswith("VPG Sampler: this run needs about")
@@ -96,39 +97,50 @@ def test_run_that_cannot_fit_is_refused_naming_what_would(demo_model):
 
 def test_an_applied_offload_is_kept_and_a_bigger_run_refused(demo_model):
     pipe = demo_model.pipeline
-    pipe._vpg_offload = "none"
-    try:
-        model = dataclasses.replace(demo_model, offload="auto")
-        small, big = _call(model, batch=2), _call(model, batch=8)
-        big_plan = pipe.estimate_memory(**big)
-        budget = max(pipe.estimate_memory(**small).peak("none"), big_plan.peak("group"))
-        assert big_plan.peak("none") > budget
-        assert plan_run(model, small, _free_for(budget), "VPG Sampler").offload == "none"
-        with pytest.raises(VPGMemoryError, match=r"`offload` (model|group) in VPG Load Model \(reload\)"):
-            plan_run(model, big, _free_for(budget), "VPG Sampler")
-    finally:
-        del pipe._vpg_offload
+    model = dataclasses.replace(demo_model, offload="auto", placement=Placement(offload="none"))
+    small, big = _call(model, batch=2), _call(model, batch=8)
+    big_plan = pipe.estimate_memory(**big)
+    budget = max(pipe.estimate_memory(**small).peak("none"), big_plan.peak("group"))
+    assert big_plan.peak("none") > budget
+    assert plan_run(model, small, _free_for(budget), "VPG Sampler").offload == "none"
+    with pytest.raises(ValueError, match=r"`offload` (model|group) in VPG Load Model \(reload\)"):
+        plan_run(model, big, _free_for(budget), "VPG Sampler")
 
 
-def test_samplers_call_prepare_with_the_call_and_stop_on_a_refusal(demo_model):
-    cond = core.encode_classes(demo_model, "plant, flag")
-    seen = []
-    result = core.sample(demo_model, cond, seed=0, batch_size=1, prepare=seen.append)
-    assert result.images.shape[0] == 2
-    assert seen and seen[0]["class_labels"] == list(cond.class_ids) and seen[0]["output_type"] == "pt"
+class _GPU:
+    """The host as a CUDA machine with ``free`` bytes: what prepare_run sees and does, recorded."""
 
-    def refuse(call):
-        raise VPGMemoryError("VPG Sampler: this run needs about 99 GiB")
+    def __init__(self, monkeypatch, free: int) -> None:
+        self.free, self.loads, self.freed = free, [], []
+        monkeypatch.setattr(host, "on_cuda", lambda: True)
+        monkeypatch.setattr(host, "free_bytes", lambda: self.free)
+        monkeypatch.setattr(host, "free_memory", self.freed.append)
+        monkeypatch.setattr(host, "load_models", lambda handle, memory_required=0: self.loads.append(memory_required))
+
+
+def test_sampler_plans_before_the_pipeline_runs_and_refuses_what_cannot_fit(demo_model, monkeypatch):
+    cond = run(VPGClassConditioning, model=demo_model, classes="plant, flag")[0]
+    model = dataclasses.replace(demo_model, offload="none", placement=Placement(handle="patcher"))
+    call = dict(class_labels=list(cond.class_ids), num_images_per_prompt=1, guidance_scale=3.0,
+                **model.prefix_kwargs(), generator=generators(0, 2), output_type="pt")
+    peak = model.pipeline.estimate_memory(**call).peak("none")
+    gpu = _GPU(monkeypatch, _free_for(peak))
+    images = run(VPGSampler, model=model, conditioning=cond, seed=0, batch_size=1, top_k=900, top_p=0.96)[0]
+    assert images.shape[0] == 2 and gpu.freed == [peak] and len(gpu.loads) == 1  # ComfyUI freed, then loaded
+    assert model.placement.offload == "none"
 
     ran = []
     pipe = demo_model.pipeline
     original = type(pipe).__call__
+    gpu.free, gpu.loads = _free_for(peak // 4), []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(type(pipe), "__call__", lambda self, **kw: ran.append(kw) or original(self, **kw))
-        with pytest.raises(core.VPGNodeError, match="^VPG Sampler: this run needs about 99 GiB$"):
-            core.sample(demo_model, cond, seed=0, prepare=refuse)
-    assert not ran  # refused before the pipeline ran
+        recording = functools.wraps(original)(lambda self, **kw: ran.append(kw) or original(self, **kw))
+        mp.setattr(type(pipe), "__call__", recording)  # same signature: the planner binds the call to it
+        with pytest.raises(ValueError, match="^VPG Sampler: this run needs about"):
+            run(VPGSampler, model=model, conditioning=cond, seed=0, batch_size=1, top_k=900, top_p=0.96)
+    assert not ran and not gpu.loads  # refused before anything was placed or run
 
 
 def test_model_default_memory_settings(demo_model):
     assert demo_model.offload == "auto" and demo_model.quantization == "none"
+    assert demo_model.placement == Placement(handle=None, offload=None)

@@ -1,53 +1,55 @@
-"""The node classes inside a real ComfyUI (no server): schemas, execution, progress, Cancel, errors.
+"""The node classes inside a real ComfyUI (no server): the schemas ComfyUI derives, execution, progress,
+Cancel, errors, video files.
 
-Runs only when ``COMFYUI_PATH`` points to a ComfyUI checkout whose requirements are importable
-(ComfyUI needs torchvision); otherwise every test is skipped with the reason. See docs/comfyui.md.
+Runs only when ``COMFYUI_PATH`` points to a ComfyUI checkout whose requirements are importable (ComfyUI needs
+torchvision); ``tests/comfy/conftest.py`` then puts it on ``sys.path`` before the pack is imported, so every
+test in ``tests/comfy`` also runs on ComfyUI's real schema API. Skipped otherwise, with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from comfy_nodes import workflow as wf
-from comfy_nodes.core import VPGModel
-from comfy_nodes.registry import DEMO_CHOICE
-from comfy_nodes.specs import DYNAMIC_CHOICES, MODEL_CHOICES, NODE_SPECS
+from comfy_nodes import api, host
+from comfy_nodes.extension import NODES
+from comfy_nodes.model import VPGModel
+from comfy_nodes.sampling import PREVIEW_MAX_SIZE
+from comfy_nodes.sources import DEMO_CHOICE
+from tests.helpers import comfy_workflow as wf
+from tests.helpers.comfy import listed_files, node_infos
 
-COMFY = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
-    not COMFY, reason="COMFYUI_PATH is not set (a ComfyUI checkout with its requirements) - node classes not tested"
-)
+    not api.COMFYUI, reason="ComfyUI is not importable (set COMFYUI_PATH to a checkout with its requirements): "
+                            "node classes not tested inside ComfyUI")
 REPO = Path(__file__).resolve().parents[2]
 NO_FILES = {"vae_file": "none", "text_encoder": "none", "dtype": "fp32", "quantization": "auto",
             "offload": "auto"}
+LISTING = {host.MODELS: ["var_d16.pth", "vae_ch160v4096z32.pth", "run/model_index.json",
+                         "infinitystar_8b_720p_weights/model.safetensors.index.json"],
+           host.TEXT_ENCODERS: ["flan-t5-xl/model.safetensors"]}
 
 
 @pytest.fixture(scope="module")
 def comfyui():
-    """ComfyUI's modules, CPU-only, and our node module imported the way ComfyUI would."""
-    sys.path.insert(0, COMFY)
-    try:
-        import comfy.cli_args
+    """ComfyUI's modules (already imported by the conftest) and the pack's node classes built on them."""
+    import comfy.model_management
+    import comfy.utils
 
-        comfy.cli_args.args.cpu = True  # before model_management initialises a device
-        import comfy.model_management
-        import comfy.utils
-        import folder_paths  # noqa: F401
+    assert api.COMFYUI, "the pack was imported before ComfyUI (see tests/comfy/conftest.py)"
+    nodes = SimpleNamespace(**{cls.__name__: cls for cls in NODES}, NODES=NODES, PREVIEW_MAX_SIZE=PREVIEW_MAX_SIZE)
+    return {"mm": comfy.model_management, "utils": comfy.utils, "nodes": nodes}
 
-        # ComfyUI's `nodes` puts ComfyUI/comfy first on sys.path, where comfy/utils.py would then shadow
-        # the top-level `utils` package that `server` needs; main.py avoids this by importing it early.
-        import utils.install_util  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"ComfyUI at {COMFY} does not import here ({err}); install its requirements")
-    from comfy_nodes import nodes as vpg_nodes
 
-    return {"mm": comfy.model_management, "utils": comfy.utils, "nodes": vpg_nodes}
+def _model_choices() -> list[str]:
+    return NODES[0].GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]["options"]
 
 
 def _info_v1(cls) -> dict:
@@ -65,22 +67,36 @@ def _real_defs(comfyui) -> dict[str, wf.NodeDef]:
     core = json.loads((REPO / "tests/comfy/core_object_info.json").read_text())
     infos = {name: schema_nodes[name].GET_NODE_INFO_V1() if name in schema_nodes else _info_v1(mapping[name])
              for name in core if not name.startswith("_")}
-    infos.update({cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in comfyui["nodes"].NODES})
+    infos.update(node_infos())
     return wf.defs_from_object_info(infos)
 
 
-def test_schemas_are_the_specs(comfyui):
-    vpg_nodes = comfyui["nodes"]
-    dynamic = {name: vpg_nodes.dynamic_options(name) for name in DYNAMIC_CHOICES}
-    expected = wf.defs_from_specs(NODE_SPECS.values(), dynamic)
-    assert [c.GET_SCHEMA().node_id for c in vpg_nodes.NODES] == list(NODE_SPECS)
-    for cls in vpg_nodes.NODES:
-        info = cls.GET_NODE_INFO_V1()
-        node_id = info["name"]
-        assert wf.defs_from_object_info({node_id: info})[node_id] == expected[node_id]
-        assert info["category"] == "sampling/vpg" and node_id.startswith("VPG")
-        assert info["output_name"] == [o.name for o in NODE_SPECS[node_id].outputs]
-    assert dynamic[MODEL_CHOICES][0] == DEMO_CHOICE
+STANDIN_DUMP = """
+import json
+from comfy_nodes import api
+from tests.helpers.comfy import listed_files, node_infos
+assert not api.COMFYUI
+with listed_files(json.loads(input())):
+    print(json.dumps(node_infos()))
+"""
+
+
+def _comparable(infos: dict) -> dict:
+    """``/object_info`` as JSON would carry it, without the module path ComfyUI's loader sets."""
+    return {name: {k: v for k, v in info.items() if k != "python_module"}
+            for name, info in json.loads(json.dumps(infos)).items()}
+
+
+def test_the_stand_in_reports_what_comfyui_reports(comfyui):
+    """The same node classes built on the stand-in (a Python without ComfyUI on its path) and on ComfyUI's
+    schema API report the same ``/object_info``: what CI checks the workflows against is what ComfyUI sees."""
+    with listed_files(LISTING):
+        real = node_infos()
+    standin = subprocess.run([sys.executable, "-c", STANDIN_DUMP], input=json.dumps(LISTING), text=True,
+                             capture_output=True, cwd=REPO, check=True).stdout
+    assert _comparable(json.loads(standin)) == _comparable(real)
+    assert list(real) == [cls.GET_SCHEMA().node_id for cls in NODES]
+    assert real["VPGModelLoader"]["input"]["required"]["model_name"][1]["options"][0] == DEMO_CHOICE
 
 
 def test_captured_core_node_table_matches_this_comfyui(comfyui):
@@ -106,7 +122,7 @@ def test_node_chain_produces_images_and_never_mutates_inputs(comfyui, loaded):
     n = comfyui["nodes"]
     import comfy.model_patcher
 
-    assert isinstance(loaded, VPGModel) and isinstance(loaded.handle, comfy.model_patcher.ModelPatcher)
+    assert isinstance(loaded, VPGModel) and isinstance(loaded.placement.handle, comfy.model_patcher.ModelPatcher)
     cond = n.VPGClassConditioning.execute(model=loaded, classes="face-happy, plant").result[0]
     with_cfg = n.VPGCFG.execute(model=loaded, cfg=3.0).result[0]
     guided = n.VPGPrefixGuidance.execute(model=with_cfg, vpg_scale=1.5, corruption=0.5, mode="full",
@@ -152,12 +168,12 @@ def test_cancel_raises_comfyuis_interrupt(comfyui, loaded):
 
 def test_bad_inputs_raise_plain_value_errors(comfyui, loaded):
     n = comfyui["nodes"]
-    with pytest.raises(ValueError, match="`model_name` 'var_d30.pth' was not found"):
+    with pytest.raises(ValueError, match="^VPG Load Model: `model_name` 'var_d30.pth' was not found"):
         n.VPGModelLoader.execute(model_name="var_d30.pth", **NO_FILES)
-    with pytest.raises(ValueError, match="already has CFG") as info:
+    with pytest.raises(ValueError, match="^VPG CFG: this model already has guidance") as info:
         n.VPGCFG.execute(model=n.VPGCFG.execute(model=loaded, cfg=1.0).result[0], cfg=2.0)
     assert type(info.value) is ValueError
-    with pytest.raises(ValueError, match="must come from a VPG Sampler"):
+    with pytest.raises(ValueError, match="^VPG Guidance Map: `guidance` must come from a VPG Sampler"):
         n.VPGGuidanceMap.execute(guidance=torch.zeros(1), normalize="per scale", cell=64)
 
 
@@ -173,7 +189,7 @@ def test_loader_reruns_when_the_chosen_file_changes(comfyui, tmp_path):
     assert first == n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
     os.utime(ckpt, (2000, 2000))
     assert first != n.VPGModelLoader.fingerprint_inputs(model_name="var_d16.pth", **NO_FILES)
-    assert "var_d16.pth" in n.dynamic_options(MODEL_CHOICES)
+    assert "var_d16.pth" in _model_choices()
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +212,7 @@ def tiny_folders(comfyui, tmp_path_factory):
 def test_infinity_nodes_produce_images_and_guidance_maps(comfyui, tiny_folders):
     n = comfyui["nodes"]
     choice = f"{tiny_folders.TINY_INFINITY}/model_index.json"
-    assert choice in n.dynamic_options(MODEL_CHOICES)
+    assert choice in _model_choices()
     model = n.VPGModelLoader.execute(model_name=choice, **NO_FILES).result[0]
     cond = n.VPGTextEncode.execute(model=model, prompt="a red cat", negative_prompt="").result[0]
     guided = n.VPGPrefixGuidance.execute(model=n.VPGCFG.execute(model=model, cfg=3.0).result[0], vpg_scale=2.0,

@@ -1,23 +1,27 @@
-"""The shipped ComfyUI workflows against the node definitions, without ComfyUI.
+"""The shipped workflows against the node definitions, without ComfyUI.
 
-Our nodes' definitions come from ``comfy_nodes.specs`` (the table ``nodes.py`` builds its schemas
-from); the ComfyUI core nodes the workflows use come from ``tests/comfy/core_object_info.json``, a
-capture of a running server's ``/object_info``. ``test_comfy_nodes.py`` re-checks both against a real
-ComfyUI when ``COMFYUI_PATH`` is set, and ``tests/comfy/run_headless.sh`` runs the workflows.
+Our nodes' definitions are what the node classes report (``GET_NODE_INFO_V1``; on the pack's stand-in for
+ComfyUI's schema API when ComfyUI is absent); the ComfyUI core nodes the workflows use come from
+``tests/comfy/core_object_info.json``, a capture of a running server's ``/object_info``.
+``test_comfy_nodes.py`` re-checks both against a real ComfyUI when ``COMFYUI_PATH`` is set, and
+``tests/comfy/run_headless.sh`` runs the workflows.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
-from comfy_nodes import workflow as wf
-from comfy_nodes.registry import DEMO_CHOICE
-from comfy_nodes.specs import NODE_SPECS
-from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_models, node_defs
+from comfy_nodes.extension import NODES
+from comfy_nodes.sources import DEMO_CHOICE
+from tests.comfy import make_thumbnails
+from tests.helpers import comfy_workflow as wf
+from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_models, node_defs, node_infos
 
 
 def load(path: Path) -> dict:
@@ -54,6 +58,15 @@ def test_every_model_file_is_declared_with_a_download(path):
                 continue
             assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"
             assert declared[name]["directory"] == "vpg" and declared[name]["url"].endswith("/" + name)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_each_workflow_has_its_thumbnail(path):
+    """ComfyUI's template browser shows ``<name>.jpg`` beside ``<name>.json``; make_thumbnails.py makes each
+    from that workflow's own run in run_headless.sh."""
+    with PIL.Image.open(path.with_suffix(".jpg")) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) == make_thumbnails.SIDE
+    assert path.stem in make_thumbnails.RUNS
 
 
 def test_var_workflow_points_at_the_official_file_names():
@@ -204,18 +217,13 @@ def test_checker_reports_broken_workflows(mutate, message):
         wf.to_api(ui, defs)
 
 
-def test_node_classes_take_exactly_the_spec_inputs():
-    """Without importing ComfyUI: every node class in nodes.py builds its schema from its own spec and
-    its ``execute`` takes the spec's inputs by name (what a converted workflow passes)."""
-    import ast
-
-    tree = ast.parse((REPO / "comfy_nodes/nodes.py").read_text())
-    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef) and c.name in NODE_SPECS}
-    assert set(classes) == set(NODE_SPECS)
-    for name, cls in classes.items():
-        methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
-        params = [a.arg for a in methods["execute"].args.args[1:]]
-        assert params == [i.name for i in NODE_SPECS[name].inputs], name
-        assert f"build_schema(NODE_SPECS['{name}'])" in ast.unparse(methods["define_schema"]), name
-        listed = next(n for n in tree.body if isinstance(n, ast.AnnAssign) and ast.unparse(n.target) == "NODES")
-        assert name in ast.unparse(listed.value)
+def test_each_node_class_executes_exactly_its_schema_inputs():
+    """A converted workflow calls ``execute`` with the schema's input names: the two must agree."""
+    infos = node_infos()
+    assert [cls.GET_SCHEMA().node_id for cls in NODES] == list(infos)
+    for cls in NODES:
+        info = infos[cls.GET_SCHEMA().node_id]
+        params = list(inspect.signature(cls.execute).parameters)
+        assert params == [*info["input_order"]["required"], *info["input_order"].get("optional", [])], cls
+        assert info["category"] == "sampling/vpg" and info["name"].startswith("VPG")
+        assert info["display_name"].startswith("VPG ")

@@ -1,17 +1,27 @@
-"""The shipped workflows and the node definitions they are checked against (without ComfyUI).
+"""The node pack in tests: the shipped workflows, the node definitions they are checked against, and a
+model folder for the loader.
 
-Our nodes' definitions come from ``comfy_nodes.specs``; the ComfyUI core nodes the workflows use come from
-``tests/comfy/core_object_info.json``, a capture of a running server's ``/object_info``.
+Our nodes' definitions are what the node classes themselves report (``GET_NODE_INFO_V1``, as ComfyUI's
+``/object_info`` does): built on ComfyUI's schema API when ComfyUI is importable, on the pack's stand-in
+otherwise. The ComfyUI core nodes the workflows use come from ``tests/comfy/core_object_info.json``, a
+capture of a running server's ``/object_info``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
-from comfy_nodes import workflow as wf
-from comfy_nodes.registry import companion_choices, loader_choices, text_encoder_choices
-from comfy_nodes.specs import COMPANION_CHOICES, MODEL_CHOICES, NODE_SPECS, TEXT_ENCODER_CHOICES
+import pytest
+
+from comfy_nodes import host, sources
+from comfy_nodes.extension import NODES
+from tests.helpers import comfy_workflow as wf
+from vpg_pipelines.registry import ModelKind, kind_of
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -27,6 +37,16 @@ def declared_models(ui: dict) -> list[dict]:
     return [m for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])]
 
 
+@contextmanager
+def listed_files(listing: dict[str, list[str]]) -> Iterator[None]:
+    """Make the host list exactly these files per model folder (``{"vpg": [...], "text_encoders": [...]}``)."""
+    with mock.patch.object(host, "filenames", lambda folder: list(listing.get(folder, []))):
+        yield
+
+
+def node_infos() -> dict[str, dict[str, Any]]:
+    """``/object_info`` of the pack's node classes (under the host's current model folders)."""
+    return {info["name"]: info for info in (cls.GET_NODE_INFO_V1() for cls in NODES)}
 
 
 def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
@@ -37,7 +57,27 @@ def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
     files += [f"{folder}/model_index.json" for folder in TINY.values()]
     if "infinitystar_videovae.pth" in files:
         files.append("infinitystar_8b_720p_weights/model.safetensors.index.json")
-    dynamic = {MODEL_CHOICES: loader_choices(files), COMPANION_CHOICES: companion_choices(files),
-               TEXT_ENCODER_CHOICES: text_encoder_choices([f"{T5_FOLDER}/config.json"])}
-    return {**wf.defs_from_object_info(CORE), **wf.defs_from_specs(NODE_SPECS.values(), dynamic)}
+    with listed_files({host.MODELS: files, host.TEXT_ENCODERS: [f"{T5_FOLDER}/model.safetensors"]}):
+        ours = node_infos()
+    return {**wf.defs_from_object_info(CORE), **wf.defs_from_object_info(ours)}
 
+
+def run(node: type, **inputs: Any) -> tuple:
+    """Execute a node class as ComfyUI does (``execute`` by input name) and return its outputs."""
+    return node.execute(**inputs).result
+
+
+@pytest.fixture
+def progress_hook():
+    """ComfyUI's global progress hook (the stand-in's without ComfyUI), collecting ``(value, total, preview)``."""
+    calls = []
+    host.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total, preview)))
+    yield calls
+    host.set_progress_bar_global_hook(None)
+
+
+def load(choice: str, vae_file: str, resolve: Any, dtype: str = "fp32",
+         text_encoder: str = "none") -> tuple[Any, ModelKind]:
+    """The loader node's loading (:func:`comfy_nodes.sources.load_choice`) and the kind of what it loaded."""
+    pipe = sources.load_choice(choice, vae_file, resolve, dtype, text_encoder)
+    return pipe, kind_of(pipe)

@@ -12,7 +12,6 @@ import pickle
 import pytest
 import torch
 
-from comfy_nodes import registry
 from tests.helpers.shared import shared_path
 from vpg_pipelines import VPGInfinityPipeline, VPGVARPipeline
 from vpg_pipelines.cli import main
@@ -63,11 +62,3 @@ def test_pipelines_refuse_it(evil):
 def test_cli_refuses_it(evil, capsys):
     assert main(["generate", "--model", str(evil), "--vae", str(evil), "--prompt", "0", "--out", "x.png"]) == 2
     _assert_our_message(capsys.readouterr().err)
-
-
-def test_comfyui_loader_refuses_it(evil):
-    vae = evil.parent / "vae_ch160v4096z32.pth"
-    vae.write_bytes(evil.read_bytes())
-    with pytest.raises(registry.VPGLoadError) as info:
-        registry.load_pipeline(evil.name, vae.name, lambda name: evil.parent / name)
-    _assert_our_message(str(info.value))

@@ -571,6 +571,13 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
             patchify = state.schedule.spatial_patchify
             state.next_input = self.vae.next_scale_input(state.latents, grids[scale + 1], patchify)
 
+    @torch.no_grad()
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """A quick picture of partial codes (``callback_on_step_end``'s ``latents``, the codes accumulated so
+        far): decoded, ``(B, 3, H, W)`` in [0, 1]."""
+        param = next(self.vae.parameters())
+        return ((self.vae.decode(latents.to(device=param.device)) + 1) / 2).clamp(0, 1)
+
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def from_official(

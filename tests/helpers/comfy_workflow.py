@@ -1,19 +1,19 @@
-"""ComfyUI workflow files: check a UI-format graph against node definitions, convert it to API format.
+"""ComfyUI workflow files (test-side): check a UI-format graph against node definitions, convert it to
+API format (what ComfyUI's frontend does in the browser).
 
-Node definitions come either from this pack's :data:`specs.NODE_SPECS` (CI, no ComfyUI) or from a
-running server's ``GET /object_info`` (the real thing). Only the parts of the UI format that the
-shipped workflows use are handled: plain nodes, links, notes; no groups of nodes, no reroutes.
+Node definitions come from ``/object_info``-shaped data: a running server's answer, or the node classes'
+own ``GET_NODE_INFO_V1()`` (the pack's classes, with or without ComfyUI). Only the parts of the UI format
+that the shipped workflows use are handled: plain nodes, links, notes; no groups of nodes, no reroutes.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .specs import WIDGET_TYPES, NodeSpec
-
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 FRONTEND_ONLY = ("Note", "MarkdownNote")
 """Node types that exist only in the frontend (never sent to the server)."""
@@ -43,21 +43,6 @@ class NodeDef:
 
     def input(self, name: str) -> InputDef | None:
         return next((i for i in self.inputs if i.name == name), None)
-
-
-def defs_from_specs(specs: Iterable[NodeSpec], dynamic: Mapping[str, Iterable[str]]) -> dict[str, NodeDef]:
-    """Node definitions from the pack's specs; ``dynamic`` fills the named dynamic combo lists."""
-    out = {}
-    for spec in specs:
-        inputs = []
-        for i in spec.inputs:
-            options = i.options
-            if isinstance(options, str):
-                options = tuple(dynamic[options])
-            inputs.append(InputDef(i.name, i.type, i.is_widget, i.optional, options, i.min, i.max,
-                                   i.control_after_generate))
-        out[spec.node_id] = NodeDef(spec.node_id, tuple(inputs), tuple(o.type for o in spec.outputs))
-    return out
 
 
 def defs_from_object_info(object_info: Mapping[str, Any]) -> dict[str, NodeDef]:
