@@ -35,6 +35,8 @@ def estimate_memory(
     quantization: str | None = None,
     text_tokens: int | None = None,
     stream: bool = True,
+    forward_chunking: bool | int | None = None,
+    vae_tiling: bool | dict | None = None,
     **call_kwargs: Any,
 ) -> MemoryEstimate:
     """Plan the accelerator memory of ``pipe(**call_kwargs)`` without running it.
@@ -51,4 +53,5 @@ def estimate_memory(
         **call_kwargs: the arguments of the call, checked like the call checks them.
     """
     return build_estimate(plan_inputs(pipe, call_kwargs, dtype=dtype, quantization=quantization,
-                                      text_tokens=text_tokens, stream=stream))
+                                      text_tokens=text_tokens, stream=stream, forward_chunking=forward_chunking,
+                                      vae_tiling=vae_tiling))
