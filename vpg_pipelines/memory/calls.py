@@ -161,7 +161,7 @@ def planned_chunking(transformer: nn.Module, forward_chunking: bool | int | None
 
 def planned_tiling(vae: nn.Module, vae_tiling: bool | dict | None) -> TileSettings | None:
     """Decoder tiles to plan with: ``None`` the VAE's setting (``enable_tiling``), ``False`` untiled, ``True`` the
-    default tiles, a dict ``enable_tiling``'s arguments."""
+    VAE's tile sizes (the defaults unless ``enable_tiling`` set others), a dict ``enable_tiling``'s arguments."""
     tiles = isinstance(vae, InfinityStarVideoVAE)
     if vae_tiling is None:
         return vae.tile_settings if tiles and vae.use_tiling else None
@@ -170,7 +170,7 @@ def planned_tiling(vae: nn.Module, vae_tiling: bool | dict | None) -> TileSettin
     if not tiles:
         raise ValueError(f"`vae_tiling` is available for InfinityStar's video VAE only, not {type(vae).__name__}")
     if vae_tiling is True:
-        return TileSettings()
+        return vae.tile_settings  # what enable_tiling() last set, or the defaults
     if not isinstance(vae_tiling, dict):
         raise ValueError(f"`vae_tiling` must be True, False, None or a dict of enable_tiling's arguments, "
                          f"got {vae_tiling!r}")

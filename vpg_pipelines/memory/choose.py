@@ -113,7 +113,7 @@ def choose_savers(
         options = [(estimate(quantization, False), chunk_now, tiles_now)]
         if activation_savers:
             plain, lean = options[0][0], estimate(quantization, True)
-            chunk_lean, tiles_lean = planned_chunking_of(lean), tiles_now or (TileSettings() if tileable else None)
+            chunk_lean, tiles_lean = planned_chunking_of(lean), planned_tiling(pipe.vae, True) if tileable else None
             for chunked, tiled in SAVER_STEPS:
                 if tiled and not tileable:
                     continue
