@@ -10,6 +10,8 @@ with a real tiled decode on the CPU.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -23,12 +25,24 @@ from ..models.infinity_star.vae_tiling import (
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from .replay import META, meta_copy, peak_of
 
+_PLANNED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+"""Decode peaks already replayed, per VAE (one call is planned for several weight formats of the transformer)."""
+
 
 def decode_bytes(kind: str, vae: nn.Module, latents: tuple[int, ...], dtype: torch.dtype,
                  tiling: TileSettings | None = None) -> int:
     """Peak bytes a pipeline's decode allocates for ``latents`` (its shape), output post-processing
     to ``"pt"`` included (``"pil"`` / ``"np"`` convert on the host). InfinityStar: decoded with the VAE's
     slicing and with ``tiling`` (``None``: untiled)."""
+    key = (kind, tuple(latents), dtype, tiling, getattr(vae, "use_slicing", None))
+    planned = _PLANNED.setdefault(vae, {})
+    if key not in planned:
+        planned[key] = _replay_decode(kind, vae, latents, dtype, tiling)
+    return planned[key]
+
+
+def _replay_decode(kind: str, vae: nn.Module, latents: tuple[int, ...], dtype: torch.dtype,
+                   tiling: TileSettings | None) -> int:
     copy = meta_copy(vae, dtype)
     z = torch.empty(latents, device=META, dtype=dtype)
     if isinstance(copy, InfinityStarVideoVAE):
