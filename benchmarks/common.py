@@ -326,12 +326,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_outputs(result: dict, markdown: str, out_json: str | None, out_md: str | None) -> None:
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-    if out_md:
-        Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_md).write_text(markdown + "\n")
+    """The result as JSON (``markdown`` included under ``"markdown"``) and the Markdown table, each written whole
+    (a temporary file beside it, then one ``os.replace``) so an interrupted run never leaves half a result."""
+    result["markdown"] = markdown
+    for path, text in ((out_json, json.dumps(result, indent=2, default=_jsonable) + "\n"), (out_md, markdown + "\n")):
+        if path:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, target)
 
 
 def _jsonable(obj: Any) -> Any:

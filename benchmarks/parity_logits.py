@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
+from vpg_pipelines.models.infinity.schedules import schedule_from_template
+from vpg_pipelines.testing import STAR_PARITY_ARGS
+
 SHARED = Path(os.environ.get("VPG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [3] * 11, "video_scale_repetition": [3] * 8 + [2, 1, 1],
-             "semantic_scales": 8, "detail_scale_min_tokens": 100}
 
 
 def _device(transformer: torch.nn.Module) -> torch.device:
@@ -26,7 +28,6 @@ def _device(transformer: torch.nn.Module) -> torch.device:
 
 
 def var_logits() -> tuple[object, Callable]:
-    from vpg_pipelines import VPGVARPipeline
 
     root = SHARED / "parity" / "var"
     config = json.loads((root / "config.json").read_text())
@@ -43,8 +44,6 @@ def var_logits() -> tuple[object, Callable]:
 
 
 def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
-    from vpg_pipelines import VPGInfinityPipeline
-    from vpg_pipelines.models.infinity.schedules import schedule_from_template
 
     root = SHARED / "parity" / "infinity" if folder == "plain" else SHARED / "parity" / "infinity" / folder
     config = json.loads((root / "config.json").read_text())
@@ -64,11 +63,10 @@ def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
 
 
 def infinity_star_logits() -> tuple[object, Callable]:
-    from vpg_pipelines import VPGInfinityStarPipeline
 
     root = SHARED / "parity" / "infinity_star"
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    config["args"] = {**config.get("args", {}), **STAR_PARITY_ARGS}
     pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=config)
     pipe.set_progress_bar_config(disable=True)

@@ -484,7 +484,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     result = run(args)
     markdown = to_markdown(result)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     if args.out_png:
         plot(result, args.out_png)

@@ -397,7 +397,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["term_costs"] = term_costs(args)
         markdown += "\n\nEach term's reduction alone, batch 1:\n\n" + term_costs_markdown(result["term_costs"],
                                                                                            args.device)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result
