@@ -79,7 +79,7 @@ class VPGModelLoader(io.ComfyNode):
             pipe = sources.load_choice(
                 model_name, vae_file, lambda name: host.find(name, (host.MODELS,)), dtype, text_encoder,
                 lambda name: host.find(name, (host.TEXT_ENCODERS, host.MODELS)))
-            applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.on_cuda())
+            applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.torch_device())
         placement = Placement(handle=host.management_handle(pipe.weight_modules))
         return io.NodeOutput(VPGModel(pipe, kind_of(pipe), model_name, offload=offload, quantization=applied,
                                       placement=placement))

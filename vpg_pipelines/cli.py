@@ -15,6 +15,7 @@ import PIL.Image
 import torch
 
 from .demo import run_demo
+from .devices import default_dtype, device_memory, pick_device
 from .evaluation.cli import add_eval_parser, run_eval
 from .flags import DTYPES, read_json_object, vpg_scales
 from .guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
@@ -63,16 +64,20 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-temperature-t0", type=float, default=None, help=f"T0 (default {paper.t0:g})")
     p.add_argument("--entropy-temperature-alpha", type=float, default=None, help=f"alpha (default {paper.alpha:g})")
     p.add_argument("--entropy-temperature-theta", type=float, default=None, help=f"theta (default {paper.theta:g})")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, xpu, mps (default: the first available of cuda (NVIDIA or ROCm), xpu, "
+                        "mps, cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")
+                   help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar; fp32 on macOS before 14); "
+                        "fp32 on CPU")
     p.add_argument("--compare", action="store_true",
                    help="the same seeds without | with VPG: a labelled grid (PNG) or side-by-side video (MP4)")
 
 
 def _add_memory_args(p: argparse.ArgumentParser, planning: bool = False) -> None:
     p.add_argument("--quantization", choices=["none", "int8", "nf4", "fp8"], default=None,
-                   help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (layerwise casting); "
+                   help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes: CUDA, ROCm, XPU), fp8 (layerwise "
+                        "casting; not on mps or xpu); "
                         "see docs/memory.md" + ("" if planning else " (default: as loaded)"))
     if not planning:
         p.add_argument("--offload", choices=["none", "model", "group", "sequential", "auto"], default="none",
@@ -158,15 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but no CUDA GPU is available")
-    return device
-
-
 def _flag_error(err: SourceError) -> ValueError:
     return ValueError(f"{FLAGS.get(err.argument, err.argument)} {err.detail}")
 
@@ -247,9 +243,10 @@ def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> 
 
 
 def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> None:
-    """``--quantization`` then ``--offload`` (``auto``: planned against the free GPU memory)."""
-    check_quantization(args.quantization)
-    if args.offload == "auto" and device.type == "cuda":
+    """``--quantization`` then ``--offload`` (``auto``: planned against the device's free memory; on the CPU
+    there is nothing to plan and nothing is offloaded)."""
+    check_quantization(args.quantization, device, argument="--quantization")
+    if args.offload == "auto" and device_memory(device) is not None:
         apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
         fixed = None if args.quantization is None else ("none",)
         choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
@@ -265,8 +262,8 @@ def _generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     kind = _kind(args.model)
     _check_generate_args(kind, args, out)
-    device = _device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (kind.gpu_dtype if device.type == "cuda" else None)
+    device = pick_device(args.device, "--device")
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(kind.gpu_dtype, device)
     pipe = _load(args.model, args.vae, args.config, dtype)
     video = kind.media == "video"
     prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES)

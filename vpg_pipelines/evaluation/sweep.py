@@ -64,7 +64,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    device = state.device if state.device.type == "cuda" else "cpu"
+    device = state.device  # the accelerator of this process (or the CPU); the metrics' float64 stays on the host
     net, space = feature_net(args, device)
     result = measure(specs, settings, reference, net, space, args.metric_batch_size)
     result.update({"reference": str(reference.path), "model": specs[OFF].model, "seconds_sampling_now": seconds,
