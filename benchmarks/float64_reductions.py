@@ -62,14 +62,14 @@ def measure_apg() -> dict:
     from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
     root = SHARED / "infinity_star"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     transformer = load_infinity_star_transformer(root / "infinity_star.safetensors", text_maxlen=config["text_maxlen"])
     vae = load_infinity_star_vae(root / "videovae.safetensors", detail_scale_min_tokens=100)
     adapter = InfinityStarAdapter(transformer, vae)
     plan = plan_steps(config["scale_schedule"], STAR_PLAN["image_repetition"], STAR_PLAN["video_repetition"],
                       semantic_scales=8, detail_scale_min_tokens=100, tau_image=1.0, tau_video=0.4)
     cases = load_file(str(root / "cases.safetensors"))
-    steps = json.loads((root / "cases.json").read_text())["steps"]
+    steps = json.loads((root / "cases.json").read_text(encoding="utf-8"))["steps"]
     cfg = apg.AdaptiveProjectedGuidance(34.0, norm_threshold=0.05, eta=0.0)
 
     def run(forced: bool) -> SamplerTrace:
@@ -125,14 +125,14 @@ def measure_ssg() -> list[dict]:
 
     results = []
     root = SHARED / "var"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     var = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     var.set_progress_bar_config(disable=True)
     for beta in (0.5, 2.0):
         kw = dict(class_labels=[0, 3, 6, 9], guidance_scale=3.0, top_k=1, top_p=0.0, vpg_scale=1.0)
         results.append({"model": "VAR (parity, greedy)", **_ssg_runs(var, kw, beta)})
     root = SHARED / "infinity"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     transformer, vae = load_official_infinity(root / "infinity.safetensors", root / "vae.safetensors", config=config)
     cases = load_file(str(root / "cases.safetensors"))
     height, width = schedule_from_template(config["h_div_w_template"], config["pn"]).image_size

@@ -391,7 +391,7 @@ def _memory(args: argparse.Namespace) -> None:
         print(f"auto for {gib(free)} free: quantization {choice.quantization}, offload {choice.offload}, "
               f"planned peak {gib(choice.peak)} ({verdict})")
     if args.json:
-        Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n")
+        Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def _demo(args: argparse.Namespace) -> None:

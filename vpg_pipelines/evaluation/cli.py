@@ -146,7 +146,7 @@ def _fid(args: argparse.Namespace) -> None:
           f"{result['samples']} samples vs {result['reference']} reference images at {result['image_size']}")
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n")
+        Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def _sweep(args: argparse.Namespace) -> None:

@@ -38,7 +38,7 @@ def write_json_atomically(path: Path, value: Any, staging: Path) -> None:
     """Write JSON to a temporary file in ``staging`` (same file system) and rename it onto ``path``."""
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f"{uuid.uuid4().hex}-{path.name}"
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
 
@@ -83,7 +83,7 @@ class RunFolder:
 
     def read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.run_file.read_text())
+            return json.loads(self.run_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.root} holds no {RUN_FILE}: not a `vpg eval sample` output folder") from None
         except json.JSONDecodeError as err:
@@ -131,7 +131,7 @@ class RunFolder:
             return done
         for path in sorted(folder.glob("chunk-*.json")):
             try:
-                record = json.loads(path.read_text())
+                record = json.loads(path.read_text(encoding="utf-8"))
                 chunk = int(record["chunk"])
                 files = list(record["files"])
             except (ValueError, KeyError, TypeError):

@@ -70,8 +70,8 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     result.update({"reference": str(reference.path), "model": specs[OFF].model, "seconds_sampling_now": seconds,
                    "settings": {n: s.identity() for n, s in specs.items()}})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "sweep.md").write_text(to_markdown(result) + "\n")
+    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / "sweep.md").write_text(to_markdown(result) + "\n", encoding="utf-8")
     plot(result, out / "sweep.png")
     print(to_markdown(result))
     print(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
