@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import inspect
+import io
 import json
 import os
 import shutil
@@ -32,6 +34,7 @@ from .memory.choose import choose_savers, fit_to_memory
 from .memory.offload import apply_offload
 from .memory.quantization import apply_quantization, check_quantization
 from .memory.report import gib
+from .paths import looks_like_local_path
 from .registry import KINDS, ModelKind, released_model, released_names
 from .utils import export_to_video
 from .visual import comparison_grid, comparison_video
@@ -304,7 +307,7 @@ def _check_new_folder(out: Path) -> None:
 
 def _check_source(flag: str, value: str | None) -> None:
     """A local-looking path must exist (anything else may be a hub name, checked when it is fetched)."""
-    if value is not None and value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
+    if value is not None and looks_like_local_path(value) and not Path(value).expanduser().exists():
         raise FileNotFoundError(f"{flag} {value}: no such file or folder")
 
 
@@ -316,12 +319,12 @@ def _save_atomically(pipe, out: Path) -> None:
     try:
         pipe.save_pretrained(str(staging))
         try:
-            os.rename(staging, out)  # POSIX: replaces an empty folder, refuses a non-empty one
+            os.replace(staging, out)  # POSIX: replaces an empty folder, refuses a non-empty one; Windows: refuses both
         except OSError:
             _check_new_folder(out)  # something was written into it meanwhile: refuse
             if out.exists():
                 out.rmdir()
-            os.rename(staging, out)
+            os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -404,7 +407,19 @@ def _eval(args: argparse.Namespace) -> None:
     run_eval(args)
 
 
+def console_never_fails(*streams: object) -> None:
+    """Let ``streams`` (default: stdout, stderr) print any text: where their encoding is not UTF-8 (a Windows
+    console redirected to a file or pipe uses the ANSI code page), characters it lacks print as ``?`` instead
+    of raising ``UnicodeEncodeError`` in the middle of a run (``sweep``'s arrows, prompts in any script)."""
+    for stream in streams or (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if isinstance(stream, io.TextIOWrapper) and codecs.lookup(encoding).name != "utf-8" \
+                and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    console_never_fails()
     args = build_parser().parse_args(argv)
     try:
         commands = {"generate": _generate, "convert": _convert, "demo": _demo, "memory": _memory, "eval": _eval}

@@ -24,10 +24,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..paths import path_length_problem
+
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
 PARTIAL_DIR = ".partial"
 FORMAT = 1
+LONGEST_STAGING = "p999-4294967295-ffffffff"
+"""The longest name of a process's staging folder (``p<index>-<pid>-<8 hex>``), for path-length checks."""
+
+
+def output_path_problem(root: Path, relative: str) -> str | None:
+    """Why ``<root>/<relative>``, or the copy staged for it under ``.partial/``, would be too long to write
+    here (Windows without long paths), or ``None``."""
+    staged = Path(root) / PARTIAL_DIR / LONGEST_STAGING / f"00000-{Path(relative).name}"
+    return path_length_problem(Path(root) / relative) or path_length_problem(staged)
 
 
 class SettingsMismatch(ValueError):
@@ -162,8 +173,11 @@ class ChunkWriter:
         """A temporary path to write the file that will become ``<out>/<relative>`` (its suffix kept)."""
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise ValueError(f"output file {relative!r} must be a relative path inside the run folder")
-        self.staging.mkdir(parents=True, exist_ok=True)
         tmp = self.staging / f"{len(self._staged):05d}-{Path(relative).name}"
+        problem = path_length_problem(self.folder.root / relative) or path_length_problem(tmp)
+        if problem:
+            raise ValueError(f"--out {self.folder.root}: the output file {relative!r}: {problem}")
+        self.staging.mkdir(parents=True, exist_ok=True)
         self._staged.append((tmp, relative))
         return tmp
 

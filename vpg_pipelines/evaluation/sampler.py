@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .protocols.base import FLAGS, Protocol
-from .run_folder import RunFolder
+from .run_folder import RunFolder, output_path_problem
 from .sharding import ChunkPlan, batches, deal, sample_generators
 
 SEED_RULE = "sample i draws from torch.Generator().manual_seed(SeedSequence([seed, i]).generate_state(1, uint64)[0])"
@@ -63,6 +63,12 @@ class RunSpec:
                              f"(one grid per prompt), so it must be a multiple of {group}")
         if not 1 <= self.batch_size <= self.chunk_size:
             raise ValueError(f"--batch-size must be in [1, --chunk-size={self.chunk_size}], got {self.batch_size}")
+        name_of = getattr(self.protocol, "file_name", None)  # imagenet, vbench: known before sampling
+        if name_of is not None and plan.total:
+            longest = max((name_of(s) for s in self.protocol.samples()), key=len)
+            problem = output_path_problem(self.out, longest)
+            if problem:
+                raise ValueError(f"--out {self.out}: the output file {longest!r}: {problem}")
         return plan
 
 
