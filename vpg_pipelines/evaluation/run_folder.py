@@ -14,11 +14,11 @@ chunk (overwriting any of its files already moved, with the same content).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,7 +129,7 @@ class RunFolder:
             if self.root.is_dir() and any(p.name != PARTIAL_DIR for p in self.root.iterdir()):
                 raise ValueError(f"--out {self.root} is not empty and holds no {RUN_FILE}: choose a new folder "
                                  "(nothing was overwritten)")
-            run = {"format": FORMAT, "settings": identity, "created": _now(), "invocations": []}
+            run = {"format": FORMAT, "settings": identity, "created": now(), "invocations": []}
             write_json_atomically(self.run_file, run, self.partial)
         shutil.rmtree(self.partial, ignore_errors=True)  # leftovers of killed processes
         return run
@@ -192,14 +192,16 @@ class ChunkWriter:
             os.replace(tmp, target)
             files.append(relative)
         record = {"chunk": chunk, **record, "files": sorted(set(files)), "host": socket.gethostname(),
-                  "finished": _now()}
+                  "finished": now()}
         write_json_atomically(self.folder.chunk_file(chunk), record, self.staging)
         self._staged = []
         return record
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def now() -> str:
+    """Local time as ISO 8601 with its UTC offset (``time.strftime("%z")`` gives a localized zone *name* on
+    some Windows versions)."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _shown(value: Any) -> str:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .protocols.base import FLAGS, Protocol
-from .run_folder import RunFolder, output_path_problem
+from .run_folder import RunFolder, now, output_path_problem
 from .sharding import ChunkPlan, batches, deal, sample_generators
 
 SEED_RULE = "sample i draws from torch.Generator().manual_seed(SeedSequence([seed, i]).generate_state(1, uint64)[0])"
@@ -133,7 +133,7 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
     plan = spec.check()
     samples = spec.protocol.samples()
     main, rank, world = state.is_main_process, state.process_index, state.num_processes
-    began, wall = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    began, wall = now(), time.perf_counter()
     shared = _prepare(spec, plan, state)
     pending = shared["pending"]
     mine = deal(pending, rank, world)
@@ -173,7 +173,7 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
         records = folder.finished_chunks()
         missing = [c for c in pending if c not in records]
         folder.log_invocation({
-            "started": began, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": began, "finished": now(),
             "seconds": round(time.perf_counter() - wall, 3), "world_size": world, "processes": hosts,
             "versions": versions(),
             "chunks": [{k: records[c][k] for k in ("chunk", "process", "seconds", "samples", "host", "device")
