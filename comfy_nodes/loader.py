@@ -52,9 +52,9 @@ class VPGModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(sources.DTYPES), default="fp32",
                                tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
                 io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto",
-                               tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (stored "
-                                       "fp8, computed bf16), none. auto: none unless the free VRAM needs it (planned "
-                                       "for the model's default call)."),
+                               tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes: NVIDIA, AMD, Intel "
+                                       "GPUs), fp8 (stored fp8, computed bf16; not on Mac or Intel GPUs), none. auto: "
+                                       "none unless the free VRAM needs it (planned for the model's default call)."),
                 io.Combo.Input("offload", options=list(OFFLOAD_CHOICES), default="auto",
                                tooltip="none: all on the GPU; model: the text encoder leaves before sampling; group: "
                                        "transformer blocks streamed in; sequential: layer by layer (slowest). auto: "
