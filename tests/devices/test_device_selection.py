@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vpg_pipelines import cli
+from vpg_pipelines import cli, devices
 from vpg_pipelines.devices import (
     CONSTRAINTS,
     PREFERENCE,
@@ -216,3 +216,11 @@ def test_the_cli_refuses_a_device_this_machine_lacks(machine, tmp_path, capsys):
                      "--out", str(tmp_path / "x.png")]) == 2
     assert "--device 'mps' was given but this machine has no MPS (Apple Silicon) device" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_device_type_outside_the_table_gets_only_what_plain_pytorch_ops_need():
+    """ComfyUI may compute on a device this package never picks itself (e.g. DirectML's ``privateuseone``):
+    no float64 (reductions go to the host), no streams, no bitsandbytes or float8, int8 only."""
+    entry = constraints(torch.device("privateuseone"))
+    assert entry is devices.OTHER and not entry.float64 and not entry.streams
+    assert savers("privateuseone") == ("none", "int8")

@@ -113,7 +113,7 @@ def fit_to_memory(
     (``quantization.apply_quantization``), then the offload mode (``offload.apply_offload``). Returns the
     :class:`Choice`; when nothing fits it applies the smallest plan and says so (``fits`` False).
     """
-    device = pick_device(device, "`device`")
+    device = pick_device() if device is None else torch.device(device)
     if free_bytes is None:
         memory = device_memory(device)
         if memory is None:

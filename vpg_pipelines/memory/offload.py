@@ -31,7 +31,8 @@ def apply_offload(pipe: Any, mode: str, device: str | torch.device | None = None
     ``mode``; returns ``pipe``."""
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"`offload` must be one of {OFFLOAD_MODES}, got {mode!r}")
-    device = pick_device(device, "`device`")
+    # a given device is taken as is (ComfyUI's may be one this package does not pick itself, e.g. DirectML)
+    device = pick_device() if device is None else torch.device(device)
     if mode == "none":
         return pipe.to(device)
     if mode == "model":
