@@ -266,6 +266,7 @@ def _generate(args: argparse.Namespace) -> None:
     kind = _kind(args.model)
     _check_generate_args(kind, args, out)
     device = pick_device(args.device, "--device")
+    check_quantization(args.quantization, device, argument="--quantization")  # before minutes of loading
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(kind.gpu_dtype, device)
     pipe = _load(args.model, args.vae, args.config, dtype)
     video = kind.media == "video"

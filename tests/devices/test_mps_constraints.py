@@ -220,6 +220,16 @@ def test_vpg_generate_and_eval_sampling(tmp_path):
     assert len(list((tmp_path / "eval" / "images").rglob("*.png"))) == 4
 
 
+def test_eval_metrics_compute_float64_on_the_host_only():
+    from vpg_pipelines.evaluation.frechet import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g) + 0.5
+    with device_constraints("mps") as mode:
+        distance = frechet_distance(a, b)
+    assert distance > 0 and mode.host_ops > 0
+
+
 def test_a_saver_the_simulated_device_lacks_is_refused(tmp_path, capsys):
     with device_constraints("mps"):
         assert main(["generate", "--model", "demo", "--prompt", "plant", "--quantization", "fp8",
