@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:  # POSIX only (peak RSS where /proc is missing, e.g. macOS); Windows has neither
+    import resource
+except ImportError:
+    resource = None
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -78,7 +82,7 @@ def load_parity_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32
     root = parity_dir()
     if not (root / "var.safetensors").exists():
         raise FileNotFoundError(f"the parity model is missing from {root} (set VPG_SHARED)")
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     pipe = _to(pipe, device, dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -223,15 +227,18 @@ def paired_ratios(series: dict[str, Series], baseline: str) -> dict[str, list[fl
 
 
 def current_rss() -> int:
-    """Resident set size of this process in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """Resident set size of this process in bytes (Linux: ``/proc``; the memory benchmarks need it)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError as err:
+        raise OSError("the CPU memory benchmarks read /proc/self/statm (Linux only)") from err
 
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where not supported."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
         return True
     except OSError:
@@ -241,20 +248,23 @@ def reset_peak_rss() -> bool:
 def peak_rss() -> int:
     """Peak resident set size in bytes (VmHWM, which :func:`reset_peak_rss` resets)."""
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if resource is None:
+        raise OSError("peak RSS needs /proc (Linux) or the resource module (POSIX); not available on Windows")
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
 
 
 # -- reporting -------------------------------------------------------------------------------------
 def machine_info(device: str) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
@@ -274,7 +284,7 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name()
     try:
         info["load_average"] = os.getloadavg()[0]
-    except OSError:
+    except (OSError, AttributeError):  # Windows has no load average
         pass
     return info
 

@@ -54,21 +54,21 @@ def make_tiny(folder: Path) -> dict[str, Path]:
                      str(root / "infinity/vae.safetensors"), "--config", str(root / "infinity/config.json"),
                      "--text-encoder", str(folder / "t5-128"), "--out", str(paths["infinity"])]) == 0
     if not paths["infinity_star"].exists():
-        config = json.loads((root / "infinity_star/config.json").read_text())
+        config = json.loads((root / "infinity_star/config.json").read_text(encoding="utf-8"))
         config["args"] = {**config["args"], **STAR_FAST_ARGS}
-        (folder / "infinity-star-config.json").write_text(json.dumps(config))
+        (folder / "infinity-star-config.json").write_text(json.dumps(config), encoding="utf-8")
         assert vpg_main(["convert", "--infinity-star", str(root / "infinity_star/infinity_star.safetensors"), "--vae",
                      str(root / "infinity_star/videovae.safetensors"), "--config",
                      str(folder / "infinity-star-config.json"), "--text-encoder", str(folder / "t5-64"),
                      "--out", str(paths["infinity_star"])]) == 0
     paths["geneval"] = folder / "evaluation_metadata.jsonl"
-    paths["geneval"].write_text("".join(json.dumps(m) + "\n" for m in GENEVAL))
+    paths["geneval"].write_text("".join(json.dumps(m) + "\n" for m in GENEVAL), encoding="utf-8")
     paths["dpg"] = folder / "dpg_prompts"
     paths["dpg"].mkdir(exist_ok=True)
     for item, text in DPG.items():
-        (paths["dpg"] / f"{item}.txt").write_text(text + "\n")
+        (paths["dpg"] / f"{item}.txt").write_text(text + "\n", encoding="utf-8")
     paths["vbench"] = folder / "vbench_prompts.txt"
-    paths["vbench"].write_text("\n".join(VBENCH) + "\n")
+    paths["vbench"].write_text("\n".join(VBENCH) + "\n", encoding="utf-8")
     return paths
 
 
@@ -98,7 +98,7 @@ def run_case(argv: list[str], processes: int, out: Path, port: int) -> dict[str,
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{argv} x{processes} failed:\n{done.stderr[-3000:]}")
-    chunks = json.loads((out / "run.json").read_text())["invocations"][-1]["chunks"]
+    chunks = json.loads((out / "run.json").read_text(encoding="utf-8"))["invocations"][-1]["chunks"]
     per_process: dict[int, list[tuple[int, float]]] = {}
     for c in chunks:
         per_process.setdefault(c["process"], []).append((c["samples"][1] - c["samples"][0], c["seconds"]))

@@ -58,7 +58,7 @@ class Results:
         self.save()
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def _sync(device: str) -> None:

@@ -72,7 +72,7 @@ def parity_pipeline(overrides: dict, dtype: torch.dtype):
 
     shared = Path(os.environ.get("VPG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     root = shared / "parity" / "infinity_star"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     config["args"] = {**config.get("args", {}), **overrides}
     return VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=config, torch_dtype=dtype)

@@ -30,7 +30,7 @@ def _device(transformer: torch.nn.Module) -> torch.device:
 def var_logits() -> tuple[object, Callable]:
 
     root = SHARED / "parity" / "var"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     cases = load_file(str(root / "cases.safetensors"))
 
@@ -46,7 +46,7 @@ def var_logits() -> tuple[object, Callable]:
 def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
 
     root = SHARED / "parity" / "infinity" if folder == "plain" else SHARED / "parity" / "infinity" / folder
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors", config=config)
     cases = load_file(str(root / "cases.safetensors"))
     schedule = schedule_from_template(config["h_div_w_template"], config["pn"],
@@ -65,13 +65,13 @@ def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
 def infinity_star_logits() -> tuple[object, Callable]:
 
     root = SHARED / "parity" / "infinity_star"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     config["args"] = {**config.get("args", {}), **STAR_PARITY_ARGS}
     pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=config)
     pipe.set_progress_bar_config(disable=True)
     cases = load_file(str(root / "cases.safetensors"))
-    steps = json.loads((root / "cases.json").read_text())["steps"]
+    steps = json.loads((root / "cases.json").read_text(encoding="utf-8"))["steps"]
 
     def logits(transformer):
         """Per-step conditional logits with every step's codes forced to the fixture's (teacher forcing)."""

@@ -206,7 +206,7 @@ def load_partial(path: Path | None, args: argparse.Namespace) -> dict[str, tuple
     """(configuration|seed) -> (FD, accuracy, seconds) of an interrupted run with the same settings."""
     if path is None or not path.exists():
         return {}
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     mine = {k: str(getattr(args, k)) for k in RESUME_KEYS}
     if saved.get("settings") != mine:
         raise SystemExit(f"--resume: {path} was made with {saved.get('settings')}, this run has {mine}; "
@@ -221,7 +221,7 @@ def save_partial(path: Path | None, args: argparse.Namespace, done: dict) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"settings": {k: str(getattr(args, k)) for k in RESUME_KEYS},
-                               "done": {k: list(v) for k, v in done.items()}}))
+                               "done": {k: list(v) for k, v in done.items()}}), encoding="utf-8")
     os.replace(tmp, path)
 
 

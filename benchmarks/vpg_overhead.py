@@ -175,13 +175,17 @@ def measure_memory(pipe, args: argparse.Namespace, batch: int) -> dict[str, dict
     """Per configuration: a fresh process on CPU (peak RSS is per process), in-process on CUDA.
 
     CPU children are forked from a fork server that has imported this module but built no model,
-    so a child's peak holds its own model and run only (and the imports are paid once).
+    so a child's peak holds its own model and run only (and the imports are paid once); where there is no
+    fork server (Windows) they are spawned, which pays the imports per child and measures the same peak.
     """
     out = {}
     ctx = None
     if pipe.device.type != "cuda":
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+        else:
+            ctx = mp.get_context("spawn")
     for name in args.configs:
         if ctx is None:
             out[name] = _measure_memory(pipe, args, name, batch)

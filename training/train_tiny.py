@@ -94,7 +94,7 @@ def load_data(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         raise SystemExit(f"{path} not found: run `python training/build_emoji_dataset.py` first")
     with np.load(path) as d:
         arrays = {k: d[k] for k in ("images", "labels", "heldout", "augmented")}
-    names_by_id = json.loads((path.parent / "labels.json").read_text())
+    names_by_id = json.loads((path.parent / "labels.json").read_text(encoding="utf-8"))
     return arrays, [names_by_id[str(i)] for i in range(len(names_by_id))]
 
 
@@ -347,7 +347,7 @@ def load_run_pipeline(run_dir: str | Path):
     from vpg_pipelines import VPGVARPipeline
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     vae = VARVQVAE(**config["vqvae"])
     vae.load_state_dict(load_file(str(run_dir / "vqvae.safetensors")))
     model = VARTransformer(**config["transformer"])
@@ -459,16 +459,16 @@ def main() -> None:
     if args.eval_only:
         pipe = load_run_pipeline(out)
         sample_grid(pipe.vae, pipe.transformer, names, out / "samples.png", seed=args.seed)
-        config = json.loads((out / "config.json").read_text())
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         config["evaluation"] = evaluate_run(out, test_u8, args.eval_per_class, args.seed)
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return
     print(f"{len(train_x)} train / {len(test_x)} held-out images, {len(names)} classes -> {out}")
 
     if args.reuse_vqvae:
         vae = VARVQVAE(**VQVAE_CONFIG)
         vae.load_state_dict(load_file(str(out / "vqvae.safetensors")))
-        vq_info = json.loads((out / "config.json").read_text())["training"]["vqvae"]
+        vq_info = json.loads((out / "config.json").read_text(encoding="utf-8"))["training"]["vqvae"]
     else:
         vae, vq_info = train_vqvae(train_x, train_flip, args.vq_steps, args.vq_batch, args.vq_lr, args.seed,
                                    args.log_every)
@@ -490,7 +490,7 @@ def main() -> None:
         "training": {"seed": args.seed, "threads": args.threads, "vqvae": vq_info},
     }
     if args.var_steps == 0:
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return
 
     model, var_info = train_transformer(vae, train_idx, train_all_y, test_idx, test_y, args.var_steps,
@@ -500,11 +500,11 @@ def main() -> None:
 
     sample_grid(vae, model, names, out / "samples.png", seed=args.seed)
     config["training"]["transformer"] = var_info
-    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     if args.eval_per_class:
         config["evaluation"] = evaluate_run(out, test_u8, args.eval_per_class, args.seed)
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     print(f"VQVAE {vq_info['seconds']:.0f}s, transformer {var_info['seconds']:.0f}s; "
           f"held-out ce {var_info['heldout_eval']['ce']:.3f} -> {out}")
 

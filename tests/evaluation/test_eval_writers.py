@@ -96,7 +96,7 @@ def test_geneval_layout_reads_back_as_evaluate_images_reads_it(infinity_folder, 
         folder = out / sub
         if not folder.is_dir() or not sub.isdigit():
             continue
-        with open(folder / "metadata.jsonl") as fp:
+        with open(folder / "metadata.jsonl", encoding="utf-8") as fp:
             meta = json.load(fp)
         names = sorted(n for n in os.listdir(folder / "samples") if re.match(r"\d+\.png", n))
         found[sub] = (meta, names)
