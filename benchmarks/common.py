@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from vpg_pipelines import VARVQVAE, VARTransformer, VPGVARPipeline, load_demo_pipeline
+
 try:  # POSIX only (peak RSS where /proc is missing, e.g. macOS); Windows has neither
     import resource
 except ImportError:
@@ -47,7 +49,6 @@ def random_models(depth: int, device: str = "cpu", seed: int = 0):
     attention's log scale, which keeps its log(4) start; the VQVAE keeps PyTorch's default init
     under the seed. Real weights are not needed for timing.
     """
-    from vpg_pipelines import VARVQVAE, VARTransformer
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -63,7 +64,6 @@ def random_models(depth: int, device: str = "cpu", seed: int = 0):
 
 def build_random_pipeline(depth: int, device: str, dtype: torch.dtype, seed: int = 0):
     """A :class:`VPGVARPipeline` of VAR-d{depth} with seeded random weights on ``device``."""
-    from vpg_pipelines import VPGVARPipeline
 
     transformer, vae = random_models(depth, device, seed)
     pipe = _to(VPGVARPipeline(transformer=transformer, vae=vae), device, dtype)
@@ -77,7 +77,6 @@ def parity_dir() -> Path:
 
 def load_parity_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32):
     """The tiny official-format model of the parity fixtures (``../shared/parity/var``)."""
-    from vpg_pipelines import VPGVARPipeline
 
     root = parity_dir()
     if not (root / "var.safetensors").exists():
@@ -94,7 +93,6 @@ PARITY_NAME = "tiny parity model (depth 2, width 128, scales 1-4, 64 px)"
 
 def load_tiny_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
     """The bundled demo model when installed, else the tiny parity model; returns (pipe, description)."""
-    from vpg_pipelines import load_demo_pipeline
 
     try:
         pipe = _to(load_demo_pipeline(device), device, dtype)

@@ -29,7 +29,15 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_outputs  # noqa: E402
+from vpg_pipelines import VPGInfinityPipeline, VPGVARPipeline
 from vpg_pipelines.guidance import apg, ssg  # noqa: E402
+from vpg_pipelines.loading.infinity import load_official_infinity
+from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer, load_infinity_star_vae
+from vpg_pipelines.models.infinity.schedules import schedule_from_template
+from vpg_pipelines.models.infinity.transformer import pad_text
+from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
+from vpg_pipelines.models.infinity_star.schedules import plan_steps
+from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 SHARED = Path(os.environ.get("VPG_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "parity"
 STAR_PLAN = {"image_repetition": [3] * 11, "video_repetition": [3] * 8 + [2, 1, 1], "semantic_scales": 8,
@@ -56,10 +64,6 @@ def _bit_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def measure_apg() -> dict:
-    from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer, load_infinity_star_vae
-    from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
-    from vpg_pipelines.models.infinity_star.schedules import plan_steps
-    from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
     root = SHARED / "infinity_star"
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
@@ -100,7 +104,6 @@ def measure_apg() -> dict:
 
 
 def _ssg_runs(pipe, kw: dict, beta: float) -> dict:
-    from vpg_pipelines.sampling.next_scale import SamplerTrace
 
     traces = {}
     for name, context in (("f64", contextlib.nullcontext()), ("f32", float32_reductions())):
@@ -118,10 +121,6 @@ def _ssg_runs(pipe, kw: dict, beta: float) -> dict:
 
 
 def measure_ssg() -> list[dict]:
-    from vpg_pipelines import VPGInfinityPipeline, VPGVARPipeline
-    from vpg_pipelines.loading.infinity import load_official_infinity
-    from vpg_pipelines.models.infinity.schedules import schedule_from_template
-    from vpg_pipelines.models.infinity.transformer import pad_text
 
     results = []
     root = SHARED / "var"

@@ -50,6 +50,9 @@ from benchmarks.quality_metrics import (
     load_emoji_dataset,
     load_or_train_classifier,
 )
+from vpg_pipelines import load_demo_pipeline
+from vpg_pipelines.demo import DEMO_SETTINGS
+from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
 SWEEP_SCALES = (1.5, 2.0, 3.0, 4.0)
 SWEEP_CORRUPTIONS = (0.25, 0.5)
@@ -173,7 +176,6 @@ def real_subset(images: np.ndarray, labels: np.ndarray, wanted: np.ndarray, seed
 
 
 def generate(pipe, labels: np.ndarray, kwargs: dict[str, Any], seed: int, batch_size: int) -> np.ndarray:
-    from vpg_pipelines.demo import DEMO_SETTINGS
 
     settings = pipeline_settings({**DEMO_SETTINGS, **kwargs})
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -185,7 +187,6 @@ def generate(pipe, labels: np.ndarray, kwargs: dict[str, Any], seed: int, batch_
 def pipeline_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Pipeline arguments from a configuration: ``temperature`` (a constant temperature) and ``entropy_base``
     (the entropy term's ``T_base``) have no pipeline argument and become a ``guiders`` entry."""
-    from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
     settings = dict(settings)
     temperature, base = settings.pop("temperature", None), settings.pop("entropy_base", None)
@@ -231,7 +232,6 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from vpg_pipelines import load_demo_pipeline
 
     data = load_emoji_dataset(args.data)
     classifier = load_or_train_classifier(args.data, args.classifier)
@@ -304,7 +304,6 @@ def signed(s: dict[str, float], fmt: str = "{:+.2f}") -> str:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    from vpg_pipelines.demo import DEMO_SETTINGS
 
     a, m = result["args"], result["machine"]
     n_seeds = len(a["seeds"])

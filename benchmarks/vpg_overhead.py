@@ -30,6 +30,9 @@ import torch
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import math
+import time
+
 from benchmarks.common import (
     CLOCKS,
     DTYPES,
@@ -49,6 +52,11 @@ from benchmarks.common import (
     run_header,
     write_outputs,
 )
+from vpg_pipelines.guidance.base import GuidanceStep
+from vpg_pipelines.guidance.igg import InformationGroundingGuidance
+from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
+from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
+from vpg_pipelines.models.adapter import ScaleStep
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "cfg": {"vpg_scale": 1.0},
@@ -322,14 +330,7 @@ def term_costs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _term_rows(args: argparse.Namespace, shape_name: str, grid: tuple[int, ...], per_site: tuple[int, ...],
                categories: int | None) -> list[dict[str, Any]]:
-    import math
-    import time
 
-    from vpg_pipelines.guidance.base import GuidanceStep
-    from vpg_pipelines.guidance.igg import InformationGroundingGuidance
-    from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
-    from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
-    from vpg_pipelines.models.adapter import ScaleStep
 
     device = torch.device(args.device)
     n, v = math.prod(grid), math.prod(per_site)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from vpg_pipelines import VPGVARPipeline  # noqa: E402
 from vpg_pipelines.evaluation.emoji_classifier import (  # noqa: E402
     classifier_accuracy,
     extract_features,
@@ -344,7 +346,6 @@ def train_transformer(
 
 def load_run_pipeline(run_dir: str | Path):
     """A ``VPGVARPipeline`` from ``<run_dir>/{vqvae,transformer}.safetensors`` + ``config.json``."""
-    from vpg_pipelines import VPGVARPipeline
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -392,9 +393,7 @@ def evaluate_run(run_dir: Path, test_images: np.ndarray, per_class: int, seed: i
 def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Path, seed: int,
                 per_class: int = 6, guidance_scale: float = 3.0) -> np.ndarray:
     """One row per class (CFG only); returns the images as uint8 (C*per_class, 32, 32, 3)."""
-    from PIL import Image
 
-    from vpg_pipelines import VPGVARPipeline
 
     pipe = VPGVARPipeline(transformer=model, vae=vae, id2label=dict(enumerate(names)))
     pipe.set_progress_bar_config(disable=True)
@@ -413,7 +412,6 @@ def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Pa
 def save_reconstructions(vae: VARVQVAE, images: torch.Tensor, indices: torch.Tensor, path: Path,
                          count: int = 32) -> None:
     """Pairs of rows: originals above their reconstructions."""
-    from PIL import Image
 
     pick = torch.linspace(0, len(images) - 1, count).long()
     rec = vae.indices_to_image(split_scales(indices[pick]))
