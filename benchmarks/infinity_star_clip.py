@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 
 from benchmarks.common import DTYPES, fmt_mib, fmt_seconds, machine_info, markdown_table, peak_rss, timed, write_outputs
 from vpg_pipelines import VPGInfinityStarPipeline
@@ -45,7 +46,6 @@ def random_pipeline(args: dict, device: str, dtype: torch.dtype, seed: int = 0, 
 
     ``sizes`` override constructor arguments (``transformer_*`` / ``vae_*``) for smaller smoke runs.
     """
-    from accelerate import init_empty_weights
 
 
     t_sizes = {k[len("transformer_"):]: v for k, v in sizes.items() if k.startswith("transformer_")}

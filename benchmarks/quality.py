@@ -384,7 +384,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     if result["args"].get("suite") == "guidance":
         plot_guidance(result, path)
         return
-    import matplotlib
+    import matplotlib  # optional (the `eval` extra): only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -440,7 +440,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
 def plot_guidance(result: dict[str, Any], path: str | Path) -> None:
     """FD and accuracy of every configuration of the guidance suite, grouped by family, against the best
     baseline's band."""
-    import matplotlib
+    import matplotlib  # optional (the `eval` extra): only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
