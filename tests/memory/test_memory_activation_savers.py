@@ -17,16 +17,16 @@ from vpg_pipelines.memory.kv_timeline import Forward
 from vpg_pipelines.memory.meter import TensorMeter
 from vpg_pipelines.memory.planner import combine_savers
 from vpg_pipelines.memory.replay import InfinityStarStepReplay, VARStepReplay
+from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
 from vpg_pipelines.models.infinity_star.vae_tiling import TileSettings
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
+from vpg_pipelines.models.var.adapter import VARAdapter, VARState
 
 STAR_CALL = {"prompt": "a red fox in the snow", "num_frames": 17, "height": 192, "width": 336, "output_type": "pt",
              "vpg_scale": 1.5}
 
 
 def test_chunked_replay_equals_the_real_chunked_infinity_star_forward(fast_pipe):
-    from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
-
     plan = fast_pipe.plan(17, 192, 336)
     chunked = copy.deepcopy(fast_pipe.transformer)
     chunked.enable_forward_chunking(40)
@@ -50,8 +50,6 @@ def test_chunked_replay_equals_the_real_chunked_infinity_star_forward(fast_pipe)
 
 
 def test_chunked_replay_equals_the_real_chunked_var_forward(var_pipe):
-    from vpg_pipelines.models.var.adapter import VARAdapter, VARState
-
     chunked = copy.deepcopy(var_pipe.transformer)
     chunked.enable_forward_chunking(5)
     adapter = VARAdapter(chunked, var_pipe.vae)
