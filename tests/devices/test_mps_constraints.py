@@ -2,9 +2,10 @@
 
 ``tests/helpers/device_constraints.py`` makes the CPU take the code paths such a device takes and fails on the
 first float64 or float8 tensor op outside ``vpg_pipelines.devices.host_compute`` (the explicit host helper).
-Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image and image-to-video), every
-guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG, SSG, entropy temperature), the
-ComfyUI node classes' sampling paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
+Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image and image-to-video, forward
+chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG,
+SSG, entropy temperature), the ComfyUI node classes' sampling paths (stand-in schema API), ``vpg generate`` and
+``vpg eval sample``.
 A float64 slipping into the sampler fails here, on a Linux CPU machine.
 """
 
@@ -164,6 +165,20 @@ def test_infinity_star_paths(star, settings):
     if settings.get("guidance", "apg") == "apg":
         assert mode.host_ops > 0  # APG's projection went to the host
 
+
+
+def test_infinity_star_with_forward_chunking_and_tiled_decoding(star):
+    """The activation savers' paths: the chunked forward (several chunks per large step) and a 17-frame clip
+    decoded in 128-pixel tiles every 96 (two rows and four columns of tiles at 192 x 336)."""
+    star.transformer.enable_forward_chunking(64)
+    star.vae.enable_tiling(128, 128, 96, 96)
+    try:
+        with device_constraints("mps"):
+            frames = star(prompt="a red fox", **SIZE, num_frames=17, output_type="pt", generator=gens(0)).frames
+    finally:
+        star.transformer.disable_forward_chunking()
+        star.vae.disable_tiling()
+    assert frames.shape[1:] == (17, 3, SIZE["height"], SIZE["width"]) and torch.isfinite(frames).all()
 
 # -- the ComfyUI node classes ----------------------------------------------------------------------------------
 def test_comfy_class_sampler_with_every_guidance_node():

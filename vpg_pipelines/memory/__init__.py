@@ -35,6 +35,8 @@ def estimate_memory(
     quantization: str | None = None,
     text_tokens: int | None = None,
     stream: bool = True,
+    forward_chunking: bool | int | None = None,
+    vae_tiling: bool | dict | None = None,
     **call_kwargs: Any,
 ) -> MemoryEstimate:
     """Plan the accelerator memory of ``pipe(**call_kwargs)`` without running it.
@@ -48,7 +50,12 @@ def estimate_memory(
         text_tokens: prompt length to plan with when the pipeline has no tokenizer (default: the
             model's maximum, 512).
         stream: group offloading with CUDA streams (two blocks resident instead of one).
+        forward_chunking: plan with the transformer's forward chunking (``enable_forward_chunking``) set to
+            this: ``None`` as it is now, ``False`` off, ``True`` the default chunk, or tokens per chunk.
+        vae_tiling: plan InfinityStar's decode with tiling (``vae.enable_tiling``): ``None`` as it is now,
+            ``False`` off, ``True`` the VAE's tile sizes, or a dict of ``enable_tiling``'s arguments.
         **call_kwargs: the arguments of the call, checked like the call checks them.
     """
     return build_estimate(plan_inputs(pipe, call_kwargs, dtype=dtype, quantization=quantization,
-                                      text_tokens=text_tokens, stream=stream))
+                                      text_tokens=text_tokens, stream=stream, forward_chunking=forward_chunking,
+                                      vae_tiling=vae_tiling))

@@ -14,8 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.chunking import DEFAULT_CHUNK_TOKENS, check_chunking
 from ..models.infinity.transformer import InfinityTransformer
 from ..models.infinity_star.transformer import InfinityStarTransformer
+from ..models.infinity_star.vae_tiling import TileSettings
+from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..models.var.transformer import VARTransformer
 from .decode import decode_bytes, text_encoder_bytes
 from .kv_timeline import guided_steps, kv_timeline
@@ -78,11 +81,15 @@ def plan_inputs(
     quantization: str | None = None,
     text_tokens: int | None = None,
     stream: bool = True,
+    forward_chunking: bool | int | None = None,
+    vae_tiling: bool | dict | None = None,
 ) -> PlanInputs:
     """Resolve one call of ``pipe`` for the planner (see :func:`vpg_pipelines.memory.estimate_memory`)."""
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {quantization!r}")
     model, plan_model = _model_planner(pipe)
+    chunk_size = planned_chunking(pipe.transformer, forward_chunking)
+    tiling = planned_tiling(pipe.vae, vae_tiling)
     try:
         inspect.signature(type(pipe).__call__).bind(pipe, **call_kwargs)
     except TypeError as err:
@@ -96,7 +103,8 @@ def plan_inputs(
     else:
         vae_dtype = getattr(type(pipe), "vae_dtype", None) or planned_dtype
     notes: list[str] = []
-    parts = plan_model(pipe, call, call_kwargs, planned_dtype, vae_dtype, text_tokens, notes)
+    savers = {"chunk_size": chunk_size, "tiling": tiling}
+    parts = plan_model(pipe, call, call_kwargs, planned_dtype, vae_dtype, text_tokens, notes, savers)
     layouts = _layouts(pipe, dtype, quantization, vae_dtype)
     steps, vpg, cfg = list(call.steps), call.prefix, call.with_null
     guided = guided_steps(steps, vpg)
@@ -112,6 +120,9 @@ def plan_inputs(
         "cfg": cfg,
         "vpg_scales": vpg.scales if guided else "off",
         "vpg_refresh": refresh,
+        "forward_chunking": chunk_size or "off",
+        "vae_tiling": "off" if tiling is None else f"{tiling.min_height}x{tiling.min_width} every "
+                                                   f"{tiling.stride_height}x{tiling.stride_width}",
         **parts.pop("describe"),
     }
     return PlanInputs(
@@ -132,6 +143,43 @@ def _model_planner(pipe: Any) -> tuple[str, Any]:
             return name, plan_model
     raise TypeError(f"cannot plan the memory of a {type(pipe).__name__}: its transformer is a "
                     f"{type(transformer).__name__}, not a VAR, Infinity or InfinityStar transformer")
+
+
+def planned_chunking(transformer: nn.Module, forward_chunking: bool | int | None) -> int | None:
+    """Tokens per chunk to plan with: ``None`` the transformer's setting (``enable_forward_chunking``), ``False``
+    none, ``True`` the default chunk, an integer that chunk."""
+    if forward_chunking is None:
+        return getattr(transformer, "forward_chunk_size", None)
+    if forward_chunking is False:
+        return None
+    try:
+        return DEFAULT_CHUNK_TOKENS if forward_chunking is True else check_chunking(forward_chunking, 1)
+    except ValueError:
+        raise ValueError(f"`forward_chunking` must be True, False, None or a positive number of tokens, "
+                         f"got {forward_chunking!r}") from None
+
+
+def planned_tiling(vae: nn.Module, vae_tiling: bool | dict | None) -> TileSettings | None:
+    """Decoder tiles to plan with: ``None`` the VAE's setting (``enable_tiling``), ``False`` untiled, ``True`` the
+    VAE's tile sizes (the defaults unless ``enable_tiling`` set others), a dict ``enable_tiling``'s arguments."""
+    tiles = isinstance(vae, InfinityStarVideoVAE)
+    if vae_tiling is None:
+        return vae.tile_settings if tiles and vae.use_tiling else None
+    if vae_tiling is False:
+        return None
+    if not tiles:
+        raise ValueError(f"`vae_tiling` is available for InfinityStar's video VAE only, not {type(vae).__name__}")
+    if vae_tiling is True:
+        return vae.tile_settings  # what enable_tiling() last set, or the defaults
+    if not isinstance(vae_tiling, dict):
+        raise ValueError(f"`vae_tiling` must be True, False, None or a dict of enable_tiling's arguments, "
+                         f"got {vae_tiling!r}")
+    names = {"tile_sample_min_height": "min_height", "tile_sample_min_width": "min_width",
+             "tile_sample_stride_height": "stride_height", "tile_sample_stride_width": "stride_width"}
+    unknown = sorted(set(vae_tiling) - set(names))
+    if unknown:
+        raise ValueError(f"`vae_tiling` takes enable_tiling's arguments {sorted(names)}, got {unknown}")
+    return TileSettings(**{names[k]: v for k, v in vae_tiling.items()})
 
 
 def _checkable(pipe: Any, call_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +215,11 @@ def _vae_dtype(pipe: Any, default: torch.dtype) -> torch.dtype:
     return param.dtype if param is not None and param.is_floating_point() else default
 
 
-def _var(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
+def _var(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -> dict:
     rows = call.batch * (2 if call.with_null else 1)
     steps = list(call.steps)
-    replay = VARStepReplay(pipe.transformer, steps, rows, dtype, latent_dtype=vae_dtype)
+    replay = VARStepReplay(pipe.transformer, steps, rows, dtype, latent_dtype=vae_dtype,
+                           chunk_size=savers["chunk_size"])
     side = steps[-1].grid[0]
     latents = (call.batch, int(pipe.vae.Cvae), side, side)
     pixels = side * 2 ** (len(pipe.vae.config.ch_mult) - 1)
@@ -182,7 +231,7 @@ def _var(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
     }
 
 
-def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
+def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -> dict:
     prompt, embeds, mask = given.get("prompt"), given.get("prompt_embeds"), given.get("prompt_attention_mask")
     texts = [prompt] if isinstance(prompt, str) else list(prompt or [])
     tokens = _embed_tokens(embeds, mask)
@@ -192,7 +241,8 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
         fallback = text_tokens or int(pipe.transformer.config.text_maxlen)
         tokens = _tokens(pipe, texts + [n for n in negatives if n], None, fallback, notes)
     rows = call.batch * (2 if call.with_null else 1)
-    replay = InfinityStepReplay(pipe.transformer, list(call.steps), rows, dtype, text_tokens=tokens)
+    replay = InfinityStepReplay(pipe.transformer, list(call.steps), rows, dtype, text_tokens=tokens,
+                                chunk_size=savers["chunk_size"])
     schedule = call.schedule
     h, w = schedule.vae_grids[-1]
     latents = (call.batch, int(pipe.vae.config.codebook_dim), 1, h, w)
@@ -208,7 +258,7 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
     }
 
 
-def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
+def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -> dict:
     a, plan = call.arguments, call.plan
     prompt = given.get("prompt")
     texts = [prompt] if isinstance(prompt, str) else list(prompt or [])
@@ -220,7 +270,7 @@ def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> d
         tokens = _tokens(pipe, captions + [n for n in negatives if n], None, text_tokens or 512, notes)
     rows = call.batch * (2 if call.with_null else 1)
     replay = InfinityStarStepReplay(pipe.transformer, list(call.steps), rows, dtype, plan=plan, text_tokens=tokens,
-                                    batch=call.batch)
+                                    batch=call.batch, chunk_size=savers["chunk_size"])
     frames = sum(plan.clip_grid(c)[0] for c in range(plan.num_clips))
     _, h, w = plan.schedule[-1]
     latents = (call.batch, int(pipe.vae.codebook_dim), frames, h, w)
@@ -230,7 +280,8 @@ def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> d
                                     compute_dtype(encoder))
     return {
         "replay": replay, "sampling_bytes": 8,
-        "decode": decode_bytes("infinity_star", pipe.vae, latents, vae_dtype) if a["output_type"] != "latent" else 0,
+        "decode": (decode_bytes("infinity_star", pipe.vae, latents, vae_dtype, savers["tiling"])
+                   if a["output_type"] != "latent" else 0),
         "encode": encode,
         "describe": {"size": f"{a['height']}x{a['width']}", "num_frames": a["num_frames"], "text_tokens": tokens,
                      "guidance": a["guidance"]},

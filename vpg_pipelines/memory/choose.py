@@ -10,6 +10,12 @@ weights (outputs change within the errors in ``docs/memory.md``; ``nf4`` only wh
 
 Offloading never changes the output, so it comes before quantization; sequential offloading is so slow
 (one synchronous copy per layer) that quantizing with group offloading is preferred to it.
+
+Within each candidate, when it does not fit as the pipeline is set, the activation savers are tried before
+the next candidate, cheapest first: forward chunking (``transformer.enable_forward_chunking``: the same
+computation in token chunks, outputs equal up to rounding, about the same speed), then tiled decoding
+(``vae.enable_tiling``, InfinityStar: some decoder work repeated where tiles overlap, a seam error far below
+the 8-bit output step), then both. They cost less than any move down the list.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any
 import torch
 
 from ..devices import describe, device_memory, pick_device, savers
-from .calls import current_quantization
+from ..models.infinity_star.vae_tiling import TileSettings
+from .calls import current_quantization, planned_chunking, planned_tiling
 from .offload import apply_offload
-from .planner import MemoryEstimate
+from .planner import MemoryEstimate, combine_savers
 from .quantization import apply_quantization
 
 CANDIDATES: tuple[tuple[str, str], ...] = (
@@ -43,15 +50,25 @@ def usable(free_bytes: int) -> int:
     return int(free_bytes - max(MARGIN_BYTES, MARGIN_FRACTION * free_bytes))
 
 
+SAVER_STEPS: tuple[tuple[bool, bool], ...] = ((True, False), (False, True), (True, True))
+"""(forward chunking, tiled decoding) in the order ``auto`` adds them to a candidate that does not fit."""
+
+
 @dataclass(frozen=True)
 class Choice:
-    """The savers ``auto`` picked (``fits`` False: nothing fits; the smallest plan is returned)."""
+    """The savers ``auto`` picked (``fits`` False: nothing fits; the smallest plan is returned).
+
+    ``forward_chunking`` (tokens per chunk) and ``vae_tiling`` are what the pipeline runs with under the
+    choice (``None``: off), whether it had them already or the choice adds them.
+    """
 
     quantization: str
     offload: str
     peak: int
     fits: bool
     estimate: MemoryEstimate
+    forward_chunking: int | None = None
+    vae_tiling: TileSettings | None = None
 
 
 def choose_savers(
@@ -60,10 +77,12 @@ def choose_savers(
     quantizations: tuple[str, ...] | None = None,
     offloads: tuple[str, ...] | None = None,
     device: str | torch.device | None = None,
+    activation_savers: bool = True,
     **call_kwargs: Any,
 ) -> Choice:
     """The first of :data:`CANDIDATES` (restricted to ``quantizations`` / ``offloads``) whose planned peak
-    for ``pipe(**call_kwargs)`` fits :func:`usable` ``(free_bytes)``.
+    for ``pipe(**call_kwargs)`` fits :func:`usable` ``(free_bytes)``, each tried as the pipeline is set and
+    then (``activation_savers``) with forward chunking / tiled decoding added (:data:`SAVER_STEPS`).
 
     ``quantizations`` defaults to the pipeline's own weights (``"none"``) plus those of ``int8`` / ``nf4``
     that run on ``device`` (default: the one :func:`~vpg_pipelines.devices.pick_device` picks; ``nf4``: CUDA,
@@ -77,25 +96,60 @@ def choose_savers(
     if current != "none":
         quantizations = ("none",)  # already quantized: plan what it holds
     offloads = offloads or ("none", "model", "group", "sequential")
-    estimates: dict[str, MemoryEstimate] = {}
+    chunk_now = planned_chunking(pipe.transformer, None)
+    tiles_now = planned_tiling(pipe.vae, None)
+    tileable = hasattr(pipe.vae, "enable_tiling")
+    lean_kwargs = {"forward_chunking": chunk_now or True, "vae_tiling": True if tileable and tiles_now is None
+                   else None}
+    estimates: dict[tuple[str, bool], MemoryEstimate] = {}
+
+    def estimate(quantization: str, lean: bool) -> MemoryEstimate:
+        if (quantization, lean) not in estimates:
+            planned = None if quantization == "none" else quantization
+            extra = lean_kwargs if lean else {}
+            estimates[quantization, lean] = pipe.estimate_memory(quantization=planned, **extra, **call_kwargs)
+        return estimates[quantization, lean]
+
     budget = usable(free_bytes)
     best: Choice | None = None
     for quantization, offload in CANDIDATES:
         if quantization not in quantizations or offload not in offloads:
             continue
-        if quantization not in estimates:
-            planned = None if quantization == "none" else quantization
-            estimates[quantization] = pipe.estimate_memory(quantization=planned, **call_kwargs)
-        estimate = estimates[quantization]
-        peak = estimate.peak(offload)
         label = current if quantization == "none" else quantization
-        if peak <= budget:
-            return Choice(label, offload, peak, True, estimate)
-        if best is None or peak < best.peak:
-            best = Choice(label, offload, peak, False, estimate)
+        options = [(estimate(quantization, False), chunk_now, tiles_now)]
+        if activation_savers:
+            plain, lean = options[0][0], estimate(quantization, True)
+            chunk_lean, tiles_lean = planned_chunking_of(lean), planned_tiling(pipe.vae, True) if tileable else None
+            for chunked, tiled in SAVER_STEPS:
+                if tiled and not tileable:
+                    continue
+                options.append((combine_savers(plain, lean, chunked, tiled), chunk_lean if chunked else chunk_now,
+                                tiles_lean if tiled else tiles_now))
+        for planned, chunk, tiles in options:
+            peak = planned.peak(offload)
+            choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles)
+            if choice.fits:
+                return choice
+            if best is None or peak < best.peak:
+                best = choice
     if best is None:
         raise ValueError(f"no candidate among quantizations {quantizations} and offloads {offloads}")
     return best
+
+
+def planned_chunking_of(estimate: MemoryEstimate) -> int | None:
+    """Tokens per chunk an estimate was planned with (``None``: unchunked)."""
+    value = estimate.settings.get("forward_chunking", "off")
+    return None if value == "off" else int(value)
+
+
+def apply_activation_savers(pipe: Any, forward_chunking: int | None, vae_tiling: TileSettings | None) -> None:
+    """Turn on what a :class:`Choice` runs with (what is already on stays on)."""
+    if forward_chunking is not None:
+        pipe.transformer.enable_forward_chunking(forward_chunking)
+    if vae_tiling is not None:
+        pipe.vae.enable_tiling(vae_tiling.min_height, vae_tiling.min_width, vae_tiling.stride_height,
+                               vae_tiling.stride_width)
 
 
 def fit_to_memory(
@@ -110,8 +164,9 @@ def fit_to_memory(
     ``device`` defaults to :func:`~vpg_pipelines.devices.pick_device`'s; ``free_bytes`` to its free memory
     (:func:`~vpg_pipelines.devices.device_memory`: CUDA / ROCm / XPU through ``torch.accelerator``, ``mps``
     through Metal's recommended working set). The quantization is applied to the transformer
-    (``quantization.apply_quantization``), then the offload mode (``offload.apply_offload``). Returns the
-    :class:`Choice`; when nothing fits it applies the smallest plan and says so (``fits`` False).
+    (``quantization.apply_quantization``), then the offload mode (``offload.apply_offload``), forward
+    chunking and tiled decoding. Returns the :class:`Choice`; when nothing fits it applies the smallest plan
+    and says so (``fits`` False).
     """
     device = pick_device() if device is None else torch.device(device)
     if free_bytes is None:
@@ -125,4 +180,5 @@ def fit_to_memory(
     if choice.quantization != current:
         apply_quantization(pipe, choice.quantization)
     apply_offload(pipe, choice.offload, device)
+    apply_activation_savers(pipe, choice.forward_chunking, choice.vae_tiling)
     return choice

@@ -159,6 +159,31 @@ class MemoryEstimate:
         return format_estimate(self)
 
 
+def combine_savers(plain: MemoryEstimate, lean: MemoryEstimate, chunked: bool, tiled: bool) -> MemoryEstimate:
+    """The estimate with forward chunking only, tiling only, both or neither, from one estimate without and
+    one with both (the same call otherwise). Chunking changes only the sampler steps' activations and
+    tiling only the decode's, so each phase comes from the estimate that has its saver as wanted."""
+    if [p.name for p in plain.plans["none"].phases] != [p.name for p in lean.plans["none"].phases]:
+        raise ValueError("the two estimates plan different calls")
+
+    def pick(phase: Phase, other: Phase) -> Phase:
+        if phase.name == "decode":
+            return other if tiled else phase
+        return other if chunked and phase.step is not None else phase
+
+    plans = {mode: OffloadPlan(mode, [pick(a, b) for a, b in zip(plain.plans[mode].phases, lean.plans[mode].phases)])
+             for mode in plain.plans}
+    settings = {**plain.settings}
+    for key, use_lean in (("forward_chunking", chunked), ("vae_tiling", tiled)):
+        settings[key] = (lean if use_lean else plain).settings[key]
+    return MemoryEstimate(
+        settings=settings, weights=plain.weights, kv=plain.kv,
+        activations=dict(lean.activations if chunked else plain.activations),
+        decode=lean.decode if tiled else plain.decode, text_encoder=plain.text_encoder, plans=plans,
+        notes=list(plain.notes),
+    )
+
+
 def _resident(layouts: dict[str, WeightLayout], mode: str, phase: str, stream: bool) -> int:
     """Weights on the accelerator in ``phase`` (``encode`` / ``sample`` / ``decode``) under ``mode``."""
     active = {"encode": "text_encoder", "sample": "transformer", "decode": "vae"}[phase]

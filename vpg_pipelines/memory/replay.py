@@ -80,6 +80,7 @@ class StepReplay:
         steps: the adapter's steps of the planned call.
         condition_rows: the sampler's condition rows.
         dtype: the compute dtype.
+        chunk_size (keyword): forward chunking of the planned model (``None``: off).
     """
 
     def __init__(self, transformer: nn.Module, steps: Sequence[ScaleStep], condition_rows: int,
@@ -91,6 +92,9 @@ class StepReplay:
         self.extra = extra
         self._cache: dict[Forward, int] = {}
         self._setup(transformer)
+        chunk_size = extra.get("chunk_size")
+        if chunk_size is not None:  # forward chunking is a setting of the model object, not of its config
+            self.model.enable_forward_chunking(chunk_size)
         self.capacity = self.prefix_tokens + sum(s.num_sites for s in self.steps) + 1
         self._geometry: KVGeometry | None = None
 

@@ -26,6 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..adapter import HiddenHook
+from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens
 from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
@@ -249,13 +250,18 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(rows, n, dim))
 
 
-class FeedForward(nn.Module):
+class FeedForward(ChunkedFeedForward, nn.Module):
+    """GELU MLP; on ``chunk_size`` tokens at a time under ``enable_forward_chunking``."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return chunked_over_tokens(self._mlp, x, self.chunk_size)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -337,7 +343,7 @@ def default_cfg_uncond(text_maxlen: int, text_channels: int) -> torch.Tensor:
     return rows / text_channels**0.5
 
 
-class InfinityTransformer(ModelMixin, ConfigMixin):
+class InfinityTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
     """Text-conditional bitwise next-scale transformer of Infinity.
 
     Args (official constructor names): ``codebook_dim`` bits per VAE site (the official ``vae_local``

@@ -8,6 +8,12 @@ frame, row, column. Each token carries its own four coordinates (``position_ids`
 so a corrupted site can take its donor's position.
 
 State-dict keys equal the official checkpoints (``block_chunks.{i}.module.{j}.*``).
+
+``enable_forward_chunking(chunk_size)`` (:mod:`..chunking`) runs the per-token parts of every block on
+``chunk_size`` tokens at a time: the norms, the query projections and their attention, the output
+projection and the SwiGLU MLP, and the final norm and head. Keys and values are projected chunk by
+chunk into one tensor (every query attends to all of them); the queries of the heads that share a
+key/value head attend as one longer query sequence instead of repeating the keys and values per head.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..adapter import HiddenHook
+from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens, chunks_needed, token_spans
 from ..kv_cache import KVCache
 from ..layers import Linear
 
@@ -109,6 +116,71 @@ class StarAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(rows, n, self.num_heads * hd))
 
+    # -- chunked over tokens (see the module docstring) ------------------------------------------------
+    def forward_in_chunks(
+        self,
+        x: torch.Tensor,
+        norm: nn.Module,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layer: int,
+        kv_cache: KVCache | None,
+        store: bool,
+        attn_mask: torch.Tensor | None,
+        chunk_size: int,
+    ) -> torch.Tensor:
+        """``x + forward(norm(x), ...)`` with every per-token part on ``chunk_size`` tokens at a time (the norm
+        is recomputed per chunk for the queries rather than kept for all tokens)."""
+        rows, n, _ = x.shape
+        hd, spans = self.head_dim, token_spans(n, chunk_size)
+        cos, sin = rope
+        k = v = None
+        for span in spans:
+            h = norm(x[:, span])
+            ks = self.k_norm(self.k_proj(h).view(rows, -1, self.num_kv_heads, hd)).transpose(1, 2)
+            ks = apply_rope(ks, cos[:, :, span], sin[:, :, span])
+            vs = self.v_proj(h).view(rows, -1, self.num_kv_heads, hd).transpose(1, 2)
+            if k is None:
+                k = ks.new_empty((rows, self.num_kv_heads, n, hd))
+                v = vs.new_empty((rows, self.num_kv_heads, n, hd))
+            k[:, :, span], v[:, :, span] = ks, vs
+            del h, ks, vs
+        if kv_cache is not None:
+            k, v = kv_cache.append(layer, k, v, store=store)
+        out = torch.empty_like(x)
+        for span in spans:
+            part = x[:, span]
+            h = norm(part)
+            q = self.q_norm(self.q_proj(h).view(rows, -1, self.num_heads, hd)).transpose(1, 2)
+            del h
+            q = apply_rope(q, cos[:, :, span], sin[:, :, span])
+            attended = self._grouped_attention(q, k.to(q.dtype), v.to(q.dtype), _mask_rows(attn_mask, span, n))
+            out[:, span] = part + self.o_proj(attended)
+        return out
+
+    def _grouped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+        """SDPA of ``q`` ``(R, H, c, hd)`` over ``k, v`` ``(R, Hkv, L, hd)`` without repeating them per head: the
+        ``H / Hkv`` query heads of one key/value head are stacked along the query axis (every query row
+        attends on its own, so this is the same attention); returns ``(R, c, H * hd)`` for ``o_proj``."""
+        rows, heads, c, hd = q.shape
+        groups = heads // self.num_kv_heads
+        stacked = q.reshape(rows, self.num_kv_heads, groups * c, hd)
+        if mask is not None:
+            mask = mask.to(q.dtype)
+            if mask.dim() >= 3 and mask.shape[-3] != 1:
+                raise ValueError("a per-head attention mask cannot be chunked; disable forward chunking")
+            if mask.shape[-2] != 1:
+                mask = mask.repeat(*([1] * (mask.dim() - 2)), groups, 1)
+        out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask)  # (R, Hkv, groups * c, hd)
+        return out.unflatten(2, (groups, c)).permute(0, 3, 1, 2, 4).reshape(rows, c, heads * hd)
+
+
+def _mask_rows(mask: torch.Tensor | None, span: slice, tokens: int) -> torch.Tensor | None:
+    """The rows of an additive mask ``(..., N or 1, L)`` that belong to the query tokens ``span``."""
+    if mask is None or mask.shape[-2] != tokens:
+        return mask
+    return mask[..., span, :]
+
 
 class SwiGLU(nn.Module):
     """Qwen3 MLP: ``down(silu(gate(x)) * up(x))``."""
@@ -123,8 +195,9 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class StarBlock(nn.Module):
-    """``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+class StarBlock(ChunkedFeedForward, nn.Module):
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (per-token parts on ``chunk_size`` tokens at a time when
+    forward chunking is on)."""
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_ratio: float, bias: bool) -> None:
         super().__init__()
@@ -134,8 +207,15 @@ class StarBlock(nn.Module):
         self.post_attention_layernorm = FastRMSNorm(dim)
 
     def forward(self, x, rope, layer, kv_cache, store, attn_mask) -> torch.Tensor:
+        if chunks_needed(x.shape[1], self.chunk_size):
+            x = self.attn.forward_in_chunks(x, self.input_layernorm, rope, layer, kv_cache, store, attn_mask,
+                                            self.chunk_size)
+            return chunked_over_tokens(self._mlp, x, self.chunk_size, residual=True)
         x = x + self.attn(self.input_layernorm(x), rope, layer, kv_cache, store, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.post_attention_layernorm(x))
 
 
 class BlockChunk(nn.Module):
@@ -146,7 +226,7 @@ class BlockChunk(nn.Module):
         self.module = nn.ModuleList(blocks)
 
 
-class InfinityStarTransformer(ModelMixin, ConfigMixin):
+class InfinityStarTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
     """InfinityStar's decoder-only next-scale transformer.
 
     Args:
@@ -297,6 +377,5 @@ class InfinityStarTransformer(ModelMixin, ConfigMixin):
             return x
         if head == "semantic" and not self.config.two_stage:
             raise ValueError("this model has no semantic head (`two_stage=False`)")
-        x = self.norm_hidden_sates(x)
         proj = self.semantic_head2 if head == "semantic" else self.head
-        return proj(x).float()
+        return chunked_over_tokens(lambda h: proj(self.norm_hidden_sates(h)).float(), x, self.forward_chunk_size)

@@ -10,6 +10,11 @@ latent size before they are added to the summed codes.
 State-dict keys equal the official ``infinitystar_videovae.pth`` (``vae`` entry) except the four
 codebook ``mask`` buffers (``2 ** i``, stored twice through the official ``quantize`` alias), which
 hold no learned values and are not kept (see :data:`DERIVED_KEYS`; safetensors cannot store aliases).
+
+Memory savers with diffusers' autoencoder names: ``enable_tiling(...)`` decodes in overlapping spatial
+tiles blended where they meet (:mod:`.vae_tiling`), each through the official causal temporal chunks;
+``enable_slicing()`` (on by default, as the official code decodes one video at a time) decodes and
+encodes the batch one sample at a time; ``disable_slicing()`` runs the batch at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
+
+from .vae_tiling import LATENT_STRIDE, TileSettings, decode_tiled
 
 DERIVED_KEYS = re.compile(r"^quantizer?\.lfq_(semantic|detail)\.mask$")
 """Keys of the official file that hold no learned values (the codebooks' ``2 ** i`` bit weights)."""
@@ -415,6 +422,39 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
         else:
             self.proj_down = self.proj_up = nn.Identity()
         self.scale_learnable_parameters = nn.Parameter(torch.ones(4))
+        self.use_slicing = True  # the official decoder runs one video at a time
+        self.use_tiling = False
+        self.tile_settings = TileSettings()
+
+    # -- memory savers (diffusers' autoencoder API) ------------------------------------------------------
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        """Decode in spatial tiles of ``tile_sample_min_*`` pixels every ``tile_sample_stride_*`` pixels, blending
+        the ``min - stride`` pixels where neighbours overlap (default 512 every 384; :mod:`.vae_tiling` says why).
+        Videos no larger than one tile decode untiled. Arguments left ``None`` keep their current value; sizes
+        are multiples of 16 pixels, ``min / 2 <= stride <= min``."""
+        current = self.tile_settings
+        self.tile_settings = TileSettings(
+            tile_sample_min_height or current.min_height, tile_sample_min_width or current.min_width,
+            tile_sample_stride_height or current.stride_height, tile_sample_stride_width or current.stride_width)
+        self.use_tiling = True
+
+    def disable_tiling(self) -> None:
+        """Decode every frame in one piece again."""
+        self.use_tiling = False
+
+    def enable_slicing(self) -> None:
+        """Decode and encode one sample of the batch at a time (the default, as officially)."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        """Decode and encode the whole batch at once (faster for small videos, more memory)."""
+        self.use_slicing = False
 
     @property
     def codebook_dim(self) -> int:
@@ -432,15 +472,40 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
     @apply_forward_hook
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Summed codes ``(B, 64, T, h, w)`` -> video ``(B, 3, 1 + 4(T-1), 16h, 16w)`` (unclamped, ~[-1, 1])."""
+        z = self.decoder_latent(latents)
+        samples = z.split(1) if self.use_slicing else [z]
+        if self.tiles_needed(latents):
+            out = self.empty_video(z)
+            for sample, target in zip(samples, out.split(samples[0].shape[0])):
+                decode_tiled(sample, self.decode_chunks, self.tile_settings, target)
+            return out
+        videos = [torch.cat(list(self.decode_chunks(sample)), dim=2) for sample in samples]
+        return torch.cat(videos) if len(videos) > 1 else videos[0]
+
+    def decoder_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Summed codes ``(B, 64, T, h, w)`` -> the convolutional decoder's latent ``(B, 16, T, 2h, 2w)``."""
         if latents.dim() != 5 or latents.shape[1] != self.codebook_dim:
             raise ValueError(f"`latents` must be (B, {self.codebook_dim}, T, h, w), got {tuple(latents.shape)}")
         z = latents / self.scale_learnable_parameters[0]
         z = self.proj_up(z.movedim(1, -1)).movedim(-1, 1)
-        z = unpatchify(z)
-        return torch.cat([self._decode_one(z[b : b + 1]) for b in range(z.shape[0])])
+        return unpatchify(z)
 
-    def _decode_one(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode in temporal chunks exactly like the official ``_decode`` (the chunking shapes the output)."""
+    def tiles_needed(self, latents: torch.Tensor) -> bool:
+        """Whether :meth:`decode` tiles ``latents`` (tiling on and the video larger than one tile)."""
+        patch = 2  # the absorbed 2x2 patchify between the summed codes and the decoder latent
+        return self.use_tiling and self.tile_settings.needed(patch * latents.shape[3], patch * latents.shape[4])
+
+    def empty_video(self, z: torch.Tensor) -> torch.Tensor:
+        """The zero video the tiles of decoder latent ``z`` are blended into."""
+        b, _, frames, h, w = z.shape
+        shape = (b, self.config.out_channels, 1 + self.temporal_factor * (frames - 1), LATENT_STRIDE * h,
+                 LATENT_STRIDE * w)
+        return z.new_zeros(shape)
+
+    def decode_chunks(self, z: torch.Tensor):
+        """The video of ``z`` chunk by chunk, exactly like the official ``_decode`` (the chunking shapes the
+        output): ``decode_chunk_frames`` latent frames per chunk, the first chunk taking the odd remainder,
+        one convolution cache carried through (the causal frames each chunk needs from the previous one)."""
         per = self.config.decode_chunk_frames
         frames = z.shape[2]
         chunks = max(frames // per, 1)
@@ -449,12 +514,11 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
             chunks = max(chunks - 1, 1)
         extra = frames % per + (per if split_first else 0)
         cache: ConvCache = {}
-        out, start = [], 0
+        start = 0
         for i in range(chunks):
             end = per * (i + 1) + extra
-            out.append(self.decoder(z[:, :, start:end], cache, split_first))
+            yield self.decoder(z[:, :, start:end], cache, split_first)
             start, split_first = end, False
-        return torch.cat(out, dim=2)
 
     @apply_forward_hook
     def encode(
@@ -466,7 +530,8 @@ class InfinityStarVideoVAE(ModelMixin, ConfigMixin):
         """
         if video.dim() == 4:
             video = video.unsqueeze(2)
-        h = torch.cat([self._encode_one(video[b : b + 1]) for b in range(video.shape[0])])
+        samples = video.split(1) if self.use_slicing else [video]
+        h = torch.cat([self._encode_one(sample) for sample in samples])
         mean, logvar = patchify(h).chunk(2, dim=1)
         z = mean
         if sample_posterior:

@@ -20,6 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..adapter import HiddenHook
+from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens
 from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
 
@@ -81,13 +82,18 @@ class VARAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(rows, n, dim))
 
 
-class VARFeedForward(nn.Module):
+class VARFeedForward(ChunkedFeedForward, nn.Module):
+    """GELU MLP; on ``chunk_size`` tokens at a time under ``enable_forward_chunking``."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return chunked_over_tokens(self._mlp, x, self.chunk_size)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -170,7 +176,7 @@ class SharedAdaLin(Linear):
         return super().forward(cond).view(cond.shape[0], 1, 6, -1)
 
 
-class VARTransformer(ModelMixin, ConfigMixin):
+class VARTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
     """Class-conditional next-scale transformer of VAR.
 
     Args mirror the official ``VAR`` constructor (``vae_local`` replaced by ``vocab_size`` and
