@@ -283,6 +283,7 @@ class KVCache:
                 new[: a.shape[0], :, :end] = a[:, :, :end]
                 new[a.shape[0] :, :, :end] = b[:, :, :end]
                 mine[layer] = new
+                del a, new  # the old tensor goes now, not when the loop rebinds the name
         for key in list(self.row_state):
             self.row_state[key] = torch.cat([self.row_state[key], other.row_state[key]])
         self.rows += other.rows
