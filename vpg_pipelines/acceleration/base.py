@@ -85,6 +85,22 @@ class Acceleration:
     models: ClassVar[tuple[str, ...]] = ()
     needs_token_plans: ClassVar[bool] = False
     grows_cache: ClassVar[bool] = False
+    unset_fields: ClassVar[tuple[str, ...]] = ("selection_override",)
+    """Fields a config (:meth:`from_config`) does not set: test hooks and what resolving a call fills in."""
+
+    # -- a config from JSON-style settings (the CLI, ComfyUI) ------------------------------------------------
+    @classmethod
+    def config_fields(cls) -> list[str]:
+        """The settings :meth:`from_config` takes (the dataclass fields a user sets)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in cls.unset_fields]
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> Acceleration:
+        """The method from JSON-style ``settings`` (its fields by name; lists read as tuples)."""
+        unknown = sorted(set(settings) - set(cls.config_fields()))
+        if unknown:
+            raise ValueError(f"`acceleration` {cls.name!r} takes the settings {cls.config_fields()}, not {unknown}")
+        return cls(**{key: _as_tuples(value) for key, value in settings.items()})
 
     # -- resolving a call --------------------------------------------------------------------------------
     def refuse(self, reason: str) -> AccelerationError:
@@ -138,6 +154,11 @@ class Acceleration:
         """A copy whose selections ``select`` replaces wherever it returns indices (a test hook: replay the
         selections stored by the authors' code, immune to rounding at a selection boundary)."""
         return dataclasses.replace(self, selection_override=select)
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists (nested too) as the tuples the frozen configs hold."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

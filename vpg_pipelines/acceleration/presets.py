@@ -1,9 +1,10 @@
 """The accelerators by name: what ``acceleration="..."``, ``vpg generate --acceleration`` and the ComfyUI node
-take. A name builds the method's shipped setting; a config object passes through unchanged."""
+take. A name builds the method's shipped setting; a config object passes through unchanged; a mapping
+``{"method": name, **settings}`` (the JSON form of a config) builds that method with those settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .base import Acceleration
@@ -21,19 +22,39 @@ PRESETS: dict[str, tuple[Callable[[], Acceleration], str]] = {
 
 OFF = "none"
 
+METHODS: dict[str, type[Acceleration]] = {FastVAR.name: FastVAR, ScaleKV.name: ScaleKV}
+"""Method name -> config class (the ``"method"`` of a config mapping)."""
+
 
 def acceleration_names() -> list[str]:
     """Every name ``acceleration=`` takes (``"none"`` first)."""
     return [OFF, *PRESETS]
 
 
+def presets_for(model: str) -> list[str]:
+    """The preset names whose method applies to the model kind ``model`` (``"infinity"``; empty: none)."""
+    return [name for name, (build, _) in PRESETS.items() if model in build().models]
+
+
+def acceleration_from_config(config: Mapping[str, Any]) -> Acceleration:
+    """``{"method": "fastvar", "blocks": [0, 2], ...}`` -> ``FastVAR(blocks=(0, 2), ...)``."""
+    method = config.get("method")
+    if method not in METHODS:
+        raise ValueError(f"an `acceleration` config names its \"method\", one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method].from_config({k: v for k, v in config.items() if k != "method"})
+
+
 def resolve_acceleration(value: Any) -> Acceleration | None:
-    """``None`` / ``"none"`` -> no accelerator; a preset name -> its setting; an :class:`Acceleration` as is."""
+    """``None`` / ``"none"`` -> no accelerator; a preset name -> its setting; an :class:`Acceleration` as is; a
+    config mapping -> :func:`acceleration_from_config`."""
     if value is None or value == OFF:
         return None
     if isinstance(value, Acceleration):
         return value
     if isinstance(value, str) and value in PRESETS:
         return PRESETS[value][0]()
-    raise ValueError(f"`acceleration` must be one of {acceleration_names()} or an accelerator from "
-                     f"vpg_pipelines.acceleration (FastVAR(...), ScaleKV(...)), got {value!r}")
+    if isinstance(value, Mapping):
+        return acceleration_from_config(value)
+    raise ValueError(f"`acceleration` must be one of {acceleration_names()}, an accelerator from "
+                     "vpg_pipelines.acceleration (FastVAR(...), ScaleKV(...)) or its config "
+                     f"{{'method': ..., ...}}, got {value!r}")

@@ -21,8 +21,9 @@ blocks) and Infinity-8B (40 blocks), and ScaleKV refuses other schedules and dep
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,18 @@ RELEASED_TABLES = {32: INFINITY_2B_10, 40: INFINITY_8B_10}
 """The released table of each released depth (Infinity-2B: 32 blocks, Infinity-8B: 40)."""
 
 
+def budget_table(name: str) -> BudgetTable:
+    """A released table by its name (``"infinity-2b-10%"``), or its first ``N`` blocks (``"infinity-2b-10%[:N]"``,
+    :meth:`BudgetTable.first_blocks`)."""
+    tables = {t.name: t for t in RELEASED_TABLES.values()}
+    base, _, rest = name.partition("[:")
+    table = tables.get(base)
+    if table is None or (rest and not (rest.endswith("]") and rest[:-1].isdigit())):
+        raise ValueError(f"`budget` must be one of {sorted(tables)} (optionally its first N blocks: "
+                         f"'infinity-2b-10%[:N]'), got {name!r}")
+    return table.first_blocks(int(rest[:-1])) if rest else table
+
+
 def window_positions(grid: Sequence[int], window: int) -> list[int]:
     """The window tokens of a ``(h, w)`` scale: the centres ``i * (h // g) + (h // g - 1) // 2`` (rows; columns
     likewise) of a ``g x g`` grid of patches, ``g = sqrt(window)``, as row-major positions, ascending."""
@@ -162,6 +175,15 @@ class ScaleKV(Acceleration):
     name = "scalekv"
     models = ("infinity",)
     grows_cache = True
+    unset_fields = ("selection_override", "first_scale")
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any]) -> ScaleKV:
+        """As :meth:`Acceleration.from_config`; ``budget`` names a released table (:func:`budget_table`)."""
+        budget = settings.get("budget")
+        if isinstance(budget, str):
+            settings = {**settings, "budget": budget_table(budget)}
+        return super().from_config(settings)
 
     def __post_init__(self) -> None:
         if math.isqrt(self.window) ** 2 != self.window or self.window < 1:
