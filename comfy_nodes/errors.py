@@ -34,6 +34,7 @@ WIDGET_OF_ARGUMENT: dict[str, tuple[str, str | None]] = {
     "image": ("start_image", None),
     "class_labels": ("classes", "VPG Class Conditioning"),
     "prompt": ("prompt", "VPG Text Encode"),
+    "acceleration": ("preset", "VPG Accelerate"),
 }
 """A pipeline argument -> the widget that sets it, and the node that widget is on (``None``: the node
 running the pipeline)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing_extensions import override
 
+from .accelerate import VPGAccelerate
 from .api import ComfyExtension, io
 from .conditioning import VPGClassConditioning, VPGTextEncode
 from .guidance import VPGAPG, VPGCFG, VPGIGG, VPGSSG, VPGEntropyTemperature, VPGGuidanceMap, VPGPrefixGuidance
@@ -12,7 +13,7 @@ from .samplers import VPGSampler, VPGTextImageSampler, VPGVideoSampler
 
 NODES: list[type[io.ComfyNode]] = [
     VPGModelLoader, VPGClassConditioning, VPGTextEncode, VPGCFG, VPGAPG, VPGPrefixGuidance, VPGIGG, VPGSSG,
-    VPGEntropyTemperature, VPGSampler, VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
+    VPGEntropyTemperature, VPGAccelerate, VPGSampler, VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
 ]
 
 

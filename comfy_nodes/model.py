@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from vpg_pipelines.acceleration import Acceleration
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.guidance.prefix import PrefixGuidance
@@ -54,6 +55,7 @@ class VPGModel:
         offload: the loader's offload choice (``"auto"`` or a mode; see ``memory.py``).
         quantization: the transformer's weight format the loader applied.
         placement: where the weights are (shared by the clones).
+        acceleration: the accelerator of a VPG Accelerate node (the pipeline's ``acceleration=``), or ``None``.
     """
 
     pipeline: Any
@@ -65,6 +67,7 @@ class VPGModel:
     offload: str = "auto"
     quantization: str = "none"
     placement: Placement = dataclasses.field(default_factory=Placement)
+    acceleration: Acceleration | None = None
 
     def clone(self, **changes: Any) -> VPGModel:
         return dataclasses.replace(self, **changes)
@@ -84,7 +87,8 @@ class VPGModel:
         cfg = f"{name} {self.cfg.guidance_scale:g}" if self.cfg else "no CFG"
         vpg = f"VPG w={self.prefix.guidance_scale:g} p={self.prefix.corruption:g}" if self.prefix else "no VPG"
         others = "".join(f", {g.describe()}" for g in self.guiders)
-        return f"{self.source} ({cfg}, {vpg}{others})"
+        accel = f", {self.acceleration.name}" if self.acceleration is not None else ""
+        return f"{self.source} ({cfg}, {vpg}{others}{accel})"
 
 
 def default_call(kind: ModelKind) -> dict[str, Any]:

@@ -87,9 +87,10 @@ def resolve(node_title: str, model: VPGModel, call: dict[str, Any]) -> ResolvedC
 
 
 def token_grids(resolved: ResolvedCall) -> list[tuple[int, int]]:
-    """``(height, width)`` of each scale's token grid (its first step's), by scale index."""
+    """``(height, width)`` of each scale's token grid (its first step's), by scale index; the schedule's steps, so
+    that scales an accelerator does not run have their grid too."""
     grids: dict[int, tuple[int, int]] = {}
-    for step in resolved.steps:
+    for step in resolved.schedule_steps or resolved.steps:
         grids.setdefault(step.scale, (int(step.grid[-2]), int(step.grid[-1])))
     return [grids[k] for k in range(resolved.num_scales)]
 
@@ -140,6 +141,7 @@ class VPGSampler(io.ComfyNode):
         call = dict(class_labels=list(conditioning.class_ids), num_images_per_prompt=batch_size,
                     guidance_scale=model.cfg_strength(off=0.0), top_k=top_k, top_p=float(top_p),
                     **model.prefix_kwargs(), guiders=list(model.guiders), generator=generators(seed, total),
+                    acceleration=model.acceleration,
                     output_type="pt", trace=trace)
         resolved = resolve(node_title, model, call)
         grids = token_grids(resolved)
@@ -201,6 +203,7 @@ class VPGTextImageSampler(io.ComfyNode):
             num_images_per_prompt=batch_size, guidance_scale=model.cfg_strength(off=1.0), tau=float(tau),
             cfg_insertion_layer=cfg_insertion_layer, top_k=top_k, top_p=float(top_p), **model.prefix_kwargs(),
             guiders=list(model.guiders), generator=generators(seed, batch_size), output_type="pt", trace=trace,
+            acceleration=model.acceleration,
         )
         resolved = resolve(node_title, model, call)
         grids = token_grids(resolved)
@@ -284,7 +287,7 @@ class VPGVideoSampler(io.ComfyNode):
             prompt=prompt, negative_prompt=conditioning.negative_prompt or None, image=image, num_frames=num_frames,
             height=height, width=width, num_videos_per_prompt=per_prompt, **guidance, tau_image=float(tau_image),
             tau_video=float(tau_video), **model.prefix_kwargs(), guiders=list(model.guiders),
-            generator=generators(seed, batch_size), output_type="pt",
+            generator=generators(seed, batch_size), output_type="pt", acceleration=model.acceleration,
         )
         call["callback_on_step_end"] = video_step_callback(model, Progress(len(resolve(node_title, model, call).steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))

@@ -16,6 +16,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from .acceleration import PRESETS, AccelerationError, presets_for, resolve_acceleration
 from .demo import run_demo
 from .devices import default_dtype, device_memory, pick_device
 from .evaluation.cli import add_eval_parser, run_eval
@@ -63,6 +64,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssg-scale", type=float, default=None, help="Scaled Spatial Guidance beta (>= 0; default 0 = off)")
     p.add_argument("--entropy-temperature", action="store_true",
                    help="per-site temperature T0*exp(-H/alpha)+theta from the entropy H, after all guidance")
+    p.add_argument("--acceleration", type=_acceleration_flag, default=None,
+                   help="a training-free accelerator (docs/acceleration.md): a preset name ("
+                        + ", ".join(f"{n}: {d}" for n, (_, d) in PRESETS.items()).replace("%", "%%")
+                        + "), a JSON file or an inline JSON object such as "
+                          "'{\"method\": \"fastvar\", \"blocks\": [0, 2]}' (default: none)")
     paper = ENTROPY_TEMPERATURE_DEFAULTS
     p.add_argument("--entropy-temperature-t0", type=float, default=None, help=f"T0 (default {paper.t0:g})")
     p.add_argument("--entropy-temperature-alpha", type=float, default=None, help=f"alpha (default {paper.alpha:g})")
@@ -203,8 +209,53 @@ def _vpg_settings(pipe, args: argparse.Namespace) -> dict:
     return {n: defaults[n].default if getattr(args, n) is None else getattr(args, n) for n in names}
 
 
+def _acceleration_flag(text: str) -> str | dict:
+    """``--acceleration``: a preset name as is; an inline JSON object or a ``.json`` file as the config mapping
+    ``acceleration=`` takes."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("must be a JSON object")
+        return value
+    if text.endswith(".json"):
+        try:
+            return read_json_object(text, "--acceleration")
+        except (OSError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _check_acceleration(kind: ModelKind, value: str | dict | None) -> None:
+    """``--acceleration`` names an accelerator that applies to the model's kind (before any loading)."""
+    if value is None or value == "none":
+        return
+    allowed = presets_for(kind.name)
+    if not allowed:
+        kinds = sorted({m for build, _ in PRESETS.values() for m in build().models})
+        raise ValueError(f"--acceleration: no accelerator applies to {kind.name} models (the presets "
+                         f"{list(PRESETS)} apply to {', '.join(kinds)}); leave it out")
+    try:
+        method = resolve_acceleration(value)
+    except ValueError as err:
+        message = _flag_words(err)
+        message = message if "--acceleration" in message else f"--acceleration: {message}"
+        raise ValueError(f"{message} (for {kind.name}: {['none', *allowed]})") from None
+    if kind.name not in method.models:
+        raise ValueError(f"--acceleration {method.name} applies to {', '.join(method.models)} models, not "
+                         f"{kind.name}; use one of {['none', *allowed]}")
+
+
+def _flag_words(err: ValueError) -> str:
+    """An accelerator's message about the ``acceleration`` argument, worded for the flag."""
+    return str(err).replace("`acceleration`", "--acceleration")
+
+
 def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -> None:
     """Flags that do not apply to the model, and output types it cannot write; before any loading."""
+    _check_acceleration(kind, args.acceleration)
     suffix = out.suffix.lower()
     if suffix not in VIDEO_SUFFIXES and suffix not in PIL.Image.registered_extensions():
         raise ValueError(f"--out {out}: unknown file type {suffix!r}; use an image (.png, .jpg) or .mp4 (video)")
@@ -234,7 +285,7 @@ def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> 
                "entropy_temperature": args.entropy_temperature or None,
                "entropy_temperature_t0": args.entropy_temperature_t0,
                "entropy_temperature_alpha": args.entropy_temperature_alpha,
-               "entropy_temperature_theta": args.entropy_temperature_theta}
+               "entropy_temperature_theta": args.entropy_temperature_theta, "acceleration": args.acceleration}
     if text:
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
     if video:
@@ -363,6 +414,7 @@ def _memory(args: argparse.Namespace) -> None:
     """``vpg memory``: the planner's report for the call ``vpg generate`` would make with the same flags."""
     quantization = args.quantization
     kind = _kind(args.model)
+    _check_acceleration(kind, args.acceleration)
     if args.model in released_names():
         pipe = released_pipeline(args.model)
         dtype = DTYPES[args.dtype] if args.dtype else kind.gpu_dtype
@@ -426,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"generate": _generate, "convert": _convert, "demo": _demo, "memory": _memory, "eval": _eval}
         commands[args.command](args)
     except (ValueError, TypeError, OSError, ImportError) as err:
-        print(f"vpg {args.command}: error: {err}", file=sys.stderr)
+        message = _flag_words(err) if isinstance(err, AccelerationError) else err
+        print(f"vpg {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

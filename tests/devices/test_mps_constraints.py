@@ -4,8 +4,8 @@
 first float64 or float8 tensor op outside ``vpg_pipelines.devices.host_compute`` (the explicit host helper).
 Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image and image-to-video, forward
 chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG,
-SSG, entropy temperature), the ComfyUI node classes' sampling paths (stand-in schema API), ``vpg generate`` and
-``vpg eval sample``.
+SSG, entropy temperature), the accelerators (FastVAR, ScaleKV) with VPG, the ComfyUI node classes' sampling
+paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
 A float64 slipping into the sampler fails here, on a Linux CPU machine.
 """
 
@@ -34,6 +34,7 @@ from tests.helpers.evaluation import DEMO_FLAGS, run_here
 from tests.helpers.infinity import fixture_embeds, make_pipe
 from tests.helpers.star import SIZE
 from vpg_pipelines import VPGInfinityStarPipeline
+from vpg_pipelines.acceleration import INFINITY_2B_10, FastVAR, ScaleKV
 from vpg_pipelines.cli import main
 from vpg_pipelines.devices import compute_in_float64, constraints, host_compute
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
@@ -140,6 +141,20 @@ def test_infinity_paths(folder):
             out = pipe(**kw, guidance_scale=3.0, generator=gens(*seeds), output_type="pt", **extra).images
             assert torch.isfinite(out).all()
     assert mode.host_ops > 0
+
+
+@pytest.mark.parametrize("accelerator", [FastVAR(blocks=(0, 2)), ScaleKV(budget=INFINITY_2B_10.first_blocks(2))],
+                         ids=["fastvar", "scalekv"])
+def test_infinity_accelerated_paths(accelerator):
+    """Token pruning (selection, area fill) and a K/V budget (window scoring, entry gathering) with semantic VPG
+    joining and leaving, at 1024 x 1024 where both act on the tiny 2-block model."""
+    pipe = make_pipe("plain")
+    embeds, mask = fixture_embeds("plain")
+    with device_constraints("mps") as mode:
+        out = pipe(prompt_embeds=embeds[:1], prompt_attention_mask=mask[:1], guidance_scale=3.0, height=1024,
+                   width=1024, vpg_scale=1.5, vpg_scales="semantic", acceleration=accelerator, generator=gens(0),
+                   output_type="latent").images
+    assert mode.ops > 0 and torch.isfinite(out).all()
 
 
 @pytest.fixture(scope="module")

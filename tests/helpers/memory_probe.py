@@ -2,7 +2,8 @@
 
 :func:`probe_call` runs ``pipe(...)`` under :class:`~vpg_pipelines.memory.meter.TensorMeter` with the
 sampler's ``KVCache`` replaced by a subclass that tags everything the cache code allocates (storage,
-rebuilds, clones, the gathered rows) as ``"kv"``; the attention's concatenations are not cache.
+its growth under a budget, rebuilds, clones, the gathered rows, kept entries, row state) as ``"kv"``; the
+attention's concatenations are not cache.
 Step windows end at ``callback_on_step_end``.
 """
 
@@ -22,11 +23,23 @@ def recording_cache(meter: TensorMeter) -> type:
 
     class RecordingKVCache(base):
         def append(self, layer, k, v, store=True):
-            if store and self.keys[layer] is None:  # the storage the base class would allocate here
+            if store and self.grow:  # a growing layer is reallocated inside append
                 with meter.tag("kv"):
-                    self.keys[layer] = k.new_empty((self.rows, k.shape[1], self.capacity, k.shape[3]))
-                    self.values[layer] = v.new_empty((self.rows, v.shape[1], self.capacity, v.shape[3]))
+                    self._reserve(layer, self.lengths[layer] + k.shape[2], k, v)
+            elif store and self.keys[layer] is None:  # the storage the base class would allocate here
+                with meter.tag("kv"):
+                    size = self.capacities[layer]
+                    self.keys[layer] = k.new_empty((self.rows, k.shape[1], size, k.shape[3]))
+                    self.values[layer] = v.new_empty((self.rows, v.shape[1], size, v.shape[3]))
             return super().append(layer, k, v, store)
+
+        def keep_entries(self, *args, **kwargs):
+            with meter.tag("kv"):
+                return super().keep_entries(*args, **kwargs)
+
+        def keep_state(self, *args, **kwargs):
+            with meter.tag("kv"):
+                return super().keep_state(*args, **kwargs)
 
         def select_rows(self, *args, **kwargs):
             with meter.tag("kv"):

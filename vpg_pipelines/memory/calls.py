@@ -20,6 +20,7 @@ from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.vae_tiling import TileSettings
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..models.var.transformer import VARTransformer
+from ..sampling.cache_lengths import cache_lengths
 from .decode import decode_bytes, text_encoder_bytes
 from .kv_timeline import guided_steps, kv_timeline
 from .planner import PlanInputs
@@ -107,11 +108,18 @@ def plan_inputs(
     parts = plan_model(pipe, call, call_kwargs, planned_dtype, vae_dtype, text_tokens, notes, savers)
     layouts = _layouts(pipe, dtype, quantization, vae_dtype)
     steps, vpg, cfg = list(call.steps), call.prefix, call.with_null
-    guided = guided_steps(steps, vpg)
+    guided = guided_steps(steps, vpg, call.schedule_steps)
     replay = parts.pop("replay")
     refresh = vpg.refresh if vpg is not None else "persistent"
     rows = call.batch * (2 if cfg else 1)
-    timeline = kv_timeline(steps, replay.geometry(), rows, guided, refresh, replay.prefix_tokens)
+    accel = call.acceleration
+    timeline = kv_timeline(steps, replay.geometry(), rows, guided, refresh, replay.prefix_tokens, accel,
+                           int(pipe.transformer.config.embed_dim) if accel is not None else 0)
+    scoring = {}
+    if accel is not None and accel.grows_cache:
+        scoring = _budget_scoring(accel, steps, timeline, replay.geometry())
+        notes.append(f"{accel.name}: the scoring of each cache compression (a few (rows, heads, entries) float "
+                     "tensors beside the step's forward) is estimated, not replayed")
     settings = {
         "model": model,
         "dtype": str(planned_dtype).replace("torch.", ""),
@@ -123,15 +131,32 @@ def plan_inputs(
         "forward_chunking": chunk_size or "off",
         "vae_tiling": "off" if tiling is None else f"{tiling.min_height}x{tiling.min_width} every "
                                                    f"{tiling.stride_height}x{tiling.stride_width}",
+        "acceleration": accel.name if accel is not None else "none",
         **parts.pop("describe"),
     }
     return PlanInputs(
         settings=settings, steps=steps, batch=call.batch, timeline=timeline, weights=layouts,
         activation=replay.activation, state=replay.run_state_bytes, vocab=replay.vocab, cfg=cfg,
-        guided=guided, refresh=refresh,
+        guided=guided, refresh=refresh, scoring=scoring,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
         notes=notes,
     )
+
+
+SCORING_BYTES = 72
+"""Bytes per (row, head, cache entry) of a K/V budget's scoring: the float32 scores of ScaleKV's 16 window queries
+(64) beside their sum and its max pooling (8), the largest moment of the selection."""
+
+
+def _budget_scoring(accel: Any, steps: list, timeline: list, geometry: Any) -> dict[int, int]:
+    """Per budgeted step, the scoring bytes of its largest compressed layer (an estimate, :data:`SCORING_BYTES`)."""
+    lengths = cache_lengths(steps, geometry.layers, 0, accel)
+    out = {}
+    for i, (step, record) in enumerate(zip(steps, timeline)):
+        cut = [d for d, a in zip(lengths.during[i], lengths.after[i]) if a < d]
+        if cut:
+            out[step.index] = record.rows * geometry.heads * max(cut) * SCORING_BYTES
+    return out
 
 
 def _model_planner(pipe: Any) -> tuple[str, Any]:
@@ -242,7 +267,8 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -
         tokens = _tokens(pipe, texts + [n for n in negatives if n], None, fallback, notes)
     rows = call.batch * (2 if call.with_null else 1)
     replay = InfinityStepReplay(pipe.transformer, list(call.steps), rows, dtype, text_tokens=tokens,
-                                chunk_size=savers["chunk_size"])
+                                chunk_size=savers["chunk_size"],
+                                final_grid=call.schedule.grids[-1])
     schedule = call.schedule
     h, w = schedule.vae_grids[-1]
     latents = (call.batch, int(pipe.vae.config.codebook_dim), 1, h, w)

@@ -77,6 +77,7 @@ class PlanInputs:
         sampling_bytes: bytes per logit value the sampling step allocates (filter, softmax).
         decode: activations of decoding; ``encode``: of encoding the prompt (None: no text encoder run).
         stream: CUDA streams for group offloading (prefetch: two blocks resident).
+        scoring: per step, activation bytes a K/V budget's scoring adds to the step's forward (an estimate).
     """
 
     settings: dict[str, Any]
@@ -95,6 +96,7 @@ class PlanInputs:
     encode: int | None
     stream: bool = True
     notes: list[str] = field(default_factory=list)
+    scoring: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,6 +228,8 @@ def build_estimate(inputs: PlanInputs) -> MemoryEstimate:
         largest = 0
         for what, kv, forward in record.events:
             act = state + carry + (inputs.activation(forward) if forward is not None else 0)
+            if what == "forward":
+                act += inputs.scoring.get(step.index, 0)
             phase_parts.append((f"step {step.index}: {what}", "sample", step.index, kv, act))
             largest = max(largest, act)
         act = state + kept + transient

@@ -228,7 +228,7 @@ class InfinityStepReplay(StepReplay):
 
     def state_bytes(self, index: int, batch: int) -> int:
         patch = 2 if self.model.config.apply_spatial_patchify else 1
-        h, w = self.steps[-1].grid
+        h, w = self.extra.get("final_grid", self.steps[-1].grid)  # the latent's grid, whatever steps run
         latents = batch * (self.bits // patch**2) * (h * patch) * (w * patch) * 4
         n = self.steps[index].num_sites
         return self._history(index, batch, self.bits, 4) + 3 * latents + batch * n * self.bits * 12
