@@ -1,0 +1,1 @@
+"""Training-free accelerators of the next-scale sampler (issue 23)."""

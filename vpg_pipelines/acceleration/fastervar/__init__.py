@@ -1,0 +1,1 @@
+"""FasterVAR / StageVAR (ICML 2026): stage-aware CFG off, scale skipping and low-rank token mixing."""
