@@ -31,6 +31,31 @@ from .kv_cache import KVCache
 HiddenHook = Callable[[int, torch.Tensor], torch.Tensor]
 """``hook(block_index, hidden) -> hidden``: called after every transformer block (CFG at a layer)."""
 
+SUBLAYERS = ("self_attention", "cross_attention", "ffn")
+"""The residual sub-layers of a block, in order, as a :class:`TokenPlan` names them."""
+
+
+@runtime_checkable
+class TokenPlan(Protocol):
+    """Which tokens the blocks of one transformer call compute (token pruning by an accelerator).
+
+    A transformer that supports plans calls, for every block and residual sub-layer (:data:`SUBLAYERS`),
+    :meth:`keep` on the residual stream entering the sub-layer. ``None``: the sub-layer runs on every
+    token and the transformer hands its output to :meth:`record`. Indices: the sub-layer runs on those
+    tokens only (with their own positions, appending only their keys / values to the cache) and
+    :meth:`fill` turns their output into the output of every token, which is added to the stream.
+    Rows are the call's batch rows: every row keeps the same number of tokens, chosen per row.
+    """
+
+    def keep(self, block: int, sublayer: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``(R, n)`` indices of the tokens of ``hidden`` ``(R, N, C)`` the sub-layer computes, or ``None``."""
+
+    def fill(self, block: int, sublayer: str, kept: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The sub-layer's output for all ``N`` tokens ``(R, N, C)`` from the kept tokens' output ``(R, n, C)``."""
+
+    def record(self, block: int, sublayer: str, out: torch.Tensor) -> None:
+        """The sub-layer's output ``(R, N, C)`` when it ran on every token (a method may keep it to fill from)."""
+
 
 @dataclass(frozen=True)
 class ScaleStep:
@@ -82,12 +107,15 @@ class RowBatch:
         position_ids: ``(R, N)`` position rows (per batch row, because corrupted rows differ).
         steps: the steps whose tokens are concatenated in ``content`` (one step normally; several
             consecutive steps when a corrupted prefix is (re)computed in one block-causal pass).
+        token_plan: an accelerator's token pruning for this call (one step), or ``None``; only adapters
+            with ``supports_token_plans = True`` accept one.
     """
 
     cond_index: torch.Tensor
     content: torch.Tensor | None
     position_ids: torch.Tensor
     steps: list[ScaleStep]
+    token_plan: TokenPlan | None = None
 
     @property
     def rows(self) -> int:
@@ -105,6 +133,8 @@ class NextScaleAdapter(Protocol):
     # dimension when that dimension packs several (InfinityStar's flat bit pairs: 2). Absent: the last
     # dimension is one distribution (VAR's codebook; Infinity's logits end in a (bits, 2) pair already).
     # Guidance terms that need distributions (entropy-aware temperature) read it.
+    # Optional: ``supports_token_plans: bool`` — True when ``forward`` honours ``RowBatch.token_plan``
+    # (Infinity); the sampler refuses a token-pruning accelerator for an adapter without it.
 
     def steps(self, state: Any) -> list[ScaleStep]:
         """The loop's steps, in order."""

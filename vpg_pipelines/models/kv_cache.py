@@ -7,9 +7,18 @@ no copy of the cache. Rows are the batch rows of the sampler (condition x prefix
 new capacity, which is how the corrupted VPG branch is added after the first scale and dropped
 after the last guided scale with its memory freed.
 
+Layers may hold different numbers of entries (an accelerator that prunes tokens in some blocks, or
+compresses some layers' caches harder than others), so the capacity is per layer. A **budget**
+(:class:`KVBudget`, set by the sampler for one step) compresses a layer right after its attention:
+the layer keeps the entries the budget selects, per row and head (:meth:`KVCache.compress`). A cache
+made with ``grow=True`` holds each layer at exactly its current length instead of a preallocated
+capacity: appends reallocate, compression shrinks (what a budget needs to save memory).
+
 It also holds the run's **memo**: values a transformer computes from the condition rows alone (AdaLN
 modulations, cross-attention keys/values of the text), which do not change during a run, so each is
-computed at the first step and reused (:meth:`memo_for`). Copies of the cache share it.
+computed at the first step and reused (:meth:`memo_for`). Copies of the cache share it. And the
+**row state**: per-row tensors an accelerator keeps beside the cache (e.g. FastVAR's cached sub-layer
+outputs), which follow the rows through :meth:`select_rows` / :meth:`extend_rows` like the keys do.
 
 The object is passed to the transformer as a keyword argument. Accelerate's offload hooks call
 ``.to()`` on arguments that have it and rebuild lists/dicts, so this class moves its tensors in
@@ -18,22 +27,55 @@ place and returns itself (see ``spec/diffusers_conventions.md`` §4).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
 import torch
+
+Queries = Callable[[torch.Tensor], torch.Tensor]
+"""``queries(positions) -> (rows, heads, len(positions), head_dim)``: a step's scoring queries of the tokens at
+``positions`` (indices into the step's tokens), computed on demand by the transformer."""
+
+
+class KVBudget(Protocol):
+    """How many entries each layer keeps after one step's attention, and which (one step; set on
+    :attr:`KVCache.budget` by the sampler)."""
+
+    def capacity(self, layer: int, length: int) -> int | None:
+        """Entries ``layer`` keeps when it holds ``length`` (this step's included); ``None``: all."""
+
+    def select(self, layer: int, keys: torch.Tensor, queries: Queries, capacity: int) -> torch.Tensor:
+        """``(rows, heads, capacity)`` indices (ascending) of the entries to keep among ``keys``
+        ``(rows, heads, length, head_dim)``; ``queries(positions)`` gives the scoring queries of some of
+        this step's tokens."""
+
+
+def per_layer(capacity: int | Sequence[int], num_layers: int) -> list[int]:
+    """One capacity per layer from one value or a sequence of ``num_layers`` values."""
+    if isinstance(capacity, int):
+        return [capacity] * num_layers
+    values = [int(c) for c in capacity]
+    if len(values) != num_layers:
+        raise ValueError(f"KVCache needs {num_layers} capacities (one per layer), got {len(values)}")
+    return values
 
 
 class KVCache:
-    """Preallocated per-layer K/V storage with in-place appends.
+    """Per-layer K/V storage with in-place appends.
 
     Args:
         num_layers: number of attention layers that use the cache.
         rows: number of batch rows.
-        capacity: maximum number of cached tokens per row.
+        capacity: maximum number of cached tokens per row: one value, or one per layer.
+        grow: hold each layer at exactly its length (appends reallocate, :meth:`keep_entries` shrinks)
+            instead of preallocating ``capacity``.
     """
 
-    def __init__(self, num_layers: int, rows: int, capacity: int) -> None:
+    def __init__(self, num_layers: int, rows: int, capacity: int | Sequence[int], grow: bool = False) -> None:
         self.num_layers = num_layers
         self.rows = rows
-        self.capacity = capacity
+        self.capacities = per_layer(capacity, num_layers)
+        self.grow = grow
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.lengths = [0] * num_layers
@@ -41,8 +83,15 @@ class KVCache:
         # its own new tokens). None means the whole cache. Used by models whose scales attend to a
         # subset of earlier scales (InfinityStar's `ref_sids`).
         self.visible: list[tuple[int, int]] | None = None
+        self.budget: KVBudget | None = None
         self.memo: dict = {}
         self._memo_owner: object | None = None
+        self.row_state: dict[Hashable, torch.Tensor] = {}
+
+    @property
+    def capacity(self) -> int:
+        """The largest layer capacity."""
+        return max(self.capacities) if self.capacities else 0
 
     def memo_for(self, conditions: object) -> dict:
         """The memo of values computed from ``conditions`` (the run's condition rows, one object for
@@ -53,7 +102,7 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        """Number of tokens stored (after every layer has appended the current step)."""
+        """Number of tokens stored (after every layer has appended the current step) in the last layer."""
         return self.lengths[-1] if self.num_layers else 0
 
     def append(
@@ -68,12 +117,16 @@ class KVCache:
             raise RuntimeError(f"KVCache holds {self.rows} rows but got keys for {k.shape[0]} rows")
         start, n = self.lengths[layer], k.shape[2]
         if store:
-            if start + n > self.capacity:
-                raise RuntimeError(f"KVCache capacity {self.capacity} exceeded ({start} + {n} tokens)")
-            if self.keys[layer] is None:
-                shape = (self.rows, k.shape[1], self.capacity, k.shape[3])
-                self.keys[layer] = k.new_empty(shape)
-                self.values[layer] = v.new_empty((self.rows, v.shape[1], self.capacity, v.shape[3]))
+            if self.grow:
+                self._reserve(layer, start + n, k, v)
+            else:
+                if start + n > self.capacities[layer]:
+                    raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
+                                       f"({start} + {n} tokens)")
+                if self.keys[layer] is None:
+                    shape = (self.rows, k.shape[1], self.capacities[layer], k.shape[3])
+                    self.keys[layer] = k.new_empty(shape)
+                    self.values[layer] = v.new_empty((self.rows, v.shape[1], self.capacities[layer], v.shape[3]))
             self.keys[layer][:, :, start : start + n] = k
             self.values[layer][:, :, start : start + n] = v
             self.lengths[layer] = start + n
@@ -88,6 +141,19 @@ class KVCache:
         old_k, old_v = self._visible(layer)
         return torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
 
+    def _reserve(self, layer: int, size: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Grow a ``grow`` cache's layer to ``size`` entries: keys, then values, each copied and replaced."""
+        end = self.lengths[layer]
+        for store, new in ((self.keys, k), (self.values, v)):
+            old = store[layer]
+            if old is not None and old.shape[2] >= size:
+                continue
+            grown = new.new_empty((self.rows, new.shape[1], size, new.shape[3]))
+            if old is not None:
+                grown[:, :, :end] = old[:, :, :end]
+            store[layer] = grown
+            del old
+
     def _visible(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.lengths[layer]
         keys, values = self.keys[layer], self.values[layer]
@@ -99,67 +165,128 @@ class KVCache:
             return keys[:, :, :0], values[:, :, :0]
         return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
-    def select_rows(self, index: torch.Tensor | list[int], capacity: int | None = None) -> KVCache:
+    # -- budgets ------------------------------------------------------------------------------------------
+    def compress(self, layer: int, queries: Queries) -> None:
+        """Apply :attr:`budget` to ``layer`` after its attention (no-op without a budget or when the layer
+        fits it). ``queries`` computes scoring queries of the step's tokens on demand."""
+        if self.budget is None:
+            return
+        length = self.lengths[layer]
+        capacity = self.budget.capacity(layer, length)
+        if capacity is None or capacity >= length:
+            return
+        index = self.budget.select(layer, self.keys[layer][:, :, :length], queries, capacity)
+        self.keep_entries(layer, index)
+
+    def keep_entries(self, layer: int, index: torch.Tensor) -> None:
+        """Keep only the entries ``index`` ``(rows, heads, n)`` of ``layer`` (per row and head), in that order."""
+        length = self.lengths[layer]
+        index = index.to(self.keys[layer].device, torch.long)
+        for store in (self.keys, self.values):
+            old = store[layer]
+            kept = old[:, :, :length].gather(2, index[..., None].expand(-1, -1, -1, old.shape[3]))
+            if self.grow:
+                store[layer] = kept
+            else:
+                old[:, :, : index.shape[2]] = kept
+            del old, kept
+        self.lengths[layer] = int(index.shape[2])
+
+    # -- row state ----------------------------------------------------------------------------------------
+    def keep_state(self, key: Hashable, value: torch.Tensor) -> None:
+        """Keep a copy of ``value`` ``(rows, ...)`` under ``key``: it follows the rows like the keys do."""
+        if value.shape[0] != self.rows:
+            raise RuntimeError(f"KVCache holds {self.rows} rows but got a row state of {value.shape[0]} rows")
+        old = self.row_state.pop(key, None)
+        reuse = old is not None and (old.shape, old.dtype, old.device) == (value.shape, value.dtype, value.device)
+        stored = old if reuse else value.new_empty(value.shape)
+        del old
+        stored.copy_(value)
+        self.row_state[key] = stored
+
+    def drop_state(self, prefix: Hashable) -> None:
+        """Forget every row state whose key is a tuple starting with ``prefix``."""
+        for key in [k for k in self.row_state if isinstance(k, tuple) and k and k[0] == prefix]:
+            del self.row_state[key]
+
+    # -- rows -----------------------------------------------------------------------------------------------
+    def _size(self, layer: int, capacities: list[int]) -> int:
+        return self.lengths[layer] if self.grow else capacities[layer]
+
+    def select_rows(self, index: torch.Tensor | list[int], capacity: int | Sequence[int] | None = None) -> KVCache:
         """Rebuild the storage as ``rows = old_rows[index]`` with a new capacity.
 
         Duplicating rows adds a branch group (e.g. the corrupted prefix branch starts as a copy of
         the clean rows after the single-site first scale); a prefix of the rows drops a group. Each
         layer is rebuilt and its old storage released before the next, so the peak stays near the
-        larger of the two layouts.
+        larger of the two layouts. The row state follows, one tensor at a time, after the layers.
         """
         index = torch.as_tensor(index, dtype=torch.long)
-        capacity = self.capacity if capacity is None else capacity
-        if capacity < self.length:
-            raise RuntimeError(f"KVCache capacity {capacity} is smaller than the stored {self.length} tokens")
+        capacities = self.capacities if capacity is None else per_layer(capacity, self.num_layers)
+        for layer, (cap, length) in enumerate(zip(capacities, self.lengths)):
+            if cap < length:
+                raise RuntimeError(f"KVCache capacity {cap} is smaller than the {length} tokens of layer {layer}")
         for layer in range(self.num_layers):
             for store in (self.keys, self.values):
                 old = store[layer]
                 if old is None:
                     continue
                 idx = index.to(old.device)
-                new = old.new_empty((len(index), old.shape[1], capacity, old.shape[3]))
+                new = old.new_empty((len(index), old.shape[1], self._size(layer, capacities), old.shape[3]))
                 end = self.lengths[layer]
                 new[:, :, :end] = old[idx, :, :end]
                 store[layer] = new
                 del old
+        for key in list(self.row_state):
+            old = self.row_state[key]
+            self.row_state[key] = old[index.to(old.device)]
+            del old
         self.rows = len(index)
-        self.capacity = capacity
+        self.capacities = list(capacities)
         return self
 
-    def clone_rows(self, index: torch.Tensor | list[int], length: int, capacity: int) -> KVCache:
-        """A new cache holding the first ``length`` tokens of rows ``index``."""
+    def clone_rows(self, index: torch.Tensor | list[int], length: int, capacity: int | Sequence[int]) -> KVCache:
+        """A new cache holding the first ``length`` tokens of rows ``index`` (no row state: it belongs to
+        later tokens)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        new = KVCache(self.num_layers, len(index), capacity)
+        new = KVCache(self.num_layers, len(index), capacity, grow=self.grow)
         for layer in range(self.num_layers):
             if self.keys[layer] is None:
                 continue
             idx = index.to(self.keys[layer].device)
+            size = length if self.grow else new.capacities[layer]
             for src, dst in ((self.keys, new.keys), (self.values, new.values)):
                 old = src[layer]
-                dst[layer] = old.new_empty((len(index), old.shape[1], capacity, old.shape[3]))
+                dst[layer] = old.new_empty((len(index), old.shape[1], size, old.shape[3]))
                 dst[layer][:, :, :length] = old[idx, :, :length]
             new.lengths[layer] = length
         new.visible = self.visible
         new.memo, new._memo_owner = self.memo, self._memo_owner
         return new
 
-    def extend_rows(self, other: KVCache, capacity: int | None = None) -> KVCache:
-        """Append ``other``'s rows after this cache's rows (both must hold the same tokens count)."""
+    def extend_rows(self, other: KVCache, capacity: int | Sequence[int] | None = None) -> KVCache:
+        """Append ``other``'s rows after this cache's rows (both must hold the same tokens count and the
+        same row states)."""
         if other.lengths != self.lengths:
             raise RuntimeError(f"cannot stack caches of lengths {self.lengths} and {other.lengths}")
-        capacity = self.capacity if capacity is None else capacity
+        if set(other.row_state) != set(self.row_state):
+            raise RuntimeError("cannot stack caches with different row states")
+        capacities = self.capacities if capacity is None else per_layer(capacity, self.num_layers)
         for layer in range(self.num_layers):
             end = self.lengths[layer]
             for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
                 a, b = mine[layer], theirs[layer]
                 if a is None:
                     continue
-                new = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], capacity, a.shape[3]))
+                size = self._size(layer, capacities)
+                new = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], size, a.shape[3]))
                 new[: a.shape[0], :, :end] = a[:, :, :end]
                 new[a.shape[0] :, :, :end] = b[:, :, :end]
                 mine[layer] = new
+        for key in list(self.row_state):
+            self.row_state[key] = torch.cat([self.row_state[key], other.row_state[key]])
         self.rows += other.rows
-        self.capacity = capacity
+        self.capacities = list(capacities)
         return self
 
     def to(self, *args, **kwargs) -> KVCache:
@@ -171,7 +298,11 @@ class KVCache:
         for key, value in self.memo.items():
             if isinstance(value, torch.Tensor):
                 self.memo[key] = value.to(*args, **kwargs)
+        for key, value in self.row_state.items():
+            self.row_state[key] = value.to(*args, **kwargs)
         return self
 
     def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for s in (self.keys, self.values) for t in s if t is not None)
+        """Bytes of the keys, values and row states."""
+        tensors = [t for s in (self.keys, self.values) for t in s if t is not None] + list(self.row_state.values())
+        return sum(t.numel() * t.element_size() for t in tensors)

@@ -5,6 +5,8 @@ A pipeline turns the arguments of a call into a :class:`ResolvedCall` in one pla
 argument checked (``check_inputs``, the VPG settings, the other guidance arguments), the schedule of
 steps and the guidance chain built. ``__call__`` starts with it; the memory planner
 (``pipe.estimate_memory``) and the ComfyUI nodes read the same object instead of re-deriving the call.
+The call's accelerator (``acceleration=``, a preset name or a config object) is resolved and checked here
+too (:func:`call_acceleration`): ``steps`` are the steps the sampler runs with it.
 
 :class:`CallStateMixin` gives the three pipelines what depends on the current call: ``num_timesteps``
 (diffusers' meaning), ``num_scales`` and :meth:`~CallStateMixin.token_grid`, plus ``weight_modules``.
@@ -14,13 +16,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
+from ..acceleration.base import Acceleration, AccelerationTarget
+from ..acceleration.presets import resolve_acceleration
 from ..guidance.prefix import PrefixGuidance
 from ..models.adapter import ScaleStep
 from .guiders import CallGuidance
@@ -35,12 +39,15 @@ class ResolvedCall:
             defaults to ``None`` for "the model's setting" (InfinityStar's ``guidance_scale``, ``num_frames``
             ...; Infinity's ``height`` / ``width``) the value the call uses.
         batch: outputs of the call (prompts x outputs per prompt).
-        steps: the sampler's steps, in order (one per scale; InfinityStar: one per (scale, repetition)).
+        steps: the sampler's steps, in order (one per scale; InfinityStar: one per (scale, repetition)); with
+            an accelerator that skips scales, the steps it runs.
         num_scales: resolution levels of the call (a VPG scale list indexes them).
         guidance: the guidance terms of the call (``guidance.chain``); the pipeline's strength properties
             steer them while the call runs.
         with_null: whether the call builds null-condition rows (CFG / APG / IGG on at some step).
         callback_tensor_inputs: the tensors handed to ``callback_on_step_end``.
+        acceleration: the call's accelerator, resolved for the model and checked (``None``: none).
+        schedule_steps: the schedule's steps before acceleration (empty: ``steps``).
     """
 
     arguments: Mapping[str, Any]
@@ -50,6 +57,8 @@ class ResolvedCall:
     guidance: CallGuidance
     with_null: bool
     callback_tensor_inputs: tuple[str, ...]
+    acceleration: Acceleration | None = field(default=None, kw_only=True)
+    schedule_steps: tuple[ScaleStep, ...] = field(default=(), kw_only=True)
 
     @property
     def prefix(self) -> PrefixGuidance | None:
@@ -60,6 +69,17 @@ class ResolvedCall:
     def step_scales(self) -> list[int]:
         """The scale of every step."""
         return [step.scale for step in self.steps]
+
+
+def call_acceleration(value: Any, target: AccelerationTarget
+                      ) -> tuple[Acceleration | None, tuple[ScaleStep, ...]]:
+    """``acceleration=`` of a call: the accelerator resolved for ``target`` (raises where it does not apply, naming
+    the argument) and the steps the sampler runs with it (``target.steps`` without one)."""
+    method = resolve_acceleration(value)
+    if method is None:
+        return None, tuple(target.steps)
+    method = method.resolve(target)
+    return method, tuple(method.run_steps(target.steps))
 
 
 def bind_arguments(pipe: Any, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,6 +118,7 @@ class CallStateMixin:
     """
 
     _call_shape: tuple[tuple[ScaleStep, ...], int] | None = None
+    _call_grids: tuple[ScaleStep, ...] = ()
 
     def _default_call_shape(self) -> tuple[tuple[ScaleStep, ...], int]:
         """``(steps, num_scales)`` of a call with the default arguments."""
@@ -105,6 +126,7 @@ class CallStateMixin:
 
     def _begin_call(self, call: ResolvedCall) -> None:
         self._call_shape = (call.steps, call.num_scales)
+        self._call_grids = call.schedule_steps
 
     def _shape(self) -> tuple[tuple[ScaleStep, ...], int]:
         return self._call_shape if self._call_shape is not None else self._default_call_shape()
@@ -127,6 +149,8 @@ class CallStateMixin:
         steps, num_scales = self._shape()
         if isinstance(scale_index, bool) or not isinstance(scale_index, int) or not 0 <= scale_index < num_scales:
             raise ValueError(f"`scale_index` must be an integer in [0, {num_scales - 1}], got {scale_index!r}")
+        if self._call_shape is not None and self._call_grids:  # scales an accelerator skips have grids too
+            steps = self._call_grids
         step = next(s for s in steps if s.scale == scale_index)
         return int(step.grid[-2]), int(step.grid[-1])
 

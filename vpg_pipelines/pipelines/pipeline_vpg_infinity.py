@@ -16,6 +16,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.utils import replace_example_docstring
 from transformers import AutoTokenizer, T5EncoderModel
 
+from ..acceleration.base import Acceleration, AccelerationTarget
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
@@ -30,7 +31,7 @@ from ..models.infinity.bsq_vae import InfinityBSQVAE
 from ..models.infinity.schedules import InfinitySchedule, schedule_for_size, schedule_from_template
 from ..models.infinity.transformer import InfinityTransformer
 from ..sampling.next_scale import SamplerTrace, run_next_scale
-from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
+from .call import CallStateMixin, ResolvedCall, bind_arguments, call_acceleration, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -359,7 +360,11 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         strength = [float(g) for g in strength] if isinstance(strength, (list, tuple)) else float(strength)
         cfg = ClassifierFreeGuidance(guidance_scale=strength, schedule=self.cfg_schedule,
                                      layer=int(a["cfg_insertion_layer"]))
-        steps = tuple(scale_steps(schedule))
+        all_steps = tuple(scale_steps(schedule))
+        template = (schedule.h_div_w_template, schedule.pn) if schedule.pn is not None else None
+        target = AccelerationTarget("infinity", int(self.transformer.config.depth), all_steps, schedule.num_scales,
+                                    template=template)
+        acceleration, steps = call_acceleration(a["acceleration"], target)
         scales = [step.scale for step in steps]
         guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
         return InfinityCall(
@@ -367,6 +372,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
             num_scales=schedule.num_scales, guidance=guidance,
             with_null=guidance.chain.uses_conditions(scales, schedule.num_scales),
             callback_tensor_inputs=tuple(tensor_inputs), schedule=schedule, num_prompts=num_prompts,
+            acceleration=acceleration, schedule_steps=all_steps,
         )
 
     # -- generation -----------------------------------------------------------------------------
@@ -396,6 +402,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
         entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
+        acceleration: str | Acceleration | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -469,6 +476,11 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
             guiders (`list[GuidanceTerm]`, *optional*):
                 More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
                 would build for the same job.
+            acceleration (`str` or `Acceleration`, *optional*):
+                A training-free accelerator: ``"fastvar"`` (token pruning of the largest scales, which are
+                skipped), ``"scalekv"`` (the released K/V cache budget; 1024 x 1024, Infinity-2B / -8B), or a
+                config object from ``vpg_pipelines.acceleration``; ``None``: none. It acts on every row,
+                VPG's corrupted rows included. See docs/acceleration.md.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 One generator, or one per image (then image ``i`` depends only on ``generator[i]``).
             prompt_embeds (`torch.Tensor`, *optional*):
@@ -527,7 +539,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         state = adapter.prepare(features, lens, schedule, with_null=with_null, tau=tau_value, top_k=int(top_k),
                                 top_p=float(top_p), negative_features=negative_features, negative_lens=negative_lens)
 
-        with self.progress_bar(total=schedule.num_scales) as progress:
+        with self.progress_bar(total=len(call.steps)) as progress:
 
             def on_step(step, st: InfinityState, logits) -> bool:
                 if callback_on_step_end is not None:
@@ -539,7 +551,8 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
+                           acceleration=call.acceleration)
 
         if output_type == "latent":
             images = state.latents.squeeze(2)

@@ -18,6 +18,7 @@ from diffusers.video_processor import VideoProcessor
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, T5EncoderModel
 
+from ..acceleration.base import Acceleration, AccelerationTarget
 from ..guidance.apg import AdaptiveProjectedGuidance
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
@@ -36,7 +37,7 @@ from ..models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
-from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
+from .call import CallStateMixin, ResolvedCall, bind_arguments, call_acceleration, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -384,7 +385,10 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                                              eta=0.0)
         else:
             term = ClassifierFreeGuidance(float(a["guidance_scale"]), schedule=self.cfg_schedule)
-        steps = tuple(plan_scale_steps(plan))
+        all_steps = tuple(plan_scale_steps(plan))
+        target = AccelerationTarget("infinity_star", int(self.transformer.config.depth), all_steps, num_scales,
+                                    details={"plan": plan})
+        acceleration, steps = call_acceleration(a["acceleration"], target)
         scales = [step.scale for step in steps]
         guidance = CallGuidance(term, vpg, *extra, step_scales=scales)
         forced = None
@@ -393,7 +397,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         return InfinityStarCall(
             arguments=frozen(a), batch=batch, steps=steps, num_scales=num_scales, guidance=guidance,
             with_null=guidance.chain.uses_conditions(scales, num_scales), callback_tensor_inputs=tuple(tensor_inputs),
-            plan=plan, num_prompts=num_prompts, forced_codes=forced,
+            plan=plan, num_prompts=num_prompts, forced_codes=forced, acceleration=acceleration,
+            schedule_steps=all_steps,
         )
 
     # -- generation -----------------------------------------------------------------------------
@@ -426,6 +431,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
         entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
+        acceleration: str | Acceleration | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -513,6 +519,10 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             guiders (`list[GuidanceTerm]`, *optional*):
                 More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
                 would build for the same job.
+            acceleration (`str` or `Acceleration`, *optional*):
+                A training-free accelerator by name or config object (``vpg_pipelines.acceleration``); none of
+                the released ones applies to InfinityStar yet, so any is refused with the reason
+                (docs/acceleration.md).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 One generator, or one per video (then video ``i`` depends only on ``generator[i]``).
             prompt_embeds (`torch.Tensor`, *optional*):
@@ -601,7 +611,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
+                           acceleration=call.acceleration)
 
         latents = adapter.latents(state)
         if output_type == "latent":

@@ -16,6 +16,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
 
+from ..acceleration.base import Acceleration, AccelerationTarget
 from ..guidance.base import MAX_STRENGTH, GuidanceTerm
 from ..guidance.cfg import ClassifierFreeGuidance
 from ..guidance.prefix import PrefixGuidance
@@ -29,7 +30,7 @@ from ..models.var.adapter import VARAdapter, scale_steps
 from ..models.var.transformer import VARTransformer
 from ..models.var.vqvae import VARVQVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
-from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_inputs, frozen
+from .call import CallStateMixin, ResolvedCall, bind_arguments, call_acceleration, callback_tensor_inputs, frozen
 from .checks import check_count, check_generator, check_number, check_output, check_top_k
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
@@ -238,13 +239,17 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
                  a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
         check_guidance_args(*extra)
         cfg = ClassifierFreeGuidance(guidance_scale=float(a["guidance_scale"]), schedule=self.cfg_schedule)
-        steps = tuple(scale_steps(list(self.transformer.config.patch_nums)))
+        all_steps = tuple(scale_steps(list(self.transformer.config.patch_nums)))
+        num_scales = len(all_steps)
+        target = AccelerationTarget("var", int(self.transformer.config.depth), all_steps, num_scales)
+        acceleration, steps = call_acceleration(a["acceleration"], target)
         scales = [step.scale for step in steps]
         guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)
         return VARCall(
-            arguments=frozen(a), batch=len(ids) * a["num_images_per_prompt"], steps=steps, num_scales=len(steps),
-            guidance=guidance, with_null=guidance.chain.uses_conditions(scales, len(steps)),
-            callback_tensor_inputs=tuple(tensor_inputs), class_ids=tuple(ids),
+            arguments=frozen(a), batch=len(ids) * a["num_images_per_prompt"], steps=steps, num_scales=num_scales,
+            guidance=guidance, with_null=guidance.chain.uses_conditions(scales, num_scales),
+            callback_tensor_inputs=tuple(tensor_inputs), class_ids=tuple(ids), acceleration=acceleration,
+            schedule_steps=all_steps,
         )
 
     # -- generation -----------------------------------------------------------------------------
@@ -271,6 +276,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
         entropy_temperature_alpha: float = ENTROPY_TEMPERATURE_DEFAULTS.alpha,
         entropy_temperature_theta: float = ENTROPY_TEMPERATURE_DEFAULTS.theta,
         guiders: list[GuidanceTerm] | None = None,
+        acceleration: str | Acceleration | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -331,6 +337,10 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
             guiders (`list[GuidanceTerm]`, *optional*):
                 More guidance terms (``vpg_pipelines.guidance``); one replaces the term the arguments above
                 would build for the same job.
+            acceleration (`str` or `Acceleration`, *optional*):
+                A training-free accelerator by name or config object (``vpg_pipelines.acceleration``); none of
+                the released ones applies to VAR yet, so any is refused with the reason
+                (docs/acceleration.md).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 One generator, or one per image (then image ``i`` depends only on ``generator[i]``, so a
                 batch equals the images generated one by one).
@@ -381,7 +391,8 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
                 progress.update()
                 return self.interrupt
 
-            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace)
+            run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
+                           acceleration=call.acceleration)
 
         if output_type == "latent":
             images = state.latents

@@ -15,6 +15,13 @@ so the remaining steps cost exactly what CFG alone costs.
 
 ``resample`` refresh: at each guided step a fresh corruption of the whole prefix is drawn and the
 corrupted branch is recomputed from the start token in a second, block-causal call.
+
+Accelerators (``acceleration/``): the loop runs the steps the accelerator keeps (it may skip trailing
+scales; guidance ``start`` / ``stop`` and VPG's scale choice still refer to the schedule's steps), and
+hands every transformer call of a step the accelerator's token plan and K/V budget for that step, on
+whichever rows the call has (clean, corrupted, null). A replay of several steps then runs one call per
+step, so that each step is pruned and budgeted as in the main pass. The cache is sized per layer from
+what the accelerator stores (``cache_lengths.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from typing import Any
 
 import torch
 
+from ..acceleration.base import Acceleration
 from ..guidance.base import GuidanceStep, GuidanceTerm
 from ..guidance.chain import GuidanceChain
 from ..guidance.corruption import CorruptionPattern
 from ..models.adapter import HiddenHook, NextScaleAdapter, RowBatch, ScaleStep, StepInput
 from ..models.kv_cache import KVCache
 from .branches import BranchLayout
+from .cache_lengths import cache_lengths
 
 StepCallback = Callable[[ScaleStep, Any, torch.Tensor], bool | None]
 
@@ -53,10 +62,17 @@ class SamplerTrace:
 class _Run:
     """State of one sampling run (kept off the public function for readability)."""
 
-    def __init__(self, adapter, state, chain: GuidanceChain, generator, trace, keep_corrupted_rows):
+    def __init__(self, adapter, state, chain: GuidanceChain, generator, trace, keep_corrupted_rows,
+                 acceleration: Acceleration | None = None):
         self.adapter, self.state, self.generator, self.trace = adapter, state, generator, trace
-        self.steps: list[ScaleStep] = adapter.steps(state)
-        self.num_scales = self.steps[-1].scale + 1
+        self.schedule_steps: list[ScaleStep] = adapter.steps(state)
+        self.num_scales = self.schedule_steps[-1].scale + 1
+        self.acceleration = acceleration
+        self.steps = self.schedule_steps if acceleration is None else acceleration.run_steps(self.schedule_steps)
+        if acceleration is not None and acceleration.needs_token_plans and not getattr(
+                adapter, "supports_token_plans", False):
+            raise ValueError(f"`acceleration` {acceleration.name!r} prunes tokens inside the transformer blocks, "
+                             f"which {type(adapter).__name__} does not support")
         self.chain = chain
         self.memories: dict[int, dict] = {}
         self.categories = getattr(adapter, "logit_categories", None)
@@ -67,28 +83,43 @@ class _Run:
         self.layout = BranchLayout(batch=cond_rows // conditions, conditions=conditions, prefixes=1)
         self.prefix = chain.prefix_term
         self.guided: set[int] = set()
-        if self.prefix is not None:
-            self.guided = self.prefix.guided_steps(self.steps, self.num_scales)
+        if self.prefix is not None:  # chosen on the schedule, so that skipping trailing steps moves nothing
+            run = {s.index for s in self.steps}
+            self.guided = self.prefix.guided_steps(self.schedule_steps, self.num_scales) & run
         self.persistent = bool(self.guided) and self.prefix.refresh == "persistent"
         self.first = min(self.guided) if self.guided else None
         self.last = max(self.guided) if self.guided else None
         self.keep_corrupted_rows = keep_corrupted_rows
         prefix_tokens = getattr(adapter, "num_prefix_tokens", lambda _s: 0)(state)
-        self.ends, total = [], prefix_tokens
-        for s in self.steps:
-            total += s.num_sites if s.store_kv else 0
-            self.ends.append(total)
-        self.total_tokens = total
-        capacity = self.ends[self.last] if self.persistent and not keep_corrupted_rows else total
-        self.cache = KVCache(adapter.num_layers, self.layout.condition_rows, capacity)
+        # step indices are positions in self.steps (an accelerator only drops trailing steps)
+        self.lengths = cache_lengths(self.steps, adapter.num_layers, prefix_tokens, acceleration)
+        self.base = self.lengths.after[0][0]  # entries of the (single-site, never pruned) first step
+        self.full_capacity = self.lengths.capacity(len(self.steps) - 1)
+        limit = self.last if self.persistent and not keep_corrupted_rows else len(self.steps) - 1
+        grow = acceleration is not None and acceleration.grows_cache
+        self.cache = KVCache(adapter.num_layers, self.layout.condition_rows, self.lengths.capacity(limit), grow=grow)
         if hasattr(adapter, "prefill"):
             adapter.prefill(state, self.cache)
         self.history: list[StepInput] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def context(self, step: ScaleStep) -> GuidanceStep:
-        """What the guidance terms see of this step (their run memories included)."""
-        return GuidanceStep(step, len(self.steps), self.num_scales, self.categories, self.memories)
+        """What the guidance terms see of this step (their run memories included); fractions of the
+        schedule's steps, whatever an accelerator skips."""
+        return GuidanceStep(step, len(self.schedule_steps), self.num_scales, self.categories, self.memories)
+
+    def forward(self, batch: RowBatch, cache: KVCache, hook: HiddenHook | None, last_tokens: int | None
+                ) -> torch.Tensor:
+        """One transformer call, with the accelerator's plan and budget for its (single) step."""
+        if self.acceleration is None:
+            return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
+        step = batch.steps[0]
+        batch.token_plan = self.acceleration.token_plan(step, cache)
+        cache.budget = self.acceleration.kv_budget(step)
+        try:
+            return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
+        finally:
+            cache.budget = None
 
     def strength(self, step: ScaleStep) -> float:
         """The strength of the condition term that mixes at a hidden layer (1: no mixing)."""
@@ -133,7 +164,12 @@ class _Run:
 
     def replay_corrupted(self, chunk: list[ScaleStep], patterns: dict[int, CorruptionPattern], cache: KVCache,
                          last_tokens: int | None) -> torch.Tensor:
-        """One block-causal call of the corrupted rows over ``chunk`` (the steps' corrupted inputs)."""
+        """One block-causal call of the corrupted rows over ``chunk`` (the steps' corrupted inputs); with an
+        accelerator one call per step (its plan and budget are per step), the last step's logits returned."""
+        if self.acceleration is not None and len(chunk) > 1:
+            for s in chunk[:-1]:
+                self.replay_corrupted([s], patterns, cache, last_tokens=1)
+            return self.replay_corrupted(chunk[-1:], patterns, cache, last_tokens)
         contents, positions, strengths = [], [], []
         conditions = self.layout.conditions
         for s in chunk:
@@ -144,16 +180,16 @@ class _Run:
         batch = RowBatch(self.layout.cond_index(1), torch.cat(contents, 1), torch.cat(positions, 1), chunk)
         token_strengths = torch.cat(strengths).to(batch.content.device)
         hook = self.hidden_hook(token_strengths, prefixes=1)
-        return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
+        return self.forward(batch, cache, hook, last_tokens)
 
     def join_corrupted_rows(self) -> None:
         """Add the corrupted rows to the cache before the first guided step."""
-        base = self.ends[0]
+        base = self.base
         rows = self.layout.condition_rows
-        if self.cache.length == base:  # only the (uncorruptible) first scale so far
+        if set(self.cache.lengths) == {base}:  # only the (uncorruptible) first scale so far
             self.cache.select_rows(list(range(rows)) * 2)
         else:
-            corrupted = self.cache.clone_rows(list(range(rows)), base, self.cache.capacity)
+            corrupted = self.cache.clone_rows(list(range(rows)), base, self.cache.capacities)
             chunk = [s for s in self.steps[1 : self.first] if s.store_kv]
             for s in chunk:
                 self.patterns[s.index] = self.draw(s)
@@ -167,8 +203,8 @@ class _Run:
         patterns = {s.index: self.draw(s) for s in chunk}
         if self.trace is not None:
             self.trace.resampled[step.index] = patterns
-        capacity = self.ends[0] + sum(s.num_sites for s in chunk)
-        cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), self.ends[0], capacity)
+        capacity = self.lengths.replay_capacity(step.index)
+        cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), self.base, capacity)
         logits = self.replay_corrupted(chunk, patterns, cache, last_tokens=step.num_sites)
         return self.reduce_conditions(logits, 1, step)[0]
 
@@ -196,7 +232,7 @@ class _Run:
             batch = RowBatch(self.layout.cond_index(prefixes), content, positions, [step])
             strength = self.strength(step)
             hook = self.hidden_hook(strength, prefixes)
-            logits = self.adapter.forward(self.state, batch, self.cache, hook, None)
+            logits = self.forward(batch, self.cache, hook, None)
             branches = self.reduce_conditions(logits, prefixes, step)
             clean, corrupted = branches[0], None
             if step.index in self.guided:
@@ -208,8 +244,10 @@ class _Run:
             if self.trace is not None:
                 self._record(step, batch.rows, clean, corrupted, out, codes, inp)
             if prefixes == 2 and step.index == self.last and not self.keep_corrupted_rows:
-                self.cache.select_rows(list(range(rows)), capacity=self.total_tokens)
+                self.cache.select_rows(list(range(rows)), capacity=self.full_capacity)
                 self.layout = BranchLayout(self.layout.batch, conditions, 1)
+            if self.acceleration is not None:
+                self.acceleration.after_step(step, self.cache)
             if on_step is not None and on_step(step, self.state, out):
                 break
         return self.state
@@ -238,6 +276,7 @@ def run_next_scale(
     on_step: StepCallback | None = None,
     trace: SamplerTrace | None = None,
     keep_corrupted_rows: bool = False,
+    acceleration: Acceleration | None = None,
 ) -> Any:
     """Sample every step of ``adapter`` into ``state`` and return it.
 
@@ -253,7 +292,9 @@ def run_next_scale(
         trace: filled with per-step branch logits, patterns and cache sizes when given.
         keep_corrupted_rows: keep the corrupted rows after the last guided step (their logits are
             ignored); only useful to test that dropping them changes nothing.
+        acceleration: an accelerator (``vpg_pipelines.acceleration``), checked by the caller against the
+            model and the schedule (a pipeline's ``resolve_call`` does).
     """
     extra = list(guiders.terms) if isinstance(guiders, GuidanceChain) else list(guiders or [])
     chain = GuidanceChain([cfg, vpg, *extra])
-    return _Run(adapter, state, chain, generator, trace, keep_corrupted_rows).run(on_step)
+    return _Run(adapter, state, chain, generator, trace, keep_corrupted_rows, acceleration).run(on_step)

@@ -74,6 +74,7 @@ class InfinityAdapter:
         self.transformer, self.vae = transformer, vae
         self.patchify = patch
         self.num_layers = transformer.config.depth
+        self.supports_token_plans = True
 
     def prepare(
         self,
@@ -154,6 +155,7 @@ class InfinityAdapter:
             store_kv=all(s.store_kv for s in batch.steps),
             hidden_hook=hidden_hook,
             last_tokens=last_tokens,
+            token_plan=batch.token_plan,
         )
         inv_tau = torch.tensor([1 / t for t in state.tau], dtype=logits.dtype)[scale_ids].to(logits.device)
         if last_tokens is not None:

@@ -25,7 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..adapter import HiddenHook
+from ..adapter import SUBLAYERS, HiddenHook, TokenPlan
 from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
@@ -83,6 +83,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     a, b = pairs[..., 0], pairs[..., 1]
     return torch.stack([cos * a - sin * b, sin * a + cos * b], dim=-1).reshape(x.shape)
+
+
+def gather_tokens(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Rows' tokens ``x[r, kept[r]]``: ``(R, N, C)``, ``(R, n)`` -> ``(R, n, C)``."""
+    return x.gather(1, kept[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def gather_rope(rope: tuple[torch.Tensor, torch.Tensor], kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RoPE angles ``(R, 1, N, hd/2)`` of the kept tokens ``(R, n)``: each keeps its own position's."""
+    index = kept[:, None, :, None]
+    return tuple(t.gather(2, index.expand(-1, 1, -1, t.shape[-1])) for t in rope)
 
 
 @dataclass
@@ -205,7 +216,16 @@ class SelfAttention(nn.Module):
         q = apply_rope(q.float(), cos, sin).to(v.dtype)
         k = apply_rope(k.float(), cos, sin).to(v.dtype)
         out = cached_attention(q, k, v, layer, kv_cache, store=store, attn_mask=attn_mask, scale=scale)
+        if kv_cache is not None and store and kv_cache.budget is not None:
+            kv_cache.compress(layer, lambda positions: self.scoring_queries(x[:, positions]))
         return self.proj(out.transpose(1, 2).reshape(rows, n, dim))
+
+    def scoring_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """``(R, H, N, hd)`` queries of ``x`` as the projection gives them: no bias, normalisation or RoPE
+        (what a KV budget scores the cache with; an extra projection of the few tokens it asks for)."""
+        rows, n, dim = x.shape
+        q = self.mat_qkv(x)[..., :dim]
+        return q.reshape(rows, n, self.num_heads, self.head_dim).transpose(1, 2)
 
 
 class CrossAttention(nn.Module):
@@ -288,17 +308,41 @@ class InfinityBlock(nn.Module):
         attn_mask: torch.Tensor | None,
         store: bool,
         memo: dict | None = None,
+        token_plan: TokenPlan | None = None,
     ) -> torch.Tensor:
+        """The three residual sub-layers; with ``token_plan`` each may run on a subset of the tokens
+        (see :class:`~vpg_pipelines.models.adapter.TokenPlan`; kept tokens keep their RoPE positions)."""
         if self.shared_aln:
             mod = self.ada_gss.float() + modulation  # modulation: shared (R, 1, 6, C), float32
         else:
             mod = self.ada_lin(modulation).float().view(-1, 1, 6, x.shape[-1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)
-        h = _layer_norm(x, self.eps) * (scale1 + 1) + shift1
-        x = x + self.sa(h, rope, layer, kv_cache, attn_mask, store) * gamma1
-        x = x + self.ca(self.ca_norm(x), condition.memory, condition.mask, cond_index, memo, layer).float()
-        h = _layer_norm(x, self.eps) * (scale2 + 1) + shift2
-        return x + self.ffn(h) * gamma2
+
+        def attention(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+            h = _layer_norm(tokens, self.eps) * (scale1 + 1) + shift1
+            angles = rope if kept is None else gather_rope(rope, kept)
+            return self.sa(h, angles, layer, kv_cache, attn_mask, store) * gamma1
+
+        def cross(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+            return self.ca(self.ca_norm(tokens), condition.memory, condition.mask, cond_index, memo, layer).float()
+
+        def ffn(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+            h = _layer_norm(tokens, self.eps) * (scale2 + 1) + shift2
+            return self.ffn(h) * gamma2
+
+        if token_plan is None:
+            x = x + attention(x, None)
+            x = x + cross(x, None)
+            return x + ffn(x, None)
+        for name, sublayer in zip(SUBLAYERS, (attention, cross, ffn)):
+            kept = token_plan.keep(layer, name, x)
+            if kept is None:
+                out = sublayer(x, None)
+                token_plan.record(layer, name, out)
+            else:
+                out = token_plan.fill(layer, name, kept, sublayer(gather_tokens(x, kept), kept))
+            x = x + out
+        return x
 
 
 class BlockChunk(nn.Module):
@@ -470,6 +514,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
         text: tuple | None = None,
+        token_plan: TokenPlan | None = None,
     ) -> torch.Tensor | InfinityCondition:
         """Bitwise logits ``(R, N or last_tokens, 2 * bits_per_site)`` float32 (pairs bit=0, bit=1).
 
@@ -485,6 +530,8 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
             hidden_hook: ``hook(block_index, hidden)`` after every block (CFG at a hidden layer).
             last_tokens: return only the logits of the last ``n`` tokens.
             text: ``(text_features, text_lens, null_rows)``: return :meth:`encode_text`'s condition instead.
+            token_plan: an accelerator's token pruning of this (one-step) call; a ``KVCache`` budget
+                (``kv_cache.budget``) compresses each layer's cache after its attention.
         """
         if text is not None:
             return self._encode_text(*text)
@@ -524,7 +571,7 @@ class InfinityTransformer(ModelMixin, ConfigMixin):
         for i, block in enumerate(self.iter_blocks()):
             if i == 0 or not only_first:
                 x = x + level
-            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv, memo)
+            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv, memo, token_plan)
             if hidden_hook is not None:
                 x = hidden_hook(i, x)
         if last_tokens is not None:
