@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..models.adapter import ScaleStep, StreamPlan, TokenPlan
+from ..models.adapter import RowBatch, ScaleStep, StreamPlan, TokenPlan
 from ..models.kv_cache import KVBudget, KVCache
 
 SelectionOverride = Callable[[ScaleStep, int, str], torch.Tensor | None]
@@ -118,8 +118,10 @@ class Acceleration:
         terms (CFG, APG, IGG) do not act."""
         return False
 
-    def token_plan(self, step: ScaleStep, cache: KVCache) -> TokenPlan | StreamPlan | None:
-        """The token pruning or reduced stream of a (one-step) call that uses ``cache``; ``None``: every token."""
+    def token_plan(self, step: ScaleStep, cache: KVCache, batch: RowBatch | None = None
+                   ) -> TokenPlan | StreamPlan | None:
+        """The token pruning or reduced stream of a (one-step) call of ``batch``'s rows that uses ``cache``;
+        ``None``: every token."""
         return None
 
     def kv_budget(self, step: ScaleStep) -> KVBudget | None:

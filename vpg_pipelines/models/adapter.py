@@ -129,6 +129,8 @@ class RowBatch:
         token_plan: an accelerator's token pruning (:class:`TokenPlan`) or reduced stream
             (:class:`StreamPlan`) for this call (one step), or ``None``; only adapters with
             ``supports_token_plans`` / ``supports_stream_plans`` set accept one.
+        prefix_index: ``(R,)`` prefix branch of every row (0 clean, 1 VPG-corrupted), for an accelerator
+            that treats the branches apart; ``None``: every row is clean.
     """
 
     cond_index: torch.Tensor
@@ -136,6 +138,7 @@ class RowBatch:
     position_ids: torch.Tensor
     steps: list[ScaleStep]
     token_plan: TokenPlan | StreamPlan | None = None
+    prefix_index: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:

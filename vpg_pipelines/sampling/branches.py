@@ -34,6 +34,11 @@ class BranchLayout:
         first = self.batch if self.null_only else 0
         return torch.arange(first, first + self.condition_rows).repeat(self.prefixes if prefixes is None else prefixes)
 
+    def prefix_index(self, prefixes: int | None = None) -> torch.Tensor:
+        """Prefix branch of every row: 0 (clean) for the first group, 1 (corrupted) for the second."""
+        groups = self.prefixes if prefixes is None else prefixes
+        return torch.arange(groups).repeat_interleave(self.condition_rows)
+
     def split(self, tensor: torch.Tensor) -> torch.Tensor:
         """(rows, ...) -> (prefixes, conditions, batch, ...)."""
         return tensor.view(self.prefixes, self.conditions, self.batch, *tensor.shape[1:])

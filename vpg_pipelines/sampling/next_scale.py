@@ -120,7 +120,7 @@ class _Run:
         if self.acceleration is None:
             return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
         step = batch.steps[0]
-        batch.token_plan = self.acceleration.token_plan(step, cache)
+        batch.token_plan = self.acceleration.token_plan(step, cache, batch)
         cache.budget = self.acceleration.kv_budget(step)
         try:
             return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
@@ -186,7 +186,8 @@ class _Run:
             contents.append(c.repeat(conditions, 1, 1))
             positions.append(p.repeat(conditions, 1))
             strengths.append(torch.full((s.num_sites,), self.strength(s)))
-        batch = RowBatch(self.layout.cond_index(1), torch.cat(contents, 1), torch.cat(positions, 1), chunk)
+        batch = RowBatch(self.layout.cond_index(1), torch.cat(contents, 1), torch.cat(positions, 1), chunk,
+                         prefix_index=torch.ones(self.layout.condition_rows, dtype=torch.long))
         token_strengths = torch.cat(strengths).to(batch.content.device)
         hook = self.hidden_hook(token_strengths, prefixes=1)
         return self.forward(batch, cache, hook, last_tokens)
@@ -246,7 +247,8 @@ class _Run:
                 corr_content, corr_positions = self.corrupted_input(step, pattern)
                 content = torch.cat([content, corr_content.repeat(conditions, 1, 1)])
                 positions = torch.cat([positions, corr_positions.repeat(conditions, 1)])
-            batch = RowBatch(self.layout.cond_index(prefixes), content, positions, [step])
+            batch = RowBatch(self.layout.cond_index(prefixes), content, positions, [step],
+                             prefix_index=self.layout.prefix_index(prefixes))
             strength = self.strength(step)
             hook = self.hidden_hook(strength, prefixes)
             logits = self.forward(batch, self.cache, hook, None)
