@@ -61,9 +61,10 @@ def area_weights(source: int, target: int, device: torch.device, dtype: torch.dt
 def area_resize(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(R, h, w, C)`` -> ``(R, height, width, C)`` by window averages (two small matrix products, so it
     runs the same on every device; within float rounding of ``adaptive_avg_pool2d``)."""
-    rows = area_weights(grid.shape[1], height, grid.device, grid.dtype)
-    cols = area_weights(grid.shape[2], width, grid.device, grid.dtype)
-    return torch.einsum("ij,rjkc,lk->rilc", rows, grid, cols)
+    r, h, w, c = grid.shape
+    rows = area_weights(h, height, grid.device, grid.dtype)
+    cols = area_weights(w, width, grid.device, grid.dtype)
+    return cols @ (rows @ grid.reshape(r, h, w * c)).view(r, height, w, c)
 
 
 @dataclass(frozen=True)

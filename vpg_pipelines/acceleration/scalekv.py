@@ -125,6 +125,18 @@ def window_positions(grid: Sequence[int], window: int) -> list[int]:
     return sorted({r * w + c for r in rows for c in cols})
 
 
+def pooled_scores(keys: torch.Tensor, window_queries: torch.Tensor, window: torch.Tensor, kernel_size: int
+                  ) -> torch.Tensor:
+    """``(R, H, length)`` scores of the cache entries ``keys`` ``(R, H, length, hd)``: the window queries'
+    ``(R, H, w, hd)`` raw attention scores ``q.k / sqrt(hd)`` (float32; the window's own entries ``window``
+    excluded), summed over the queries, max-pooled along the cache (width ``kernel_size``), the window -inf."""
+    scores = torch.matmul(window_queries.float(), keys.float().transpose(-1, -2)) / math.sqrt(keys.shape[-1])
+    scores[..., window] = float("-inf")
+    pooled = F.max_pool1d(scores.sum(dim=2), kernel_size, stride=1, padding=kernel_size // 2)
+    pooled[..., window] = float("-inf")
+    return pooled
+
+
 @dataclass(frozen=True)
 class ScaleKV(Acceleration):
     """ScaleKV's K/V budget (the released table of the model's depth by default).
@@ -231,14 +243,9 @@ class _ScaleKVStep:
             chosen = override(self.step, layer, "kv")
             if chosen is not None:
                 return chosen.to(keys.device, torch.long)
-        rows, heads, length, head_dim = keys.shape
+        rows, heads, length, _ = keys.shape
         local = torch.tensor(self.window, device=keys.device)
         window = length - self.step.num_sites + local  # the current scale is the cache's last entries
-        q = queries(local).float()
-        scores = torch.matmul(q, keys.float().transpose(-1, -2)) / math.sqrt(head_dim)  # (R, H, w, length)
-        scores[..., window] = float("-inf")
-        pooled = F.max_pool1d(scores.sum(dim=2), self.config.kernel_size, stride=1,
-                              padding=self.config.kernel_size // 2)
-        pooled[..., window] = float("-inf")
+        pooled = pooled_scores(keys, queries(local), window, self.config.kernel_size)
         chosen = top_indices(pooled, capacity - len(self.window))
         return torch.cat([chosen, window.expand(rows, heads, -1)], dim=-1).sort(dim=-1).values
