@@ -56,7 +56,8 @@ def infinity_models():
     return load_official_infinity(root / "infinity.safetensors", vae_path, config={**config, "vae": vae_config})
 
 
-def infinity_state(case: dict, h_div_w: float = 1.0, pn: str = "1M", texts: list[torch.Tensor] | None = None):
+def infinity_state(case: dict, h_div_w: float = 1.0, pn: str = "1M", texts: list[torch.Tensor] | None = None,
+                   with_null: bool = True):
     """An adapter, its prepared greedy state for ``case`` (tau list, the fixture's prompt or ``texts``) and the
     acceleration target of the schedule."""
     transformer, vae = infinity_models()
@@ -65,7 +66,7 @@ def infinity_state(case: dict, h_div_w: float = 1.0, pn: str = "1M", texts: list
     texts = texts or [infinity_cases()[0]["text.features"]]
     features, lens = torch.cat(texts), [t.shape[0] for t in texts]
     tau = case["tau_list"][0]
-    state = adapter.prepare(features, lens, schedule, with_null=True, tau=tau, top_k=1, top_p=0.0)
+    state = adapter.prepare(features, lens, schedule, with_null=with_null, tau=tau, top_k=1, top_p=0.0)
     return adapter, state, target(adapter, state, "infinity")
 
 
