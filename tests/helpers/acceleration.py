@@ -62,7 +62,7 @@ def stored_kept(cases: dict, case: dict, scale: int, block: int, sublayer: str) 
 def forced_selection(cases: dict, case: dict, rows: list[int] | None = None):
     """A ``with_selection`` hook that replays the stored kept tokens (rows ``rows`` of the case, default all)."""
 
-    def select(step: ScaleStep, block: int, sublayer: str) -> torch.Tensor:
+    def select(step: ScaleStep, block: int, sublayer: str, _rows: int) -> torch.Tensor:
         kept = stored_kept(cases, case, step.scale, block, sublayer)
         return kept if rows is None else kept[rows]
 
@@ -161,9 +161,11 @@ class PositionTracker:
 
 @dataclass(frozen=True)
 class RecordingScaleKV(ScaleKV):
-    """ScaleKV that records the kept positions of every compression: ``log[(layer, scale)] = (R, H, c)``."""
+    """ScaleKV that records every compression: ``chosen[(scale, layer, "kv")]`` the kept cache entries
+    ``(R, H, c)``, and with a ``tracker`` ``log[(layer, scale)]`` their original token positions."""
 
     log: dict = field(default_factory=dict, compare=False, repr=False)
+    chosen: dict = field(default_factory=dict, compare=False, repr=False)
     tracker: PositionTracker | None = field(default=None, compare=False, repr=False)
 
     def kv_budget(self, step):
@@ -180,14 +182,29 @@ class _RecordedBudget:
 
     def select(self, layer, keys, queries, capacity):
         index = self.budget.select(layer, keys, queries, capacity)
-        self.config.log[(layer, self.step.scale)] = self.config.tracker.kept(self.step, layer, index)
+        self.config.chosen[(self.step.scale, layer, "kv")] = index.detach().clone()
+        if self.config.tracker is not None:
+            self.config.log[(layer, self.step.scale)] = self.config.tracker.kept(self.step, layer, index)
         return index
+
+
+def replayed(chosen: dict, all_rows: bool = False):
+    """A ``with_selection`` hook that repeats recorded choices (keys ``(scale, index, part)``): for the first rows
+    of a call (the others choose their own), or, with ``all_rows``, for every row (the record repeated)."""
+
+    def select(step: ScaleStep, index: int, part: str, rows: int) -> torch.Tensor | None:
+        kept = chosen.get((step.scale, index, part))
+        if kept is None or not all_rows:
+            return kept
+        return kept.repeat(rows // kept.shape[0], *[1] * (kept.dim() - 1))
+
+    return select
 
 
 def forced_kv_selection(stored: dict, tracker: PositionTracker):
     """A ``with_selection`` hook for ScaleKV that keeps the stored positions (translated to cache entries)."""
 
-    def select(step: ScaleStep, layer: int, part: str) -> torch.Tensor:
+    def select(step: ScaleStep, layer: int, part: str, _rows: int) -> torch.Tensor:
         wanted = stored[(layer, step.scale)]
         current = tracker.current(step, layer).expand(*wanted.shape[:-1], -1).contiguous()
         index = torch.searchsorted(current, wanted)

@@ -36,9 +36,10 @@ import torch
 from ..models.adapter import RowBatch, ScaleStep, StreamPlan, TokenPlan
 from ..models.kv_cache import KVBudget, KVCache
 
-SelectionOverride = Callable[[ScaleStep, int, str], torch.Tensor | None]
-"""``select(step, block_or_layer, part) -> indices or None``: a test hook that replaces a method's own
-choice (``part``: a sub-layer name for token plans, ``"kv"`` for a K/V budget)."""
+SelectionOverride = Callable[[ScaleStep, int, str, int], torch.Tensor | None]
+"""``select(step, block_or_layer, part, rows) -> indices or None``: a test hook that replaces a method's own
+choice in a call of ``rows`` batch rows (``part``: a sub-layer name for token plans, ``"kv"`` for a K/V budget).
+Indices for fewer rows force the first rows only; the others choose by the method's rule."""
 
 
 @dataclass(frozen=True)

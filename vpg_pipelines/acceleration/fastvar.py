@@ -78,7 +78,7 @@ class FastVAR(Acceleration):
         fill_scale: the scale whose sub-layer outputs fill the dropped tokens (before every pruned scale).
         blocks: ``(first, stop)``: the blocks that prune, ``first <= block < stop`` (clipped to the depth).
         selection_override: test hook (:meth:`~.base.Acceleration.with_selection`): ``select(step, block,
-            sublayer) -> (R, n) indices or None``.
+            sublayer, rows) -> (rows or fewer, n) indices or None``.
     """
 
     prune_ratios: tuple[tuple[int, float], ...] = ((9, 0.4), (10, 0.5))
@@ -188,11 +188,13 @@ class _FastVARPlan:
         if not self.pruning or not self.config.prunes(block):
             return None
         override = self.config.selection_override
-        if override is not None:
-            chosen = override(self.step, block, sublayer)
-            if chosen is not None:
-                return chosen.to(hidden.device, torch.long)
-        return farthest_from_mean(hidden, self.kept)
+        chosen = None if override is None else override(self.step, block, sublayer, hidden.shape[0])
+        if chosen is None:
+            return farthest_from_mean(hidden, self.kept)
+        chosen = chosen.to(hidden.device, torch.long)
+        if chosen.shape[0] == hidden.shape[0]:
+            return chosen
+        return torch.cat([chosen, farthest_from_mean(hidden[chosen.shape[0]:], self.kept)])
 
     def record(self, block: int, sublayer: str, out: torch.Tensor) -> None:
         if self.step.scale == self.config.fill_scale and self.config.prunes(block):

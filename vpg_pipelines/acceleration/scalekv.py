@@ -148,7 +148,8 @@ class ScaleKV(Acceleration):
         window: window tokens per scale (a square number: 16 = a 4 x 4 grid).
         kernel_size: width of the max pooling along the cache (odd).
         first_scale: the first compressed scale, set when the call is resolved (from ``base_capacity``).
-        selection_override: test hook: ``select(step, layer, "kv") -> (R, H, capacity) indices or None``.
+        selection_override: test hook: ``select(step, layer, "kv", rows) -> (rows or fewer, H, capacity) indices
+            or None``.
     """
 
     budget: BudgetTable | None = None
@@ -238,14 +239,17 @@ class _ScaleKVStep:
         return self.config.budget.capacity(self.step.scale, layer)
 
     def select(self, layer: int, keys: torch.Tensor, queries: Queries, capacity: int) -> torch.Tensor:
-        override = self.config.selection_override
-        if override is not None:
-            chosen = override(self.step, layer, "kv")
-            if chosen is not None:
-                return chosen.to(keys.device, torch.long)
         rows, heads, length, _ = keys.shape
+        override = self.config.selection_override
+        forced = None if override is None else override(self.step, layer, "kv", rows)
+        if forced is not None:
+            forced = forced.to(keys.device, torch.long)
+            if forced.shape[0] == rows:
+                return forced
+        first = 0 if forced is None else forced.shape[0]
         local = torch.tensor(self.window, device=keys.device)
         window = length - self.step.num_sites + local  # the current scale is the cache's last entries
-        pooled = pooled_scores(keys, queries(local), window, self.config.kernel_size)
+        pooled = pooled_scores(keys[first:], queries(local)[first:], window, self.config.kernel_size)
         chosen = top_indices(pooled, capacity - len(self.window))
-        return torch.cat([chosen, window.expand(rows, heads, -1)], dim=-1).sort(dim=-1).values
+        own = torch.cat([chosen, window.expand(rows - first, heads, -1)], dim=-1).sort(dim=-1).values
+        return own if forced is None else torch.cat([forced, own])
