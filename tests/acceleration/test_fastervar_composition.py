@@ -115,7 +115,7 @@ def test_batch_of_two_equals_each_sample_alone():
         logs.append(log)
     assert logs[0].keys() == {(6, g) for g in range(8)}
 
-    def select(step, group, part):  # rows of the batch at the low-rank (CFG-off) step: u0, u1
+    def select(step, group, part, rows):  # rows of the batch at the low-rank (CFG-off) step: u0, u1
         return torch.cat([logs[0][(step.index, group)].positions, logs[1][(step.index, group)].positions])
 
     _, batch = _run(_fastervar(selection_override=select), texts=[first, second])

@@ -103,7 +103,7 @@ def star_state(negative: bool, forced: bool = True):
 def injected(prefix: str, tensors: dict):
     """A selection override that replays the fixture's recorded positions ``<prefix>.chunk{g}.indices``."""
 
-    def select(step, group, part):
+    def select(step, group, part, rows):
         assert part == "positions"
         return tensors[f"{prefix}.chunk{group}.indices"]
 

@@ -14,14 +14,14 @@ from .scalekv import INFINITY_2B_10, INFINITY_8B_10, ScaleKV
 PRESETS: dict[str, tuple[Callable[[], Acceleration], str]] = {
     "fastvar": (FastVAR, "FastVAR's released Infinity setting: prune 40 % / 50 % of the 32x32 / 40x40 scales in "
                          "blocks 3-27, skip the 48x48 and 64x64 scales (Infinity)"),
+    "scalekv": (ScaleKV, "ScaleKV's released 10 % K/V budget of the model (Infinity-2B or -8B, 1024x1024)"),
+    "scalekv-2b": (lambda: ScaleKV(budget=INFINITY_2B_10), "ScaleKV's budget file of Infinity-2B (32 blocks)"),
+    "scalekv-8b": (lambda: ScaleKV(budget=INFINITY_8B_10), "ScaleKV's budget file of Infinity-8B (40 blocks)"),
     "fastervar": (FasterVAR, "FasterVAR's released setting of the model: CFG off on the last 3 scales, the last run "
                              "scale low-rank (Infinity: rank preset 0.96 at the 40x40 scale, 48x48 / 64x64 skipped; "
                              "InfinityStar: rank 0.1 at the final scale)"),
     "fastervar-cfg0": (lambda: FasterVAR(low_rank=False), "FasterVAR's CFG off on the last 3 scales alone (and "
                                                           "Infinity's scale skipping), no low-rank scale"),
-    "scalekv": (ScaleKV, "ScaleKV's released 10 % K/V budget of the model (Infinity-2B or -8B, 1024x1024)"),
-    "scalekv-2b": (lambda: ScaleKV(budget=INFINITY_2B_10), "ScaleKV's budget file of Infinity-2B (32 blocks)"),
-    "scalekv-8b": (lambda: ScaleKV(budget=INFINITY_8B_10), "ScaleKV's budget file of Infinity-8B (40 blocks)"),
 }
 """Name -> (builder, one-line description)."""
 

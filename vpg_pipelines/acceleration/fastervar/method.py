@@ -79,7 +79,8 @@ class FasterVAR(Acceleration):
             as theirs); a list of ratios defines its own groups.
         seed: sample ``b``'s draws come from a generator seeded ``seed + b``; ``None``: from the call's
             generator(s) (``initial_seed() + 12345``, InfinityStar's rule).
-        selection_override: test hook: ``select(step, group, "positions") -> (R, r) positions or None``.
+        selection_override: test hook: ``select(step, group, "positions", rows) -> (rows or fewer, r) positions or
+            None`` (positions for fewer rows force the first rows; every row still draws, so the streams advance).
         draw_log: filled with ``{(step index, group): LowRankDraw}`` for every low-rank draw (a test and
             debugging aid; ``None``: nothing kept).
     """
@@ -233,6 +234,16 @@ class FasterVAR(Acceleration):
         return {(STATE, g): ((*grid, width), torch.float32) for g, _ in self.block_groups()}
 
 
+def _forced_rows(forced: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """The injected positions of ``rows`` (ascending) when the override covers them, else ``None``."""
+    if forced is None or int(rows[0]) >= forced.shape[0]:
+        return None
+    if int(rows[-1]) >= forced.shape[0]:
+        raise ValueError(f"FasterVAR: injected positions for the first {forced.shape[0]} rows split rows that draw "
+                         f"together ({rows.tolist()})")
+    return forced[rows]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
@@ -290,7 +301,7 @@ class _GroupPlan:
         if rank >= tokens:  # all the tokens: the exact computation is cheaper than any mixture
             return None
         override = self.config.selection_override
-        forced = None if override is None else override(self.step, group, "positions")
+        forced = None if override is None else override(self.step, group, "positions", rows)
         chosen = torch.empty(rows, rank, dtype=torch.long, device=hidden.device)
         mixed = hidden.new_empty(rows, rank, hidden.shape[-1])
         prob = hidden.new_empty(rows, tokens, dtype=torch.float32)
@@ -301,7 +312,7 @@ class _GroupPlan:
             index = own.to(hidden.device)
             x = hidden[index]
             prob[index] = importance(x)
-            drawn = draw_positions(prob[index], rank, generator, None if forced is None else forced[own])
+            drawn = draw_positions(prob[index], rank, generator, _forced_rows(forced, own))
             sketch = gaussian_sketch(len(own), tokens, rank, generator, hidden.device)
             chosen[index] = drawn.to(hidden.device)
             mixed[index] = project_tokens(x, sketch)
