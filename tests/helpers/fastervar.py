@@ -19,12 +19,10 @@ from vpg_pipelines.models.infinity.adapter import InfinityAdapter
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
 from vpg_pipelines.models.infinity_star.schedules import plan_steps
+from vpg_pipelines.testing import STAR_PARITY_ARGS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fastervar"
-STAR_ARGS = {  # the shared InfinityStar fixture's settings (tests/sampling/test_infinity_star_replay.py)
-    "image_repetition": [3] * 11, "video_repetition": [3] * 8 + [2, 1, 1], "semantic_scales": 8,
-    "detail_scale_min_tokens": 100, "tau_image": 1.0, "tau_video": 0.4,
-}
+STAR_TAU = {"tau_image": 1.0, "tau_video": 0.4}  # the 720p script's values, which the shared fixture kept
 
 
 @cache
@@ -84,11 +82,10 @@ def star_fixture():
     config = json.loads((root / "config.json").read_text())
     transformer = load_infinity_star_transformer(root / "infinity_star.safetensors", text_maxlen=config["text_maxlen"])
     vae = load_infinity_star_vae(root / "videovae.safetensors",
-                                 detail_scale_min_tokens=STAR_ARGS["detail_scale_min_tokens"])
-    plan = plan_steps(config["scale_schedule"], STAR_ARGS["image_repetition"], STAR_ARGS["video_repetition"],
-                      semantic_scales=STAR_ARGS["semantic_scales"],
-                      detail_scale_min_tokens=STAR_ARGS["detail_scale_min_tokens"],
-                      tau_image=STAR_ARGS["tau_image"], tau_video=STAR_ARGS["tau_video"])
+                                 detail_scale_min_tokens=STAR_PARITY_ARGS["detail_scale_min_tokens"])
+    plan = plan_steps(config["scale_schedule"], STAR_PARITY_ARGS["image_scale_repetition"],
+                      STAR_PARITY_ARGS["video_scale_repetition"], semantic_scales=STAR_PARITY_ARGS["semantic_scales"],
+                      detail_scale_min_tokens=STAR_PARITY_ARGS["detail_scale_min_tokens"], **STAR_TAU)
     return InfinityStarAdapter(transformer, vae), plan, load_file(str(root / "cases.safetensors"))
 
 
