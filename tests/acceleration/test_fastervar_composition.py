@@ -60,12 +60,13 @@ def _close(a: SamplerTrace, b: SamplerTrace, gain: float, steps=None) -> None:
 
 
 # -- the draws: per sample, per prefix branch ----------------------------------------------------------------
-def _plan_call(samples: int, rows: list[tuple[int, int]], hidden: torch.Tensor, seed: int = 7):
+def _plan_call(samples: int, rows: list[tuple[int, int]], hidden: torch.Tensor, seed: int = 7, select=None):
     """FasterVAR's plan of a one-group, one-block toy model at its final (low-rank) scale for batch rows
     ``rows`` = ``(condition row, prefix branch)``; returns (reduced stream, positions, restored stream)."""
     steps = (ScaleStep(0, 0, 1, (1, 1)), ScaleStep(1, 1, 4, (2, 2)), ScaleStep(2, 2, 16, (4, 4), store_kv=False))
     target = AccelerationTarget("infinity", 1, steps, 3, details={"block_chunks": 1})
-    method = FasterVAR(rank_ratio=0.5, last_scale=-1, cfg0_last_scales=0, seed=seed).resolve(target)
+    method = FasterVAR(rank_ratio=0.5, last_scale=-1, cfg0_last_scales=0, seed=seed,
+                       selection_override=select).resolve(target)
     method = method.start(samples, None)
     cache = KVCache(1, len(rows), 8)
     cache.keep_state((STATE, 0), torch.arange(len(rows) * 4 * 3.0).view(len(rows), 2, 2, 3))
@@ -75,6 +76,21 @@ def _plan_call(samples: int, rows: list[tuple[int, int]], hidden: torch.Tensor, 
     reduced, positions = plan.enter(0, hidden, torch.arange(16).expand(len(rows), -1))
     chosen = plan.positions[0].clone()
     return reduced, positions, chosen, plan.leave(0, reduced)
+
+
+def test_injected_positions_force_the_first_rows_only():
+    """Positions injected for the first rows force those; the others draw as without the override (every row
+    still draws, so the streams advance alike); an override that splits rows drawing together is refused."""
+    rows = [(0, 0), (1, 0), (0, 1), (1, 1)]  # one sample: clean conditional, clean null, corrupted ones
+    hidden = torch.randn(4, 16, 3, generator=torch.Generator().manual_seed(0))
+    reduced, _, chosen, _ = _plan_call(1, rows, hidden)
+    forced = torch.arange(8).repeat(2, 1)  # rank 0.5 of 16 tokens
+    reduced_forced, _, chosen_forced, _ = _plan_call(1, rows, hidden, select=lambda *_: forced)
+    assert torch.equal(chosen_forced[:2], forced) and not torch.equal(chosen[:2], forced)
+    assert torch.equal(chosen_forced[2:], chosen[2:]) and torch.equal(reduced_forced, reduced)
+    for count in (1, 3):
+        with pytest.raises(ValueError, match=f"injected positions for the first {count} rows split rows"):
+            _plan_call(1, rows, hidden, select=lambda *_, n=count: forced.new_zeros(n, 8))
 
 
 def test_rows_draw_per_sample_and_branch():
