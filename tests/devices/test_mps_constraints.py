@@ -4,7 +4,7 @@
 first float64 or float8 tensor op outside ``vpg_pipelines.devices.host_compute`` (the explicit host helper).
 Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image and image-to-video, forward
 chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG,
-SSG, entropy temperature), the accelerators (FastVAR, ScaleKV) with VPG, the ComfyUI node classes' sampling
+SSG, entropy temperature), the accelerators (FastVAR, ScaleKV, FasterVAR) with VPG, the ComfyUI node classes' sampling
 paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
 A float64 slipping into the sampler fails here, on a Linux CPU machine.
 """
@@ -34,7 +34,7 @@ from tests.helpers.evaluation import DEMO_FLAGS, run_here
 from tests.helpers.infinity import fixture_embeds, make_pipe
 from tests.helpers.star import SIZE
 from vpg_pipelines import VPGInfinityStarPipeline
-from vpg_pipelines.acceleration import INFINITY_2B_10, FastVAR, ScaleKV
+from vpg_pipelines.acceleration import INFINITY_2B_10, FasterVAR, FastVAR, ScaleKV
 from vpg_pipelines.cli import main
 from vpg_pipelines.devices import compute_in_float64, constraints, host_compute
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
@@ -194,6 +194,23 @@ def test_infinity_star_with_forward_chunking_and_tiled_decoding(star):
         star.transformer.disable_forward_chunking()
         star.vae.disable_tiling()
     assert frames.shape[1:] == (17, 3, SIZE["height"], SIZE["width"]) and torch.isfinite(frames).all()
+
+
+def test_fastervar_paths(star):
+    """FasterVAR (CFG off on the last scales, the last run scale low-rank: its draws, sketch and area restoration)
+    with VPG on Infinity and InfinityStar; the tiny Infinity schedule ends before the released low-rank scale, so
+    the last scale is named."""
+    pipe = make_pipe("plain", text=True)
+    infinity_draws, star_draws = {}, {}
+    with device_constraints("mps") as mode:
+        images = pipe(prompt=["a red cat", "dog"], guidance_scale=3.0, vpg_scale=2.0, vpg_mode="token",
+                      acceleration=FasterVAR(last_scale=-1, draw_log=infinity_draws), generator=gens(0, 1),
+                      output_type="pt").images
+        frames = star(prompt="a red fox", **SIZE, num_frames=17, output_type="latent", vpg_scale=2.0,
+                      acceleration=FasterVAR(draw_log=star_draws), generator=gens(0)).frames
+    assert torch.isfinite(images).all() and torch.isfinite(frames).all() and mode.ops > 0
+    assert infinity_draws and star_draws  # the low-rank scale ran on both
+
 
 # -- the ComfyUI node classes ----------------------------------------------------------------------------------
 def test_comfy_class_sampler_with_every_guidance_node():

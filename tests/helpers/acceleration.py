@@ -75,8 +75,8 @@ class RecordingFastVAR(FastVAR):
 
     log: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def token_plan(self, step, cache):
-        plan = super().token_plan(step, cache)
+    def token_plan(self, step, cache, batch=None):
+        plan = super().token_plan(step, cache, batch)
         return None if plan is None else _RecordedPlan(plan, step, self.log)
 
 

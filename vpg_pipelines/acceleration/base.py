@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..models.adapter import ScaleStep, TokenPlan
+from ..models.adapter import RowBatch, ScaleStep, StreamPlan, TokenPlan
 from ..models.kv_cache import KVBudget, KVCache
 
 SelectionOverride = Callable[[ScaleStep, int, str, int], torch.Tensor | None]
@@ -76,7 +76,8 @@ class Acceleration:
     Class attributes:
         name: the preset-style name (``"fastvar"``).
         models: the model kinds it applies to.
-        needs_token_plans: whether the adapter must honour ``RowBatch.token_plan``.
+        needs_token_plans: whether the adapter must honour ``RowBatch.token_plan`` (a ``TokenPlan``).
+        needs_stream_plans: whether the adapter must honour a ``StreamPlan`` there.
         grows_cache: whether the cache holds each layer at its current length (a budget shrinks it)
             instead of preallocating the run's capacity.
     """
@@ -84,6 +85,7 @@ class Acceleration:
     name: ClassVar[str] = ""
     models: ClassVar[tuple[str, ...]] = ()
     needs_token_plans: ClassVar[bool] = False
+    needs_stream_plans: ClassVar[bool] = False
     grows_cache: ClassVar[bool] = False
     unset_fields: ClassVar[tuple[str, ...]] = ("selection_override",)
     """Fields a config (:meth:`from_config`) does not set: test hooks and what resolving a call fills in."""
@@ -122,8 +124,21 @@ class Acceleration:
         """The steps the sampler runs (default: all). A method may only drop trailing steps."""
         return list(steps)
 
-    def token_plan(self, step: ScaleStep, cache: KVCache) -> TokenPlan | None:
-        """The token pruning of a (one-step) call that uses ``cache``; ``None``: every token."""
+    def start(self, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> Acceleration:
+        """The accelerator of one sampling run of ``batch`` samples drawing from ``generator`` (the call's): this
+        setting itself, or a copy holding the run's state (e.g. FasterVAR's random generators)."""
+        return self
+
+    def condition_off(self, step: ScaleStep) -> bool:
+        """Whether ``step`` samples the null-condition rows alone (FasterVAR's CFG off): from the first such
+        step on (a suffix of the run) the conditional rows leave the batch and the cache, and the condition
+        terms (CFG, APG, IGG) do not act."""
+        return False
+
+    def token_plan(self, step: ScaleStep, cache: KVCache, batch: RowBatch | None = None
+                   ) -> TokenPlan | StreamPlan | None:
+        """The token pruning or reduced stream of a (one-step) call of ``batch``'s rows that uses ``cache``;
+        ``None``: every token."""
         return None
 
     def kv_budget(self, step: ScaleStep) -> KVBudget | None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..models.adapter import SUBLAYERS, ScaleStep, TokenPlan
+from ..models.adapter import SUBLAYERS, RowBatch, ScaleStep, TokenPlan
 from ..models.kv_cache import KVCache
 from .base import Acceleration, AccelerationTarget, SelectionOverride, top_indices
 
@@ -146,7 +146,7 @@ class FastVAR(Acceleration):
         return kept
 
     # -- what it needs from a step ---------------------------------------------------------------------
-    def token_plan(self, step: ScaleStep, cache: KVCache) -> TokenPlan | None:
+    def token_plan(self, step: ScaleStep, cache: KVCache, batch: RowBatch | None = None) -> TokenPlan | None:
         if step.scale != self.fill_scale and self.ratio(step.scale) is None:
             return None
         return _FastVARPlan(self, step, cache)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .base import Acceleration
+from .fastervar.method import FasterVAR
 from .fastvar import FastVAR
 from .scalekv import INFINITY_2B_10, INFINITY_8B_10, ScaleKV
 
@@ -17,12 +18,17 @@ PRESETS: dict[str, tuple[Callable[[], Acceleration], str]] = {
     "scalekv": (ScaleKV, "ScaleKV's released 10 % K/V budget of the model (Infinity-2B or -8B, 1024x1024)"),
     "scalekv-2b": (lambda: ScaleKV(budget=INFINITY_2B_10), "ScaleKV's budget file of Infinity-2B (32 blocks)"),
     "scalekv-8b": (lambda: ScaleKV(budget=INFINITY_8B_10), "ScaleKV's budget file of Infinity-8B (40 blocks)"),
+    "fastervar": (FasterVAR, "FasterVAR's released setting of the model: CFG off on the last 3 scales, the last run "
+                             "scale low-rank (Infinity: rank preset 0.96 at the 40x40 scale, 48x48 / 64x64 skipped; "
+                             "InfinityStar: rank 0.1 at the final scale)"),
+    "fastervar-cfg0": (lambda: FasterVAR(low_rank=False), "FasterVAR's CFG off on the last 3 scales alone (and "
+                                                          "Infinity's scale skipping), no low-rank scale"),
 }
 """Name -> (builder, one-line description)."""
 
 OFF = "none"
 
-METHODS: dict[str, type[Acceleration]] = {FastVAR.name: FastVAR, ScaleKV.name: ScaleKV}
+METHODS: dict[str, type[Acceleration]] = {FastVAR.name: FastVAR, FasterVAR.name: FasterVAR, ScaleKV.name: ScaleKV}
 """Method name -> config class (the ``"method"`` of a config mapping)."""
 
 
@@ -56,5 +62,5 @@ def resolve_acceleration(value: Any) -> Acceleration | None:
     if isinstance(value, Mapping):
         return acceleration_from_config(value)
     raise ValueError(f"`acceleration` must be one of {acceleration_names()}, an accelerator from "
-                     "vpg_pipelines.acceleration (FastVAR(...), ScaleKV(...)) or its config "
+                     "vpg_pipelines.acceleration (FastVAR(...), FasterVAR(...), ScaleKV(...)) or its config "
                      f"{{'method': ..., ...}}, got {value!r}")

@@ -57,6 +57,25 @@ class TokenPlan(Protocol):
         """The sub-layer's output ``(R, N, C)`` when it ran on every token (a method may keep it to fill from)."""
 
 
+@runtime_checkable
+class StreamPlan(Protocol):
+    """Runs of blocks on a reduced residual stream (FasterVAR's low-rank block groups).
+
+    A transformer that supports stream plans calls :meth:`enter` before every block, with the residual
+    stream and the tokens' position ids: a reduced stream ``(R, r, C)`` with its ``r`` position ids replaces
+    them for the following blocks (RoPE from those positions; the blocks' keys / values are the reduced
+    tokens'); ``None``: nothing changes. After every block it calls :meth:`leave`: the full stream ``(R, N, C)``
+    (the reduced run is over, the call's positions return), or ``None``. One step per call.
+    """
+
+    def enter(self, block: int, hidden: torch.Tensor, positions: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Before block ``block``: ``(stream, positions)`` to run on instead, or ``None``."""
+
+    def leave(self, block: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """After block ``block``: the full stream to continue with, or ``None`` (a plan may also just look)."""
+
+
 @dataclass(frozen=True)
 class ScaleStep:
     """One step of the next-scale loop.
@@ -107,15 +126,19 @@ class RowBatch:
         position_ids: ``(R, N)`` position rows (per batch row, because corrupted rows differ).
         steps: the steps whose tokens are concatenated in ``content`` (one step normally; several
             consecutive steps when a corrupted prefix is (re)computed in one block-causal pass).
-        token_plan: an accelerator's token pruning for this call (one step), or ``None``; only adapters
-            with ``supports_token_plans = True`` accept one.
+        token_plan: an accelerator's token pruning (:class:`TokenPlan`) or reduced stream
+            (:class:`StreamPlan`) for this call (one step), or ``None``; only adapters with
+            ``supports_token_plans`` / ``supports_stream_plans`` set accept one.
+        prefix_index: ``(R,)`` prefix branch of every row (0 clean, 1 VPG-corrupted), for an accelerator
+            that treats the branches apart; ``None``: every row is clean.
     """
 
     cond_index: torch.Tensor
     content: torch.Tensor | None
     position_ids: torch.Tensor
     steps: list[ScaleStep]
-    token_plan: TokenPlan | None = None
+    token_plan: TokenPlan | StreamPlan | None = None
+    prefix_index: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -134,7 +157,8 @@ class NextScaleAdapter(Protocol):
     # dimension is one distribution (VAR's codebook; Infinity's logits end in a (bits, 2) pair already).
     # Guidance terms that need distributions (entropy-aware temperature) read it.
     # Optional: ``supports_token_plans: bool`` — True when ``forward`` honours ``RowBatch.token_plan``
-    # (Infinity); the sampler refuses a token-pruning accelerator for an adapter without it.
+    # (Infinity); the sampler refuses a token-pruning accelerator for an adapter without it. Likewise
+    # ``supports_stream_plans: bool`` for a :class:`StreamPlan` (Infinity, InfinityStar).
 
     def steps(self, state: Any) -> list[ScaleStep]:
         """The loop's steps, in order."""

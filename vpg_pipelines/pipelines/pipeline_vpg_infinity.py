@@ -363,7 +363,8 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
         all_steps = tuple(scale_steps(schedule))
         template = (schedule.h_div_w_template, schedule.pn) if schedule.pn is not None else None
         target = AccelerationTarget("infinity", int(self.transformer.config.depth), all_steps, schedule.num_scales,
-                                    template=template)
+                                    template=template,
+                                    details={"block_chunks": int(self.transformer.config.num_block_chunks)})
         acceleration, steps = call_acceleration(a["acceleration"], target)
         scales = [step.scale for step in steps]
         guidance = CallGuidance(cfg, vpg, *extra, step_scales=scales)

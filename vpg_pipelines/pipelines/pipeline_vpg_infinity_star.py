@@ -387,7 +387,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             term = ClassifierFreeGuidance(float(a["guidance_scale"]), schedule=self.cfg_schedule)
         all_steps = tuple(plan_scale_steps(plan))
         target = AccelerationTarget("infinity_star", int(self.transformer.config.depth), all_steps, num_scales,
-                                    details={"plan": plan})
+                                    details={"plan": plan,
+                                             "block_chunks": int(self.transformer.config.num_block_chunks)})
         acceleration, steps = call_acceleration(a["acceleration"], target)
         scales = [step.scale for step in steps]
         guidance = CallGuidance(term, vpg, *extra, step_scales=scales)

@@ -18,6 +18,8 @@ class BranchLayout:
     batch: int
     conditions: int
     prefixes: int
+    null_only: bool = False
+    """The condition axis is off and the one condition group holds the null rows (FasterVAR's CFG off)."""
 
     @property
     def condition_rows(self) -> int:
@@ -29,7 +31,13 @@ class BranchLayout:
 
     def cond_index(self, prefixes: int | None = None) -> torch.Tensor:
         """Condition row of every batch row: ``0 .. condition_rows - 1`` repeated per prefix group."""
-        return torch.arange(self.condition_rows).repeat(self.prefixes if prefixes is None else prefixes)
+        first = self.batch if self.null_only else 0
+        return torch.arange(first, first + self.condition_rows).repeat(self.prefixes if prefixes is None else prefixes)
+
+    def prefix_index(self, prefixes: int | None = None) -> torch.Tensor:
+        """Prefix branch of every row: 0 (clean) for the first group, 1 (corrupted) for the second."""
+        groups = self.prefixes if prefixes is None else prefixes
+        return torch.arange(groups).repeat_interleave(self.condition_rows)
 
     def split(self, tensor: torch.Tensor) -> torch.Tensor:
         """(rows, ...) -> (prefixes, conditions, batch, ...)."""

@@ -27,7 +27,7 @@ what the accelerator stores (``cache_lengths.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -73,6 +73,10 @@ class _Run:
                 adapter, "supports_token_plans", False):
             raise ValueError(f"`acceleration` {acceleration.name!r} prunes tokens inside the transformer blocks, "
                              f"which {type(adapter).__name__} does not support")
+        if acceleration is not None and acceleration.needs_stream_plans and not getattr(
+                adapter, "supports_stream_plans", False):
+            raise ValueError(f"`acceleration` {acceleration.name!r} runs transformer blocks on a reduced stream, "
+                             f"which {type(adapter).__name__} does not support")
         self.chain = chain
         self.memories: dict[int, dict] = {}
         self.categories = getattr(adapter, "logit_categories", None)
@@ -81,6 +85,8 @@ class _Run:
         if cond_rows % conditions:
             raise ValueError(f"adapter built {cond_rows} condition rows, not a multiple of {conditions}")
         self.layout = BranchLayout(batch=cond_rows // conditions, conditions=conditions, prefixes=1)
+        if acceleration is not None:
+            self.acceleration = acceleration.start(self.layout.batch, generator)
         self.prefix = chain.prefix_term
         self.guided: set[int] = set()
         if self.prefix is not None:  # chosen on the schedule, so that skipping trailing steps moves nothing
@@ -114,7 +120,7 @@ class _Run:
         if self.acceleration is None:
             return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
         step = batch.steps[0]
-        batch.token_plan = self.acceleration.token_plan(step, cache)
+        batch.token_plan = self.acceleration.token_plan(step, cache, batch)
         cache.budget = self.acceleration.kv_budget(step)
         try:
             return self.adapter.forward(self.state, batch, cache, hook, last_tokens)
@@ -148,7 +154,7 @@ class _Run:
         target = self.adapter.num_layers + term.layer
         if isinstance(strengths, float) and strengths == 1.0:
             return None
-        layout = BranchLayout(self.layout.batch, self.layout.conditions, prefixes)
+        layout = replace(self.layout, prefixes=prefixes)
 
         def hook(block: int, hidden: torch.Tensor) -> torch.Tensor:
             if block != target:
@@ -158,8 +164,11 @@ class _Run:
         return hook
 
     def reduce_conditions(self, logits: torch.Tensor, prefixes: int, step: ScaleStep) -> torch.Tensor:
-        """(R, ...) logits -> (prefixes, B, ...) after the condition terms on each prefix branch."""
-        split = BranchLayout(self.layout.batch, self.layout.conditions, prefixes).split(logits)
+        """(R, ...) logits -> (prefixes, B, ...) after the condition terms on each prefix branch (the null rows'
+        logits as they are once the condition axis is off)."""
+        split = replace(self.layout, prefixes=prefixes).split(logits)
+        if self.layout.null_only:
+            return split[:, 0]
         return self.chain.reduce_conditions(split, self.context(step))
 
     def replay_corrupted(self, chunk: list[ScaleStep], patterns: dict[int, CorruptionPattern], cache: KVCache,
@@ -177,7 +186,8 @@ class _Run:
             contents.append(c.repeat(conditions, 1, 1))
             positions.append(p.repeat(conditions, 1))
             strengths.append(torch.full((s.num_sites,), self.strength(s)))
-        batch = RowBatch(self.layout.cond_index(1), torch.cat(contents, 1), torch.cat(positions, 1), chunk)
+        batch = RowBatch(self.layout.cond_index(1), torch.cat(contents, 1), torch.cat(positions, 1), chunk,
+                         prefix_index=torch.ones(self.layout.condition_rows, dtype=torch.long))
         token_strengths = torch.cat(strengths).to(batch.content.device)
         hook = self.hidden_hook(token_strengths, prefixes=1)
         return self.forward(batch, cache, hook, last_tokens)
@@ -195,7 +205,13 @@ class _Run:
                 self.patterns[s.index] = self.draw(s)
             self.replay_corrupted(chunk, self.patterns, corrupted, last_tokens=1)
             self.cache.extend_rows(corrupted)
-        self.layout = BranchLayout(self.layout.batch, self.layout.conditions, 2)
+        self.layout = replace(self.layout, prefixes=2)
+
+    def condition_axis_off(self) -> None:
+        """The conditional rows leave the batch and the cache (every prefix group keeps its null rows)."""
+        b, rows = self.layout.batch, self.layout.condition_rows
+        self.cache.select_rows([p * rows + b + i for p in range(self.layout.prefixes) for i in range(b)])
+        self.layout = replace(self.layout, conditions=1, null_only=True)
 
     def resampled_branch(self, step: ScaleStep) -> torch.Tensor:
         """The corrupted branch's logits at ``step`` from a fresh corruption of the whole prefix."""
@@ -212,6 +228,8 @@ class _Run:
     def run(self, on_step: StepCallback | None) -> Any:
         self.patterns: dict[int, CorruptionPattern] = {}
         for step in self.steps:
+            if self.acceleration is not None and self.layout.conditions == 2 and self.acceleration.condition_off(step):
+                self.condition_axis_off()
             if self.persistent and step.index == self.first:
                 self.join_corrupted_rows()
             inp = self.adapter.step_input(self.state, step)
@@ -229,7 +247,8 @@ class _Run:
                 corr_content, corr_positions = self.corrupted_input(step, pattern)
                 content = torch.cat([content, corr_content.repeat(conditions, 1, 1)])
                 positions = torch.cat([positions, corr_positions.repeat(conditions, 1)])
-            batch = RowBatch(self.layout.cond_index(prefixes), content, positions, [step])
+            batch = RowBatch(self.layout.cond_index(prefixes), content, positions, [step],
+                             prefix_index=self.layout.prefix_index(prefixes))
             strength = self.strength(step)
             hook = self.hidden_hook(strength, prefixes)
             logits = self.forward(batch, self.cache, hook, None)
@@ -245,7 +264,7 @@ class _Run:
                 self._record(step, batch.rows, clean, corrupted, out, codes, inp)
             if prefixes == 2 and step.index == self.last and not self.keep_corrupted_rows:
                 self.cache.select_rows(list(range(rows)), capacity=self.full_capacity)
-                self.layout = BranchLayout(self.layout.batch, conditions, 1)
+                self.layout = replace(self.layout, prefixes=1)
             if self.acceleration is not None:
                 self.acceleration.after_step(step, self.cache)
             if on_step is not None and on_step(step, self.state, out):

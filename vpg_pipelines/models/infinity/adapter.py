@@ -75,6 +75,7 @@ class InfinityAdapter:
         self.patchify = patch
         self.num_layers = transformer.config.depth
         self.supports_token_plans = True
+        self.supports_stream_plans = True
 
     def prepare(
         self,

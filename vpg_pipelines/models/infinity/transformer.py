@@ -25,7 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..adapter import SUBLAYERS, HiddenHook, TokenPlan
+from ..adapter import SUBLAYERS, HiddenHook, StreamPlan, TokenPlan
 from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens
 from ..kv_cache import KVCache
 from ..layers import Linear, cached_attention, step_causal_mask
@@ -520,7 +520,7 @@ class InfinityTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
         text: tuple | None = None,
-        token_plan: TokenPlan | None = None,
+        token_plan: TokenPlan | StreamPlan | None = None,
     ) -> torch.Tensor | InfinityCondition:
         """Bitwise logits ``(R, N or last_tokens, 2 * bits_per_site)`` float32 (pairs bit=0, bit=1).
 
@@ -536,8 +536,9 @@ class InfinityTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
             hidden_hook: ``hook(block_index, hidden)`` after every block (CFG at a hidden layer).
             last_tokens: return only the logits of the last ``n`` tokens.
             text: ``(text_features, text_lens, null_rows)``: return :meth:`encode_text`'s condition instead.
-            token_plan: an accelerator's token pruning of this (one-step) call; a ``KVCache`` budget
-                (``kv_cache.budget``) compresses each layer's cache after its attention.
+            token_plan: an accelerator's token pruning (``TokenPlan``) or reduced stream (``StreamPlan``) of this
+                (one-step) call; a ``KVCache`` budget (``kv_cache.budget``) compresses each layer's cache after
+                its attention.
         """
         if text is not None:
             return self._encode_text(*text)
@@ -574,12 +575,20 @@ class InfinityTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
             mask = step_causal_mask(token_steps.to(x.device), cached, dtype=torch.float32)
         sub = condition if condition.pooled.device == x.device else condition.to(x.device)
         only_first = bool(self.config.add_lvl_embeding_only_first_block)
+        stream = token_plan if isinstance(token_plan, StreamPlan) else None
+        sub_plan = token_plan if isinstance(token_plan, TokenPlan) else None
+        full_rope, head_dim = rope, self.config.embed_dim // self.config.num_heads
         for i, block in enumerate(self.iter_blocks()):
             if i == 0 or not only_first:
-                x = x + level
-            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv, memo, token_plan)
+                x = x + level[: x.shape[1]]  # one step per stream plan: a reduced stream has the same level
+            if stream is not None and (entered := stream.enter(i, x, position_ids)) is not None:
+                x, reduced = entered
+                rope = rope_cos_sin(reduced.to(x.device), head_dim)
+            x = block(x, modulation, rope, sub, cond_index, i, kv_cache, mask, store_kv, memo, sub_plan)
             if hidden_hook is not None:
                 x = hidden_hook(i, x)
+            if stream is not None and (left := stream.leave(i, x)) is not None:
+                x, rope = left, full_rope
         if last_tokens is not None:
             x = x[:, -last_tokens:]
         return self.head(self.head_nm(x, cond)).float()

@@ -108,6 +108,7 @@ class InfinityStarAdapter:
         self.num_layers = transformer.config.depth
         self.logit_categories = int(transformer.config.num_of_label_value)
         """The logits' last dimension holds (bit, label) pairs flat: one 2-way distribution per bit."""
+        self.supports_stream_plans = True
 
     # -- preparation -------------------------------------------------------------------------------
     def prepare(
@@ -313,10 +314,12 @@ class InfinityStarAdapter:
         head = "semantic" if tail[0].semantic_head else "detail"
         content = batch.content.to(state.dtype)
         coords = state.unpack_positions(batch.position_ids.to(state.device))
+        if batch.token_plan is not None and len(steps) > 1:
+            raise ValueError("a stream plan acts on one step's call; the batch holds several steps")
         if len(steps) == 1 or hidden_hook is not None:
             store = all(s.store_kv for s in steps)
             logits = self._call(state, steps, content, coords, kv_cache, store, head, hidden_hook, last_tokens,
-                                batch.cond_index)
+                                batch.cond_index, batch.token_plan)
             return self._apply_tau(logits, steps)
         outs, start = [], 0
         for s in steps:
@@ -331,7 +334,7 @@ class InfinityStarAdapter:
             start = end
         return torch.cat(outs, dim=1)
 
-    def _call(self, state, steps, content, coords, kv_cache, store, head, hook, last_tokens, cond_index):
+    def _call(self, state, steps, content, coords, kv_cache, store, head, hook, last_tokens, cond_index, plan=None):
         ranges, mask = self._visibility(state, steps, kv_cache.length, [s.num_sites for s in steps])
         keys = sum(b - a for a, b in ranges) + content.shape[1]
         text_mask = state.text_key_mask(cond_index, keys)
@@ -341,7 +344,7 @@ class InfinityStarAdapter:
         try:
             return self.transformer(
                 inputs=content, position_ids=coords, kv_cache=kv_cache, store_kv=store, attn_mask=mask,
-                head=head, hidden_hook=hook, last_tokens=last_tokens,
+                head=head, hidden_hook=hook, last_tokens=last_tokens, stream_plan=plan,
             )
         finally:
             kv_cache.visible = previous

@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..adapter import HiddenHook
+from ..adapter import HiddenHook, StreamPlan
 from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens, chunks_needed, token_spans
 from ..kv_cache import KVCache
 from ..layers import Linear
@@ -340,6 +340,7 @@ class InfinityStarTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
         head: str = "detail",
         hidden_hook: HiddenHook | None = None,
         last_tokens: int | None = None,
+        stream_plan: StreamPlan | None = None,
     ) -> torch.Tensor:
         """Logits (float32) of visual tokens, or the hidden states of the text prefix.
 
@@ -353,6 +354,7 @@ class InfinityStarTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
             head: ``"semantic"`` (``semantic_head2``), ``"detail"`` (``head``) or ``"none"`` (hidden states).
             hidden_hook: ``hook(block_index, hidden)`` after every block.
             last_tokens: return only the last ``n`` tokens.
+            stream_plan: runs of blocks on a reduced stream (one step's call; see ``StreamPlan``).
         """
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {HEADS}, got {head!r}")
@@ -367,10 +369,18 @@ class InfinityStarTransformer(ForwardChunkingMixin, ModelMixin, ConfigMixin):
         if position_ids.shape != (*x.shape[:2], ROPE_AXES):
             raise ValueError(f"`position_ids` must be {(*x.shape[:2], ROPE_AXES)}, got {tuple(position_ids.shape)}")
         rope = rope_angles(position_ids, self.head_dim, self.config.rope_base)
+        full_rope, full_mask, mask = rope, attn_mask, attn_mask
         for i, block in enumerate(self.iter_blocks()):
-            x = block(x, rope, i, kv_cache, store_kv, attn_mask)
+            if stream_plan is not None and (entered := stream_plan.enter(i, x, position_ids)) is not None:
+                x, reduced = entered
+                rope = rope_angles(reduced, self.head_dim, self.config.rope_base)
+                if mask is not None:  # one step: the new tokens' columns come last and hide nothing
+                    mask = mask[..., : mask.shape[-1] - position_ids.shape[1] + reduced.shape[1]]
+            x = block(x, rope, i, kv_cache, store_kv, mask)
             if hidden_hook is not None:
                 x = hidden_hook(i, x)
+            if stream_plan is not None and (left := stream_plan.leave(i, x)) is not None:
+                x, rope, mask = left, full_rope, full_mask
         if last_tokens is not None:
             x = x[:, -last_tokens:]
         if head == "none":
