@@ -1,4 +1,4 @@
-"""The VPG Accelerate node: a training-free accelerator (FastVAR, ScaleKV) on a VPG model.
+"""The VPG Accelerate node: a training-free accelerator (FastVAR, FasterVAR, ScaleKV) on a VPG model.
 
 Chained like a guidance node (``VPG_MODEL`` in, a clone with the accelerator out, the input unchanged); the
 sampler passes it to the pipeline as ``acceleration=`` (the same preset names and config mappings as the
@@ -29,17 +29,17 @@ class VPGAccelerate(io.ComfyNode):
             node_id="VPGAccelerate",
             display_name="VPG Accelerate",
             category=CATEGORY,
-            description="A training-free accelerator for Infinity models (FastVAR: token pruning at the largest "
-                        "scales; ScaleKV: a K/V cache budget), composed with every guidance node. Returns a "
-                        "patched copy.",
+            description="A training-free accelerator for Infinity and InfinityStar models (FastVAR: token pruning "
+                        "at the largest scales; FasterVAR: CFG off on the last scales and a low-rank last scale; "
+                        "ScaleKV: a K/V cache budget), composed with every guidance node. Returns a patched copy.",
             inputs=[
                 model_input(),
                 io.Combo.Input("preset", options=acceleration_names(), default="fastvar",
                                tooltip=f"The authors' released setting by name (none = off). {_preset_help()}."),
                 io.String.Input("config", default="", multiline=True,
                                 tooltip="Optional, replaces the preset: a JSON object such as {\"method\": "
-                                        "\"fastvar\", \"blocks\": [0, 2]} (the fields of FastVAR / ScaleKV; "
-                                        "docs/acceleration.md)."),
+                                        "\"fastvar\", \"blocks\": [0, 2]} (the fields of FastVAR / FasterVAR / "
+                                        "ScaleKV; docs/acceleration.md)."),
             ],
             outputs=[VPG_MODEL.Output(display_name="model")],
         )
@@ -58,8 +58,8 @@ class VPGAccelerate(io.ComfyNode):
         allowed = presets_for(model.kind.name)
         if not allowed:
             raise fail(node_title, f"no accelerator applies to {model.source} (kind {model.kind.name}); the presets "
-                                   f"{', '.join(PRESETS)} are for Infinity models. Remove this node or set `preset` "
-                                   "to none.")
+                                   f"{', '.join(PRESETS)} are for Infinity and InfinityStar models. Remove this "
+                                   "node or set `preset` to none.")
         try:
             method = resolve_acceleration(value)
         except ValueError as err:

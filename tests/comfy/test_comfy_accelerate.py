@@ -74,7 +74,8 @@ def test_refusals_name_the_node_and_the_widget(infinity):
     cond = run(VPGTextEncode, model=infinity, prompt=PROMPT, negative_prompt="")[0]
     cases = [
         (lambda: accelerate(demo), r"^VPG Accelerate: no accelerator applies to .* \(kind var\); the presets "
-                                   r"fastvar, scalekv, scalekv-2b, scalekv-8b are for Infinity models"),
+                                   r"fastvar, scalekv, scalekv-2b, scalekv-8b, fastervar, fastervar-cfg0 are for "
+                                   r"Infinity and InfinityStar models"),
         (lambda: accelerate(infinity, "fast"), "^VPG Accelerate: `preset` must be one of 'none', 'fastvar'"),
         (lambda: accelerate(infinity, config="[1]"), "^VPG Accelerate: `config` must be a JSON object"),
         (lambda: accelerate(infinity, config="{method"), "^VPG Accelerate: `config` is not valid JSON"),
