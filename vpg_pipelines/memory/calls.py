@@ -103,7 +103,8 @@ def plan_inputs(
     replay = parts.pop("replay")
     refresh = vpg.refresh if vpg is not None else "persistent"
     rows = call.batch * (2 if cfg else 1)
-    timeline = kv_timeline(steps, replay.geometry(), rows, guided, refresh, replay.prefix_tokens)
+    shared = vpg.shared_steps(steps) if guided else 1
+    timeline = kv_timeline(steps, replay.geometry(), rows, guided, refresh, replay.prefix_tokens, shared)
     settings = {
         "model": model,
         "dtype": str(planned_dtype).replace("torch.", ""),

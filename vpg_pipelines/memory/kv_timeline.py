@@ -104,6 +104,7 @@ def kv_timeline(
     guided: set[int],
     refresh: str = "persistent",
     prefix_tokens: int = 0,
+    shared: int = 1,
 ) -> list[KVStep]:
     """The cache of a sampling run, step by step (see the module docstring).
 
@@ -114,6 +115,8 @@ def kv_timeline(
         guided: the VPG-guided step indices (:func:`guided_steps`).
         refresh: ``"persistent"`` or ``"resample"``.
         prefix_tokens: tokens prefilled before step 0 (InfinityStar's text).
+        shared: leading steps the corrupted branch shares with the clean one
+            (:meth:`~vpg_pipelines.guidance.prefix.PrefixGuidance.shared_steps`).
     """
     g, rows_c = geometry, condition_rows
     ends, total = [], prefix_tokens
@@ -134,14 +137,14 @@ def kv_timeline(
             events.append(("prefill", g.storage(rows, capacity), Forward(rows, (), 0, prefix_tokens)))
             length = prefix_tokens
         if persistent and step.index == first:
-            base = ends[0]
+            base = ends[shared - 1]
             if length == base:  # select_rows(list(range(R)) * 2): same capacity
                 events.append(("join: duplicate rows", g.rebuild_peak(rows_c, capacity, 2 * rows_c, capacity, length),
                                None))
             else:  # clone_rows, replay of the earlier steps corrupted, extend_rows
                 live, clone = g.storage(rows_c, capacity), g.storage(rows_c, capacity)
                 events.append(("join: clone rows", live + clone + g.unit(rows_c, base), None))
-                chunk = tuple(s.index for s in steps[1 : step.index] if s.store_kv)
+                chunk = tuple(s.index for s in steps[shared : step.index] if s.store_kv)
                 events.append(("join: replay", live + clone, Forward(rows_c, chunk, base, 1)))
                 peak = g.storage(2 * rows_c, capacity) + g.unit(rows_c, capacity) + clone
                 events.append(("join: extend rows", peak, None))
@@ -153,11 +156,12 @@ def kv_timeline(
         events.append(("forward", storage, Forward(rows, (step.index,), length)))
         length += step.num_sites if step.store_kv else 0
         if step.index in guided and not persistent:  # resample: clone + replay of a fresh corrupted prefix
-            chunk = tuple(s.index for s in steps[1 : step.index] if s.store_kv) + (step.index,)
-            cap = ends[0] + sum(steps[i].num_sites for i in chunk)
+            chunk = tuple(s.index for s in steps[shared : step.index] if s.store_kv) + (step.index,)
+            base = ends[shared - 1]
+            cap = base + sum(steps[i].num_sites for i in chunk)
             clone = g.storage(rows_c, cap)
-            events.append(("resample: clone rows", storage + clone + g.unit(rows_c, ends[0]), None))
-            events.append(("resample: replay", storage + clone, Forward(rows_c, chunk, ends[0], step.num_sites)))
+            events.append(("resample: clone rows", storage + clone + g.unit(rows_c, base), None))
+            events.append(("resample: replay", storage + clone, Forward(rows_c, chunk, base, step.num_sites)))
         record.after = storage
         if persistent and step.index == last:  # select_rows(range(R), capacity=total)
             events.append(("leave: drop corrupted rows", g.rebuild_peak(rows, capacity, rows_c, total, length), None))

@@ -452,7 +452,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         batch = num_prompts * a["num_videos_per_prompt"]
         num_scales = len(plan.schedule)
         vpg = self.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"],
-                                   a["vpg_scales"], num_scales)
+                                   a["vpg_scales"], num_scales, a["vpg_corrupt_conditioning"])
         extra = (a["igg_scale"], a["ssg_scale"], a["entropy_temperature"], a["entropy_temperature_t0"],
                  a["entropy_temperature_alpha"], a["entropy_temperature_theta"], a["guiders"])
         check_guidance_args(*extra)
@@ -461,9 +461,6 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                                              eta=0.0)
         else:
             term = ClassifierFreeGuidance(float(a["guidance_scale"]), schedule=self.cfg_schedule)
-        steps = tuple(plan_scale_steps(plan))
-        scales = [step.scale for step in steps]
-        guidance = CallGuidance(term, vpg, *extra, step_scales=scales)
         forced = video = None
         conditioning = 0
         if a["prefix_codes"] is not None:
@@ -477,6 +474,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                 for v in videos_of(a["video"], num_prompts)
             ])
             conditioning = sum(1 for s in plan.steps if s.clip < condition_clips(count))
+        steps = tuple(plan_scale_steps(plan, conditioning))
+        scales = [step.scale for step in steps]
+        guidance = CallGuidance(term, vpg, *extra, step_scales=scales)
         return InfinityStarCall(
             arguments=frozen(a), batch=batch, steps=steps, num_scales=num_scales, guidance=guidance,
             with_null=guidance.chain.uses_conditions(scales, num_scales), callback_tensor_inputs=tuple(tensor_inputs),
@@ -526,6 +526,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         vpg_mode: str = "full",
         vpg_refresh: str = "persistent",
         vpg_scales: str | Sequence[int] = "semantic",
+        vpg_corrupt_conditioning: bool = False,
         igg_scale: float | None = None,
         ssg_scale: float = 0.0,
         entropy_temperature: bool = False,
@@ -618,6 +619,10 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             vpg_scales (`str` or `list[int]`, *optional*, defaults to `"semantic"`):
                 The guided scales (resolution levels): ``"semantic"`` (relative scale index <
                 ``semantic_scales``, the paper's scheduled VPG), ``"all"``, or a list of scale indices.
+            vpg_corrupt_conditioning (`bool`, *optional*, defaults to `False`):
+                With ``image`` or ``video``: also corrupt the forced image / video codes in VPG's corrupted
+                branch (which then also contrasts the conditioning). ``False``: they are conditioning, like
+                the text, the same in both branches; VPG contrasts only the generated prefix (docs/vpg.md).
             igg_scale (`float`, *optional*):
                 Information-Grounding Guidance's ``w`` (>= 0), added to APG / CFG with the weight
                 ``1 + w·k/(K - 1)`` (``k`` counts the scales of all clips); ``None`` turns it off (``0``
@@ -714,7 +719,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
 
         adapter = InfinityStarAdapter(self.transformer, self.vae)
         state = adapter.prepare(plan, texts, negatives, with_null=with_null, forced_bits=forced, device=device,
-                                dtype=torch.float32)
+                                dtype=torch.float32, conditioning_steps=call.conditioning_steps)
 
         with self.progress_bar(total=len(plan.steps)) as progress:
 
@@ -769,11 +774,12 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         vpg_refresh: str,
         vpg_scales: str | Sequence[int],
         num_scales: int | None = None,
+        vpg_corrupt_conditioning: bool = False,
     ) -> PrefixGuidance:
         """Validated VPG settings; explicit scale lists are checked against ``num_scales``, the call's number
         of scales (default :attr:`num_scales`)."""
         return build_prefix_guidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales,
-                                     num_scales or self.num_scales)
+                                     num_scales or self.num_scales, vpg_corrupt_conditioning)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod

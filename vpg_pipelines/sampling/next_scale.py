@@ -15,6 +15,10 @@ so the remaining steps cost exactly what CFG alone costs.
 
 ``resample`` refresh: at each guided step a fresh corruption of the whole prefix is drawn and the
 corrupted branch is recomputed from the start token in a second, block-causal call.
+
+Conditioning steps (codes given, not generated: InfinityStar's image-to-video image, a continued video;
+``ScaleStep.conditioning``) are shared by both branches like the start token: the corrupted rows copy their
+keys / values and never corrupt them, unless the prefix term says ``corrupt_conditioning`` (docs/vpg.md).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class _Run:
         if self.prefix is not None:
             self.guided = self.prefix.guided_steps(self.steps, self.num_scales)
         self.persistent = bool(self.guided) and self.prefix.refresh == "persistent"
+        # leading steps both branches share (the first step; conditioning codes unless VPG corrupts them)
+        self.shared = self.prefix.shared_steps(self.steps) if self.guided else 1
         self.first = min(self.guided) if self.guided else None
         self.last = max(self.guided) if self.guided else None
         self.keep_corrupted_rows = keep_corrupted_rows
@@ -148,13 +154,13 @@ class _Run:
 
     def join_corrupted_rows(self) -> None:
         """Add the corrupted rows to the cache before the first guided step."""
-        base = self.ends[0]
+        base = self.ends[self.shared - 1]
         rows = self.layout.condition_rows
-        if self.cache.length == base:  # only the (uncorruptible) first scale so far
+        if self.cache.length == base:  # only the shared steps so far (the first scale, conditioning)
             self.cache.select_rows(list(range(rows)) * 2)
         else:
             corrupted = self.cache.clone_rows(list(range(rows)), base, self.cache.capacity)
-            chunk = [s for s in self.steps[1 : self.first] if s.store_kv]
+            chunk = [s for s in self.steps[self.shared : self.first] if s.store_kv]
             for s in chunk:
                 self.patterns[s.index] = self.draw(s)
             self.replay_corrupted(chunk, self.patterns, corrupted, last_tokens=1)
@@ -163,12 +169,13 @@ class _Run:
 
     def resampled_branch(self, step: ScaleStep) -> torch.Tensor:
         """The corrupted branch's logits at ``step`` from a fresh corruption of the whole prefix."""
-        chunk = [s for s in self.steps[1 : step.index] if s.store_kv] + [step]
+        chunk = [s for s in self.steps[self.shared : step.index] if s.store_kv] + [step]
         patterns = {s.index: self.draw(s) for s in chunk}
         if self.trace is not None:
             self.trace.resampled[step.index] = patterns
-        capacity = self.ends[0] + sum(s.num_sites for s in chunk)
-        cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), self.ends[0], capacity)
+        base = self.ends[self.shared - 1]
+        capacity = base + sum(s.num_sites for s in chunk)
+        cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), base, capacity)
         logits = self.replay_corrupted(chunk, patterns, cache, last_tokens=step.num_sites)
         return self.reduce_conditions(logits, 1, step)[0]
 
