@@ -20,10 +20,9 @@ import torch
 
 from tests.helpers.infinity import load_fixture
 from tests.helpers.memory_probe import probe_call
-from tests.helpers.shared import REPO, shared_path
-from tests.helpers.tiny_text import tiny_t5
+from tests.helpers.shared import shared_path
+from tests.helpers.star import fast_480p_pipe
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, load_demo_pipeline
-from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer
 from vpg_pipelines.memory import OFFLOAD_MODES, estimate_memory, weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
 from vpg_pipelines.memory.meter import TensorMeter
@@ -32,9 +31,8 @@ from vpg_pipelines.models.adapter import RowBatch
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
 from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.sampling.next_scale import SamplerTrace
+from vpg_pipelines.testing import STAR_FAST_ARGS, tiny_t5
 
-STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11,
-             "semantic_scales": 8, "detail_scale_min_tokens": 100}
 VPG_LAYOUTS = {
     "cfg only": {"vpg_scale": 1.0},
     "vpg all": {"vpg_scale": 1.5, "vpg_scales": "all"},
@@ -68,7 +66,7 @@ def infinity():
 def star():
     root = shared_path("parity", "infinity_star")
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    config["args"] = {**config.get("args", {}), **STAR_FAST_ARGS}
     parity = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                    config=config)
     torch.manual_seed(0)
@@ -121,16 +119,7 @@ def test_kv_cache_plan_equals_what_the_sampler_allocates(kind, layout, demo, inf
 @pytest.fixture(scope="module")
 def star480():
     """The 480p fixture's transformer, 10 s (three clips), one repetition per scale, a narrow random VAE."""
-    root = REPO / "tests" / "fixtures" / "infinity_star_480p"
-    config = json.loads((root / "config.json").read_text())
-    transformer = load_infinity_star_transformer(root / "infinity_star_480p.safetensors", text_maxlen=512)
-    torch.manual_seed(0)
-    vae = InfinityStarVideoVAE(block_out_channels=(8, 8, 8, 8, 8), detail_scale_min_tokens=100).eval()
-    encoder, tokenizer = tiny_t5(transformer.config.text_channels)
-    args = {**config["args"], "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11}
-    pipe = VPGInfinityStarPipeline(transformer, vae, encoder, tokenizer, official_args=args, variant="480p")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return fast_480p_pipe()
 
 
 @pytest.mark.parametrize("corrupt", [False, True])

@@ -33,12 +33,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers.shared import REPO, shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityStarPipeline
 from vpg_pipelines.models.infinity_star.conditioning import clip_frame_indices, prefix_clip_bits
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
 from vpg_pipelines.pipelines.media_input import condition_frames
 from vpg_pipelines.sampling.next_scale import SamplerTrace
+from vpg_pipelines.testing import tiny_t5
 from vpg_pipelines.utils import read_video
 
 ROOT = REPO / "tests" / "fixtures" / "infinity_star_480p"
