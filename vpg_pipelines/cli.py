@@ -41,7 +41,8 @@ from .utils import export_to_video
 from .visual import comparison_grid, comparison_video
 
 VIDEO_SUFFIXES = (".mp4",)
-FLAGS = {"source": "--model", "companion": "--vae", "config": "--config", "text_encoder": "--text-encoder"}
+FLAGS = {"source": "--model", "companion": "--vae", "config": "--config", "text_encoder": "--text-encoder",
+         "variant": "--variant"}
 """The loader's argument names (:class:`~.loading.auto.SourceError`) as flags."""
 
 
@@ -112,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Infinity: output height (snapped to a template); InfinityStar: a schedule's height")
     gen.add_argument("--width", type=int, default=None, help="like --height")
     gen.add_argument("--num-frames", type=int, default=None,
-                     help="InfinityStar only: 1 or 1 + 16k (default: 1 for an image --out, else the model's length)")
+                     help="InfinityStar only: 480p 81 or 161 (5 / 10 s), 720p 1 or 1 + 16k up to 81 (default: 1 for an "
+                          "image --out, else 81; with --video 161)")
+    gen.add_argument("--video", default=None,
+                     help="InfinityStar 480p: continue this video (at least 5 s; its first 5 s are kept) to a 10 s "
+                          ".mp4 --out")
+    gen.add_argument("--variant", choices=list(KINDS["infinity_star"].variants), default=None,
+                     help="InfinityStar official checkpoint: the script to run it like (default: from its name)")
     gen.add_argument("--num-images", type=int, default=1, help="images (InfinityStar: videos) per prompt")
     gen.add_argument("--out", default="out.png",
                      help="output image (.png, .jpg; several images: a grid) or, InfinityStar, video (.mp4)")
@@ -162,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder; without it the folder takes prompt_embeds only")
     conv.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: --text-encoder's)")
     conv.add_argument("--config", default=None, help="JSON with the official constructor args / settings")
+    conv.add_argument("--variant", choices=list(KINDS["infinity_star"].variants), default=None,
+                      help="--infinity-star: the official script to run it like (default: from the checkpoint's name)")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     conv.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                       help="store the transformer quantized: int8 (TorchAO) or nf4 (bitsandbytes, CUDA); "
@@ -184,10 +193,10 @@ def _kind(model: str) -> ModelKind:
         raise _flag_error(err) from None
 
 
-def _load(model: str, vae: str | None, config: str | None, dtype: torch.dtype | None):
-    """``--model`` (+ ``--vae``, ``--config``) through the one loader; its errors name the flags."""
+def _load(model: str, vae: str | None, config: str | None, dtype: torch.dtype | None, variant: str | None = None):
+    """``--model`` (+ ``--vae``, ``--config``, ``--variant``) through the one loader; its errors name the flags."""
     try:
-        return load_pipeline(model, vae, read_json_object(config, "--config"), dtype)
+        return load_pipeline(model, vae, read_json_object(config, "--config"), dtype, variant=variant)
     except SourceError as err:
         raise _flag_error(err) from None
 
@@ -267,12 +276,18 @@ def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -
     if kind.conditioning == "class" and {args.negative_prompt, args.height, args.width} != {None}:
         raise ValueError("--negative-prompt, --height and --width apply to Infinity and InfinityStar pipeline "
                          "folders only")
+    if kind.media != "video" and (args.video is not None or args.variant is not None):
+        raise ValueError("--video and --variant apply to InfinityStar only")
     if kind.media == "video":
         if args.top_k is not None or args.top_p is not None:
             raise ValueError("--top-k and --top-p do not apply to InfinityStar (its sampler has no such filters)")
         if suffix not in VIDEO_SUFFIXES and args.num_frames not in (None, 1):
             raise ValueError(f"--out {out} is an image: pass --num-frames 1 (or leave it out), or write a video "
                              f"with --out {out.with_suffix('.mp4').name}")
+        if args.video is not None and suffix not in VIDEO_SUFFIXES:
+            raise ValueError(f"--video continues a video: write it to a .mp4 --out, not {out.name}")
+        if args.video is not None and not Path(args.video).is_file():
+            raise FileNotFoundError(f"--video {args.video}: no such file")
 
 
 def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> tuple[list, dict]:
@@ -290,7 +305,7 @@ def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> 
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
     if video:
         options |= {"num_frames": args.num_frames if args.num_frames or as_video else 1,
-                    "num_videos_per_prompt": args.num_images}
+                    "num_videos_per_prompt": args.num_images, "video": getattr(args, "video", None)}
     else:
         options["num_images_per_prompt"] = args.num_images
     return prompts, {k: v for k, v in options.items() if v is not None}
@@ -319,7 +334,7 @@ def _generate(args: argparse.Namespace) -> None:
     device = pick_device(args.device, "--device")
     check_quantization(args.quantization, device, argument="--quantization")  # before minutes of loading
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(kind.gpu_dtype, device)
-    pipe = _load(args.model, args.vae, args.config, dtype)
+    pipe = _load(args.model, args.vae, args.config, dtype, args.variant)
     video = kind.media == "video"
     prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES)
     count = len(prompts) * args.num_images
@@ -401,6 +416,10 @@ def _convert(args: argparse.Namespace) -> None:
     check_quantization(quantization)
     kind = KINDS["var" if args.var else "infinity" if args.infinity else "infinity_star"]
     options = {"config": cfg, "torch_dtype": dtype, "quantization": quantization}
+    if args.variant is not None:
+        if kind.name != "infinity_star":
+            raise ValueError("--variant goes with --infinity-star")
+        options["variant"] = args.variant
     if kind.text_encoder:  # text encoder and tokenizer by path or hub id
         options.update(text_encoder=args.text_encoder, tokenizer=args.tokenizer)
     pipe = kind.pipeline_class.from_official(source, args.vae, **options)

@@ -2,10 +2,10 @@
 
 ``tests/helpers/device_constraints.py`` makes the CPU take the code paths such a device takes and fails on the
 first float64 or float8 tensor op outside ``vpg_pipelines.devices.host_compute`` (the explicit host helper).
-Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image and image-to-video, forward
-chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG,
-SSG, entropy temperature), the accelerators (FastVAR, ScaleKV, FasterVAR) with VPG, the ComfyUI node classes' sampling
-paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
+Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image, image-to-video and 480p video
+continuation, forward chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and
+two refresh rules, IGG, SSG, entropy temperature), the accelerators (FastVAR, ScaleKV, FasterVAR) with VPG, the
+ComfyUI node classes' sampling paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
 A float64 slipping into the sampler fails here, on a Linux CPU machine.
 """
 
@@ -32,7 +32,7 @@ from tests.helpers.comfy import load, run
 from tests.helpers.device_constraints import DeviceConstraintError, device_constraints
 from tests.helpers.evaluation import DEMO_FLAGS, run_here
 from tests.helpers.infinity import fixture_embeds, make_pipe
-from tests.helpers.star import SIZE
+from tests.helpers.star import SIZE, fast_480p_pipe
 from vpg_pipelines import VPGInfinityStarPipeline
 from vpg_pipelines.acceleration import INFINITY_2B_10, FasterVAR, FastVAR, ScaleKV
 from vpg_pipelines.cli import main
@@ -210,6 +210,19 @@ def test_fastervar_paths(star):
                       acceleration=FasterVAR(draw_log=star_draws), generator=gens(0)).frames
     assert torch.isfinite(images).all() and torch.isfinite(frames).all() and mode.ops > 0
     assert infinity_draws and star_draws  # the low-rank scale ran on both
+
+
+@torch.no_grad()
+def test_infinity_star_continuation_path():
+    """``video=`` (480p continuation): reading and cropping the frames, the posterior-sampled encode, the
+    quantization of the 81 condition frames, the forced clips kept clean by VPG, the generated clip."""
+    pipe = fast_480p_pipe()
+    video = [PIL.Image.new("RGB", (40, 24), (10 * i % 256, 90, 200)) for i in range(80)]  # 5 s at 16 fps
+    with device_constraints("mps") as mode:
+        latents = pipe(prompt="a red fox", video=video, sample_posterior=True, vpg_scale=2.0,
+                       generator=gens(0), output_type="latent").frames
+    assert latents.shape[2] == 41 and torch.isfinite(latents).all()
+    assert mode.host_ops > 0  # APG's projection went to the host
 
 
 # -- the ComfyUI node classes ----------------------------------------------------------------------------------

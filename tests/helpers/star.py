@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.shared import shared_path
+from tests.helpers.shared import REPO, shared_path
 from vpg_pipelines import VPGInfinityStarPipeline
+from vpg_pipelines.loading.infinity_star import load_infinity_star_transformer
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
 from vpg_pipelines.testing import STAR_PARITY_ARGS, tiny_t5
 
@@ -46,3 +47,20 @@ def fast_pipe(parity_pipe):
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
+
+
+def fast_480p_pipe() -> VPGInfinityStarPipeline:
+    """The 480p fixture's transformer (tests/fixtures/infinity_star_480p, its shrunk 0.06M schedule) under the
+    480p settings with one repetition per scale, a narrow random VAE and a tiny T5: cheap 10 s videos and
+    continuations for behaviour tests."""
+    root = REPO / "tests" / "fixtures" / "infinity_star_480p"
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    transformer = load_infinity_star_transformer(root / "infinity_star_480p.safetensors",
+                                                 text_maxlen=config["text_maxlen"])
+    torch.manual_seed(0)
+    vae = InfinityStarVideoVAE(block_out_channels=(8, 8, 8, 8, 8), detail_scale_min_tokens=100).eval()
+    encoder, tokenizer = tiny_t5(transformer.config.text_channels)
+    args = {**config["args"], "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11}
+    pipe = VPGInfinityStarPipeline(transformer, vae, encoder, tokenizer, official_args=args, variant="480p")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

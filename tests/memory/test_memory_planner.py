@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
 from tests.helpers.infinity import load_fixture
 from tests.helpers.memory_probe import probe_call
 from tests.helpers.shared import shared_path
+from tests.helpers.star import fast_480p_pipe
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, load_demo_pipeline
 from vpg_pipelines.memory import OFFLOAD_MODES, estimate_memory, weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
@@ -111,6 +114,35 @@ def test_kv_cache_plan_equals_what_the_sampler_allocates(kind, layout, demo, inf
     else:  # the corrupted rows joined (twice the rows) and left again
         assert max(rows) == 2 * min(rows) and {"join", "leave"} <= events
     assert ("resample" in events) == (layout == "vpg resample")
+
+
+@pytest.fixture(scope="module")
+def star480():
+    """The 480p fixture's transformer, 10 s (three clips), one repetition per scale, a narrow random VAE."""
+    return fast_480p_pipe()
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+@pytest.mark.parametrize("layout", ["vpg all", "vpg resample", "vpg late list"])
+def test_kv_cache_plan_with_image_conditioning(layout, corrupt, star480, monkeypatch):
+    """``image=``: the image clip is conditioning. Kept clean (the default) the corrupted rows share its keys and
+    values; a scale list that starts in the last clip makes them replay the generated clip 1 only."""
+    image = PIL.Image.fromarray((np.random.default_rng(0).random((60, 100, 3)) * 255).astype(np.uint8))
+    vpg = VPG_LAYOUTS.get(layout) or {"vpg_scale": 1.5, "vpg_scales": [24, 25]}
+    kwargs = {"prompt": "a red fox in the snow", "num_frames": 161, "image": image, "output_type": "latent",
+              "vpg_corrupt_conditioning": corrupt, **vpg}
+    kwargs = _with_generators(star480, kwargs)
+    estimate = star480.estimate_memory(**kwargs)
+    trace = SamplerTrace()
+    _, probe = probe_call(star480, monkeypatch, trace=trace, **kwargs)
+    assert [s.index for s in estimate.kv] == sorted(trace.cache_bytes)
+    for step in estimate.kv:
+        assert step.after == trace.cache_bytes[step.index], step.index
+        assert step.peak == probe.kv_peak(step.index), (step.index, step.events)
+    assert (min(trace.corrupted) < 11) == (corrupt and layout != "vpg late list")
+    replays = [f for s in estimate.kv for what, _, f in s.events if what == "join: replay"]
+    if layout == "vpg late list":  # rows join at step 24: clip 1's cached scale (step 21) replayed corrupted
+        assert [f.steps for f in replays] == [(10, 21) if corrupt else (21,)]
 
 
 @pytest.mark.parametrize("case", ["igg replaces cfg", "vpg from guiders, first half"])

@@ -86,9 +86,9 @@ def test_call_signature_and_components(fast_pipe):
     params = inspect.signature(VPGInfinityStarPipeline.__call__).parameters
     for name in ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask",
                  "num_frames", "height", "width", "guidance_scale", "guidance", "apg_norm_threshold", "tau_image",
-                 "tau_video", "image", "prefix_codes", "generator", "vpg_scale", "vpg_corruption", "vpg_mode",
-                 "vpg_refresh", "vpg_scales", "output_type", "return_dict", "callback_on_step_end",
-                 "callback_on_step_end_tensor_inputs"):
+                 "tau_video", "image", "video", "video_fps", "sample_posterior", "prefix_codes", "generator",
+                 "vpg_scale", "vpg_corruption", "vpg_mode", "vpg_refresh", "vpg_scales", "vpg_corrupt_conditioning",
+                 "output_type", "return_dict", "callback_on_step_end", "callback_on_step_end_tensor_inputs"):
         assert name in params
     assert set(fast_pipe.components) == {"transformer", "vae", "text_encoder", "tokenizer"}
     assert fast_pipe.model_cpu_offload_seq == "text_encoder->transformer->vae" and fast_pipe.fps == 16
@@ -327,6 +327,31 @@ def test_image_forces_the_image_clip(fast_pipe):
     torch.testing.assert_close(by_tensor, runs[0], atol=0, rtol=0)
 
 
+@torch.no_grad()
+def test_vpg_keeps_the_image_clean_unless_asked(fast_pipe):
+    """``image=``: the image clip's steps are conditioning; VPG corrupts only the generated clip by default, the
+    image too with ``vpg_corrupt_conditioning=True`` (docs/vpg.md, "Conditioned prefixes")."""
+    image = PIL.Image.fromarray((np.random.default_rng(1).random((90, 160, 3)) * 255).astype(np.uint8))
+    kw = dict(image=image, num_frames=17, **SIZE, output_type="latent", vpg_scale=1.5, vpg_scales="all")
+    call = fast_pipe.resolve_call(prompt="a cat", **kw)
+    image_steps = [s.index for s in call.plan.steps if s.clip == 0]
+    assert call.conditioning_steps == len(image_steps) == 11
+    assert [s.conditioning for s in call.steps] == [s.index < 11 for s in call.steps]
+    assert min(call.prefix.guided_steps(call.steps, call.num_scales)) == 11
+    runs = {}
+    for corrupt in (False, True):
+        trace = SamplerTrace()
+        runs[corrupt] = fast_pipe("a cat", **kw, vpg_corrupt_conditioning=corrupt, generator=gens(0),
+                                  trace=trace).frames
+        guided = sorted(trace.corrupted)
+        assert guided[0] == (1 if corrupt else 11) and guided[-1] == len(call.steps) - 1
+        assert (min(trace.patterns) < 11) == corrupt
+    assert torch.equal(runs[False][:, :, :1], runs[True][:, :, :1])  # the image clip is forced either way
+    assert not torch.equal(runs[False][:, :, 1:], runs[True][:, :, 1:])
+    with pytest.raises(ValueError, match="`vpg_corrupt_conditioning` must be a bool"):
+        fast_pipe.resolve_call(prompt="a cat", **kw, vpg_corrupt_conditioning="no")
+
+
 def test_prefix_codes_and_image_are_validated(fast_pipe, fixture_files):
     kw = dict(prompt="a cat", num_frames=17, **SIZE, output_type="latent")
     with pytest.raises(ValueError, match="prefix_codes\\[1\\]"):
@@ -335,6 +360,8 @@ def test_prefix_codes_and_image_are_validated(fast_pipe, fixture_files):
         fast_pipe(**kw, prefix_codes=[torch.full((1, 1, 1, 1, 16), 2)])
     with pytest.raises(ValueError, match="`image`"):
         fast_pipe(**kw, image=PIL.Image.new("RGB", (8, 8)), prefix_codes=[torch.zeros(1, 1, 1, 1, 16)])
+    with pytest.raises(ValueError, match="`image`.*`video`"):
+        fast_pipe(**kw, image=PIL.Image.new("RGB", (8, 8)), video=[PIL.Image.new("RGB", (8, 8))] * 80)
     with pytest.raises(TypeError, match="`image`"):
         fast_pipe(**kw, image="photo.png")
     forced = fast_pipe(**kw, prefix_codes=[torch.ones(1, 1, 1, 1, 16, dtype=torch.long)], generator=gens(0)).frames

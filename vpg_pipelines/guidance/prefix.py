@@ -45,6 +45,10 @@ class PrefixGuidance(GuidanceTerm):
             ``"semantic"`` (the model's early scales) or a list of scale indices.
         always_compute (`bool`, defaults to `False`): run the corrupted branch even when it cannot
             change the result (``w == 1`` or ``p == 0``); for tests and measurements.
+        corrupt_conditioning (`bool`, defaults to `False`): also corrupt the steps whose codes are given
+            conditioning (InfinityStar's image-to-video image, a continued video; ``ScaleStep.conditioning``).
+            ``False``: they are conditioning, like the text: both branches see them clean, their keys and
+            values are shared, and they run no corrupted branch (``docs/vpg.md``, "Conditioned prefixes").
         start, stop, enabled: see :class:`~vpg_pipelines.guidance.base.GuidanceTerm`; a step outside
             ``[start, stop)`` is not guided (no corrupted branch).
 
@@ -65,6 +69,7 @@ class PrefixGuidance(GuidanceTerm):
         refresh: str = "persistent",
         scales: str | Sequence[int] = "all",
         always_compute: bool = False,
+        corrupt_conditioning: bool = False,
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
@@ -92,7 +97,10 @@ class PrefixGuidance(GuidanceTerm):
         self.mode = mode
         self.refresh = refresh
         self.scales = scales
+        if not isinstance(corrupt_conditioning, bool):
+            raise ValueError(f"`vpg_corrupt_conditioning` must be a bool, got {corrupt_conditioning!r}")
         self.always_compute = always_compute
+        self.corrupt_conditioning = corrupt_conditioning
 
     @property
     def is_noop(self) -> bool:
@@ -129,7 +137,18 @@ class PrefixGuidance(GuidanceTerm):
             return set()
         scales = self.guided_scales(num_scales, {s.scale for s in steps if s.semantic})
         n = len(steps)
-        return {s.index for s in steps if s.corruptible and s.scale in scales and self.in_range(s.index, n)}
+        return {s.index for s in steps if s.corruptible and s.scale in scales and self.in_range(s.index, n)
+                and (self.corrupt_conditioning or not s.conditioning)}
+
+    def shared_steps(self, steps: Sequence) -> int:
+        """How many leading steps the corrupted branch shares with the clean one (their keys / values are
+        copied, never recomputed corrupted): the single-site first step, and the conditioning steps unless
+        :attr:`corrupt_conditioning`."""
+        shared = 0
+        if not self.corrupt_conditioning:
+            while shared < len(steps) and steps[shared].conditioning:
+                shared += 1
+        return max(1, shared)
 
     # -- the corrupted branch (the sampler builds its rows with these) ---------------------------------
     def draw(self, batch: int, num_sites: int, generator: Generators,

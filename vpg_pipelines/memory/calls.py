@@ -113,8 +113,9 @@ def plan_inputs(
     refresh = vpg.refresh if vpg is not None else "persistent"
     rows = call.batch * (2 if cfg else 1)
     accel = call.acceleration
+    shared = vpg.shared_steps(steps) if guided else 1
     timeline = kv_timeline(steps, replay.geometry(), rows, guided, refresh, replay.prefix_tokens, accel,
-                           int(pipe.transformer.config.embed_dim) if accel is not None else 0)
+                           int(pipe.transformer.config.embed_dim) if accel is not None else 0, shared)
     scoring = {}
     if accel is not None and accel.grows_cache:
         scoring = _budget_scoring(accel, steps, timeline, replay.geometry())

@@ -172,6 +172,7 @@ def kv_timeline(
     prefix_tokens: int = 0,
     acceleration: Acceleration | None = None,
     width: int = 0,
+    shared: int = 1,
 ) -> list[KVStep]:
     """The cache of a sampling run, step by step (see the module docstring).
 
@@ -184,6 +185,8 @@ def kv_timeline(
         prefix_tokens: tokens prefilled before step 0 (InfinityStar's text).
         acceleration: the call's accelerator (entries per layer, budgets, row state).
         width: the transformer's width (row state of an accelerator).
+        shared: leading steps the corrupted branch shares with the clean one
+            (:meth:`~vpg_pipelines.guidance.prefix.PrefixGuidance.shared_steps`).
     """
     g, rows_c = geometry, condition_rows
     lengths = cache_lengths(steps, g.layers, prefix_tokens, acceleration)
@@ -193,7 +196,7 @@ def kv_timeline(
     last = max(guided) if guided else None
     full = lengths.capacity(len(steps) - 1)
     capacity = lengths.capacity(last) if persistent else full
-    base = lengths.after[0][0]
+    base = lengths.after[shared - 1][0]  # the shared steps' entries (the first step, conditioning)
     cache = _Cache(g, rows_c, grow)
 
     def state_of(position: int, ended: bool) -> dict[Any, int]:
@@ -218,8 +221,8 @@ def kv_timeline(
                 clone.sizes = [base] * g.layers if grow else list(cache.sizes)
                 live = cache.total
                 events.append(("join: clone rows", live + clone.total + g.unit(rows_c, base), None))
-                chunk = [j for j in range(1, i) if steps[j].store_kv]
-                events += _replay(clone, live, lengths, chunk, steps, state_of, 1, acceleration is not None)
+                chunk = [j for j in range(shared, i) if steps[j].store_kv]
+                events += _replay(clone, live, base, lengths, chunk, steps, state_of, 1, acceleration is not None)
                 events.append(("join: extend rows", _extend(cache, clone, lengths.before[i]), None))
             record.rows = cache.rows
         if not cache.sizes[0] and not grow and step.store_kv:
@@ -229,12 +232,12 @@ def kv_timeline(
         events.append(("forward", peak, Forward(cache.rows, (step.index,), cached)))
         if step.index in guided and not persistent:  # resample: clone + replay of a fresh corrupted prefix
             clone = _Cache(g, rows_c, grow)
-            clone.sizes = [base] * g.layers if grow else lengths.replay_capacity(i)
+            clone.sizes = [base] * g.layers if grow else lengths.replay_capacity(i, shared)
             live = cache.total
             events.append(("resample: clone rows", live + clone.total + g.unit(rows_c, base), None))
-            chunk = [j for j in range(1, i) if steps[j].store_kv] + [i]
-            events += _replay(clone, live, lengths, chunk, steps, state_of, step.num_sites, acceleration is not None,
-                              label="resample")
+            chunk = [j for j in range(shared, i) if steps[j].store_kv] + [i]
+            events += _replay(clone, live, base, lengths, chunk, steps, state_of, step.num_sites,
+                              acceleration is not None, label="resample")
         record.after = cache.total
         if persistent and step.index == last:  # select_rows(range(R), capacity=total)
             sizes = lengths.after[i] if grow else full
@@ -253,11 +256,10 @@ def _bytes(shape: Sequence[int], dtype: Any) -> int:
     return count * dtype.itemsize
 
 
-def _replay(clone: _Cache, live: int, lengths: CacheLengths, chunk: list[int], steps: Sequence[ScaleStep],
+def _replay(clone: _Cache, live: int, base: int, lengths: CacheLengths, chunk: list[int], steps: Sequence[ScaleStep],
             state_of, last_tokens: int, stepwise: bool, label: str = "join") -> list[tuple[str, int, Forward]]:
-    """The corrupted prefix replayed into ``clone`` (one block-causal call, or one call per step under an
-    accelerator), ``live`` bytes of the main cache alive meanwhile."""
-    base = lengths.after[0][0]
+    """The corrupted prefix replayed into ``clone`` after the ``base`` shared entries (one block-causal call, or
+    one call per step under an accelerator), ``live`` bytes of the main cache alive meanwhile."""
     if not stepwise:
         return [(f"{label}: replay", live + clone.total,
                  Forward(clone.rows, tuple(steps[j].index for j in chunk), base, last_tokens))]

@@ -87,6 +87,9 @@ class ScaleStep:
         grid: the scale's grid, ``(h, w)`` or ``(t, h, w)``.
         store_kv: whether this step's keys/values stay in the cache (False for non-final repetitions).
         semantic: whether the scale belongs to the model's "semantic" (early) scales.
+        conditioning: whether the step's codes are given conditioning, not generated (InfinityStar's
+            image-to-video image, a continued video): the same in every branch unless VPG is asked to
+            corrupt them too (``PrefixGuidance.corrupt_conditioning``). Such steps come first.
         extra: model-specific data (e.g. which earlier scales this one attends to).
     """
 
@@ -96,6 +99,7 @@ class ScaleStep:
     grid: tuple[int, ...]
     store_kv: bool = True
     semantic: bool = False
+    conditioning: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -67,10 +67,12 @@ def check_output(output_type: Any, callback: Any, tensor_inputs: Any, allowed_in
 
 
 def prefix_guidance(vpg_scale: float, vpg_corruption: float, vpg_mode: str, vpg_refresh: str,
-                    vpg_scales: str | Sequence[int], num_scales: int) -> PrefixGuidance:
+                    vpg_scales: str | Sequence[int], num_scales: int,
+                    corrupt_conditioning: bool = False) -> PrefixGuidance:
     """The call's VPG settings, explicit scale lists range-checked against ``num_scales``."""
     if isinstance(vpg_scales, tuple):
         vpg_scales = list(vpg_scales)
-    guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales)
+    guidance = PrefixGuidance(vpg_scale, vpg_corruption, vpg_mode, vpg_refresh, vpg_scales,
+                              corrupt_conditioning=corrupt_conditioning)
     guidance.guided_scales(num_scales, set())
     return guidance

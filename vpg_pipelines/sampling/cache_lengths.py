@@ -37,15 +37,15 @@ class CacheLengths:
         """Per layer, the most entries held during steps ``0 .. upto`` (what a preallocated cache needs)."""
         return [max(column) for column in zip(*self.during[: upto + 1])]
 
-    def replay_capacity(self, position: int) -> list[int]:
+    def replay_capacity(self, position: int, shared: int = 1) -> list[int]:
         """The capacity of the cache a ``resample`` replay of the prefix up to step ``position`` fills: one
-        block-causal call over the first step's entries plus every step of the chunk (unaccelerated), or the
-        steps one by one, which store what the main cache stored (accelerated)."""
+        block-causal call over the ``shared`` leading steps' entries plus every later step of the chunk
+        (unaccelerated), or the steps one by one, which store what the main cache stored (accelerated)."""
         if self.accelerated:
             return self.capacity(position)
         steps = self.steps
-        chunk = [s for s in steps[1:position] if s.store_kv] + [steps[position]]
-        total = self.after[0][0] + sum(s.num_sites for s in chunk)
+        chunk = [s for s in steps[shared:position] if s.store_kv] + [steps[position]]
+        total = self.after[shared - 1][0] + sum(s.num_sites for s in chunk)
         return [total] * len(self.after[0])
 
 

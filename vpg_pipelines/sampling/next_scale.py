@@ -22,6 +22,10 @@ hands every transformer call of a step the accelerator's token plan and K/V budg
 whichever rows the call has (clean, corrupted, null). A replay of several steps then runs one call per
 step, so that each step is pruned and budgeted as in the main pass. The cache is sized per layer from
 what the accelerator stores (``cache_lengths.py``).
+
+Conditioning steps (codes given, not generated: InfinityStar's image-to-video image, a continued video;
+``ScaleStep.conditioning``) are shared by both branches like the start token: the corrupted rows copy their
+keys / values and never corrupt them, unless the prefix term says ``corrupt_conditioning`` (docs/vpg.md).
 """
 
 from __future__ import annotations
@@ -93,13 +97,19 @@ class _Run:
             run = {s.index for s in self.steps}
             self.guided = self.prefix.guided_steps(self.schedule_steps, self.num_scales) & run
         self.persistent = bool(self.guided) and self.prefix.refresh == "persistent"
+        # leading steps both branches share (the first step; conditioning codes unless VPG corrupts them)
+        self.shared = self.prefix.shared_steps(self.steps) if self.guided else 1
         self.first = min(self.guided) if self.guided else None
         self.last = max(self.guided) if self.guided else None
         self.keep_corrupted_rows = keep_corrupted_rows
         prefix_tokens = getattr(adapter, "num_prefix_tokens", lambda _s: 0)(state)
         # step indices are positions in self.steps (an accelerator only drops trailing steps)
         self.lengths = cache_lengths(self.steps, adapter.num_layers, prefix_tokens, acceleration)
-        self.base = self.lengths.after[0][0]  # entries of the (single-site, never pruned) first step
+        shared_entries = set(self.lengths.after[self.shared - 1])
+        if len(shared_entries) != 1:
+            raise ValueError(f"`acceleration` {acceleration.name} prunes the conditioning steps that VPG's branches "
+                             "share; leave `acceleration` out or set vpg_corrupt_conditioning=True")
+        self.base = shared_entries.pop()  # entries of the shared steps (the first step, conditioning), every layer
         self.full_capacity = self.lengths.capacity(len(self.steps) - 1)
         limit = self.last if self.persistent and not keep_corrupted_rows else len(self.steps) - 1
         grow = acceleration is not None and acceleration.grows_cache
@@ -196,11 +206,11 @@ class _Run:
         """Add the corrupted rows to the cache before the first guided step."""
         base = self.base
         rows = self.layout.condition_rows
-        if set(self.cache.lengths) == {base}:  # only the (uncorruptible) first scale so far
+        if set(self.cache.lengths) == {base}:  # only the shared steps so far (the first scale, conditioning)
             self.cache.select_rows(list(range(rows)) * 2)
         else:
             corrupted = self.cache.clone_rows(list(range(rows)), base, self.cache.capacities)
-            chunk = [s for s in self.steps[1 : self.first] if s.store_kv]
+            chunk = [s for s in self.steps[self.shared : self.first] if s.store_kv]
             for s in chunk:
                 self.patterns[s.index] = self.draw(s)
             self.replay_corrupted(chunk, self.patterns, corrupted, last_tokens=1)
@@ -215,11 +225,11 @@ class _Run:
 
     def resampled_branch(self, step: ScaleStep) -> torch.Tensor:
         """The corrupted branch's logits at ``step`` from a fresh corruption of the whole prefix."""
-        chunk = [s for s in self.steps[1 : step.index] if s.store_kv] + [step]
+        chunk = [s for s in self.steps[self.shared : step.index] if s.store_kv] + [step]
         patterns = {s.index: self.draw(s) for s in chunk}
         if self.trace is not None:
             self.trace.resampled[step.index] = patterns
-        capacity = self.lengths.replay_capacity(step.index)
+        capacity = self.lengths.replay_capacity(step.index, self.shared)
         cache = self.cache.clone_rows(list(range(self.layout.condition_rows)), self.base, capacity)
         logits = self.replay_corrupted(chunk, patterns, cache, last_tokens=step.num_sites)
         return self.reduce_conditions(logits, 1, step)[0]

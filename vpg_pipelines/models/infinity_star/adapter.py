@@ -30,12 +30,13 @@ from .transformer import InfinityStarTransformer
 from .video_vae import InfinityStarVideoVAE
 
 
-def plan_scale_steps(plan: StepPlan) -> list[ScaleStep]:
-    """The sampler's steps of ``plan``: one per (scale, repetition)."""
+def plan_scale_steps(plan: StepPlan, conditioning_steps: int = 0) -> list[ScaleStep]:
+    """The sampler's steps of ``plan``: one per (scale, repetition); the first ``conditioning_steps`` carry
+    conditioning codes (image-to-video, continuation)."""
     return [
         ScaleStep(
             index=s.index, scale=s.scale, num_sites=s.num_sites, grid=s.grid, store_kv=s.store_kv,
-            semantic=s.semantic_head,
+            semantic=s.semantic_head, conditioning=s.index < conditioning_steps,
             extra={"ref_sids": s.ref_sids, "repeat": s.repeat, "clip": s.clip, "real_sid": s.real_sid},
         )
         for s in plan.steps
@@ -59,6 +60,7 @@ class InfinityStarState:
     dtype: torch.dtype
     text_maxlen: int
     forced_bits: list[torch.Tensor] = field(default_factory=list)
+    conditioning_steps: int = 0
     prefix_lengths: torch.Tensor | None = None
     summed: list[torch.Tensor] = field(default_factory=list)
     cache_ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -120,6 +122,7 @@ class InfinityStarAdapter:
         forced_bits: Sequence[torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        conditioning_steps: int = 0,
     ) -> InfinityStarState:
         """Condition rows: one text per sample, then (with ``with_null``) one negative per sample.
 
@@ -131,6 +134,8 @@ class InfinityStarAdapter:
                 behaviour for an empty negative prompt).
             forced_bits: the codes of the first ``len(forced_bits)`` steps, each ``(B, t, h, w, d)``
                 with the step's grid and codebook; the sampler's draw is replaced by them.
+            conditioning_steps: how many of those are conditioning (an image, a continued video: the
+                steps are marked ``ScaleStep.conditioning``) rather than a replay of generated codes.
         """
         device = torch.device(device)
         batch = len(text_features)
@@ -183,6 +188,10 @@ class InfinityStarAdapter:
                 offset += s.num_sites
         if forced_bits:
             state.forced_bits = [self._check_bits(plan, plan.steps[i], b, batch) for i, b in enumerate(forced_bits)]
+        if not 0 <= conditioning_steps <= len(state.forced_bits):
+            raise ValueError(f"`conditioning_steps` must be in [0, {len(state.forced_bits)}] (the forced steps), "
+                             f"got {conditioning_steps}")
+        state.conditioning_steps = conditioning_steps
         return state
 
     @staticmethod
@@ -199,7 +208,7 @@ class InfinityStarAdapter:
 
     # -- protocol ----------------------------------------------------------------------------------
     def steps(self, state: InfinityStarState) -> list[ScaleStep]:
-        return plan_scale_steps(state.plan)
+        return plan_scale_steps(state.plan, state.conditioning_steps)
 
     def num_condition_rows(self, state: InfinityStarState) -> int:
         return int(state.text_features.shape[0])
