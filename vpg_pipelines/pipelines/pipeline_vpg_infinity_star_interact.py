@@ -307,11 +307,10 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
             else:
                 a["height"], a["width"] = self.size_for(reference.height, reference.width)
         self._check_size(a["height"], a["width"])
+        if context is not None and (a["height"] // 16, a["width"] // 16) != tuple(context.shape[3:]):
+            raise ValueError(f"`height` x `width` = {a['height']}x{a['width']} needs latents of {a['height'] // 16}x"
+                             f"{a['width'] // 16}; `context_latents` are {context.shape[3]}x{context.shape[4]}")
         plan = self.plan(a["height"], a["width"], float(a["tau"]))
-        final = plan.schedule[-1]
-        if context is not None and tuple(context.shape[3:]) != tuple(final[1:]):
-            raise ValueError(f"`height` x `width` = {a['height']}x{a['width']} needs latents of {final[1]}x{final[2]}; "
-                             f"`context_latents` are {context.shape[3]}x{context.shape[4]}")
         stories = a["num_videos_per_prompt"]
         num_scales = len(plan.schedule)
         vpg = self.prefix_guidance(a["vpg_scale"], a["vpg_corruption"], a["vpg_mode"], a["vpg_refresh"],
