@@ -14,7 +14,7 @@ Behaviour that differs per kind is a method of the pipeline class, not an entry 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 
 from .models.infinity.bsq_vae import InfinityBSQVAE
 from .models.infinity.transformer import InfinityTransformer
+from .models.infinity_star.settings import VARIANT_ARGS, VARIANT_CHECKPOINTS, variant_of_checkpoint
 from .models.infinity_star.transformer import InfinityStarTransformer
 from .models.infinity_star.video_vae import InfinityStarVideoVAE
 from .models.var.transformer import VARTransformer
@@ -39,9 +40,6 @@ FLAN_T5_XL = {"vocab_size": 32128, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "n
               "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
               "relative_attention_max_distance": 128, "is_encoder_decoder": False, "tie_word_embeddings": False}
 """google/flan-t5-xl's encoder configuration (``T5Config``): the text encoder of the released text models."""
-STAR_480P_ARGS = {"pn": "0.40M", "image_scale_repetition": [3] * 14, "video_scale_repetition": [3] * 12 + [2, 1],
-                  "detail_scale_min_tokens": 350, "semantic_scales": 11}
-"""``tools/infer_video_480p.py``'s settings (as ``benchmarks/infinity_star_clip.py`` uses them)."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,14 @@ class ReleasedModel:
     Attributes:
         transformer, vae: constructor arguments of the kind's transformer and VAE classes.
         text_encoder: the ``T5Config`` arguments of its text encoder (``None``: class-conditional).
-        official_args: the official script's settings (InfinityStar ``official_args``; ``None``: the released
-            720p script's).
+        official_args: the official script's settings (InfinityStar ``official_args`` over the 720p script's;
+            ``None``: none).
         sizes: common call sizes, name -> ``pipe(...)`` arguments; the first is the model's default.
         manifests: names of the transformer's and the VAE's manifests in ``shared/spec/manifests``.
+        variant: the official script the checkpoint is run like (InfinityStar: ``"720p"``, ``"480p"``,
+            ``"interact"``): the loaders' ``variant=``; ``None``: the kind has no variants.
+        checkpoint: the released transformer checkpoint's name (for messages).
+        pipeline_class: the pipeline that runs this variant; ``None``: the kind's.
     """
 
     transformer: Mapping[str, Any]
@@ -66,6 +68,9 @@ class ReleasedModel:
     official_args: Mapping[str, Any] | None = None
     sizes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     manifests: tuple[str, str] = ("", "")
+    variant: str | None = None
+    checkpoint: str = ""
+    pipeline_class: type | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class ModelKind:
         guidance_kinds: the terms that can fill the call's CFG slot (``"cfg"``, ``"apg"``).
         gpu_dtype: the compute dtype on a GPU when none is asked for (CPU: float32).
         released: the released architectures of this kind, by name (``vpg memory --model <name>``).
+        variant_of_file: the variant a released checkpoint's name says (``None``: the kind has no variants).
     """
 
     name: str
@@ -102,6 +108,7 @@ class ModelKind:
     guidance_kinds: tuple[str, ...]
     gpu_dtype: torch.dtype
     released: Mapping[str, ReleasedModel] = field(default_factory=dict)
+    variant_of_file: Callable[[str], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.conditioning not in ("class", "text"):
@@ -121,6 +128,34 @@ class ModelKind:
     def is_companion_file(self, path: str | Path) -> bool:
         """Whether ``path``'s name is one of this kind's companion VAE files."""
         return re.search(self.companion_files, Path(path).name) is not None
+
+    @property
+    def variants(self) -> dict[str, ReleasedModel]:
+        """The released entries by variant name (empty: the kind has no variants)."""
+        return {spec.variant: spec for spec in self.released.values() if spec.variant is not None}
+
+    def variant(self, name: str) -> ReleasedModel:
+        """The released entry of variant ``name``; ``ValueError`` naming ``variant`` and the allowed names."""
+        variants = self.variants
+        if name not in variants:
+            allowed = tuple(variants) or "none"
+            raise ValueError(f"`variant` of {self.name} models must be one of {allowed}, got {name!r}")
+        return variants[name]
+
+    def variant_for_file(self, path: str | Path) -> str | None:
+        """The variant a checkpoint's name says (``..._480p_...`` -> ``"480p"``; ``None``: none)."""
+        return None if self.variant_of_file is None else self.variant_of_file(Path(path).name)
+
+    def pipeline_class_for(self, variant: str | None) -> type:
+        """The pipeline that runs ``variant`` (``None``: the kind's)."""
+        spec = None if variant is None else self.variant(variant)
+        return spec.pipeline_class if spec is not None and spec.pipeline_class is not None else self.pipeline_class
+
+    @property
+    def pipeline_classes(self) -> tuple[type, ...]:
+        """The kind's pipeline class and its variants' own classes."""
+        extra = [s.pipeline_class for s in self.released.values() if s.pipeline_class is not None]
+        return tuple(dict.fromkeys([self.pipeline_class, *extra]))
 
 
 def _var(depth: int, width: int, shared_aln: bool = False, patch_nums=VAR_256) -> dict:
@@ -143,7 +178,9 @@ def _infinity(codebook_dim: int, patchify: int, width: int, depth: int, heads: i
     )
 
 
-def _infinity_star(size: str, official_args: Mapping[str, Any] | None, height: int, width: int) -> ReleasedModel:
+def _infinity_star(variant: str, sizes: Mapping[str, Mapping[str, Any]],
+                   pipeline_class: type | None = None) -> ReleasedModel:
+    """One InfinityStar checkpoint: the 8B architecture (all three share it) run like its official script."""
     return ReleasedModel(
         {"vae_channels": 64, "text_channels": 2048, "text_maxlen": 512, "embed_dim": 4096, "depth": 36,
          "num_block_chunks": 6, "num_heads": 32, "num_key_value_heads": 8, "mlp_ratio": 4.0, "detail_bits": 64,
@@ -152,9 +189,12 @@ def _infinity_star(size: str, official_args: Mapping[str, Any] | None, height: i
          "layers_per_block": 2, "temporal_compression": (2, 2), "spatial_compression": (2, 2, 2), "semantic_bits": 16,
          "detail_bits": 64, "use_feat_proj": 2},
         text_encoder=FLAN_T5_XL,
-        official_args=official_args,
-        sizes={size: {"height": height, "width": width, "num_frames": 81}},
+        official_args=VARIANT_ARGS[variant],
+        sizes=sizes,
         manifests=("infinity_star_8b_720p", "infinity_star_videovae"),
+        variant=variant,
+        checkpoint=VARIANT_CHECKPOINTS[variant],
+        pipeline_class=pipeline_class,
     )
 
 
@@ -206,9 +246,10 @@ KINDS: dict[str, ModelKind] = {
         pipeline_class=VPGInfinityStarPipeline,
         transformer_class=InfinityStarTransformer,
         vae_class=InfinityStarVideoVAE,
-        official_files=r"^infinitystar_",
+        official_files=r"^infinitystar_|^InfinityStarInteract",
         companion_files=r"videovae",
-        transformer_hint="the infinitystar_8b_720p_weights shard folder",
+        transformer_hint="the shard folder infinitystar_8b_720p_weights, infinitystar_8b_480p_weights or "
+                         "InfinityStarInteract_24K_iters",
         companion_hint="the InfinityStar video VAE infinitystar_videovae.pth",
         conditioning="text",
         media="video",
@@ -216,22 +257,32 @@ KINDS: dict[str, ModelKind] = {
         guidance_kinds=("cfg", "apg"),
         gpu_dtype=torch.bfloat16,
         released={
-            "infinity-star-8b-720p": _infinity_star("720p", None, 720, 1280),
-            "infinity-star-8b-480p": _infinity_star("480p", STAR_480P_ARGS, 480, 848),
+            "infinity-star-8b-720p": _infinity_star("720p", {"720p": {"height": 720, "width": 1280, "num_frames": 81}}),
+            "infinity-star-8b-480p": _infinity_star("480p", {
+                "480p 5 s": {"height": 480, "width": 848, "num_frames": 81},
+                "480p 10 s": {"height": 480, "width": 848, "num_frames": 161},
+            }),
+            # one 5 s window under the Interact script's settings (CFG 3, tau 0.5), planned with the kind's
+            # pipeline until the Interact pipeline (its windows, context and conditions) takes this entry
+            "infinity-star-8b-interact": _infinity_star("interact", {
+                "480p window": {"height": 480, "width": 848, "num_frames": 81},
+            }),
         },
+        variant_of_file=variant_of_checkpoint,
     ),
 }
 """Every model kind, by name."""
 
 
 def kind_of(pipeline: Any) -> ModelKind:
-    """The kind of a pipeline object or class (subclasses included), a ``_class_name`` or a kind's name."""
+    """The kind of a pipeline object or class (subclasses and variants' classes included), a ``_class_name`` or
+    a kind's name."""
     for kind in KINDS.values():
+        classes = kind.pipeline_classes
         if isinstance(pipeline, str):
-            if pipeline in (kind.name, kind.class_name):
+            if pipeline == kind.name or pipeline in (c.__name__ for c in classes):
                 return kind
-        elif isinstance(pipeline, kind.pipeline_class) or (
-                isinstance(pipeline, type) and issubclass(pipeline, kind.pipeline_class)):
+        elif isinstance(pipeline, classes) or (isinstance(pipeline, type) and issubclass(pipeline, classes)):
             return kind
     what = pipeline if isinstance(pipeline, str) else getattr(pipeline, "__name__", type(pipeline).__name__)
     known = ", ".join(f"{k.name} ({k.class_name})" for k in KINDS.values())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -61,3 +62,47 @@ def export_to_video(frames, output_video_path: str | os.PathLike, fps: int = 16,
         for arr in arrays:
             writer.append_data(arr)
     return path
+
+
+def read_video(
+    path: str | os.PathLike, pick: Callable[[float], Sequence[int]] | None = None
+) -> tuple[list[np.ndarray], float, int]:
+    """Frames (RGB uint8 ``(H, W, 3)``) and the frame rate of a video file, read with imageio-ffmpeg.
+
+    Args:
+        path: the video file (anything ffmpeg reads: .mp4, .webm, .mov ...).
+        pick: ``pick(fps)`` gives the indices of the frames to return (in that order, repeats allowed); frames
+            after the largest are not decoded. ``None``: every frame.
+
+    Returns:
+        ``(frames, fps, decoded)``: ``decoded`` frames were read; fewer than the largest picked index + 1 means
+        the video is shorter (the missing indices are left out of ``frames``).
+    """
+    try:  # imageio (+ imageio-ffmpeg) is optional: the `video` extra
+        import imageio.v2 as imageio
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError("reading a video needs imageio and imageio-ffmpeg: "
+                          "pip install 'vpg-pipelines[video]'") from err
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such video file")
+    reader = imageio.get_reader(path, format="FFMPEG")
+    try:
+        fps = float(reader.get_meta_data().get("fps") or 0.0)
+        if not fps > 0:
+            raise ValueError(f"{path}: the file does not tell its frame rate")
+        wanted = None if pick is None else [int(i) for i in pick(fps)]
+        keep = None if wanted is None else set(wanted)
+        last = math.inf if wanted is None else max(wanted, default=-1)
+        kept: dict[int, np.ndarray] = {}
+        decoded = 0
+        for frame in reader:
+            if keep is None or decoded in keep:
+                kept[decoded] = np.asarray(frame)[..., :3]
+            decoded += 1
+            if decoded > last:
+                break
+    finally:
+        reader.close()
+    order = range(decoded) if wanted is None else [i for i in wanted if i in kept]
+    return [kept[i] for i in order], fps, decoded

@@ -119,7 +119,7 @@ def test_star_call_takes_the_models_settings_for_none(fast_pipe):
     args = fast_pipe.config.official_args
     assert defaults == {"guidance_scale": args["cfg"], "guidance": "apg" if args["use_apg"] else "cfg",
                         "apg_norm_threshold": args["apg_norm_threshold"], "tau_image": args["tau_image"],
-                        "tau_video": args["tau_video"], "num_frames": args["video_frames"]}
+                        "tau_video": args["tau_video"], "num_frames": 1 + args["fps"] * args["generation_duration"]}
     call = fast_pipe.resolve_call(prompt="a cat", num_frames=1, **SIZE)
     assert {k: call.arguments[k] for k in defaults if k != "num_frames"} == {
         k: v for k, v in defaults.items() if k != "num_frames"}

@@ -46,8 +46,8 @@ class SourceError(ValueError):
 
     Attributes:
         argument: the input at fault: ``"source"`` (the model / checkpoint), ``"companion"`` (the VAE file),
-            ``"text_encoder"`` or ``"config"``; a caller with other names for them (CLI flags, node widgets)
-            can say the message in its own words.
+            ``"text_encoder"``, ``"config"`` or ``"variant"``; a caller with other names for them (CLI flags, node
+            widgets) can say the message in its own words.
         detail: the message without the argument's name.
     """
 
@@ -195,6 +195,7 @@ def load_official(
     config: Mapping[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     quantization: str | None = None,
+    variant: str | None = None,
 ) -> Any:
     """A pipeline from official files: the transformer ``checkpoint`` (a file or a shard folder) and its
     ``companion`` VAE file.
@@ -208,6 +209,9 @@ def load_official(
             checkpoint's sidecar (:func:`sidecar_config`).
         dtype: the compute dtype (default: float32).
         quantization: the transformer's weight format (``"int8"``, ``"nf4"``, ``"fp8"``; ``docs/memory.md``).
+        variant: the official script to run the checkpoint like (InfinityStar: ``"720p"``, ``"480p"``,
+            ``"interact"``; the kind's released entries); ``None``: the one the checkpoint's name says, if any.
+            ``config`` overrides its settings.
     """
     if kind is None:
         found = kind_for_official_file(checkpoint)
@@ -218,29 +222,46 @@ def load_official(
         check_official_names(found, checkpoint, companion)
         kind = found
     kind = kind if isinstance(kind, ModelKind) else kind_of(kind)
+    variant = _variant(kind, checkpoint, variant)
     if config is None:
         config = sidecar_config(checkpoint)
     config = dict(config) if config is not None else None
+    pipeline_class = kind.pipeline_class_for(variant)
+    extra = {} if variant is None else {"variant": variant}
     if not kind.text_encoder:
         if text_encoder is not None:
             raise SourceError("text_encoder", f"{kind.name} models are class-conditional: they take no text encoder")
-        return kind.pipeline_class.from_official(str(checkpoint), str(companion), config=config, torch_dtype=dtype,
-                                                 quantization=quantization)
+        return pipeline_class.from_official(str(checkpoint), str(companion), config=config, torch_dtype=dtype,
+                                            quantization=quantization, **extra)
     encoder = tokenizer = None
     if text_encoder is not None:
         encoder, tokenizer = load_text_encoder(text_encoder, dtype)
-    return kind.pipeline_class.from_official(checkpoint, companion, text_encoder=encoder, tokenizer=tokenizer,
-                                             config=config, torch_dtype=dtype, quantization=quantization)
+    return pipeline_class.from_official(checkpoint, companion, text_encoder=encoder, tokenizer=tokenizer,
+                                        config=config, torch_dtype=dtype, quantization=quantization, **extra)
+
+
+def _variant(kind: ModelKind, checkpoint: str | Path, variant: str | None) -> str | None:
+    """The variant asked for (checked against the kind's) or the one the checkpoint's name says."""
+    if variant is None:
+        return kind.variant_for_file(checkpoint)
+    if not kind.variants:
+        raise SourceError("variant", f"{variant!r}: {kind.name} checkpoints have no variants (InfinityStar's are "
+                                     f"{tuple(KINDS['infinity_star'].variants)})")
+    if variant not in kind.variants:
+        raise SourceError("variant", f"must be one of {tuple(kind.variants)} (the official scripts), got {variant!r}")
+    return variant
 
 
 def load_pipeline(source: str | Path, companion: str | Path | None = None, config: Mapping[str, Any] | None = None,
-                  dtype: torch.dtype | None = None) -> Any:
+                  dtype: torch.dtype | None = None, variant: str | None = None) -> Any:
     """``"demo"``, a saved pipeline folder, or an official transformer file with its ``companion`` VAE (the
-    kind from the file's name, VAR when no kind's names match it)."""
+    kind from the file's name, VAR when no kind's names match it; ``variant``: see :func:`load_official`)."""
     if str(source) == DEMO:
+        if variant is not None:
+            raise SourceError("variant", "goes with official InfinityStar checkpoints, not with the demo")
         return load_demo_pipeline()
     if is_saved_folder(source):
-        for argument, value in (("companion", companion), ("config", config)):
+        for argument, value in (("companion", companion), ("config", config), ("variant", variant)):
             if value is not None:
                 raise SourceError(argument, f"goes with an official checkpoint, not with a saved pipeline folder "
                                             f"({source})")
@@ -248,7 +269,7 @@ def load_pipeline(source: str | Path, companion: str | Path | None = None, confi
     if companion is None:
         raise SourceError("companion", f"is needed: {source} is not a pipeline folder, so it is an official "
                                        "checkpoint that loads with its VAE file")
-    return load_official(source, companion, source_kind(source), config=config, dtype=dtype)
+    return load_official(source, companion, source_kind(source), config=config, dtype=dtype, variant=variant)
 
 
 # -- empty pipelines (planning without weights) ---------------------------------------------------------------
@@ -263,7 +284,7 @@ def released_pipeline(name: str, official_args: Mapping[str, Any] | None = None)
     """An empty pipeline with the released architecture ``name`` (meta weights): plan with it, do not run it.
 
     ``official_args`` (InfinityStar) replaces the entry's settings (``infinity-star-8b-480p``: the 480p
-    script's; ``-720p``: the released 720p script's).
+    script's; ``-720p``: the released 720p script's; ``-interact``: the Interact script's).
     """
     kind, spec = released_model(name)
     parts: dict[str, Any] = {}
@@ -271,12 +292,13 @@ def released_pipeline(name: str, official_args: Mapping[str, Any] | None = None)
     if kind.name == "infinity_star":
         settings = official_args if official_args is not None else spec.official_args
         parts["official_args"] = resolve_args(dict(settings) if settings is not None else None)
+        parts["variant"] = spec.variant
         vae_args["detail_scale_min_tokens"] = parts["official_args"]["detail_scale_min_tokens"]
     with init_empty_weights():
         transformer, vae = kind.transformer_class(**spec.transformer), kind.vae_class(**vae_args)
     if spec.text_encoder is not None:
         parts["text_encoder"] = _empty_text_encoder(spec.text_encoder)
-    return kind.pipeline_class(transformer.eval(), vae.eval(), **parts)
+    return kind.pipeline_class_for(spec.variant)(transformer.eval(), vae.eval(), **parts)
 
 
 def _saved_dtype(path: Path) -> torch.dtype | None:

@@ -30,9 +30,25 @@ from ..memory.offload import release_offloaded
 from ..memory.quantization import check_quantization, quantize_transformer
 from ..models.adapter import ScaleStep
 from ..models.infinity_star.adapter import InfinityStarAdapter, InfinityStarState, plan_scale_steps
-from ..models.infinity_star.conditioning import center_crop_resize, image_clip_bits
+from ..models.infinity_star.conditioning import (
+    CONDITION_SECONDS,
+    CONTINUATION_SECONDS,
+    center_crop_resize,
+    condition_clips,
+    prefix_clip_bits,
+    to_pixels,
+)
 from ..models.infinity_star.schedules import StepPlan, plan_steps
-from ..models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve_args, select_schedule
+from ..models.infinity_star.settings import (
+    PROMPT_SUFFIX,
+    allowed_frame_counts,
+    default_num_frames,
+    default_size,
+    resolve_args,
+    select_schedule,
+    variant_args,
+    variant_of_checkpoint,
+)
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..sampling.next_scale import SamplerTrace, run_next_scale
@@ -40,6 +56,7 @@ from .call import CallStateMixin, ResolvedCall, bind_arguments, callback_tensor_
 from .checks import check_count, check_generator, check_number, check_output
 from .checks import prefix_guidance as build_prefix_guidance
 from .guiders import CallGuidance, GuidanceStrengthsMixin, check_guidance_args
+from .media_input import check_video_fps, condition_frames, is_image, to_pil, videos_of
 
 GUIDANCE = ("apg", "cfg")
 DEFAULT_VPG_SCALE = 1.5  # the paper's InfinityStar value is not available to us (docs/vpg.md)
@@ -86,11 +103,16 @@ class InfinityStarPipelineOutput(BaseOutput):
 @dataclass(frozen=True)
 class InfinityStarCall(ResolvedCall):
     """:meth:`VPGInfinityStarPipeline.resolve_call`'s result: also the step ``plan``, the number of prompts
-    (before ``num_videos_per_prompt``) and the bits forced by ``prefix_codes`` (checked, one per step)."""
+    (before ``num_videos_per_prompt``), the bits forced by ``prefix_codes`` (checked, one per step), the
+    condition frames of a continuation (``video``: ``(V, 81, H, W, 3)`` uint8, one per distinct video) and
+    the number of leading steps whose codes are conditioning (``image`` / ``video``; VPG keeps them clean
+    unless ``vpg_corrupt_conditioning``)."""
 
     plan: StepPlan
     num_prompts: int
     forced_codes: tuple[torch.Tensor, ...] | None
+    condition_video: torch.Tensor | None = None
+    conditioning_steps: int = 0
 
 
 class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin, DiffusionPipeline):
@@ -102,10 +124,11 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         text_encoder ([`~transformers.T5EncoderModel`], *optional*): flan-T5-XL for the released model.
             Without it, pass ``prompt_embeds``.
         tokenizer ([`~transformers.PreTrainedTokenizer`], *optional*): its tokenizer.
-        official_args (`dict`, *optional*): official ``Args`` settings over the released 720p script's
-            values (``pn``, repetitions, ``semantic_scales``, ``cfg``, taus, ...; see
-            ``models/infinity_star/settings.py``).
+        official_args (`dict`, *optional*): official ``Args`` settings over the ``variant``'s script's values
+            (``pn``, repetitions, ``semantic_scales``, ``cfg``, taus, ...; see ``models/infinity_star/settings.py``).
         prompt_suffix (`str`): appended to every prompt (the official scripts' suffix by default).
+        variant (`str`, *optional*): the official script the model is run like: ``"720p"``, ``"480p"`` or
+            ``"interact"`` (its settings under ``official_args``); ``None``: the 720p script's settings, no name.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -125,17 +148,18 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         tokenizer: Any = None,
         official_args: dict | None = None,
         prompt_suffix: str = PROMPT_SUFFIX,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        args = resolve_args(official_args)
+        args = resolve_args({**variant_args(variant), **dict(official_args or {})})
         args["text_channels"] = int(transformer.config.text_channels)
         if vae.config.detail_scale_min_tokens != args["detail_scale_min_tokens"]:
             raise ValueError(
                 f"`vae` uses the detail codebook from {vae.config.detail_scale_min_tokens} tokens, the settings from "
                 f"{args['detail_scale_min_tokens']} (`official_args.detail_scale_min_tokens`); they must agree"
             )
-        self.register_to_config(official_args=args, prompt_suffix=prompt_suffix)
+        self.register_to_config(official_args=args, prompt_suffix=prompt_suffix, variant=variant)
         self._args = args
         self.video_processor = VideoProcessor(do_resize=False, do_normalize=True)
         self._interrupt = False
@@ -166,13 +190,18 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         return default_size(self._args)
 
     @property
+    def variant(self) -> str | None:
+        """The official script the model is run like (``"720p"``, ``"480p"``, ``"interact"``; ``None``: not named)."""
+        return self.config.variant
+
+    @property
     def call_defaults(self) -> dict[str, Any]:
         """What a call uses for the arguments left ``None`` (the model's settings: ``official_args``);
         ``height`` / ``width`` both ``None`` take :attr:`default_size`."""
         a = self._args
         return {"guidance_scale": a["cfg"], "guidance": "apg" if a["use_apg"] else "cfg",
                 "apg_norm_threshold": a["apg_norm_threshold"], "tau_image": a["tau_image"],
-                "tau_video": a["tau_video"], "num_frames": a["video_frames"]}
+                "tau_video": a["tau_video"], "num_frames": default_num_frames(a)}
 
     def plan(self, num_frames: int, height: int, width: int, tau_image: float | None = None,
              tau_video: float | None = None) -> StepPlan:
@@ -241,6 +270,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         output_type: Any,
         callback_on_step_end: Any,
         callback_on_step_end_tensor_inputs: Any,
+        video: Any = None,
+        video_fps: Any = None,
+        sample_posterior: Any = False,
     ) -> int:
         """Validate every argument that does not need the schedule; return the number of prompts."""
         if prompt is not None and prompt_embeds is not None:
@@ -288,11 +320,21 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         check_number("apg_norm_threshold", apg_norm_threshold, low=0.0)
         check_number("tau_image", tau_image, low=0.0, exclusive=True)
         check_number("tau_video", tau_video, low=0.0, exclusive=True)
-        if image is not None and prefix_codes is not None:
-            raise ValueError("Pass at most one of `image` (image-to-video) and `prefix_codes` (forced codes).")
+        given = [name for name, value in (("image", image), ("video", video), ("prefix_codes", prefix_codes))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass at most one of `image` (image-to-video), `video` (continuation) and "
+                             f"`prefix_codes` (forced codes); got {' and '.join(f'`{n}`' for n in given)}.")
+        if video is not None:
+            videos_of(video, batch)
+        elif video_fps is not None:
+            raise ValueError("`video_fps` was given without `video`")
+        check_video_fps(video_fps)
+        if not isinstance(sample_posterior, bool):
+            raise ValueError(f"`sample_posterior` must be a bool, got {sample_posterior!r}")
         if image is not None:
             images = image if isinstance(image, list) else [image]
-            if len(images) not in (1, batch) or not all(_is_image(i) for i in images):
+            if len(images) not in (1, batch) or not all(is_image(i) for i in images):
                 raise TypeError(
                     f"`image` must be one image (PIL, (H, W, 3) array, (3, H, W) tensor in [0, 1]) or one per prompt "
                     f"({batch}), got {type(image)}"
@@ -329,26 +371,56 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         return out
 
     def prepare_image_codes(
-        self, image: Any, plan: StepPlan, num_prompts: int, num_videos_per_prompt: int, device: torch.device
+        self, image: Any, plan: StepPlan, num_prompts: int, num_videos_per_prompt: int, device: torch.device,
+        sample_posterior: bool = False, generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> list[torch.Tensor]:
         """The image clip's forced bits of every sample (official i2v: the reference image as frame 0).
 
         The image is resized to cover the video and centre-cropped (the official ``transform``), encoded
-        with the VAE (the posterior mean, where the official script draws a posterior sample with the
-        unseeded global RNG), and residual-quantized over the image clip's steps.
+        with the VAE and residual-quantized over the image clip's steps. The latent is the posterior mean, or
+        with ``sample_posterior`` a posterior sample drawn from ``generator`` (the official script draws one
+        from its unseeded global RNG).
         """
         _, height, width = plan.clip_grid(0)
         images = image if isinstance(image, list) else [image]
-        pixels = torch.stack([center_crop_resize(_to_pil(i), height * 16, width * 16) for i in images])
+        pixels = torch.stack([center_crop_resize(to_pil(i), height * 16, width * 16) for i in images])
+        repeat = num_prompts // len(images) * num_videos_per_prompt
+        latent = self._encode_condition(pixels[:, :, None], repeat, device, sample_posterior, generator)
+        return prefix_clip_bits(self.vae, latent, plan, 1)
+
+    def prepare_video_codes(
+        self, frames: torch.Tensor, plan: StepPlan, num_prompts: int, num_videos_per_prompt: int,
+        device: torch.device, sample_posterior: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> list[torch.Tensor]:
+        """The forced bits of every sample for a continuation (official ``tools/infer_video_480p.py``): the
+        condition frames (``resolve_call(...).condition_video``, ``(V, 81, H, W, 3)`` uint8) encoded with the
+        VAE into 21 latent frames and residual-quantized over the image clip's and the first video clip's
+        steps (``gt_leak``: their scales). Posterior mean or sample: as :meth:`prepare_image_codes`."""
+        pixels = to_pixels(frames).movedim(1, 2)  # (V, 3, 81, H, W)
+        repeat = num_prompts // frames.shape[0] * num_videos_per_prompt
+        latent = self._encode_condition(pixels, repeat, device, sample_posterior, generator)
+        return prefix_clip_bits(self.vae, latent, plan, condition_clips(frames.shape[1]))
+
+    def _encode_condition(self, pixels: torch.Tensor, repeat: int, device: torch.device, sample_posterior: bool,
+                          generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """VAE latents of ``pixels`` ``(V, 3, F, H, W)``, each repeated ``repeat`` times (one per sample)."""
         vae_param = next(self.vae.parameters())
         dtype = vae_param.dtype if vae_param.device.type != "meta" else torch.float32
-        latent = self.vae.encode(pixels[:, :, None].to(device=device, dtype=dtype), sample_posterior=False)
-        bits = image_clip_bits(self.vae, latent.float(), plan)
+        sources = pixels.to(device=device, dtype=dtype)
+        if not sample_posterior:  # one encode per distinct source
+            latent = torch.cat([self.vae.encode(x[None], sample_posterior=False) for x in sources])
+            latent = latent.repeat_interleave(repeat, dim=0)
+        else:  # one posterior sample per output, from its generator (or the one generator, in order)
+            latent = torch.cat([
+                self.vae.encode(sources[b // repeat][None], sample_posterior=True,
+                                generator=generator[b] if isinstance(generator, list) else generator)
+                for b in range(sources.shape[0] * repeat)
+            ])
         # model offload moves a module out only when the next hooked one runs: the VAE used this early would
         # otherwise share the device with the transformer until decoding
         release_offloaded(self, self.vae)
-        repeat = num_prompts // len(images) * num_videos_per_prompt
-        return [b.repeat_interleave(repeat, dim=0) for b in bits]
+        return latent.float()
 
     def resolve_call(self, **call_kwargs: Any) -> InfinityStarCall:
         """The call ``self(**call_kwargs)`` would make, checked and resolved, without running it.
@@ -359,6 +431,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         """
         a = bind_arguments(self, call_kwargs)
         tensor_inputs = callback_tensor_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"])
+        if a["video"] is not None and a["num_frames"] is None:
+            a["num_frames"] = self.continuation_frames
         for name, value in self.call_defaults.items():
             if a[name] is None:
                 a[name] = value
@@ -367,10 +441,13 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             a["prompt_attention_mask"], a["negative_prompt_attention_mask"], a["num_videos_per_prompt"],
             a["guidance_scale"], a["guidance"], a["apg_norm_threshold"], a["tau_image"], a["tau_video"], a["image"],
             a["prefix_codes"], a["generator"], a["output_type"], a["callback_on_step_end"], tensor_inputs,
+            a["video"], a["video_fps"], a["sample_posterior"],
         )
         if a["height"] is None and a["width"] is None:
             a["height"], a["width"] = self.default_size
         self._check_size(a["height"], a["width"])
+        if a["video"] is not None:
+            self._check_continuation(a["num_frames"])
         plan = self.plan(a["num_frames"], a["height"], a["width"], float(a["tau_image"]), float(a["tau_video"]))
         batch = num_prompts * a["num_videos_per_prompt"]
         num_scales = len(plan.schedule)
@@ -387,14 +464,41 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         steps = tuple(plan_scale_steps(plan))
         scales = [step.scale for step in steps]
         guidance = CallGuidance(term, vpg, *extra, step_scales=scales)
-        forced = None
+        forced = video = None
+        conditioning = 0
         if a["prefix_codes"] is not None:
             forced = tuple(self._forced_codes(a["prefix_codes"], plan, batch))
+        elif a["image"] is not None:
+            conditioning = sum(1 for s in plan.steps if s.clip == 0)
+        elif a["video"] is not None:
+            count = 1 + self.fps * CONDITION_SECONDS
+            video = torch.stack([
+                condition_frames(v, a["video_fps"], self.fps, CONDITION_SECONDS, count, a["height"], a["width"])
+                for v in videos_of(a["video"], num_prompts)
+            ])
+            conditioning = sum(1 for s in plan.steps if s.clip < condition_clips(count))
         return InfinityStarCall(
             arguments=frozen(a), batch=batch, steps=steps, num_scales=num_scales, guidance=guidance,
             with_null=guidance.chain.uses_conditions(scales, num_scales), callback_tensor_inputs=tuple(tensor_inputs),
-            plan=plan, num_prompts=num_prompts, forced_codes=forced,
+            plan=plan, num_prompts=num_prompts, forced_codes=forced, condition_video=video,
+            conditioning_steps=conditioning,
         )
+
+    @property
+    def continuation_frames(self) -> int:
+        """Length of a continued video (``video=``): 10 s, 161 frames at 16 fps (the official script's only one)."""
+        return 1 + self.fps * CONTINUATION_SECONDS
+
+    def _check_continuation(self, num_frames: Any) -> None:
+        """Continuation makes :attr:`continuation_frames` frames only, and only a model that makes them."""
+        frames = self.continuation_frames
+        if frames not in allowed_frame_counts(self._args):
+            raise ValueError(f"`video` (continuation) makes {CONTINUATION_SECONDS} s videos ({frames} frames), which "
+                             f"this model does not make (its lengths: {allowed_frame_counts(self._args)}); load the "
+                             f"480p checkpoint (variant '480p')")
+        if num_frames != frames:
+            raise ValueError(f"`num_frames` must be {frames} ({CONTINUATION_SECONDS} s) with `video`: continuation "
+                             f"only makes {CONTINUATION_SECONDS} s videos, got {num_frames!r}")
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -413,6 +517,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         tau_image: float | None = None,
         tau_video: float | None = None,
         image: Any = None,
+        video: Any = None,
+        video_fps: float | None = None,
+        sample_posterior: bool = False,
         prefix_codes: Sequence[torch.Tensor] | None = None,
         vpg_scale: float = DEFAULT_VPG_SCALE,
         vpg_corruption: float = DEFAULT_VPG_CORRUPTION,
@@ -438,11 +545,12 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         trace: SamplerTrace | None = None,
     ) -> InfinityStarPipelineOutput | tuple:
         r"""
-        Generate videos (or images with ``num_frames=1``).
+        Generate videos (or images with ``num_frames=1``), from text, an image (``image``) or the start of a
+        video (``video``, continuation).
 
-        Defaults are the released 720p script's settings (APG, cfg 34, norm threshold 0.05, tau 1 / 0.4,
-        81 frames at 16 fps, the configured pixel budget at ratio 0.571: 720x1280 for the 720p model);
-        ``None`` below means "from those settings".
+        Defaults are the model's official script's settings (``variant``; 720p and 480p: APG, cfg 34, norm
+        threshold 0.05, tau 1 / 0.4, 81 frames at 16 fps, the configured pixel budget at ratio 0.571: 720x1280
+        for the 720p model, 480x848 for the 480p one); ``None`` below means "from those settings".
 
         Args:
             prompt (`str` or `list[str]`, *optional*):
@@ -453,7 +561,9 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                 Text(s) used as given; empty or ``None`` (the official default) uses the model's learned
                 null text.
             num_frames (`int`, *optional*):
-                1 (an image) or 1 + 16 k up to the model's ``video_frames``; ``None``: that length.
+                The lengths the model's official script makes: the 480p model 81 or 161 (5 or 10 s at 16 fps);
+                otherwise 1 (an image) or 1 + 16 k up to the model's ``video_frames`` (81 for 720p).
+                ``None``: 81 (5 s, the scripts' default), with ``video`` 161.
             height (`int`, *optional*):
                 A height of the official schedules (any aspect template and pixel budget; the error lists
                 them); ``None`` (with ``width``): :attr:`default_size`.
@@ -475,8 +585,23 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
                 Image-to-video: the first frame (a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)``
                 tensor in [0, 1]), one for all prompts or one per prompt. It is cropped to the video's
-                size, encoded (posterior mean) and its codes are forced for every step of the image
-                clip, as the official i2v does.
+                size, encoded (posterior mean, see ``sample_posterior``) and its codes are forced for every
+                step of the image clip, as the official i2v does.
+            video (`str`, `list[PIL.Image.Image]`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                Video continuation (the 480p model; ``tools/infer_video_480p.py``): a file path (read with
+                imageio-ffmpeg), a list of frames, an ``(F, H, W, 3)`` array or an ``(F, 3, H, W)`` tensor in
+                [0, 1]; one for all prompts or one per prompt. At least 5 s long: its first 5 s resampled to
+                81 frames (the official ``get_clip(0, 5, 81)``) are cropped to the video's size, encoded (21
+                latent frames) and their codes forced for every step of the image clip and the first video
+                clip (the official ``gt_leak``); the model generates the rest of a 10 s video (``num_frames``
+                161). The output is the whole 161 frames, as the official script saves it: frames 0-80 are
+                the VAE's reconstruction of the forced codes, frames 81-160 the continuation.
+            video_fps (`float`, *optional*):
+                Frames per second of ``video``; ``None``: a file's own rate, 16 for frames given in memory.
+            sample_posterior (`bool`, *optional*, defaults to `False`):
+                Encode ``image`` / ``video`` with a posterior sample of the VAE drawn from ``generator`` (one
+                per video, before any sampling draw; the official scripts draw it from their unseeded global
+                RNG) instead of the posterior mean (the default: the forced codes do not depend on the seed).
             prefix_codes (`list[torch.Tensor]`, *optional*):
                 Bits forced for the first ``len(prefix_codes)`` steps, one ``(B or 1, t, h, w, d)`` tensor
                 per (scale, repetition) step; the sampler still draws (the generator stream is the
@@ -561,7 +686,11 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         if call.forced_codes is not None:
             forced = list(call.forced_codes)
         elif image is not None:
-            forced = self.prepare_image_codes(image, plan, num_prompts, num_videos_per_prompt, device)
+            forced = self.prepare_image_codes(image, plan, num_prompts, num_videos_per_prompt, device,
+                                              sample_posterior, generator)
+        elif call.condition_video is not None:
+            forced = self.prepare_video_codes(call.condition_video, plan, num_prompts, num_videos_per_prompt, device,
+                                              sample_posterior, generator)
 
         if prompt is not None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -657,14 +786,15 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
         quantization: str | None = None,
+        variant: str | None = None,
     ) -> VPGInfinityStarPipeline:
         """Build the pipeline from the released files.
 
         Args:
             transformer_checkpoint (`str` or `Path`):
-                ``infinitystar_8b_720p_weights`` (a shard folder with its ``*.index.json``), or one
-                ``.safetensors`` / ``.pth`` state dict; a local path or a file name in the hub repo
-                ``FoundationVision/InfinityStar``.
+                ``infinitystar_8b_720p_weights`` or ``infinitystar_8b_480p_weights`` (a shard folder with its
+                ``*.index.json``), or one ``.safetensors`` / ``.pth`` state dict; a local path or a file name
+                in the hub repo ``FoundationVision/InfinityStar``.
             vae_checkpoint (`str` or `Path`):
                 ``infinitystar_videovae.pth`` (local or on the hub).
             text_encoder (`T5EncoderModel`, `str` or `Path`, *optional*):
@@ -681,6 +811,11 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
             quantization (`str`, *optional*):
                 The transformer's weights in ``"int8"`` (TorchAO), ``"nf4"`` (bitsandbytes, CUDA) or
                 ``"fp8"`` (layerwise casting); the two heads stay float32. See ``docs/memory.md``.
+            variant (`str`, *optional*):
+                The official script to run the checkpoint like: ``"720p"`` (``tools/infer_video_720p.py``),
+                ``"480p"`` (``tools/infer_video_480p.py``: 0.40M budget, 5 or 10 s) or ``"interact"``; its
+                settings come under ``config["args"]``. ``None``: the one the checkpoint's name says
+                (``..._480p_...``), else the 720p script's settings.
 
         Returns:
             [`VPGInfinityStarPipeline`]: the loaded pipeline; move it with ``.to(device)`` or use
@@ -697,17 +832,26 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         ...     torch_dtype=torch.bfloat16,
         ... )  # doctest: +SKIP
         >>> pipe.save_pretrained("infinitystar-720p-vpg")  # doctest: +SKIP
+        >>> # the 480p checkpoint: its script's settings from the name (or variant="480p"), 5 or 10 s videos
+        >>> pipe = VPGInfinityStarPipeline.from_official(
+        ...     "infinitystar_8b_480p_weights", "infinitystar_videovae.pth", text_encoder="google/flan-t5-xl",
+        ...     torch_dtype=torch.bfloat16,
+        ... )  # doctest: +SKIP
+        >>> pipe.variant, pipe.default_size  # doctest: +SKIP
+        ('480p', (480, 848))
 
         ```
         """
         check_quantization(quantization)
+        if variant is None:
+            variant = variant_of_checkpoint(Path(str(transformer_checkpoint)).name)
         config = dict(config or {})
         unknown = set(config) - {"args", "model", "vae_block_out_channels", "text_maxlen", "scale_schedule",
                                  "first_full_spatial_size_scale_index", "tau_list", "h_div_w_template"}
         if unknown:
             raise ValueError(f"`config` has unknown entries {sorted(unknown)}")
         overrides = dict(config.get("args") or {})
-        args = resolve_args(overrides)
+        args = resolve_args({**variant_args(variant), **overrides})
         transformer = load_infinity_star_transformer(
             _resolve_checkpoint(transformer_checkpoint),
             text_maxlen=int(config.get("text_maxlen", TEXT_MAXLEN)), torch_dtype=torch_dtype,
@@ -734,7 +878,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                                  f"{transformer.config.text_channels}")
             text_encoder = text_encoder.eval()
         return cls(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                   official_args=args)
+                   official_args=args, variant=variant)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -753,29 +897,6 @@ def _check_embeds(name: str, embeds: Any, mask: Any, channels: int) -> int:
         if not bool(((mask == 0) | (mask == 1)).all()) or not bool((mask.sum(dim=1) > 0).all()):
             raise ValueError(f"`{mask_name}` must hold 0/1 with at least one token per row")
     return int(embeds.shape[0])
-
-
-def _is_image(value: Any) -> bool:
-    if isinstance(value, PIL.Image.Image):
-        return True
-    if isinstance(value, np.ndarray):
-        return value.ndim == 3 and value.shape[-1] in (1, 3, 4)
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 3 and value.shape[0] in (1, 3)
-    return False
-
-
-def _to_pil(value: Any) -> PIL.Image.Image:
-    if isinstance(value, PIL.Image.Image):
-        return value
-    if isinstance(value, torch.Tensor):
-        value = value.detach().float().cpu().permute(1, 2, 0).numpy()
-    arr = np.asarray(value)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return PIL.Image.fromarray(arr[..., :3])
 
 
 def _replace_latents(state: InfinityStarState, latents: torch.Tensor) -> None:
