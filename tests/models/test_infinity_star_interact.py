@@ -23,7 +23,7 @@ from vpg_pipelines.models.infinity_star.interact import (
     window_conditions,
     window_schedule,
 )
-from vpg_pipelines.models.infinity_star.settings import resolve_args
+from vpg_pipelines.models.infinity_star.settings import resolve_args, variant_args
 from vpg_pipelines.models.infinity_star.transformer import InfinityStarTransformer
 from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.pipelines.reference_video import last_seconds
@@ -34,20 +34,15 @@ TEXT_MAXLEN = 512
 
 
 def script_args() -> dict:
-    return resolve_args(interact_args())
+    return resolve_args(variant_args("interact"))
 
 
-def test_settings_are_the_scripts():
-    args, script = script_args(), SETTINGS["args"]
-    for ours, theirs in (("pn", "pn"), ("video_frames", "video_frames"), ("cfg", "cfg"), ("use_cfg", "use_cfg"),
-                         ("use_apg", "use_apg"), ("tau_image", "taui"), ("semantic_scales", "semantic_scales"),
-                         ("dynamic_scale_schedule", "dynamic_scale_schedule"), ("max_repeat_times", "max_repeat_times"),
-                         ("context_frames", "context_frames"), ("fps", "fps")):
-        assert args[ours] == script[theirs]["value"], ours
-    assert args["image_scale_repetition"] == json.loads(script["image_scale_repetition"]["value"])
-    assert args["video_scale_repetition"] == args["image_scale_repetition"]  # the script's line 132
-    # the fixture's overrides give only the image list; the video list follows it, as in the script
+def test_a_given_image_repetition_list_is_the_video_one():
+    """The script sets the video list to the image one (line 132); fixtures override the image list only."""
     assert interact_args({"image_scale_repetition": [1] * 11})["video_scale_repetition"] == [1] * 11
+    both = interact_args({"image_scale_repetition": [1], "video_scale_repetition": [2]})
+    assert both["video_scale_repetition"] == [2]
+    assert script_args()["video_scale_repetition"] == script_args()["image_scale_repetition"]
 
 
 @pytest.mark.parametrize("template", sorted(SCHEDULE["templates_0.40M"]))

@@ -52,6 +52,8 @@ from .pipeline_vpg_infinity_star import (
 )
 from .reference_video import ReferenceInfo, inspect_reference, reference_frames
 
+VARIANT = "interact"
+"""The registry's variant (``settings.VARIANT_ARGS``) this pipeline runs."""
 CONTEXT_FRAMES = 1 + CONTEXT_LATENT_FRAMES
 """Latent frames of ``context_latents``: the reference's first latent frame, then the last 21 of the story."""
 
@@ -147,9 +149,13 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
         tokenizer: Any = None,
         official_args: dict | None = None,
         prompt_suffix: str = "",
+        variant: str | None = VARIANT,
     ) -> None:
+        if variant not in (None, VARIANT):
+            raise ValueError(f"`variant` of {type(self).__name__} must be {VARIANT!r} (the Interact script), got "
+                             f"{variant!r}; load other checkpoints with VPGInfinityStarPipeline")
         super().__init__(transformer, vae, text_encoder, tokenizer, official_args=interact_args(official_args),
-                         prompt_suffix=prompt_suffix)
+                         prompt_suffix=prompt_suffix, variant=VARIANT)
         self._clip_index = 0
 
     # -- properties -------------------------------------------------------------------------------
@@ -643,15 +649,18 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
         config: dict | None = None,
         torch_dtype: torch.dtype | None = None,
         quantization: str | None = None,
+        variant: str | None = VARIANT,
     ) -> VPGInfinityStarInteractPipeline:
-        """Build the pipeline from the released files: [`VPGInfinityStarPipeline.from_official`] with the interact
-        script's settings under ``config["args"]`` (``InfinityStarInteract_24K_iters``, a shard folder, for the
-        released model)."""
+        """Build the pipeline from the released files (``InfinityStarInteract_24K_iters``, a shard folder, with
+        ``infinitystar_videovae.pth``): [`VPGInfinityStarPipeline.from_official`] with the Interact script's
+        settings (``variant="interact"``) under ``config["args"]``."""
+        if variant not in (None, VARIANT):
+            raise ValueError(f"`variant` of {cls.__name__} must be {VARIANT!r} (the Interact script), got {variant!r}")
         config = dict(config or {})
         config["args"] = interact_args(config.get("args"))
         return super().from_official(transformer_checkpoint, vae_checkpoint, text_encoder=text_encoder,
                                      tokenizer=tokenizer, config=config, torch_dtype=torch_dtype,
-                                     quantization=quantization)
+                                     quantization=quantization, variant=VARIANT)
 
 
 def _clip_generator(generator: Any, reseed: bool) -> Any:

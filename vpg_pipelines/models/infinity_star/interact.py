@@ -35,27 +35,6 @@ from .adapter import InfinityStarAdapter, InfinityStarState
 from .schedules import Scale, StepPlan, get_first_full_spatial_size_scale_index, plan_steps
 from .settings import select_schedule
 
-INTERACT_ARGS: dict[str, Any] = {
-    "pn": "0.40M",
-    "video_frames": 161,
-    "dynamic_scale_schedule": "infinity_star_interact",
-    "h_div_w_template": 0.571,
-    "use_cfg": 1,
-    "use_apg": 0,
-    "cfg": 3.0,
-    "tau_image": 0.5,
-    "tau_video": 0.5,
-    "image_scale_repetition": [3] * 12 + [2, 1],
-    "video_scale_repetition": [3] * 12 + [2, 1],
-    "semantic_scales": 11,
-    "detail_scale_min_tokens": 350,
-    "max_repeat_times": 1000,
-    "context_frames": 1000,
-}
-"""``tools/infer_interact_480p.py``'s settings that differ from the 720p script's (``video_scale_repetition`` is
-the image list there; ``h_div_w_template`` is the script's ``h_div_w``: the size actually follows the
-reference video's aspect ratio)."""
-
 WINDOW_LATENT_FRAMES = 20
 """Latent frames a window generates (80 pixel frames, 5 s at 16 fps)."""
 CONTEXT_LATENT_FRAMES = 21
@@ -75,11 +54,12 @@ CAPTION_FRAMES = 81
 
 
 def interact_args(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The interact script's settings under ``overrides`` (official ``Args`` names). As in the script, the video
-    repetition list is the image one unless given."""
-    args = {**INTERACT_ARGS, **dict(overrides or {})}
-    if overrides and "image_scale_repetition" in overrides and "video_scale_repetition" not in overrides:
-        args["video_scale_repetition"] = overrides["image_scale_repetition"]
+    """``overrides`` (official ``Args`` names) for the interact script's settings (``VARIANT_ARGS["interact"]``,
+    which the pipeline's ``variant`` applies under them): as in the script, a given image repetition list is the
+    video one too unless that is given."""
+    args = dict(overrides or {})
+    if "image_scale_repetition" in args and "video_scale_repetition" not in args:
+        args["video_scale_repetition"] = args["image_scale_repetition"]
     return args
 
 
