@@ -18,6 +18,7 @@ from ..models.infinity.transformer import InfinityTransformer
 from ..models.infinity_star.transformer import InfinityStarTransformer
 from ..models.var.transformer import VARTransformer
 from .decode import decode_bytes, text_encoder_bytes
+from .interact import plan_interact_clip
 from .kv_timeline import guided_steps, kv_timeline
 from .planner import PlanInputs
 from .replay import InfinityStarStepReplay, InfinityStepReplay, VARStepReplay
@@ -119,7 +120,7 @@ def plan_inputs(
         activation=replay.activation, state=replay.run_state_bytes, vocab=replay.vocab, cfg=cfg,
         guided=guided, refresh=refresh,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
-        notes=notes,
+        notes=notes, reference_encode=parts.get("reference_encode"),
     )
 
 
@@ -209,6 +210,9 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
 
 
 def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes) -> dict:
+    if hasattr(call, "num_clips"):  # InfinityStar-Interact: the plan of one clip (memory/interact.py)
+        return plan_interact_clip(pipe, call, given, dtype, vae_dtype, text_tokens, notes,
+                                  lambda texts, fallback: _tokens(pipe, texts, None, fallback, notes))
     a, plan = call.arguments, call.plan
     prompt = given.get("prompt")
     texts = [prompt] if isinstance(prompt, str) else list(prompt or [])

@@ -554,6 +554,7 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
             start = context_latents.float().expand(stories, -1, -1, -1, -1)
             first, context = start[:, :, :1], start[:, :, 1:]
         else:
+            release_offloaded(self, self.text_encoder)  # model offload: the VAE encodes alone
             posterior_generator = generator[0] if isinstance(generator, list) else generator
             encoded = self.encode_reference(video, a["height"], a["width"], posterior_generator, sample_posterior)
             encoded = encoded.expand(stories, -1, -1, -1, -1)
@@ -619,7 +620,8 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
         text_device = self.component_device("text_encoder")
         if a["prompt"] is not None:
             prompts = [a["prompt"]] if isinstance(a["prompt"], str) else list(a["prompt"])
-            texts = self.encode_prompt([self.caption(p, CAPTION_FRAMES) for p in prompts], text_device)
+            # one prompt at a time (officially one per clip): the encoder's memory does not grow with the story
+            texts = [self.encode_prompt([self.caption(p, CAPTION_FRAMES)], text_device)[0] for p in prompts]
         else:
             texts = self._rows(a["prompt_embeds"], a["prompt_attention_mask"])
         negatives: list[torch.Tensor | None] = [None] * clips
@@ -628,7 +630,7 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
         elif call.with_null and a["negative_prompt"] is not None:
             listed = [a["negative_prompt"]] if isinstance(a["negative_prompt"], str) else list(a["negative_prompt"])
             if any(listed):
-                encoded = self.encode_prompt([n or " " for n in listed], text_device)
+                encoded = [self.encode_prompt([n or " "], text_device)[0] for n in listed]
                 negatives = [e if n else None for e, n in zip(encoded, listed)]
             else:
                 negatives = [None] * len(listed)
