@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vpg_pipelines import VARVQVAE, VARTransformer, VPGVARPipeline, load_demo_pipeline
+
+try:  # POSIX only (peak RSS where /proc is missing, e.g. macOS); Windows has neither
+    import resource
+except ImportError:
+    resource = None
 
 REPO = Path(__file__).resolve().parents[1]
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -43,7 +49,6 @@ def random_models(depth: int, device: str = "cpu", seed: int = 0):
     attention's log scale, which keeps its log(4) start; the VQVAE keeps PyTorch's default init
     under the seed. Real weights are not needed for timing.
     """
-    from vpg_pipelines import VARVQVAE, VARTransformer
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -59,7 +64,6 @@ def random_models(depth: int, device: str = "cpu", seed: int = 0):
 
 def build_random_pipeline(depth: int, device: str, dtype: torch.dtype, seed: int = 0):
     """A :class:`VPGVARPipeline` of VAR-d{depth} with seeded random weights on ``device``."""
-    from vpg_pipelines import VPGVARPipeline
 
     transformer, vae = random_models(depth, device, seed)
     pipe = _to(VPGVARPipeline(transformer=transformer, vae=vae), device, dtype)
@@ -73,12 +77,11 @@ def parity_dir() -> Path:
 
 def load_parity_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32):
     """The tiny official-format model of the parity fixtures (``../shared/parity/var``)."""
-    from vpg_pipelines import VPGVARPipeline
 
     root = parity_dir()
     if not (root / "var.safetensors").exists():
         raise FileNotFoundError(f"the parity model is missing from {root} (set VPG_SHARED)")
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     pipe = _to(pipe, device, dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -90,7 +93,6 @@ PARITY_NAME = "tiny parity model (depth 2, width 128, scales 1-4, 64 px)"
 
 def load_tiny_pipeline(device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, str]:
     """The bundled demo model when installed, else the tiny parity model; returns (pipe, description)."""
-    from vpg_pipelines import load_demo_pipeline
 
     try:
         pipe = _to(load_demo_pipeline(device), device, dtype)
@@ -223,15 +225,18 @@ def paired_ratios(series: dict[str, Series], baseline: str) -> dict[str, list[fl
 
 
 def current_rss() -> int:
-    """Resident set size of this process in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """Resident set size of this process in bytes (Linux: ``/proc``; the memory benchmarks need it)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError as err:
+        raise OSError("the CPU memory benchmarks read /proc/self/statm (Linux only)") from err
 
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where not supported."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
         return True
     except OSError:
@@ -241,20 +246,23 @@ def reset_peak_rss() -> bool:
 def peak_rss() -> int:
     """Peak resident set size in bytes (VmHWM, which :func:`reset_peak_rss` resets)."""
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if resource is None:
+        raise OSError("peak RSS needs /proc (Linux) or the resource module (POSIX); not available on Windows")
+    # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
 
 
 # -- reporting -------------------------------------------------------------------------------------
 def machine_info(device: str) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
@@ -274,7 +282,7 @@ def machine_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name()
     try:
         info["load_average"] = os.getloadavg()[0]
-    except OSError:
+    except (OSError, AttributeError):  # Windows has no load average
         pass
     return info
 
@@ -326,12 +334,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_outputs(result: dict, markdown: str, out_json: str | None, out_md: str | None) -> None:
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
-    if out_md:
-        Path(out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_md).write_text(markdown + "\n")
+    """The result as JSON (``markdown`` included under ``"markdown"``) and the Markdown table, each written whole
+    (a temporary file beside it, then one ``os.replace``) so an interrupted run never leaves half a result."""
+    result["markdown"] = markdown
+    for path, text in ((out_json, json.dumps(result, indent=2, default=_jsonable) + "\n"), (out_md, markdown + "\n")):
+        if path:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, target)
 
 
 def _jsonable(obj: Any) -> Any:

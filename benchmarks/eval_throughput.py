@@ -28,6 +28,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, markdown_table, write_outputs
+from vpg_pipelines.cli import main as vpg_main
+from vpg_pipelines.testing import STAR_FAST_ARGS, tiny_t5
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VPG_SHARED", REPO.parent / "shared"))
@@ -40,10 +42,6 @@ VBENCH = ["a red cat walking on the beach", "a bird in the sky, frozen in time",
 
 def make_tiny(folder: Path) -> dict[str, Path]:
     """Tiny Infinity / InfinityStar pipeline folders (parity weights + a random tiny T5) and small input files."""
-    from tests.helpers.cli import FAST_ARGS
-    from tests.helpers.tiny_text import tiny_t5
-    from vpg_pipelines.cli import main
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"infinity": folder / "infinity", "infinity_star": folder / "infinity-star"}
     for channels, name in ((128, "t5-128"), (64, "t5-64")):
@@ -52,25 +50,25 @@ def make_tiny(folder: Path) -> dict[str, Path]:
         tokenizer.save_pretrained(folder / name)
     root = SHARED / "parity"
     if not paths["infinity"].exists():
-        assert main(["convert", "--infinity", str(root / "infinity/infinity.safetensors"), "--vae",
+        assert vpg_main(["convert", "--infinity", str(root / "infinity/infinity.safetensors"), "--vae",
                      str(root / "infinity/vae.safetensors"), "--config", str(root / "infinity/config.json"),
                      "--text-encoder", str(folder / "t5-128"), "--out", str(paths["infinity"])]) == 0
     if not paths["infinity_star"].exists():
-        config = json.loads((root / "infinity_star/config.json").read_text())
-        config["args"] = {**config["args"], **FAST_ARGS}
-        (folder / "infinity-star-config.json").write_text(json.dumps(config))
-        assert main(["convert", "--infinity-star", str(root / "infinity_star/infinity_star.safetensors"), "--vae",
+        config = json.loads((root / "infinity_star/config.json").read_text(encoding="utf-8"))
+        config["args"] = {**config["args"], **STAR_FAST_ARGS}
+        (folder / "infinity-star-config.json").write_text(json.dumps(config), encoding="utf-8")
+        assert vpg_main(["convert", "--infinity-star", str(root / "infinity_star/infinity_star.safetensors"), "--vae",
                      str(root / "infinity_star/videovae.safetensors"), "--config",
                      str(folder / "infinity-star-config.json"), "--text-encoder", str(folder / "t5-64"),
                      "--out", str(paths["infinity_star"])]) == 0
     paths["geneval"] = folder / "evaluation_metadata.jsonl"
-    paths["geneval"].write_text("".join(json.dumps(m) + "\n" for m in GENEVAL))
+    paths["geneval"].write_text("".join(json.dumps(m) + "\n" for m in GENEVAL), encoding="utf-8")
     paths["dpg"] = folder / "dpg_prompts"
     paths["dpg"].mkdir(exist_ok=True)
     for item, text in DPG.items():
-        (paths["dpg"] / f"{item}.txt").write_text(text + "\n")
+        (paths["dpg"] / f"{item}.txt").write_text(text + "\n", encoding="utf-8")
     paths["vbench"] = folder / "vbench_prompts.txt"
-    paths["vbench"].write_text("\n".join(VBENCH) + "\n")
+    paths["vbench"].write_text("\n".join(VBENCH) + "\n", encoding="utf-8")
     return paths
 
 
@@ -100,7 +98,7 @@ def run_case(argv: list[str], processes: int, out: Path, port: int) -> dict[str,
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{argv} x{processes} failed:\n{done.stderr[-3000:]}")
-    chunks = json.loads((out / "run.json").read_text())["invocations"][-1]["chunks"]
+    chunks = json.loads((out / "run.json").read_text(encoding="utf-8"))["invocations"][-1]["chunks"]
     per_process: dict[int, list[tuple[int, float]]] = {}
     for c in chunks:
         per_process.setdefault(c["process"], []).append((c["samples"][1] - c["samples"][0], c["seconds"]))

@@ -32,7 +32,18 @@ import torch
 if __package__ in (None, ""):  # run as `python benchmarks/gpu_check.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import copy
+
+from benchmarks import infinity_star_clip, vpg_overhead
 from benchmarks.common import REPO, machine_info
+from benchmarks.parity_logits import MODELS, agreement, relative_error
+from vpg_pipelines import load_demo_pipeline
+from vpg_pipelines.loading.auto import released_pipeline
+from vpg_pipelines.memory.meter import TensorMeter
+from vpg_pipelines.memory.offload import apply_offload
+from vpg_pipelines.memory.quantization import apply_quantization, quantize_transformer
+from vpg_pipelines.memory.replay import cast_floating
+from vpg_pipelines.registry import released_model
 
 PARTS = ("cuda_tests", "precision", "planner", "offload", "benchmarks")
 TIMEOUTS = {"cuda_tests": 70, "precision": 60, "planner": 150, "offload": 110, "benchmarks": 80}
@@ -58,7 +69,7 @@ class Results:
         self.save()
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def _sync(device: str) -> None:
@@ -99,10 +110,7 @@ def part_cuda_tests(opts: argparse.Namespace, results: Results) -> None:
 
 def _format_logits(name, pipe, logits, reference, dtype_name: str, quantization: str | None, device: str) -> dict:
     """Logits of ``pipe``'s transformer in ``dtype_name`` (and weight format) against the float32 ones."""
-    import copy
 
-    from benchmarks.parity_logits import agreement, relative_error
-    from vpg_pipelines.memory.quantization import quantize_transformer
 
     dtype = getattr(torch, dtype_name)
     model = copy.deepcopy(pipe.transformer).to("cpu").to(dtype)
@@ -113,7 +121,6 @@ def _format_logits(name, pipe, logits, reference, dtype_name: str, quantization:
 
 
 def part_precision(opts: argparse.Namespace, results: Results) -> None:
-    from benchmarks.parity_logits import MODELS
 
     formats = [("float16", None), ("bfloat16", None), ("bfloat16", "int8"), ("bfloat16", "fp8"),
                ("bfloat16", "nf4")]
@@ -129,8 +136,6 @@ def part_precision(opts: argparse.Namespace, results: Results) -> None:
 
 def _random_released(name: str, device: str, dtype: torch.dtype):
     """A released architecture with seeded random weights, built on ``device`` (N(0, 0.02) matrices)."""
-    from vpg_pipelines.loading.auto import released_pipeline
-    from vpg_pipelines.registry import released_model
 
     kind, spec = released_model(name)
     empty = released_pipeline(name)
@@ -148,7 +153,6 @@ def _random_released(name: str, device: str, dtype: torch.dtype):
         for pname, param in parts["transformer"].named_parameters():
             if param.dim() >= 2 and not pname.endswith("scale_mul_1H11"):  # keep the attention's log(4) scale
                 param.normal_(0.0, 0.02)
-    from vpg_pipelines.memory.replay import cast_floating
 
     for key, module in parts.items():
         keep_vae_fp32 = key == "vae" and kind.name == "infinity_star"
@@ -182,8 +186,6 @@ def _text_call(pipe, call: dict, device: str) -> dict:
 
 
 def part_planner(opts: argparse.Namespace, results: Results) -> None:
-    from vpg_pipelines import load_demo_pipeline
-    from vpg_pipelines.memory.meter import TensorMeter
 
     dtype = torch.bfloat16 if not opts.dry_run else torch.float32
     for name, call in _planner_cases(opts.dry_run):
@@ -226,9 +228,6 @@ def part_planner(opts: argparse.Namespace, results: Results) -> None:
 
 
 def part_offload(opts: argparse.Namespace, results: Results) -> None:
-    from vpg_pipelines import load_demo_pipeline
-    from vpg_pipelines.memory.offload import apply_offload
-    from vpg_pipelines.memory.quantization import apply_quantization
 
     if opts.dry_run:
         modes = [("none", "none"), ("group", "int8")]
@@ -267,7 +266,6 @@ def part_offload(opts: argparse.Namespace, results: Results) -> None:
 
 
 def part_benchmarks(opts: argparse.Namespace, results: Results) -> None:
-    from benchmarks import infinity_star_clip, vpg_overhead
 
     out = Path(opts.out)
     if opts.dry_run:

@@ -19,8 +19,12 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 
-from benchmarks.common import DTYPES, fmt_mib, fmt_seconds, machine_info, markdown_table, timed, write_outputs
+from benchmarks.common import DTYPES, fmt_mib, fmt_seconds, machine_info, markdown_table, peak_rss, timed, write_outputs
+from vpg_pipelines import VPGInfinityStarPipeline
+from vpg_pipelines.models.infinity_star import InfinityStarTransformer, InfinityStarVideoVAE
+from vpg_pipelines.models.infinity_star.settings import resolve_args
 
 SIZES = {
     # (official args overrides, (height, width), frames): the 720p and 480p scripts, and the fixtures' size
@@ -42,10 +46,7 @@ def random_pipeline(args: dict, device: str, dtype: torch.dtype, seed: int = 0, 
 
     ``sizes`` override constructor arguments (``transformer_*`` / ``vae_*``) for smaller smoke runs.
     """
-    from accelerate import init_empty_weights
 
-    from vpg_pipelines import VPGInfinityStarPipeline
-    from vpg_pipelines.models.infinity_star import InfinityStarTransformer, InfinityStarVideoVAE
 
     t_sizes = {k[len("transformer_"):]: v for k, v in sizes.items() if k.startswith("transformer_")}
     v_sizes = {k[len("vae_"):]: v for k, v in sizes.items() if k.startswith("vae_")}
@@ -68,11 +69,10 @@ def random_pipeline(args: dict, device: str, dtype: torch.dtype, seed: int = 0, 
 
 
 def parity_pipeline(overrides: dict, dtype: torch.dtype):
-    from vpg_pipelines import VPGInfinityStarPipeline
 
     shared = Path(os.environ.get("VPG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
     root = shared / "parity" / "infinity_star"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     config["args"] = {**config.get("args", {}), **overrides}
     return VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=config, torch_dtype=dtype)
@@ -87,7 +87,6 @@ def _reset_peak(device: str) -> None:
 def _peak(device: str) -> int:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated()
-    from benchmarks.common import peak_rss
 
     return peak_rss()
 
@@ -119,7 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
     overrides, (height, width), frames = SIZES[opts.size]
     frames = opts.frames or frames
     dtype = DTYPES[opts.dtype]
-    from vpg_pipelines.models.infinity_star.settings import resolve_args
 
     args = resolve_args(overrides)
     if opts.model == "8b":

@@ -22,9 +22,12 @@ The official code is imported at run time from a local checkout (``--reference-r
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -219,9 +222,6 @@ def import_infinity_checkout(repo: Any, what: str, required: tuple[str, ...], mo
                              needed: tuple[str, ...] = ("einops", "pytz")) -> dict[str, types.ModuleType]:
     """Import ``modules`` from the official checkout at ``repo`` (Infinity and InfinityStar both ship a
     top-level ``infinity`` package) with the stand-ins installed; ``required`` files prove the checkout."""
-    import contextlib
-    import io
-    from pathlib import Path
 
     repo = Path(repo).expanduser().resolve()
     if not all((repo / path).exists() for path in required):

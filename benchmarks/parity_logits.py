@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
+from vpg_pipelines.models.infinity.schedules import schedule_from_template
+from vpg_pipelines.testing import STAR_PARITY_ARGS
+
 SHARED = Path(os.environ.get("VPG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [3] * 11, "video_scale_repetition": [3] * 8 + [2, 1, 1],
-             "semantic_scales": 8, "detail_scale_min_tokens": 100}
 
 
 def _device(transformer: torch.nn.Module) -> torch.device:
@@ -26,10 +28,9 @@ def _device(transformer: torch.nn.Module) -> torch.device:
 
 
 def var_logits() -> tuple[object, Callable]:
-    from vpg_pipelines import VPGVARPipeline
 
     root = SHARED / "parity" / "var"
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGVARPipeline.from_official(root / "var.safetensors", root / "vqvae.safetensors", config=config)
     cases = load_file(str(root / "cases.safetensors"))
 
@@ -43,11 +44,9 @@ def var_logits() -> tuple[object, Callable]:
 
 
 def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
-    from vpg_pipelines import VPGInfinityPipeline
-    from vpg_pipelines.models.infinity.schedules import schedule_from_template
 
     root = SHARED / "parity" / "infinity" if folder == "plain" else SHARED / "parity" / "infinity" / folder
-    config = json.loads((root / "config.json").read_text())
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     pipe = VPGInfinityPipeline.from_official(root / "infinity.safetensors", root / "vae.safetensors", config=config)
     cases = load_file(str(root / "cases.safetensors"))
     schedule = schedule_from_template(config["h_div_w_template"], config["pn"],
@@ -64,16 +63,15 @@ def infinity_logits(folder: str = "plain") -> tuple[object, Callable]:
 
 
 def infinity_star_logits() -> tuple[object, Callable]:
-    from vpg_pipelines import VPGInfinityStarPipeline
 
     root = SHARED / "parity" / "infinity_star"
-    config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    config["args"] = {**config.get("args", {}), **STAR_PARITY_ARGS}
     pipe = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                  config=config)
     pipe.set_progress_bar_config(disable=True)
     cases = load_file(str(root / "cases.safetensors"))
-    steps = json.loads((root / "cases.json").read_text())["steps"]
+    steps = json.loads((root / "cases.json").read_text(encoding="utf-8"))["steps"]
 
     def logits(transformer):
         """Per-step conditional logits with every step's codes forced to the fixture's (teacher forcing)."""

@@ -50,6 +50,9 @@ from benchmarks.quality_metrics import (
     load_emoji_dataset,
     load_or_train_classifier,
 )
+from vpg_pipelines import load_demo_pipeline
+from vpg_pipelines.demo import DEMO_SETTINGS
+from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
 SWEEP_SCALES = (1.5, 2.0, 3.0, 4.0)
 SWEEP_CORRUPTIONS = (0.25, 0.5)
@@ -173,7 +176,6 @@ def real_subset(images: np.ndarray, labels: np.ndarray, wanted: np.ndarray, seed
 
 
 def generate(pipe, labels: np.ndarray, kwargs: dict[str, Any], seed: int, batch_size: int) -> np.ndarray:
-    from vpg_pipelines.demo import DEMO_SETTINGS
 
     settings = pipeline_settings({**DEMO_SETTINGS, **kwargs})
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -185,7 +187,6 @@ def generate(pipe, labels: np.ndarray, kwargs: dict[str, Any], seed: int, batch_
 def pipeline_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Pipeline arguments from a configuration: ``temperature`` (a constant temperature) and ``entropy_base``
     (the entropy term's ``T_base``) have no pipeline argument and become a ``guiders`` entry."""
-    from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
 
     settings = dict(settings)
     temperature, base = settings.pop("temperature", None), settings.pop("entropy_base", None)
@@ -206,7 +207,7 @@ def load_partial(path: Path | None, args: argparse.Namespace) -> dict[str, tuple
     """(configuration|seed) -> (FD, accuracy, seconds) of an interrupted run with the same settings."""
     if path is None or not path.exists():
         return {}
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     mine = {k: str(getattr(args, k)) for k in RESUME_KEYS}
     if saved.get("settings") != mine:
         raise SystemExit(f"--resume: {path} was made with {saved.get('settings')}, this run has {mine}; "
@@ -221,7 +222,7 @@ def save_partial(path: Path | None, args: argparse.Namespace, done: dict) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"settings": {k: str(getattr(args, k)) for k in RESUME_KEYS},
-                               "done": {k: list(v) for k, v in done.items()}}))
+                               "done": {k: list(v) for k, v in done.items()}}), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -231,7 +232,6 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from vpg_pipelines import load_demo_pipeline
 
     data = load_emoji_dataset(args.data)
     classifier = load_or_train_classifier(args.data, args.classifier)
@@ -304,7 +304,6 @@ def signed(s: dict[str, float], fmt: str = "{:+.2f}") -> str:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    from vpg_pipelines.demo import DEMO_SETTINGS
 
     a, m = result["args"], result["machine"]
     n_seeds = len(a["seeds"])
@@ -385,7 +384,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     if result["args"].get("suite") == "guidance":
         plot_guidance(result, path)
         return
-    import matplotlib
+    import matplotlib  # optional (the `eval` extra): only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -441,7 +440,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
 def plot_guidance(result: dict[str, Any], path: str | Path) -> None:
     """FD and accuracy of every configuration of the guidance suite, grouped by family, against the best
     baseline's band."""
-    import matplotlib
+    import matplotlib  # optional (the `eval` extra): only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -484,7 +483,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     result = run(args)
     markdown = to_markdown(result)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     if args.out_png:
         plot(result, args.out_png)

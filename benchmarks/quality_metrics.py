@@ -77,7 +77,7 @@ def load_emoji_dataset(path: str | Path = DEFAULT_DATA) -> EmojiData:
         raise FileNotFoundError(f"{path} not found: run `python training/build_emoji_dataset.py` first")
     with np.load(path) as d:
         arrays = {k: d[k] for k in ("images", "labels", "heldout", "augmented")}
-    names_by_id = json.loads((path.parent / "labels.json").read_text())
+    names_by_id = json.loads((path.parent / "labels.json").read_text(encoding="utf-8"))
     names = [names_by_id[str(i)] for i in range(len(names_by_id))]
     return EmojiData(names=names, **arrays)
 

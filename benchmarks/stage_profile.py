@@ -185,7 +185,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": vars(args), "profiles": {name: profile_call(runs[name], marks) for name, marks in plan.items()},
     }
     markdown = to_markdown(result)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result

@@ -30,6 +30,9 @@ import torch
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import math
+import time
+
 from benchmarks.common import (
     CLOCKS,
     DTYPES,
@@ -49,6 +52,11 @@ from benchmarks.common import (
     run_header,
     write_outputs,
 )
+from vpg_pipelines.guidance.base import GuidanceStep
+from vpg_pipelines.guidance.igg import InformationGroundingGuidance
+from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
+from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
+from vpg_pipelines.models.adapter import ScaleStep
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "cfg": {"vpg_scale": 1.0},
@@ -175,13 +183,17 @@ def measure_memory(pipe, args: argparse.Namespace, batch: int) -> dict[str, dict
     """Per configuration: a fresh process on CPU (peak RSS is per process), in-process on CUDA.
 
     CPU children are forked from a fork server that has imported this module but built no model,
-    so a child's peak holds its own model and run only (and the imports are paid once).
+    so a child's peak holds its own model and run only (and the imports are paid once); where there is no
+    fork server (Windows) they are spawned, which pays the imports per child and measures the same peak.
     """
     out = {}
     ctx = None
     if pipe.device.type != "cuda":
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+        else:
+            ctx = mp.get_context("spawn")
     for name in args.configs:
         if ctx is None:
             out[name] = _measure_memory(pipe, args, name, batch)
@@ -318,14 +330,7 @@ def term_costs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _term_rows(args: argparse.Namespace, shape_name: str, grid: tuple[int, ...], per_site: tuple[int, ...],
                categories: int | None) -> list[dict[str, Any]]:
-    import math
-    import time
 
-    from vpg_pipelines.guidance.base import GuidanceStep
-    from vpg_pipelines.guidance.igg import InformationGroundingGuidance
-    from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
-    from vpg_pipelines.guidance.temperature import EntropyAwareTemperature
-    from vpg_pipelines.models.adapter import ScaleStep
 
     device = torch.device(args.device)
     n, v = math.prod(grid), math.prod(per_site)
@@ -397,7 +402,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["term_costs"] = term_costs(args)
         markdown += "\n\nEach term's reduction alone, batch 1:\n\n" + term_costs_markdown(result["term_costs"],
                                                                                            args.device)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result

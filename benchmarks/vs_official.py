@@ -263,7 +263,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batches": [bench_batch(pipe, official, args, batch) for batch in args.batch],
     }
     markdown = to_markdown(result)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result

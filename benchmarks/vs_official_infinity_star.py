@@ -377,7 +377,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for name in runs if name != "official"},
     }
     markdown = to_markdown(result)
-    result["markdown"] = markdown
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result

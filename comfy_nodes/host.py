@@ -183,10 +183,11 @@ def find(name: str, folders: tuple[str, ...]) -> Path:
     raise FileNotFoundError(f"{name!r} is in none of the folders {list(folders)}")
 
 
-def on_cuda() -> bool:
-    return torch_device().type == "cuda"
+def on_accelerator() -> bool:
+    """Whether ComfyUI computes on an accelerator (CUDA / ROCm, XPU, MPS, ...), where runs are planned."""
+    return torch_device().type != "cpu"
 
 
 def free_bytes() -> int | None:
-    """The compute device's free memory (``None`` off CUDA: nothing is planned there)."""
-    return device_free_bytes() if on_cuda() else None
+    """ComfyUI's figure of the compute device's free memory (``None`` on the CPU: nothing is planned there)."""
+    return device_free_bytes() if on_accelerator() else None

@@ -52,9 +52,9 @@ class VPGModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(sources.DTYPES), default="fp32",
                                tooltip="Weight precision; fp32 is exact, bf16/fp16 halve memory on GPUs."),
                 io.Combo.Input("quantization", options=list(QUANTIZATION_CHOICES), default="auto",
-                               tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (stored "
-                                       "fp8, computed bf16), none. auto: none unless the free VRAM needs it (planned "
-                                       "for the model's default call)."),
+                               tooltip="Transformer weights: int8 (TorchAO), nf4 (bitsandbytes: NVIDIA, AMD, Intel "
+                                       "GPUs), fp8 (stored fp8, computed bf16; not on Mac or Intel GPUs), none. auto: "
+                                       "none unless the free VRAM needs it (planned for the model's default call)."),
                 io.Combo.Input("offload", options=list(OFFLOAD_CHOICES), default="auto",
                                tooltip="none: all on the GPU; model: the text encoder leaves before sampling; group: "
                                        "transformer blocks streamed in; sequential: layer by layer (slowest). auto: "
@@ -79,7 +79,7 @@ class VPGModelLoader(io.ComfyNode):
             pipe = sources.load_choice(
                 model_name, vae_file, lambda name: host.find(name, (host.MODELS,)), dtype, text_encoder,
                 lambda name: host.find(name, (host.TEXT_ENCODERS, host.MODELS)))
-            applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.on_cuda())
+            applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.torch_device())
         placement = Placement(handle=host.management_handle(pipe.weight_modules))
         return io.NodeOutput(VPGModel(pipe, kind_of(pipe), model_name, offload=offload, quantization=applied,
                                       placement=placement))

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vpg_pipelines.devices import check_saver, constraints, savers
 from vpg_pipelines.memory import OFFLOAD_MODES
 from vpg_pipelines.memory.choose import CANDIDATES, choose_savers, usable
 from vpg_pipelines.memory.offload import apply_offload
@@ -33,22 +34,22 @@ QUANTIZATION_CHOICES = ("auto", "none", "int8", "nf4", "fp8")
 OFFLOAD_CHOICES = ("auto", *OFFLOAD_MODES)
 
 
-def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
-    """The quantization the loader applies for ``choice`` (``auto``: planned; ``None`` free bytes: a CPU,
-    where nothing is planned and the weights stay as loaded). ``choice`` is one of the widget's options."""
+def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, device: torch.device) -> str:
+    """The quantization the loader applies for ``choice`` on ComfyUI's compute ``device`` (``auto``: planned,
+    among the formats the device has; ``None`` free bytes: a CPU, where nothing is planned and the weights stay
+    as loaded). ``choice`` is one of the widget's options; one the device lacks is refused, naming the device."""
     if choice != "auto":
-        if choice == "nf4" and not cuda:
-            raise ValueError("`quantization` nf4 (bitsandbytes) needs a CUDA GPU; use int8 or fp8")
+        check_saver(choice, device)
         return choice
     if free_bytes is None:
         return "none"
-    allowed = ("none", "int8", "nf4") if cuda else ("none", "int8")
+    allowed = tuple(q for q in ("none", "int8", "nf4") if q in savers(device))
     return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(kind_of(pipeline))).quantization
 
 
-def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, cuda: bool) -> str:
+def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, device: torch.device) -> str:
     """Decide (:func:`loader_quantization`) and apply the loader's quantization; returns what was applied."""
-    quantization = loader_quantization(pipeline, choice, free_bytes, cuda)
+    quantization = loader_quantization(pipeline, choice, free_bytes, device)
     dtype = pipeline.transformer.dtype
     apply_quantization(pipeline, quantization, torch.bfloat16 if quantization == "fp8" and dtype == torch.float32
                        else dtype)
@@ -85,7 +86,7 @@ def _alternatives(model: VPGModel, call: dict[str, Any], budget: int, applied: s
         for quantization, offload in CANDIDATES:
             if quantization == "none" or (applied is not None and offload != applied):
                 continue
-            if quantization == "nf4" and not torch.cuda.is_available():
+            if not constraints(host.torch_device()).has_saver(quantization):
                 continue
             peak = pipe.estimate_memory(quantization=quantization, **call).peak(offload)
             if peak <= budget:
@@ -133,7 +134,7 @@ def place_for_text_encoding(model: VPGModel) -> None:
     placement = model.placement
     if placement.handle is None:
         return
-    if placement.offload is not None or not host.on_cuda():
+    if placement.offload is not None or not host.on_accelerator():
         if placement.offload in (None, "none"):
             host.load_models(placement.handle)
         return
@@ -155,7 +156,7 @@ def prepare_run(model: VPGModel, node: str, call: dict[str, Any]) -> None:
     placement = model.placement
     if placement.handle is None:
         return
-    if not host.on_cuda():
+    if not host.on_accelerator():
         host.load_models(placement.handle)
         return
     wanted = model.pipeline.estimate_memory(**call).peak("none")

@@ -299,7 +299,7 @@ def main() -> None:
     out = REPO / "workflows"
     out.mkdir(exist_ok=True)
     for name, build in WORKFLOWS.items():
-        (out / name).write_text(json.dumps(build(), indent=2) + "\n")
+        (out / name).write_text(json.dumps(build(), indent=2) + "\n", encoding="utf-8")
         print(out / name)
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 def main(info_dir: str) -> None:
     info = Path(info_dir)
-    synsets = info.joinpath("imagenet_synsets.txt").read_text().split()
-    lines = info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines()
+    synsets = info.joinpath("imagenet_synsets.txt").read_text(encoding="utf-8").split()
+    lines = info.joinpath("imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
     lemmas = dict(line.split("\t", 1) for line in lines)
     if len(synsets) != 1000:
         raise SystemExit(f"expected 1000 synsets, found {len(synsets)}")
     id2label = {str(i): lemmas[s].strip() for i, s in enumerate(synsets)}
     out = Path(__file__).resolve().parents[1] / "vpg_pipelines" / "data" / "imagenet_id2label.json"
-    out.write_text(json.dumps(id2label, indent=0, ensure_ascii=False) + "\n")
+    out.write_text(json.dumps(id2label, indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {out} ({len(id2label)} classes)")
 
 

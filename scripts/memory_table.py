@@ -178,15 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     doc = REPO / "docs" / "memory.md"
     target_md, target_data = targets()
     table_md, table_data = tables()
-    text = replace(replace(doc.read_text(), "memory-targets", target_md), "memory-tables", table_md)
+    text = replace(replace(doc.read_text(encoding="utf-8"), "memory-targets", target_md), "memory-tables", table_md)
     if opts.check:
-        if text != doc.read_text():
+        if text != doc.read_text(encoding="utf-8"):
             print("docs/memory.md is out of date: run python scripts/memory_table.py", file=sys.stderr)
             return 1
         return 0
-    doc.write_text(text)
+    doc.write_text(text, encoding="utf-8")
     out = REPO / "docs" / "results" / "memory_plan.json"
-    out.write_text(json.dumps({"targets": target_data, "tables": table_data}, indent=1, default=str) + "\n")
+    out.write_text(json.dumps({"targets": target_data, "tables": table_data}, indent=1, default=str) + "\n",
+                   encoding="utf-8")
     print(f"wrote {doc} and {out}")
     return 0
 

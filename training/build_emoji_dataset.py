@@ -206,7 +206,8 @@ def main() -> None:
         source=np.asarray(source, dtype=np.int64),
         codepoints=np.asarray(keys),
     )
-    (args.out / "labels.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}, indent=1) + "\n")
+    (args.out / "labels.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}, indent=1) + "\n",
+                                          encoding="utf-8")
 
     lab, held, aug = np.asarray(labels), np.asarray(heldout), np.asarray(augmented)
     print(f"{'id':>2} {'class':<20} {'train':>6} {'heldout':>7} {'(+aug)':>6}")

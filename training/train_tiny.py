@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from vpg_pipelines import VPGVARPipeline  # noqa: E402
 from vpg_pipelines.evaluation.emoji_classifier import (  # noqa: E402
     classifier_accuracy,
     extract_features,
@@ -94,7 +96,7 @@ def load_data(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         raise SystemExit(f"{path} not found: run `python training/build_emoji_dataset.py` first")
     with np.load(path) as d:
         arrays = {k: d[k] for k in ("images", "labels", "heldout", "augmented")}
-    names_by_id = json.loads((path.parent / "labels.json").read_text())
+    names_by_id = json.loads((path.parent / "labels.json").read_text(encoding="utf-8"))
     return arrays, [names_by_id[str(i)] for i in range(len(names_by_id))]
 
 
@@ -344,10 +346,9 @@ def train_transformer(
 
 def load_run_pipeline(run_dir: str | Path):
     """A ``VPGVARPipeline`` from ``<run_dir>/{vqvae,transformer}.safetensors`` + ``config.json``."""
-    from vpg_pipelines import VPGVARPipeline
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     vae = VARVQVAE(**config["vqvae"])
     vae.load_state_dict(load_file(str(run_dir / "vqvae.safetensors")))
     model = VARTransformer(**config["transformer"])
@@ -392,9 +393,7 @@ def evaluate_run(run_dir: Path, test_images: np.ndarray, per_class: int, seed: i
 def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Path, seed: int,
                 per_class: int = 6, guidance_scale: float = 3.0) -> np.ndarray:
     """One row per class (CFG only); returns the images as uint8 (C*per_class, 32, 32, 3)."""
-    from PIL import Image
 
-    from vpg_pipelines import VPGVARPipeline
 
     pipe = VPGVARPipeline(transformer=model, vae=vae, id2label=dict(enumerate(names)))
     pipe.set_progress_bar_config(disable=True)
@@ -413,7 +412,6 @@ def sample_grid(vae: VARVQVAE, model: VARTransformer, names: list[str], path: Pa
 def save_reconstructions(vae: VARVQVAE, images: torch.Tensor, indices: torch.Tensor, path: Path,
                          count: int = 32) -> None:
     """Pairs of rows: originals above their reconstructions."""
-    from PIL import Image
 
     pick = torch.linspace(0, len(images) - 1, count).long()
     rec = vae.indices_to_image(split_scales(indices[pick]))
@@ -459,16 +457,16 @@ def main() -> None:
     if args.eval_only:
         pipe = load_run_pipeline(out)
         sample_grid(pipe.vae, pipe.transformer, names, out / "samples.png", seed=args.seed)
-        config = json.loads((out / "config.json").read_text())
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         config["evaluation"] = evaluate_run(out, test_u8, args.eval_per_class, args.seed)
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return
     print(f"{len(train_x)} train / {len(test_x)} held-out images, {len(names)} classes -> {out}")
 
     if args.reuse_vqvae:
         vae = VARVQVAE(**VQVAE_CONFIG)
         vae.load_state_dict(load_file(str(out / "vqvae.safetensors")))
-        vq_info = json.loads((out / "config.json").read_text())["training"]["vqvae"]
+        vq_info = json.loads((out / "config.json").read_text(encoding="utf-8"))["training"]["vqvae"]
     else:
         vae, vq_info = train_vqvae(train_x, train_flip, args.vq_steps, args.vq_batch, args.vq_lr, args.seed,
                                    args.log_every)
@@ -490,7 +488,7 @@ def main() -> None:
         "training": {"seed": args.seed, "threads": args.threads, "vqvae": vq_info},
     }
     if args.var_steps == 0:
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return
 
     model, var_info = train_transformer(vae, train_idx, train_all_y, test_idx, test_y, args.var_steps,
@@ -500,11 +498,11 @@ def main() -> None:
 
     sample_grid(vae, model, names, out / "samples.png", seed=args.seed)
     config["training"]["transformer"] = var_info
-    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     if args.eval_per_class:
         config["evaluation"] = evaluate_run(out, test_u8, args.eval_per_class, args.seed)
-        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     print(f"VQVAE {vq_info['seconds']:.0f}s, transformer {var_info['seconds']:.0f}s; "
           f"held-out ce {var_info['heldout_eval']['ce']:.3f} -> {out}")
 

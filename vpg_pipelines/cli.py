@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import inspect
+import io
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import PIL.Image
 import torch
 
 from .demo import run_demo
+from .devices import default_dtype, device_memory, pick_device
 from .evaluation.cli import add_eval_parser, run_eval
 from .flags import DTYPES, read_json_object, vpg_scales
 from .guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
@@ -34,6 +37,7 @@ from .memory.offload import apply_offload
 from .memory.quantization import apply_quantization, check_quantization
 from .memory.report import gib
 from .models.infinity_star.interact import REFERENCE_PIXEL_FRAMES, REFERENCE_SECONDS
+from .paths import looks_like_local_path
 from .pipelines.pipeline_vpg_infinity_star_interact import CONTEXT_FRAMES, VPGInfinityStarInteractPipeline
 from .pipelines.reference_video import reference_frames
 from .registry import KINDS, ModelKind, released_model, released_names
@@ -68,16 +72,20 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-temperature-t0", type=float, default=None, help=f"T0 (default {paper.t0:g})")
     p.add_argument("--entropy-temperature-alpha", type=float, default=None, help=f"alpha (default {paper.alpha:g})")
     p.add_argument("--entropy-temperature-theta", type=float, default=None, help=f"theta (default {paper.theta:g})")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, xpu, mps (default: the first available of cuda (NVIDIA or ROCm), xpu, "
+                        "mps, cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar); fp32 on CPU")
+                   help="default on a GPU: fp16 (VAR, Infinity) or bf16 (InfinityStar; fp32 on macOS before 14); "
+                        "fp32 on CPU")
     p.add_argument("--compare", action="store_true",
                    help="the same seeds without | with VPG: a labelled grid (PNG) or side-by-side video (MP4)")
 
 
 def _add_memory_args(p: argparse.ArgumentParser, planning: bool = False) -> None:
     p.add_argument("--quantization", choices=["none", "int8", "nf4", "fp8"], default=None,
-                   help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes, CUDA), fp8 (layerwise casting); "
+                   help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes: CUDA, ROCm, XPU), fp8 (layerwise "
+                        "casting; not on mps or xpu); "
                         "see docs/memory.md" + ("" if planning else " (default: as loaded)"))
     if not planning:
         p.add_argument("--offload", choices=["none", "model", "group", "sequential", "auto"], default="none",
@@ -169,15 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     return parser
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but no CUDA GPU is available")
-    return device
 
 
 def _flag_error(err: SourceError) -> ValueError:
@@ -309,9 +308,10 @@ def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool,
 
 
 def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> None:
-    """``--quantization`` then ``--offload`` (``auto``: planned against the free GPU memory)."""
-    check_quantization(args.quantization)
-    if args.offload == "auto" and device.type == "cuda":
+    """``--quantization`` then ``--offload`` (``auto``: planned against the device's free memory; on the CPU
+    there is nothing to plan and nothing is offloaded)."""
+    check_quantization(args.quantization, device, argument="--quantization")
+    if args.offload == "auto" and device_memory(device) is not None:
         apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
         fixed = None if args.quantization is None else ("none",)
         choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
@@ -327,8 +327,9 @@ def _generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     kind = _kind(args.model)
     _check_generate_args(kind, args, out)
-    device = _device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (kind.gpu_dtype if device.type == "cuda" else None)
+    device = pick_device(args.device, "--device")
+    check_quantization(args.quantization, device, argument="--quantization")  # before minutes of loading
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(kind.gpu_dtype, device)
     interact = _is_interact(kind, args.model)
     reference = _read_reference(args.video) if interact else None
     pipe = _load(args.model, args.vae, args.config, dtype)
@@ -374,7 +375,7 @@ def _check_new_folder(out: Path) -> None:
 
 def _check_source(flag: str, value: str | None) -> None:
     """A local-looking path must exist (anything else may be a hub name, checked when it is fetched)."""
-    if value is not None and value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
+    if value is not None and looks_like_local_path(value) and not Path(value).expanduser().exists():
         raise FileNotFoundError(f"{flag} {value}: no such file or folder")
 
 
@@ -386,12 +387,12 @@ def _save_atomically(pipe, out: Path) -> None:
     try:
         pipe.save_pretrained(str(staging))
         try:
-            os.rename(staging, out)  # POSIX: replaces an empty folder, refuses a non-empty one
+            os.replace(staging, out)  # POSIX: replaces an empty folder, refuses a non-empty one; Windows: refuses both
         except OSError:
             _check_new_folder(out)  # something was written into it meanwhile: refuse
             if out.exists():
                 out.rmdir()
-            os.rename(staging, out)
+            os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -467,7 +468,7 @@ def _memory(args: argparse.Namespace) -> None:
         print(f"auto for {gib(free)} free: quantization {choice.quantization}, offload {choice.offload}, "
               f"planned peak {gib(choice.peak)} ({verdict})")
     if args.json:
-        Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n")
+        Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -480,7 +481,19 @@ def _eval(args: argparse.Namespace) -> None:
     run_eval(args)
 
 
+def console_never_fails(*streams: object) -> None:
+    """Let ``streams`` (default: stdout, stderr) print any text: where their encoding is not UTF-8 (a Windows
+    console redirected to a file or pipe uses the ANSI code page), characters it lacks print as ``?`` instead
+    of raising ``UnicodeEncodeError`` in the middle of a run (``sweep``'s arrows, prompts in any script)."""
+    for stream in streams or (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        if isinstance(stream, io.TextIOWrapper) and codecs.lookup(encoding).name != "utf-8" \
+                and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    console_never_fails()
     args = build_parser().parse_args(argv)
     try:
         commands = {"generate": _generate, "convert": _convert, "demo": _demo, "memory": _memory, "eval": _eval}

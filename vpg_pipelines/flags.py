@@ -32,7 +32,7 @@ def read_json_object(path: str | None, flag: str) -> dict | None:
     if not file.is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
-        value = json.loads(file.read_text())
+        value = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{flag} {path} is not valid JSON: {err}") from None
     if not isinstance(value, dict):

@@ -11,12 +11,12 @@ import pytest
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
-from tests.helpers.cli import FAST_ARGS
 from tests.helpers.shared import shared_path
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
 from vpg_pipelines.cli import build_parser, main
 from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS
 from vpg_pipelines.loading.auto import load_pipeline
+from vpg_pipelines.testing import STAR_FAST_ARGS
 
 
 def loaded(cls, folder):
@@ -50,7 +50,7 @@ def test_converted_infinity_star_folder_holds_the_official_weights_and_settings(
     assert index["official_args"]["video_scale_repetition"] == [1] * 11
     assert index["official_args"]["pn"] == "0.06M"
     official = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
-                                                     config={"args": FAST_ARGS})
+                                                     config={"args": STAR_FAST_ARGS})
     pipe = loaded(VPGInfinityStarPipeline, star_folder)
     for name in ("transformer", "vae"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(official, name).state_dict()

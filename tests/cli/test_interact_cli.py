@@ -53,7 +53,7 @@ def no_loading(*args, **kwargs):
 def test_convert_makes_an_interact_checkpoint_an_interact_folder(interact_pipe, tmp_path):
     """The checkpoint's name says Interact (as the released ``InfinityStarInteract_24K_iters``): the folder is the
     Interact pipeline with the interact script's settings and the official weights."""
-    transformer, vae = fixture_weights(json.loads((FIXTURE / "config.json").read_text()))
+    transformer, vae = fixture_weights(json.loads((FIXTURE / "config.json").read_text(encoding="utf-8")))
     checkpoint = tmp_path / "InfinityStarInteract_tiny.safetensors"
     shutil.copyfile(transformer, checkpoint)
     config = load_config()

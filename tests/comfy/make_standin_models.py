@@ -36,23 +36,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# the helpers folder itself, not the `tests` package: ComfyUI's own `tests` package shadows ours in its process;
 # the repository root for `vpg_pipelines` when it is not installed (a plain clone in custom_nodes/)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-from tiny_text import tiny_t5  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline  # noqa: E402
+from vpg_pipelines.testing import STAR_PARITY_ARGS, tiny_t5  # noqa: E402
 
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
-STAR_ARGS = {  # the InfinityStar fixture's settings (tests/pipelines/test_infinity_star_pipeline.py)
-    "pn": "0.06M",
-    "image_scale_repetition": [3] * 11,
-    "video_scale_repetition": [3] * 8 + [2, 1, 1],
-    "semantic_scales": 8,
-    "detail_scale_min_tokens": 100,
-}
 
 
 class _Payload:
@@ -82,7 +72,7 @@ def tiny_infinity():
 
 def star_config() -> dict:
     config = json.loads((shared_root() / "infinity_star" / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    config["args"] = {**config.get("args", {}), **STAR_PARITY_ARGS}
     return config
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 
 import pytest
+import torch
 
 from comfy_nodes import host
+from comfy_nodes import memory as comfy_memory
 from comfy_nodes.conditioning import VPGClassConditioning
 from comfy_nodes.guidance import VPGCFG, VPGPrefixGuidance
 from comfy_nodes.memory import default_call, loader_quantization, plan_run, quantize_loaded
@@ -21,6 +24,9 @@ from vpg_pipelines.memory.choose import MARGIN_BYTES, usable
 from vpg_pipelines.registry import kind_of
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")
+
+
+CPU = torch.device("cpu")
 
 
 def _free_for(budget: int) -> int:
@@ -48,23 +54,41 @@ def test_usable_keeps_a_margin():
 
 def test_loader_quantization_choices(demo_model):
     pipe = demo_model.pipeline
-    assert loader_quantization(pipe, "int8", None, cuda=False) == "int8"
-    assert loader_quantization(pipe, "auto", None, cuda=False) == "none"  # a CPU: nothing planned
-    assert loader_quantization(pipe, "auto", 80 * 1024**3, cuda=False) == "none"
+    assert loader_quantization(pipe, "int8", None, CPU) == "int8"
+    assert loader_quantization(pipe, "auto", None, CPU) == "none"  # a CPU: nothing planned
+    assert loader_quantization(pipe, "auto", 80 * 1024**3, CPU) == "none"
     with pytest.raises(ValueError, match="nf4"):
-        loader_quantization(pipe, "nf4", None, cuda=False)
+        loader_quantization(pipe, "nf4", None, CPU)
     call = default_call(kind_of(pipe))
     plain = pipe.estimate_memory(**call)
     int8 = pipe.estimate_memory(quantization="int8", **call)
     full = min(plain.peak(m) for m in ("none", "model", "group"))
     assert int8.peak("none") < full  # room for a budget that only int8 meets
     budget = (int8.peak("none") + full) // 2
-    assert loader_quantization(pipe, "auto", _free_for(budget), cuda=False) == "int8"
+    assert loader_quantization(pipe, "auto", _free_for(budget), CPU) == "int8"
+    # a Mac: float8 and bitsandbytes are refused, naming the device
+    for lacking in ("fp8", "nf4"):
+        with pytest.raises(ValueError, match=f"'{lacking}' is not available on 'mps'"):
+            loader_quantization(pipe, lacking, None, torch.device("mps"))
+
+
+def test_loader_auto_plans_only_the_formats_the_device_has(demo_model, monkeypatch):
+    planned = {}
+
+    def record(pipeline, free_bytes, quantizations, **call):
+        planned[device] = quantizations
+        return types.SimpleNamespace(quantization="none")
+
+    monkeypatch.setattr(comfy_memory, "choose_savers", record)
+    for device in ("cuda", "xpu", "mps", "cpu"):
+        loader_quantization(demo_model.pipeline, "auto", 2**30, torch.device(device))
+    assert planned == {"cuda": ("none", "int8", "nf4"), "xpu": ("none", "int8", "nf4"), "mps": ("none", "int8"),
+                       "cpu": ("none", "int8")}
 
 
 def test_quantize_loaded_applies_the_choice():
     pipe, _ = load(DEMO_CHOICE, "none", lambda name: name)
-    assert quantize_loaded(pipe, "int8", None, cuda=False) == "int8"
+    assert quantize_loaded(pipe, "int8", None, CPU) == "int8"
     assert type(pipe.transformer.head.weight).__name__ == "Int8Tensor"
 
 
@@ -112,7 +136,7 @@ class _GPU:
 
     def __init__(self, monkeypatch, free: int) -> None:
         self.free, self.loads, self.freed = free, [], []
-        monkeypatch.setattr(host, "on_cuda", lambda: True)
+        monkeypatch.setattr(host, "on_accelerator", lambda: True)
         monkeypatch.setattr(host, "free_bytes", lambda: self.free)
         monkeypatch.setattr(host, "free_memory", self.freed.append)
         monkeypatch.setattr(host, "load_models", lambda handle, memory_required=0: self.loads.append(memory_required))

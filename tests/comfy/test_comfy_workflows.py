@@ -25,7 +25,7 @@ from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_model
 
 
 def load(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def test_the_workflows_are_shipped():

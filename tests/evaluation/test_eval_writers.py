@@ -13,13 +13,13 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.helpers.cli import FAST_ARGS, save_text_encoder
+from tests.helpers.cli import save_text_encoder
 from tests.helpers.evaluation import DEMO_FLAGS, one_thread, run_here
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityPipeline
 from vpg_pipelines.cli import main
 from vpg_pipelines.evaluation.sharding import sample_generators
+from vpg_pipelines.testing import STAR_FAST_ARGS, tiny_t5
 
 GENEVAL_LINES = [  # GenEval's evaluation_metadata.jsonl format: one object per line, with its "prompt"
     {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"},
@@ -45,7 +45,7 @@ def star_folder(tmp_path_factory):
     root = shared_path("parity", "infinity_star")
     tmp = tmp_path_factory.mktemp("eval_star")
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config["args"], **FAST_ARGS}
+    config["args"] = {**config["args"], **STAR_FAST_ARGS}
     (tmp / "config.json").write_text(json.dumps(config))
     t5 = save_text_encoder(*tiny_t5(64), tmp / "t5")
     assert main(["convert", "--infinity-star", str(root / "infinity_star.safetensors"), "--vae",
@@ -96,7 +96,7 @@ def test_geneval_layout_reads_back_as_evaluate_images_reads_it(infinity_folder, 
         folder = out / sub
         if not folder.is_dir() or not sub.isdigit():
             continue
-        with open(folder / "metadata.jsonl") as fp:
+        with open(folder / "metadata.jsonl", encoding="utf-8") as fp:
             meta = json.load(fp)
         names = sorted(n for n in os.listdir(folder / "samples") if re.match(r"\d+\.png", n))
         found[sub] = (meta, names)

@@ -7,12 +7,8 @@ import json
 import pytest
 
 from tests.helpers.shared import shared_path
-from tests.helpers.star import FIXTURE_ARGS
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines.cli import main
-
-# one repetition per scale keeps the video tests fast (the fixture's own [3] * 11 triples the steps)
-FAST_ARGS = {**FIXTURE_ARGS, "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11}
+from vpg_pipelines.testing import STAR_FAST_ARGS, tiny_t5
 
 
 def save_text_encoder(encoder, tokenizer, folder):
@@ -39,7 +35,7 @@ def star_folder(tmp_path_factory):
     root = shared_path("parity", "infinity_star")
     tmp = tmp_path_factory.mktemp("infinity_star")
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config["args"], **FAST_ARGS}
+    config["args"] = {**config["args"], **STAR_FAST_ARGS}
     (tmp / "config.json").write_text(json.dumps(config))
     t5 = save_text_encoder(*tiny_t5(64), tmp / "t5")
     folder = tmp / "converted"

@@ -8,12 +8,12 @@ from functools import cache
 from safetensors.torch import load_file
 
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityPipeline
 from vpg_pipelines.loading.infinity import load_official_infinity
 from vpg_pipelines.models.infinity.adapter import InfinityAdapter
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.models.infinity.transformer import pad_text
+from vpg_pipelines.testing import tiny_t5
 
 FOLDERS = ["plain", "patchify"]
 

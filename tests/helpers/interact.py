@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityStarInteractPipeline
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
+from vpg_pipelines.testing import tiny_t5
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "infinity_star_interact"
 SIZE = dict(height=192, width=336)
@@ -32,7 +32,7 @@ def fixture_weights(config: dict) -> tuple[Path, Path]:
 
 
 def load_config() -> dict:
-    config = json.loads((FIXTURE / "config.json").read_text())
+    config = json.loads((FIXTURE / "config.json").read_text(encoding="utf-8"))
     return {"args": config["args_overrides"], "text_maxlen": config["text_maxlen"],
             "vae_block_out_channels": config["vae_block_out_channels"], "_raw": config}
 
@@ -41,7 +41,7 @@ def load_config() -> dict:
 def interact_fixture():
     """``(config, cases, cases.json)`` of the fixture."""
     cases = load_file(str(FIXTURE / "cases.safetensors"))
-    return load_config(), cases, json.loads((FIXTURE / "cases.json").read_text())
+    return load_config(), cases, json.loads((FIXTURE / "cases.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityStarPipeline
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
-
-# the fixture's settings (see tests/test_infinity_star_replay.py): the 720p script's, with the 0.06M schedule
-FIXTURE_ARGS = {
-    "pn": "0.06M",
-    "image_scale_repetition": [3] * 11,
-    "video_scale_repetition": [3] * 8 + [2, 1, 1],
-    "semantic_scales": 8,
-    "detail_scale_min_tokens": 100,
-}
-
+from vpg_pipelines.testing import STAR_PARITY_ARGS, tiny_t5
 
 SIZE = dict(height=192, width=336)
 
@@ -31,7 +21,7 @@ SIZE = dict(height=192, width=336)
 def fixture_files():
     root = shared_path("parity", "infinity_star")
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **FIXTURE_ARGS}
+    config["args"] = {**config.get("args", {}), **STAR_PARITY_ARGS}
     cases = load_file(str(root / "cases.safetensors"))
     return root, config, cases, json.loads((root / "cases.json").read_text())
 

@@ -10,11 +10,11 @@ import torch
 
 from tests.helpers.cli import save_text_encoder
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, VPGVARPipeline
 from vpg_pipelines.loading import auto
 from vpg_pipelines.loading.auto import SourceError
 from vpg_pipelines.registry import KINDS, kind_for_official_file, kind_of, released_model, released_names
+from vpg_pipelines.testing import tiny_t5
 
 
 # -- the registry -----------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import torch
 from tests.helpers.infinity import load_fixture
 from tests.helpers.memory_probe import probe_call
 from tests.helpers.shared import shared_path
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline, load_demo_pipeline
 from vpg_pipelines.memory import OFFLOAD_MODES, estimate_memory, weight_layout
 from vpg_pipelines.memory.kv_timeline import Forward
@@ -29,9 +28,8 @@ from vpg_pipelines.models.adapter import RowBatch
 from vpg_pipelines.models.infinity_star.video_vae import InfinityStarVideoVAE
 from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.sampling.next_scale import SamplerTrace
+from vpg_pipelines.testing import STAR_FAST_ARGS, tiny_t5
 
-STAR_ARGS = {"pn": "0.06M", "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11,
-             "semantic_scales": 8, "detail_scale_min_tokens": 100}
 VPG_LAYOUTS = {
     "cfg only": {"vpg_scale": 1.0},
     "vpg all": {"vpg_scale": 1.5, "vpg_scales": "all"},
@@ -65,7 +63,7 @@ def infinity():
 def star():
     root = shared_path("parity", "infinity_star")
     config = json.loads((root / "config.json").read_text())
-    config["args"] = {**config.get("args", {}), **STAR_ARGS}
+    config["args"] = {**config.get("args", {}), **STAR_FAST_ARGS}
     parity = VPGInfinityStarPipeline.from_official(root / "infinity_star.safetensors", root / "videovae.safetensors",
                                                    config=config)
     torch.manual_seed(0)

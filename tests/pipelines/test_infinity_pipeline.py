@@ -22,10 +22,10 @@ from tests.helpers.numerics import (
     vpg_gain,
 )
 from tests.helpers.shared import cuda_only, shared_path
-from tests.helpers.tiny_text import WORDS, tiny_t5
 from vpg_pipelines import VPGInfinityPipeline
 from vpg_pipelines.models.infinity.schedules import schedule_from_template
 from vpg_pipelines.sampling.next_scale import SamplerTrace
+from vpg_pipelines.testing import WORDS, tiny_t5
 
 ATOL = 1e-4
 CFG_GAIN = cfg_gain(3.0)  # the default guidance_scale

@@ -13,11 +13,11 @@ import torch
 
 from tests.helpers.numerics import apg_gain, assert_same_steps, layout_atol, record_draws, vpg_gain
 from tests.helpers.star import SIZE
-from tests.helpers.tiny_text import tiny_t5
 from vpg_pipelines import VPGInfinityStarPipeline, export_to_video
 from vpg_pipelines.models.infinity_star.conditioning import center_crop_resize, image_clip_bits
 from vpg_pipelines.models.infinity_star.settings import PROMPT_SUFFIX, default_size, resolve_args
 from vpg_pipelines.sampling.next_scale import SamplerTrace
+from vpg_pipelines.testing import tiny_t5
 
 GUIDED_ATOL, GUIDED_VIDEO_ATOL, GUIDED_MEAN_ATOL = 1e-4, 5e-4, 1e-4  # as the adapter-level replay
 SUMMED_ATOL = 1e-4

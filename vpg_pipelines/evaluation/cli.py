@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..devices import pick_device
 from ..flags import DTYPES, vpg_scales
 from .fid import compute_fid_is
 from .image_sets import ImageSet
@@ -133,7 +134,7 @@ def _pack(args: argparse.Namespace) -> None:
 
 
 def _fid(args: argparse.Namespace) -> None:
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    device = torch.device("cpu") if args.cpu else pick_device()
     samples, reference = ImageSet(args.samples, "samples"), ImageSet(args.reference, "--reference")
     net, space = feature_net(args, device)
     result = {"samples_path": str(samples.path), "reference_path": str(reference.path), "feature_space": space,
@@ -145,7 +146,7 @@ def _fid(args: argparse.Namespace) -> None:
           f"{result['samples']} samples vs {result['reference']} reference images at {result['image_size']}")
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n")
+        Path(args.out_json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def _sweep(args: argparse.Namespace) -> None:

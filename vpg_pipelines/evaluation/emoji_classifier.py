@@ -19,6 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..devices import host_compute
+
 IMAGE_SIZE = 32
 
 
@@ -145,10 +147,12 @@ def load_classifier(path: str | Path) -> EmojiClassifier:
 def extract_features(
     images: np.ndarray | torch.Tensor | Sequence, classifier: EmojiClassifier, batch_size: int = 512
 ) -> torch.Tensor:
-    """Penultimate classifier features, float64 ``(N, D)``."""
+    """Penultimate classifier features, float64 ``(N, D)`` on the CPU (the classifier may run on a device)."""
     model = classifier.eval()
     x = as_image_batch(images)
-    return torch.cat([model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double()
+    features = torch.cat([model.features(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
+    with host_compute():
+        return features.double()
 
 
 @torch.no_grad()
@@ -168,7 +172,8 @@ def classifier_accuracy(
 ) -> float:
     """Fraction of images the classifier assigns to their given label."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    pred = predict(images, classifier)
+    pred = predict(images, classifier).cpu()
     if len(pred) != len(y):
         raise ValueError(f"images ({len(pred)}) and labels ({len(y)}) differ in length")
-    return float((pred == y).double().mean())
+    with host_compute():
+        return float((pred == y).double().mean())

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import host_compute
 from .emoji_classifier import as_image_batch, load_classifier
 from .image_sets import ImageSet
 
@@ -72,7 +73,9 @@ class InceptionNet:
     def __call__(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
         features, logits = self.model(x)
-        return features.reshape(len(x), -1).cpu().double(), logits.cpu().double()  # float64 on the host only
+        features, logits = features.reshape(len(x), -1).cpu(), logits.cpu()
+        with host_compute():  # float64 on the host only
+            return features.double(), logits.double()
 
 
 class ClassifierNet:
@@ -88,14 +91,17 @@ class ClassifierNet:
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.features(as_image_batch(images).to(self.device))
-        return features.cpu().double(), self.model.head(features).cpu().double()  # float64 on the host only
+        features, logits = features.cpu(), self.model.head(features).cpu()
+        with host_compute():  # float64 on the host only
+            return features.double(), logits.double()
 
 
 def features_of(images: ImageSet, net: FeatureNet, batch_size: int, size: tuple[int, int]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``net``'s features and logits (float64) of every image, each brought to ``size`` first."""
     parts = [net(batch) for batch in images.batches(batch_size, size)]
-    return torch.cat([f for f, _ in parts]).double(), torch.cat([g for _, g in parts]).double()
+    with host_compute():
+        return torch.cat([f.cpu() for f, _ in parts]).double(), torch.cat([g.cpu() for _, g in parts]).double()
 
 
 def fid_is(sample_features: torch.Tensor, sample_logits: torch.Tensor, reference_features: torch.Tensor
@@ -112,19 +118,21 @@ def fid_is(sample_features: torch.Tensor, sample_logits: torch.Tensor, reference
     if len(sample_features) < 2 or len(reference_features) < 2:
         raise ValueError(f"FID needs at least 2 images on each side, got {len(sample_features)} samples and "
                          f"{len(reference_features)} reference images")
-    fid = FrechetInceptionDistance(feature=_Given(sample_features.shape[1]))
-    fid.update(reference_features.double(), real=True)
-    fid.update(sample_features.double(), real=False)
     splits = max(1, math.ceil(len(sample_logits) / IS_SPLIT_SIZE))
-    with warnings.catch_warnings():
-        # "will save all extracted features" (that is the plan); the std of a single split (reported as 0)
-        warnings.simplefilter("ignore", UserWarning)
-        inception = InceptionScore(feature=_Given(sample_logits.shape[1]), splits=splits)
-        inception.update(sample_logits.double())
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            is_mean, is_std = inception.compute()
-    return {"fid": float(fid.compute()), "inception_score": float(is_mean),
+    with host_compute():  # torchmetrics' float64 statistics, on the CPU
+        fid = FrechetInceptionDistance(feature=_Given(sample_features.shape[1]))
+        fid.update(reference_features.cpu().double(), real=True)
+        fid.update(sample_features.cpu().double(), real=False)
+        with warnings.catch_warnings():
+            # "will save all extracted features" (that is the plan); the std of a single split (reported as 0)
+            warnings.simplefilter("ignore", UserWarning)
+            inception = InceptionScore(feature=_Given(sample_logits.shape[1]), splits=splits)
+            inception.update(sample_logits.cpu().double())
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                is_mean, is_std = inception.compute()
+        fid_value = float(fid.compute())
+    return {"fid": fid_value, "inception_score": float(is_mean),
             "inception_score_std": float(is_std) if splits > 1 else 0.0, "is_splits": splits}
 
 

@@ -14,20 +14,31 @@ chunk (overwriting any of its files already moved, with the same content).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..paths import path_length_problem
+
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
 PARTIAL_DIR = ".partial"
 FORMAT = 1
+LONGEST_STAGING = "p999-4294967295-ffffffff"
+"""The longest name of a process's staging folder (``p<index>-<pid>-<8 hex>``), for path-length checks."""
+
+
+def output_path_problem(root: Path, relative: str) -> str | None:
+    """Why ``<root>/<relative>``, or the copy staged for it under ``.partial/``, would be too long to write
+    here (Windows without long paths), or ``None``."""
+    staged = Path(root) / PARTIAL_DIR / LONGEST_STAGING / f"00000-{Path(relative).name}"
+    return path_length_problem(Path(root) / relative) or path_length_problem(staged)
 
 
 class SettingsMismatch(ValueError):
@@ -38,7 +49,7 @@ def write_json_atomically(path: Path, value: Any, staging: Path) -> None:
     """Write JSON to a temporary file in ``staging`` (same file system) and rename it onto ``path``."""
     staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f"{uuid.uuid4().hex}-{path.name}"
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
 
@@ -83,7 +94,7 @@ class RunFolder:
 
     def read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.run_file.read_text())
+            return json.loads(self.run_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.root} holds no {RUN_FILE}: not a `vpg eval sample` output folder") from None
         except json.JSONDecodeError as err:
@@ -118,7 +129,7 @@ class RunFolder:
             if self.root.is_dir() and any(p.name != PARTIAL_DIR for p in self.root.iterdir()):
                 raise ValueError(f"--out {self.root} is not empty and holds no {RUN_FILE}: choose a new folder "
                                  "(nothing was overwritten)")
-            run = {"format": FORMAT, "settings": identity, "created": _now(), "invocations": []}
+            run = {"format": FORMAT, "settings": identity, "created": now(), "invocations": []}
             write_json_atomically(self.run_file, run, self.partial)
         shutil.rmtree(self.partial, ignore_errors=True)  # leftovers of killed processes
         return run
@@ -131,7 +142,7 @@ class RunFolder:
             return done
         for path in sorted(folder.glob("chunk-*.json")):
             try:
-                record = json.loads(path.read_text())
+                record = json.loads(path.read_text(encoding="utf-8"))
                 chunk = int(record["chunk"])
                 files = list(record["files"])
             except (ValueError, KeyError, TypeError):
@@ -162,8 +173,11 @@ class ChunkWriter:
         """A temporary path to write the file that will become ``<out>/<relative>`` (its suffix kept)."""
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise ValueError(f"output file {relative!r} must be a relative path inside the run folder")
-        self.staging.mkdir(parents=True, exist_ok=True)
         tmp = self.staging / f"{len(self._staged):05d}-{Path(relative).name}"
+        problem = path_length_problem(self.folder.root / relative) or path_length_problem(tmp)
+        if problem:
+            raise ValueError(f"--out {self.folder.root}: the output file {relative!r}: {problem}")
+        self.staging.mkdir(parents=True, exist_ok=True)
         self._staged.append((tmp, relative))
         return tmp
 
@@ -178,14 +192,16 @@ class ChunkWriter:
             os.replace(tmp, target)
             files.append(relative)
         record = {"chunk": chunk, **record, "files": sorted(set(files)), "host": socket.gethostname(),
-                  "finished": _now()}
+                  "finished": now()}
         write_json_atomically(self.folder.chunk_file(chunk), record, self.staging)
         self._staged = []
         return record
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def now() -> str:
+    """Local time as ISO 8601 with its UTC offset (``time.strftime("%z")`` gives a localized zone *name* on
+    some Windows versions)."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _shown(value: Any) -> str:

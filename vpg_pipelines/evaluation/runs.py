@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import PartialState
 
+from ..devices import default_dtype, pick_device
 from ..flags import DTYPES, read_json_object
 from ..loading.auto import SourceError, load_pipeline, source_kind
 from .fid import ClassifierNet, InceptionNet
@@ -31,7 +31,9 @@ SOURCE_FLAGS = {"source": "--model", "companion": "--vae", "config": "--config"}
 
 
 def make_state(cpu: bool) -> PartialState:
-    return PartialState(cpu=cpu or not torch.cuda.is_available())
+    """This process's Accelerate state: its accelerator (CUDA / ROCm, XPU, MPS; Accelerate picks the one
+    :func:`~vpg_pipelines.devices.pick_device` would) unless ``cpu`` or the machine has none."""
+    return PartialState(cpu=cpu or pick_device().type == "cpu")
 
 
 def _model_id(args: argparse.Namespace) -> str:
@@ -69,10 +71,9 @@ def load_for(name: str, args: argparse.Namespace, state):
         wanted = PROTOCOLS[name].pipeline
         if kind.class_name != wanted:
             raise ValueError(f"--model {args.model} is a {kind.class_name}; the {name} protocol samples a {wanted}")
-        on_gpu = state.device.type == "cuda"
-        gpu = next(n for n, d in DTYPES.items() if d == kind.gpu_dtype)
-        dtype_name = args.dtype or (gpu if on_gpu else "fp32")
-        dtype = DTYPES[dtype_name] if (args.dtype or on_gpu) else None
+        preferred = default_dtype(kind.gpu_dtype, state.device)
+        dtype_name = args.dtype or next((n for n, d in DTYPES.items() if d == preferred), "fp32")
+        dtype = DTYPES[dtype_name] if (args.dtype or preferred is not None) else None
         pipe = load_pipeline(args.model, args.vae, read_json_object(args.config, "--config"), dtype)
     except SourceError as err:
         raise ValueError(f"{SOURCE_FLAGS.get(err.argument, err.argument)} {err.detail}") from None

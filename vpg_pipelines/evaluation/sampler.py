@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .protocols.base import FLAGS, Protocol
-from .run_folder import RunFolder
+from .run_folder import RunFolder, now, output_path_problem
 from .sharding import ChunkPlan, batches, deal, sample_generators
 
 SEED_RULE = "sample i draws from torch.Generator().manual_seed(SeedSequence([seed, i]).generate_state(1, uint64)[0])"
@@ -63,6 +63,12 @@ class RunSpec:
                              f"(one grid per prompt), so it must be a multiple of {group}")
         if not 1 <= self.batch_size <= self.chunk_size:
             raise ValueError(f"--batch-size must be in [1, --chunk-size={self.chunk_size}], got {self.batch_size}")
+        name_of = getattr(self.protocol, "file_name", None)  # imagenet, vbench: known before sampling
+        if name_of is not None and plan.total:
+            longest = max((name_of(s) for s in self.protocol.samples()), key=len)
+            problem = output_path_problem(self.out, longest)
+            if problem:
+                raise ValueError(f"--out {self.out}: the output file {longest!r}: {problem}")
         return plan
 
 
@@ -127,7 +133,7 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
     plan = spec.check()
     samples = spec.protocol.samples()
     main, rank, world = state.is_main_process, state.process_index, state.num_processes
-    began, wall = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    began, wall = now(), time.perf_counter()
     shared = _prepare(spec, plan, state)
     pending = shared["pending"]
     mine = deal(pending, rank, world)
@@ -167,7 +173,7 @@ def sample_run(spec: RunSpec, pipe, state) -> dict[str, Any]:
         records = folder.finished_chunks()
         missing = [c for c in pending if c not in records]
         folder.log_invocation({
-            "started": began, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": began, "finished": now(),
             "seconds": round(time.perf_counter() - wall, 3), "world_size": world, "processes": hosts,
             "versions": versions(),
             "chunks": [{k: records[c][k] for k in ("chunk", "process", "seconds", "samples", "host", "device")

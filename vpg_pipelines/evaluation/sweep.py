@@ -64,14 +64,14 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    device = state.device if state.device.type == "cuda" else "cpu"
+    device = state.device  # the accelerator of this process (or the CPU); the metrics' float64 stays on the host
     net, space = feature_net(args, device)
     result = measure(specs, settings, reference, net, space, args.metric_batch_size)
     result.update({"reference": str(reference.path), "model": specs[OFF].model, "seconds_sampling_now": seconds,
                    "settings": {n: s.identity() for n, s in specs.items()}})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "sweep.md").write_text(to_markdown(result) + "\n")
+    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (out / "sweep.md").write_text(to_markdown(result) + "\n", encoding="utf-8")
     plot(result, out / "sweep.png")
     print(to_markdown(result))
     print(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

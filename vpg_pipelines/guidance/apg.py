@@ -7,8 +7,9 @@ Reference:
 
 ``diff = cond - uncond`` is scaled down so that its RMS over (sites, channels) is at most
 ``norm_threshold``, split into the parts parallel and orthogonal to ``cond`` (projection in float64
-over the last two dimensions), and ``guided = cond + (s - 1) * (orthogonal + eta * parallel)`` — the
-paper's projection and rescaling without its momentum, as InfinityStar's sampler uses it. The interface
+over the last two dimensions, on the CPU for a device without float64), and
+``guided = cond + (s - 1) * (orthogonal + eta * parallel)`` — the paper's projection and rescaling without
+its momentum, as InfinityStar's sampler uses it. The interface
 mirrors :class:`~vpg_pipelines.guidance.cfg.ClassifierFreeGuidance`: both are condition-axis terms of the
 guidance chain and share :class:`~vpg_pipelines.guidance.cfg.StrengthSchedule`.
 """
@@ -21,17 +22,22 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
+from ..devices import compute_in_float64
 from .base import NEEDS_CONDITIONS, GuidanceTerm, accepts_renamed_keywords
 from .cfg import StrengthSchedule
 
 
-def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parts of ``v0`` parallel and orthogonal to ``v1`` over the last two dims (computed in float64)."""
-    dtype = v0.dtype
-    v0, v1 = v0.double(), v1.double()
+def project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parts of ``v0`` parallel and orthogonal to ``v1`` over the last two dims, in the inputs' dtype."""
     v1 = torch.nn.functional.normalize(v1, dim=[-1, -2])
     parallel = (v0 * v1).sum(dim=[-1, -2], keepdim=True) * v1
-    return parallel.to(dtype), (v0 - parallel).to(dtype)
+    return parallel, v0 - parallel
+
+
+def _project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`project` in float64 as the official sampler computes it: on the logits' device where it has
+    float64, on the CPU where it has none (``mps``, ``xpu``; :func:`~vpg_pipelines.devices.compute_in_float64`)."""
+    return compute_in_float64(project, v0, v1)
 
 
 class AdaptiveProjectedGuidance(StrengthSchedule, GuidanceTerm):

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 
+from ..devices import compute_in_float64
 from .base import (
     NEEDS_PREVIOUS,
     GuidanceStep,
@@ -58,12 +59,14 @@ INTERPOLATIONS = ("linear", "nearest")
 
 
 def dct_matrix(n: int, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The orthonormal DCT-II matrix ``C`` (``n x n``): ``X = C @ x``, ``x = C.T @ X``."""
-    i = torch.arange(n, dtype=torch.float64)
+    """The orthonormal DCT-II matrix ``C`` (``n x n``) in ``dtype`` on ``device``: ``X = C @ x``, ``x = C.T @ X``.
+
+    Built in ``dtype`` on the CPU (float64 when asked: the host's), then moved."""
+    i = torch.arange(n, dtype=dtype)
     k = i[:, None]
     mat = torch.cos(math.pi * (i[None, :] + 0.5) * k / n) * math.sqrt(2.0 / n)
     mat[0] /= math.sqrt(2.0)
-    return mat.to(device=device, dtype=dtype)
+    return mat.to(device=device)
 
 
 def _transform(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
@@ -79,12 +82,21 @@ def _transform(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
 def discrete_spatial_enhancement(previous: torch.Tensor, new_grid: Sequence[int],
                                  interpolation: str = "linear") -> torch.Tensor:
     """Bring ``previous`` ``(B, channels, *old_grid)`` to ``new_grid`` (each axis >= the old one): the
-    interpolation's DCT with its low-frequency block replaced by the old grid's (rescaled) DCT."""
+    interpolation's DCT with its low-frequency block replaced by the old grid's (rescaled) DCT.
+
+    Computed in float64: on ``previous``'s device where it has float64, on the CPU where it has none
+    (:func:`~vpg_pipelines.devices.compute_in_float64`); returned in ``previous``'s dtype and device."""
     old_grid = tuple(previous.shape[2:])
     new_grid = tuple(int(g) for g in new_grid)
     if len(old_grid) != len(new_grid) or any(o > n for o, n in zip(old_grid, new_grid)):
         raise ValueError(f"DSE goes from a coarser to a finer grid, got {old_grid} -> {new_grid}")
-    x = previous.double()
+    return compute_in_float64(lambda x: enhance(x, new_grid, interpolation), previous)
+
+
+def enhance(x: torch.Tensor, new_grid: tuple[int, ...], interpolation: str = "linear") -> torch.Tensor:
+    """DSE in ``x``'s dtype on its device (:func:`discrete_spatial_enhancement` checks the grids and picks
+    float64)."""
+    old_grid = tuple(x.shape[2:])
     if interpolation == "linear":
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(new_grid)]
         up = F.interpolate(x, size=new_grid, mode=mode, align_corners=False)
@@ -93,7 +105,7 @@ def discrete_spatial_enhancement(previous: torch.Tensor, new_grid: Sequence[int]
     spectrum = _transform(up)
     low = _transform(x) * math.sqrt(math.prod(new_grid) / math.prod(old_grid))
     spectrum[(slice(None), slice(None), *(slice(0, o) for o in old_grid))] = low
-    return _transform(spectrum, inverse=True).to(previous.dtype)
+    return _transform(spectrum, inverse=True)
 
 
 class ScaledSpatialGuidance(GuidanceTerm):

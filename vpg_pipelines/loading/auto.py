@@ -80,7 +80,7 @@ def saved_kind(folder: str | Path) -> ModelKind:
     """The kind of a saved pipeline folder, from its ``model_index.json`` ``_class_name``."""
     index = Path(folder) / "model_index.json"
     try:
-        class_name = json.loads(index.read_text())["_class_name"]
+        class_name = json.loads(index.read_text(encoding="utf-8"))["_class_name"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SourceError("source", f"{index} is not a readable diffusers model_index.json ({err!r})") from err
     try:
@@ -125,7 +125,7 @@ def load_saved(folder: str | Path, dtype: torch.dtype | None = None) -> Any:
 def saved_class(folder: str | Path) -> type:
     """The pipeline class a saved folder's ``model_index.json`` names (a kind's class or one of its variants')."""
     kind = saved_kind(folder)
-    class_name = json.loads((Path(folder) / "model_index.json").read_text())["_class_name"]
+    class_name = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
     return next((c for c in kind.pipeline_classes if c.__name__ == class_name), kind.pipeline_class)
 
 
@@ -139,7 +139,7 @@ def sidecar_config(checkpoint: str | Path) -> dict | None:
     if not sidecar.exists():
         return None
     try:
-        value = json.loads(sidecar.read_text())
+        value = json.loads(sidecar.read_text(encoding="utf-8"))
     except ValueError as err:
         raise SourceError("config", f"{sidecar} (the checkpoint's sidecar config) is not valid JSON ({err})") from err
     if not isinstance(value, dict):
@@ -332,7 +332,7 @@ def empty_pipeline_from_folder(folder: str | Path) -> Any:
     transformer saved quantized is built unquantized: :func:`saved_quantization` says its format."""
     folder = Path(folder)
     cls = saved_class(folder)
-    index = json.loads((folder / "model_index.json").read_text())
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     kwargs: dict[str, Any] = {}
     for name, value in index.items():
         if name.startswith("_"):
@@ -355,7 +355,7 @@ def empty_pipeline_from_folder(folder: str | Path) -> Any:
             model.tie_weights()  # as from_pretrained does: tied embeddings are one tensor
             kwargs[name] = _as_saved(model, path)
         else:
-            config = json.loads((path / "config.json").read_text())
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
             config.pop("quantization_config", None)
             with init_empty_weights():
                 kwargs[name] = _as_saved(component.from_config(config).eval(), path)
@@ -364,7 +364,7 @@ def empty_pipeline_from_folder(folder: str | Path) -> Any:
 
 def saved_quantization(folder: str | Path) -> str | None:
     """The weight format a saved folder's transformer is stored in (``"int8"``, ``"nf4"``; ``None``: its dtype)."""
-    config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
+    config = json.loads((Path(folder) / "transformer" / "config.json").read_text(encoding="utf-8"))
     quantized = config.get("quantization_config")
     if quantized is None:
         return None

@@ -118,7 +118,7 @@ def cast_weights(module: nn.Module, dtype: torch.dtype | None, keep_fp32: Iterab
 
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
-    weight_map = json.loads(index_path.read_text()).get("weight_map")
+    weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index_path} has no 'weight_map'")
     state: dict[str, torch.Tensor] = {}

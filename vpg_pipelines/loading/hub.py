@@ -6,6 +6,8 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
+from ..paths import looks_like_local_path
+
 
 def resolve_file(name: str | Path, default_repo: str) -> Path:
     """Return a local path for ``name``.
@@ -18,7 +20,7 @@ def resolve_file(name: str | Path, default_repo: str) -> Path:
     if path.exists():
         return path
     text = str(name)
-    if text.startswith(("/", ".", "~")) or "\\" in text:
+    if looks_like_local_path(text):  # C:\ or C:/ on Windows too, never sent to the hub as a repo name
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     parts = text.split("/")
     repo, filename = (default_repo, text) if len(parts) < 3 else ("/".join(parts[:2]), "/".join(parts[2:]))

@@ -4,8 +4,9 @@ Candidates are tried in this order (cost: speed first, then output changes):
 
 1. no offload; 2. ``model`` offload (the text encoder leaves before sampling; a few seconds of weight
 transfers per call); 3. ``group`` offload (every transformer block streamed in at every step, overlapped
-with compute on CUDA streams); 4.–7. the same with ``int8`` then ``nf4`` weights (outputs change within
-the errors in ``docs/memory.md``); 8. ``sequential`` offload (slowest), then with ``int8``.
+with compute on a side stream where the device has streams); 4.–7. the same with ``int8`` then ``nf4``
+weights (outputs change within the errors in ``docs/memory.md``; ``nf4`` only where it runs);
+8. ``sequential`` offload (slowest), then with ``int8``.
 
 Offloading never changes the output, so it comes before quantization; sequential offloading is so slow
 (one synchronous copy per layer) that quantizing with group offloading is preferred to it.
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..devices import describe, device_memory, pick_device, savers
 from .calls import current_quantization
 from .offload import apply_offload
 from .planner import MemoryEstimate
@@ -57,17 +59,21 @@ def choose_savers(
     free_bytes: int,
     quantizations: tuple[str, ...] | None = None,
     offloads: tuple[str, ...] | None = None,
+    device: str | torch.device | None = None,
     **call_kwargs: Any,
 ) -> Choice:
     """The first of :data:`CANDIDATES` (restricted to ``quantizations`` / ``offloads``) whose planned peak
     for ``pipe(**call_kwargs)`` fits :func:`usable` ``(free_bytes)``.
 
-    ``quantizations`` defaults to the pipeline's own weights (``"none"``) plus ``int8`` / ``nf4`` where they
-    can run (``nf4``: CUDA); a pipeline whose transformer is already quantized is planned as it is.
+    ``quantizations`` defaults to the pipeline's own weights (``"none"``) plus those of ``int8`` / ``nf4``
+    that run on ``device`` (default: the one :func:`~vpg_pipelines.devices.pick_device` picks; ``nf4``: CUDA,
+    ROCm, XPU); a pipeline whose transformer is already quantized is planned as it is. Given ``quantizations``
+    are planned as given (``vpg memory`` plans for a GPU the machine may not have).
     """
     current = current_quantization(pipe.transformer)
     if quantizations is None:
-        quantizations = ("none", "int8", "nf4") if torch.cuda.is_available() else ("none", "int8")
+        runnable = savers(pick_device() if device is None else device)
+        quantizations = tuple(q for q in ("none", "int8", "nf4") if q in runnable)
     if current != "none":
         quantizations = ("none",)  # already quantized: plan what it holds
     offloads = offloads or ("none", "model", "group", "sequential")
@@ -101,19 +107,21 @@ def fit_to_memory(
 ) -> Choice:
     """Pick (:func:`choose_savers`) and apply the savers that fit ``pipe(**call_kwargs)`` on ``device``.
 
-    ``free_bytes`` defaults to the device's free memory (``torch.cuda.mem_get_info``); the quantization is
-    applied to the transformer (``quantization.apply_quantization``), then the offload mode
-    (``offload.apply_offload``). Returns the :class:`Choice`; when nothing fits it applies the smallest
-    plan and says so (``fits`` False).
+    ``device`` defaults to :func:`~vpg_pipelines.devices.pick_device`'s; ``free_bytes`` to its free memory
+    (:func:`~vpg_pipelines.devices.device_memory`: CUDA / ROCm / XPU through ``torch.accelerator``, ``mps``
+    through Metal's recommended working set). The quantization is applied to the transformer
+    (``quantization.apply_quantization``), then the offload mode (``offload.apply_offload``). Returns the
+    :class:`Choice`; when nothing fits it applies the smallest plan and says so (``fits`` False).
     """
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device() if device is None else torch.device(device)
     if free_bytes is None:
-        if device.type != "cuda":
-            raise ValueError("`free_bytes` is needed off CUDA (there is no free-memory figure to plan against)")
-        free_bytes, _ = torch.cuda.mem_get_info(device)
+        memory = device_memory(device)
+        if memory is None:
+            raise ValueError(f"`free_bytes` is needed on {describe(device)}: it has no free-memory figure to plan "
+                             "against")
+        free_bytes = memory.free
     current = current_quantization(pipe.transformer)
-    choice = choose_savers(pipe, int(free_bytes), quantizations=quantizations, **call_kwargs)
+    choice = choose_savers(pipe, int(free_bytes), quantizations=quantizations, device=device, **call_kwargs)
     if choice.quantization != current:
         apply_quantization(pipe, choice.quantization)
     apply_offload(pipe, choice.offload, device)

@@ -7,8 +7,9 @@
   its codebook inside the loop (a hooked VAE would push the transformer out at every scale), and the
   pipelines release the transformer before decoding.
 * ``group`` — ``pipe.enable_group_offload(..., offload_type="block_level", num_blocks_per_group=1,
-  use_stream=True on CUDA)``: one transformer block (InfinityStar / Infinity: one block chunk) on the
-  device at a time, the next one prefetched on a side stream; the text encoder is loaded for its
+  use_stream=True where the device has streams: CUDA, ROCm, XPU)``: one transformer block (InfinityStar /
+  Infinity: one block chunk) on the device at a time, the next one prefetched on a side stream (on ``mps``
+  and the CPU each block is copied in when it runs); the text encoder is loaded for its
   forward only. The VAE is excluded and moved to the device. The transformers declare
   ``_skip_keys = ["kv_cache"]`` so the hooks never copy the cache.
 * ``sequential`` — ``pipe.enable_sequential_cpu_offload(device=...)``: every layer loaded for its own
@@ -21,15 +22,17 @@ from typing import Any
 
 import torch
 
+from ..devices import pick_device, stream_capable
 from .planner import OFFLOAD_MODES
 
 
 def apply_offload(pipe: Any, mode: str, device: str | torch.device | None = None) -> Any:
-    """Put ``pipe`` on ``device`` (default: CUDA when available) under offload ``mode``; returns ``pipe``."""
+    """Put ``pipe`` on ``device`` (default: :func:`~vpg_pipelines.devices.pick_device`'s) under offload
+    ``mode``; returns ``pipe``."""
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"`offload` must be one of {OFFLOAD_MODES}, got {mode!r}")
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    # a given device is taken as is (ComfyUI's may be one this package does not pick itself, e.g. DirectML)
+    device = pick_device() if device is None else torch.device(device)
     if mode == "none":
         return pipe.to(device)
     if mode == "model":
@@ -39,7 +42,7 @@ def apply_offload(pipe: Any, mode: str, device: str | torch.device | None = None
     else:
         pipe.enable_group_offload(
             onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
-            num_blocks_per_group=1, use_stream=device.type == "cuda", exclude_modules=["vae"],
+            num_blocks_per_group=1, use_stream=stream_capable(device), exclude_modules=["vae"],
         )
         pipe.vae.to(device)
     return pipe

@@ -3,12 +3,16 @@
 =========  ===================================================================  ======================
 name       what                                                                 runs on
 =========  ===================================================================  ======================
-``int8``   TorchAO int8 weight-only (``TorchAoConfig(Int8WeightOnlyConfig())``)  CPU and CUDA
-``nf4``    bitsandbytes 4-bit NF4 (``BitsAndBytesConfig(load_in_4bit=True)``),  CUDA only (diffusers'
-           bf16 compute                                                          bitsandbytes back end
-                                                                                 needs a GPU)
-``fp8``    ``enable_layerwise_casting``: float8_e4m3fn storage, bf16 compute     CPU and CUDA
+``int8``   TorchAO int8 weight-only (``TorchAoConfig(Int8WeightOnlyConfig())``)  every device (plain
+                                                                                 PyTorch ops)
+``nf4``    bitsandbytes 4-bit NF4 (``BitsAndBytesConfig(load_in_4bit=True)``),  CUDA, ROCm, XPU (not
+           bf16 compute                                                          the CPU, not ``mps``)
+``fp8``    ``enable_layerwise_casting``: float8_e4m3fn storage, bf16 compute     CPU, CUDA, ROCm (no
+                                                                                 float8 on mps / xpu)
 =========  ===================================================================  ======================
+
+Where each runs is data: :data:`vpg_pipelines.devices.CONSTRAINTS`; :func:`check_quantization` refuses a format
+the device lacks, naming the device.
 
 ``int8`` and ``nf4`` are diffusers ``quantization_config`` s: pass them to ``from_pretrained`` (or
 ``quantization=`` here); a model that is already built (``from_official``) is quantized by a round trip
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig, TorchAoConfig
 
+from ..devices import check_saver, pick_device
 from .weights import QUANTIZATIONS
 
 
@@ -33,14 +38,14 @@ def _check(name: str) -> None:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {name!r}")
 
 
-def check_quantization(name: str | None) -> None:
-    """``None`` or a name of :data:`QUANTIZATIONS` usable here (``nf4`` needs CUDA)."""
+def check_quantization(name: str | None, device: str | torch.device | None = None,
+                       argument: str = "`quantization`") -> None:
+    """``None`` or a name of :data:`QUANTIZATIONS` that runs on ``device`` (default: the device
+    :func:`~vpg_pipelines.devices.pick_device` picks, which is where the quantizers put the weights)."""
     if name is None:
         return
     _check(name)
-    if name == "nf4" and not torch.cuda.is_available():
-        raise ValueError("`quantization='nf4'` (bitsandbytes) needs a CUDA GPU; on the CPU use 'int8' (TorchAO) "
-                         "or 'fp8' (layerwise casting)")
+    check_saver(name, pick_device() if device is None else device, argument)
 
 
 def diffusers_quantization_config(name: str, compute_dtype: torch.dtype = torch.bfloat16) -> Any:

@@ -69,7 +69,7 @@ EXAMPLE_DOC_STRING = """
 
 def imagenet_id2label() -> dict[str, str]:
     """The 1000 ImageNet-1k class names (DiT's ``id2label`` convention: synonyms comma-separated)."""
-    text = resources.files("vpg_pipelines").joinpath("data/imagenet_id2label.json").read_text()
+    text = resources.files("vpg_pipelines").joinpath("data/imagenet_id2label.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

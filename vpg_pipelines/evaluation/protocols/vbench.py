@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ...paths import file_name_problem
 from ...utils import export_to_video
 from .base import VPG_KEYS, Protocol, Sample, check_count, existing_file, file_sha256
 
@@ -19,7 +20,6 @@ PAPER_SETTINGS = {"vpg_scale": 1.5, "vpg_corruption": 0.1, "vpg_mode": "full", "
                   "vpg_scales": "semantic"}
 """Over the pipeline's defaults (the released ``tools/infer_video_720p.py``: APG cfg 34, norm threshold 0.05,
 tau 1 / 0.4, 81 frames, 720 x 1280): our documented video VPG point (w 1.5, p 0.1, semantic scales)."""
-MAX_NAME_BYTES = 255
 
 
 def read_prompt_list(path: Path) -> list[str]:
@@ -30,10 +30,11 @@ def read_prompt_list(path: Path) -> list[str]:
     for line in path.read_text(encoding="utf-8").splitlines():
         prompt = line.strip()
         if prompt and prompt not in seen:
-            if "/" in prompt or "\0" in prompt:
-                raise ValueError(f"--prompts {path}: prompt {prompt!r} cannot be a file name")
-            if len(f"{prompt}-0.mp4".encode()) > MAX_NAME_BYTES:
-                raise ValueError(f"--prompts {path}: prompt {prompt[:40]!r}... is too long for a file name")
+            problem = file_name_problem(f"{prompt}-0.mp4")
+            if problem:
+                shown = repr(prompt) if len(prompt) <= 60 else f"{prompt[:60]!r}..."
+                raise ValueError(f"--prompts {path}: prompt {shown} names its videos (VBench finds them by "
+                                 f"name), but as a file name it {problem}")
             seen.add(prompt)
             prompts.append(prompt)
     if not prompts:

@@ -1,10 +1,27 @@
-"""A tiny random flan-T5-shaped text encoder and tokenizer for tests and stand-in models (nothing downloaded)."""
+"""Stand-ins shared by the tests, the benchmarks and the headless ComfyUI run (diffusers' and transformers'
+``testing_utils`` convention): a tiny random flan-T5-shaped text encoder and the settings the shared InfinityStar
+parity fixture (``../shared/parity/infinity_star``) was made with. Nothing here is downloaded.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+STAR_PARITY_ARGS = {
+    "pn": "0.06M",
+    "image_scale_repetition": [3] * 11,
+    "video_scale_repetition": [3] * 8 + [2, 1, 1],
+    "semantic_scales": 8,
+    "detail_scale_min_tokens": 100,
+}
+"""The official ``Args`` the InfinityStar parity fixture used on top of the 720p script's (its README): the
+"0.06M" schedule, 11 scales per clip."""
+STAR_FAST_ARGS = {**STAR_PARITY_ARGS, "image_scale_repetition": [1] * 11, "video_scale_repetition": [1] * 11}
+"""The same with one repetition per scale: a third of the steps, for tests that need a video, not parity."""
 
 SPECIAL = ("<pad>", "</s>", "<unk>")
 WORDS = tuple(
@@ -14,12 +31,9 @@ WORDS = tuple(
 )
 
 
-def tiny_t5(channels: int = 128, words: Sequence[str] = WORDS):
-    """A random T5 encoder (gated GELU, relative position buckets, ``channels`` wide) and a word-level
+def tiny_t5(channels: int = 128, words: Sequence[str] = WORDS) -> tuple[T5EncoderModel, PreTrainedTokenizerFast]:
+    """A random T5 encoder (gated GELU, relative position buckets, ``channels`` wide, seeded) and a word-level
     tokenizer that appends ``</s>`` as T5's does; unknown words map to ``<unk>``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
     vocab = {w: i for i, w in enumerate(SPECIAL)}
     for word in words:
         vocab.setdefault(word, len(vocab))
