@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import infinity_folder, star480_folder, star_folder  # noqa: F401 (fixtures)
+from tests.helpers.interact import fast_interact_pipe, interact_fixture, interact_pipe  # noqa: F401 (fixtures)
 from tests.helpers.quality import fake_dataset  # noqa: F401 (fixture)
 from tests.helpers.shared import shared_path
 from tests.helpers.star import fast_pipe, fixture_files, parity_pipe  # noqa: F401 (fixtures)

@@ -15,6 +15,10 @@ from .models.var.transformer import VARTransformer
 from .models.var.vqvae import VARVQVAE
 from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline
 from .pipelines.pipeline_vpg_infinity_star import InfinityStarPipelineOutput, VPGInfinityStarPipeline
+from .pipelines.pipeline_vpg_infinity_star_interact import (
+    InfinityStarInteractPipelineOutput,
+    VPGInfinityStarInteractPipeline,
+)
 from .pipelines.pipeline_vpg_var import VPGVARPipeline
 from .utils import export_to_video
 
@@ -26,6 +30,7 @@ __all__ = [
     "EntropyAwareTemperature",
     "GuidanceChain",
     "GuidanceTerm",
+    "InfinityStarInteractPipelineOutput",
     "InfinityStarPipelineOutput",
     "InformationGroundingGuidance",
     "PrefixGuidance",
@@ -33,6 +38,7 @@ __all__ = [
     "VARTransformer",
     "VARVQVAE",
     "VPGInfinityPipeline",
+    "VPGInfinityStarInteractPipeline",
     "VPGInfinityStarPipeline",
     "VPGVARPipeline",
     "export_to_video",

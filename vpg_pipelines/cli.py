@@ -8,6 +8,7 @@ import inspect
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from .loading.auto import (
     is_saved_folder,
     load_pipeline,
     released_pipeline,
+    saved_class,
     saved_quantization,
     source_kind,
 )
@@ -35,7 +37,10 @@ from .memory.choose import choose_savers, fit_to_memory
 from .memory.offload import apply_offload
 from .memory.quantization import apply_quantization, check_quantization
 from .memory.report import gib
+from .models.infinity_star.interact import REFERENCE_PIXEL_FRAMES, REFERENCE_SECONDS
 from .paths import looks_like_local_path
+from .pipelines.pipeline_vpg_infinity_star_interact import CONTEXT_FRAMES, VPGInfinityStarInteractPipeline
+from .pipelines.reference_video import reference_frames
 from .registry import KINDS, ModelKind, released_model, released_names
 from .utils import export_to_video
 from .visual import comparison_grid, comparison_video
@@ -106,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", default=None, help="official VQVAE file (vae_ch160v4096z32.pth) with a .pth --model")
     gen.add_argument("--config", default=None, help="JSON with the official constructor args {'vqvae':…,'var':…}")
     gen.add_argument("--prompt", action="append", required=True,
-                     help="class name or id (Infinity, InfinityStar: text); repeat for several")
+                     help="class name or id (Infinity, InfinityStar: text); repeat for several (InfinityStar-Interact: "
+                          "one per 5 s clip, in order)")
     gen.add_argument("--negative-prompt", default=None,
                      help="Infinity, InfinityStar: replaces the learned null text")
     gen.add_argument("--height", type=int, default=None,
@@ -114,13 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=None, help="like --height")
     gen.add_argument("--num-frames", type=int, default=None,
                      help="InfinityStar only: 480p 81 or 161 (5 / 10 s), 720p 1 or 1 + 16k up to 81 (default: 1 for an "
-                          "image --out, else 81; with --video 161)")
+                          "image --out, else 81; with --video 161); not for InfinityStar-Interact (a 5 s clip per "
+                          "--prompt)")
     gen.add_argument("--video", default=None,
                      help="InfinityStar 480p: continue this video (at least 5 s; its first 5 s are kept) to a 10 s "
-                          ".mp4 --out")
+                          ".mp4 --out. InfinityStar-Interact: the reference video (at least 5 s; its last 5 s are "
+                          "encoded) the story continues, one 5 s clip per --prompt")
     gen.add_argument("--variant", choices=list(KINDS["infinity_star"].variants), default=None,
                      help="InfinityStar official checkpoint: the script to run it like (default: from its name)")
-    gen.add_argument("--num-images", type=int, default=1, help="images (InfinityStar: videos) per prompt")
+    gen.add_argument("--num-images", type=int, default=1,
+                     help="images (InfinityStar: videos; InfinityStar-Interact: stories) per prompt")
     gen.add_argument("--out", default="out.png",
                      help="output image (.png, .jpg; several images: a grid) or, InfinityStar, video (.mp4)")
     _add_sampling_args(gen)
@@ -139,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--width", type=int, default=None)
     mem.add_argument("--num-frames", type=int, default=None, help="InfinityStar: 1 or 1 + 16k (default: the model's)")
     mem.add_argument("--num-images", type=int, default=1, help="images (InfinityStar: videos) per prompt")
+    mem.add_argument("--video", default=None,
+                     help="InfinityStar-Interact: the reference video (its encoding is planned; without it a story "
+                          "continued from its context is planned)")
     mem.add_argument("--text-tokens", type=int, default=None,
                      help="prompt length to plan with when the model has no tokenizer (released models; default 512)")
     mem.add_argument("--free-gib", type=float, default=None,
@@ -262,6 +274,49 @@ def _flag_words(err: ValueError) -> str:
     return str(err).replace("`acceleration`", "--acceleration")
 
 
+# -- InfinityStar-Interact: one 5 s clip per --prompt, continuing a reference --video ------------------------------
+def _is_interact(kind: ModelKind, model: str, variant: str | None = None) -> bool:
+    """Whether ``--model`` loads as InfinityStar-Interact (a released name, a saved folder, or an official file by
+    its name or ``--variant``)."""
+    if kind.media != "video":
+        return False
+    if model in kind.released:
+        return kind.released[model].variant == "interact"
+    if is_saved_folder(model):
+        return saved_class(model) is VPGInfinityStarInteractPipeline
+    return (variant or kind.variant_for_file(model)) == "interact"
+
+
+def _check_interact_args(kind: ModelKind, args: argparse.Namespace, out: Path | None) -> bool:
+    """Whether ``--model`` is InfinityStar-Interact, its flags checked (one clip per --prompt from a --video, no
+    --num-frames; ``out``: ``vpg generate``'s output); for other models ``--video`` is a continuation's input."""
+    if not _is_interact(kind, args.model, getattr(args, "variant", None)):
+        return False  # --video is a continuation's input then (480p; checked with the other InfinityStar flags)
+    if args.num_frames is not None:
+        raise ValueError("--num-frames does not apply to InfinityStar-Interact: each --prompt makes one 5 s clip "
+                         "(80 frames)")
+    if out is not None:
+        if out.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"--out {out}: InfinityStar-Interact makes a video; write it to a .mp4")
+        if args.video is None:
+            raise ValueError("--video is required for InfinityStar-Interact: the reference video (at least 5 s) the "
+                             "story continues")
+    if args.video is not None and not Path(args.video).is_file():
+        raise FileNotFoundError(f"--video {args.video}: no such file")
+    return True
+
+
+def _read_reference(path: str) -> list[PIL.Image.Image]:
+    """The 81 frames of ``--video`` the pipeline encodes (its last 5 s, the official choice), read before the model
+    loads so that a short or unreadable video fails first. The pipeline takes exactly 81 frames as given, so
+    passing them equals passing the file."""
+    try:
+        return reference_frames(path, REFERENCE_PIXEL_FRAMES, REFERENCE_SECONDS, default_fps=16)
+    except ValueError as err:  # the pipeline's words for its `video` argument, as the flag
+        detail = re.sub(r"^`video` ('[^']*': )?", "", str(err))
+        raise ValueError(f"--video {path}: " + re.sub(r"; or exactly \d+ frames given in memory", "", detail)) from None
+
+
 def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -> None:
     """Flags that do not apply to the model, and output types it cannot write; before any loading."""
     _check_acceleration(kind, args.acceleration)
@@ -278,10 +333,11 @@ def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -
                          "folders only")
     if kind.media != "video" and (args.video is not None or args.variant is not None):
         raise ValueError("--video and --variant apply to InfinityStar only")
+    interact = _check_interact_args(kind, args, out)
     if kind.media == "video":
         if args.top_k is not None or args.top_p is not None:
             raise ValueError("--top-k and --top-p do not apply to InfinityStar (its sampler has no such filters)")
-        if suffix not in VIDEO_SUFFIXES and args.num_frames not in (None, 1):
+        if not interact and suffix not in VIDEO_SUFFIXES and args.num_frames not in (None, 1):
             raise ValueError(f"--out {out} is an image: pass --num-frames 1 (or leave it out), or write a video "
                              f"with --out {out.with_suffix('.mp4').name}")
         if args.video is not None and suffix not in VIDEO_SUFFIXES:
@@ -290,8 +346,10 @@ def _check_generate_args(kind: ModelKind, args: argparse.Namespace, out: Path) -
             raise FileNotFoundError(f"--video {args.video}: no such file")
 
 
-def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> tuple[list, dict]:
-    """The prompts and the other call arguments the flags give (``None`` flags left to the pipeline)."""
+def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool,
+                  interact: bool = False) -> tuple[list, dict]:
+    """The prompts and the other call arguments the flags give (``None`` flags left to the pipeline);
+    ``interact``: InfinityStar-Interact (the prompts are its clips)."""
     video = kind.media == "video"
     text = kind.conditioning == "text"
     prompts = [p if text or not p.strip().isdigit() else int(p) for p in args.prompt]
@@ -303,7 +361,9 @@ def _call_options(kind: ModelKind, args: argparse.Namespace, as_video: bool) -> 
                "entropy_temperature_theta": args.entropy_temperature_theta, "acceleration": args.acceleration}
     if text:
         options |= {"negative_prompt": args.negative_prompt, "height": args.height, "width": args.width}
-    if video:
+    if video and interact:  # one clip per prompt from the reference video
+        options |= {"video": args.video, "num_videos_per_prompt": args.num_images}
+    elif video:
         options |= {"num_frames": args.num_frames if args.num_frames or as_video else 1,
                     "num_videos_per_prompt": args.num_images, "video": getattr(args, "video", None)}
     else:
@@ -334,10 +394,14 @@ def _generate(args: argparse.Namespace) -> None:
     device = pick_device(args.device, "--device")
     check_quantization(args.quantization, device, argument="--quantization")  # before minutes of loading
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(kind.gpu_dtype, device)
+    interact = _is_interact(kind, args.model, args.variant)
+    reference = _read_reference(args.video) if interact else None
     pipe = _load(args.model, args.vae, args.config, dtype, args.variant)
     video = kind.media == "video"
-    prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES)
-    count = len(prompts) * args.num_images
+    prompts, kwargs = _call_options(kind, args, out.suffix.lower() in VIDEO_SUFFIXES, interact)
+    if interact:
+        kwargs["video"] = reference
+    count = args.num_images if interact else len(prompts) * args.num_images  # Interact: prompts are clips
     vpg = _vpg_settings(pipe, args)
     _place(pipe, args, device, {"prompt": prompts, **kwargs, **vpg})
 
@@ -347,7 +411,8 @@ def _generate(args: argparse.Namespace) -> None:
         return result.frames if video else result.images
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = [f"{p} #{args.seed + i}" for i, p in enumerate(p for p in prompts for _ in range(args.num_images))]
+    labels = ["story"] if interact else prompts
+    names = [f"{p} #{args.seed + i}" for i, p in enumerate(p for p in labels for _ in range(args.num_images))]
     w = vpg["vpg_scale"] if vpg["vpg_scale"] is not None else pipe.prefix_guidance(**vpg).guidance_scale
     columns = [run(**{**vpg, "vpg_scale": 1.0}), run(**vpg)] if args.compare else [run(**vpg)]
     titles = ["without VPG", f"with VPG (w={w:g})"] if args.compare else [f"w={w:g}"]
@@ -422,7 +487,9 @@ def _convert(args: argparse.Namespace) -> None:
         options["variant"] = args.variant
     if kind.text_encoder:  # text encoder and tokenizer by path or hub id
         options.update(text_encoder=args.text_encoder, tokenizer=args.tokenizer)
-    pipe = kind.pipeline_class.from_official(source, args.vae, **options)
+    # an Interact checkpoint (by its name) converts to the Interact pipeline, as the loader reads it
+    pipe = kind.pipeline_class_for(args.variant or kind.variant_for_file(source)).from_official(source, args.vae,
+                                                                                            **options)
     _save_atomically(pipe, out)
     if text and pipe.text_encoder is None:
         print("note: no --text-encoder: the folder generates from prompt_embeds only (not from `vpg generate`)")
@@ -454,7 +521,12 @@ def _memory(args: argparse.Namespace) -> None:
         args.prompt = ["0" if kind.conditioning == "class" else "a photo"]
     if args.model == "demo" and args.prompt == ["0"]:
         args.prompt = ["plant"]
-    prompts, kwargs = _call_options(kind, args, as_video=kind.media == "video")
+    interact = _check_interact_args(kind, args, None)
+    prompts, kwargs = _call_options(kind, args, as_video=kind.media == "video", interact=interact)
+    if interact and args.video is None:  # a story continued from its context: no reference to encode
+        height, width = (args.height, args.width) if args.height and args.width else pipe.default_size
+        kwargs["context_latents"] = torch.empty(1, pipe.vae.codebook_dim, CONTEXT_FRAMES, height // 16, width // 16,
+                                                device="meta")
     call = {"prompt": prompts, **kwargs, **_vpg_settings(pipe, args)}
     estimate = pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=args.text_tokens, **call)
     print(estimate)

@@ -30,6 +30,7 @@ from .models.var.transformer import VARTransformer
 from .models.var.vqvae import VARVQVAE
 from .pipelines.pipeline_vpg_infinity import VPGInfinityPipeline
 from .pipelines.pipeline_vpg_infinity_star import VPGInfinityStarPipeline
+from .pipelines.pipeline_vpg_infinity_star_interact import VPGInfinityStarInteractPipeline
 from .pipelines.pipeline_vpg_var import VPGVARPipeline
 
 VAR_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -262,11 +263,9 @@ KINDS: dict[str, ModelKind] = {
                 "480p 5 s": {"height": 480, "width": 848, "num_frames": 81},
                 "480p 10 s": {"height": 480, "width": 848, "num_frames": 161},
             }),
-            # one 5 s window under the Interact script's settings (CFG 3, tau 0.5), planned with the kind's
-            # pipeline until the Interact pipeline (its windows, context and conditions) takes this entry
-            "infinity-star-8b-interact": _infinity_star("interact", {
-                "480p window": {"height": 480, "width": 848, "num_frames": 81},
-            }),
+            # one 5 s clip (window) of a story: the size of a 16:9 reference at the Interact script's budget
+            "infinity-star-8b-interact": _infinity_star("interact", {"480p clip": {"height": 480, "width": 848}},
+                                                        VPGInfinityStarInteractPipeline),
         },
         variant_of_file=variant_of_checkpoint,
     ),

@@ -2,10 +2,11 @@
 
 ``tests/helpers/device_constraints.py`` makes the CPU take the code paths such a device takes and fails on the
 first float64 or float8 tensor op outside ``vpg_pipelines.devices.host_compute`` (the explicit host helper).
-Covered: the three pipelines (VAR, Infinity, InfinityStar text-to-video, image, image-to-video and 480p video
-continuation, forward chunking and tiled decoding), every guidance term (CFG, APG, VPG in its four modes and
-two refresh rules, IGG, SSG, entropy temperature), the accelerators (FastVAR, ScaleKV, FasterVAR) with VPG, the
-ComfyUI node classes' sampling paths (stand-in schema API), ``vpg generate`` and ``vpg eval sample``.
+Covered: the pipelines (VAR, Infinity, InfinityStar text-to-video, image, image-to-video and 480p video
+continuation, forward chunking and tiled decoding, InfinityStar-Interact from a context or a reference), every
+guidance term (CFG, APG, VPG in its four modes and two refresh rules, IGG, SSG, entropy temperature), the
+accelerators (FastVAR, ScaleKV, FasterVAR) with VPG, the ComfyUI node classes' sampling paths (stand-in schema
+API), ``vpg generate`` and ``vpg eval sample``.
 A float64 slipping into the sampler fails here, on a Linux CPU machine.
 """
 
@@ -32,6 +33,7 @@ from tests.helpers.comfy import load, run
 from tests.helpers.device_constraints import DeviceConstraintError, device_constraints
 from tests.helpers.evaluation import DEMO_FLAGS, run_here
 from tests.helpers.infinity import fixture_embeds, make_pipe
+from tests.helpers.interact import context_latents as interact_context
 from tests.helpers.star import SIZE, fast_480p_pipe
 from vpg_pipelines import VPGInfinityStarPipeline
 from vpg_pipelines.acceleration import INFINITY_2B_10, FasterVAR, FastVAR, ScaleKV
@@ -224,6 +226,25 @@ def test_infinity_star_continuation_path():
     assert latents.shape[2] == 41 and torch.isfinite(latents).all()
     assert mode.host_ops > 0  # APG's projection went to the host
 
+
+@pytest.mark.parametrize("settings", [
+    {"context": True, "vpg_scale": 2.0},
+    {"reference": True, "guidance": "apg", "vpg_scale": 2.0, "vpg_mode": "token", "sample_posterior": True},
+], ids=["interact-context-cfg-vpg", "interact-reference-encode-apg"])
+def test_infinity_star_interact_paths(fast_interact_pipe, interact_fixture, settings):
+    """Two clips of InfinityStar-Interact (latents: the clip decode is the InfinityStar VAE's, run above), from a
+    previous story's context or from the reference video encoded."""
+    _, cases, _ = interact_fixture
+    settings = dict(settings)
+    if settings.pop("context", False):
+        settings["context_latents"] = interact_context(cases)
+    if settings.pop("reference", False):
+        settings["video"] = cases["reference.video_rgb"].numpy()
+    with device_constraints("mps") as mode:
+        out = fast_interact_pipe(["a red fox", "the fox jumps"], generator=gens(0), output_type="latent", **settings)
+    assert out.frames.shape[2] == 40 and torch.isfinite(out.frames).all()
+    if settings.get("guidance") == "apg":
+        assert mode.host_ops > 0  # APG's projection went to the host
 
 # -- the ComfyUI node classes ----------------------------------------------------------------------------------
 def test_comfy_class_sampler_with_every_guidance_node():

@@ -114,12 +114,19 @@ def load_saved(folder: str | Path, dtype: torch.dtype | None = None) -> Any:
     ``dtype``: the compute dtype (default: as saved); a kind whose VAE runs in a fixed dtype (InfinityStar's
     video VAE: float32) keeps it.
     """
-    kind = saved_kind(folder)
+    cls = saved_class(folder)
     kwargs: dict[str, Any] = {}
     if dtype is not None:
-        vae_dtype = kind.pipeline_class.vae_dtype
+        vae_dtype = cls.vae_dtype
         kwargs["dtype"] = dtype if vae_dtype is None else {"default": dtype, "vae": vae_dtype}
-    return kind.pipeline_class.from_pretrained(str(folder), **kwargs)
+    return cls.from_pretrained(str(folder), **kwargs)
+
+
+def saved_class(folder: str | Path) -> type:
+    """The pipeline class a saved folder's ``model_index.json`` names (a kind's class or one of its variants')."""
+    kind = saved_kind(folder)
+    class_name = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    return next((c for c in kind.pipeline_classes if c.__name__ == class_name), kind.pipeline_class)
 
 
 # -- official files --------------------------------------------------------------------------------------------
@@ -324,7 +331,7 @@ def empty_pipeline_from_folder(folder: str | Path) -> Any:
     the dtype its safetensors store (the tokenizer is loaded: it is small and tells prompt lengths). A
     transformer saved quantized is built unquantized: :func:`saved_quantization` says its format."""
     folder = Path(folder)
-    kind = saved_kind(folder)
+    cls = saved_class(folder)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     kwargs: dict[str, Any] = {}
     for name, value in index.items():
@@ -352,7 +359,7 @@ def empty_pipeline_from_folder(folder: str | Path) -> Any:
             config.pop("quantization_config", None)
             with init_empty_weights():
                 kwargs[name] = _as_saved(component.from_config(config).eval(), path)
-    return kind.pipeline_class(**kwargs)
+    return cls(**kwargs)
 
 
 def saved_quantization(folder: str | Path) -> str | None:

@@ -22,6 +22,7 @@ from ..models.infinity_star.video_vae import InfinityStarVideoVAE
 from ..models.var.transformer import VARTransformer
 from ..sampling.cache_lengths import cache_lengths
 from .decode import decode_bytes, text_encoder_bytes
+from .interact import plan_interact_clip
 from .kv_timeline import guided_steps, kv_timeline
 from .planner import PlanInputs
 from .replay import InfinityStarStepReplay, InfinityStepReplay, VARStepReplay
@@ -140,7 +141,7 @@ def plan_inputs(
         activation=replay.activation, state=replay.run_state_bytes, vocab=replay.vocab, cfg=cfg,
         guided=guided, refresh=refresh, scoring=scoring,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
-        notes=notes,
+        notes=notes, reference_encode=parts.get("reference_encode"),
     )
 
 
@@ -286,6 +287,9 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -
 
 
 def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -> dict:
+    if hasattr(call, "num_clips"):  # InfinityStar-Interact: the plan of one clip (memory/interact.py)
+        return plan_interact_clip(pipe, call, given, dtype, vae_dtype, text_tokens, notes,
+                                  lambda texts, fallback: _tokens(pipe, texts, None, fallback, notes), savers)
     a, plan = call.arguments, call.plan
     prompt = given.get("prompt")
     texts = [prompt] if isinstance(prompt, str) else list(prompt or [])

@@ -75,7 +75,8 @@ class PlanInputs:
             sampler's own state during the step (an estimate).
         vocab: logit values per site of a step; ``cfg``: CFG / APG rows present; ``guided``: VPG steps.
         sampling_bytes: bytes per logit value the sampling step allocates (filter, softmax).
-        decode: activations of decoding; ``encode``: of encoding the prompt (None: no text encoder run).
+        decode: activations of decoding; ``encode``: of encoding the prompt (None: no text encoder run);
+            ``reference_encode``: of encoding a reference video with the VAE (InfinityStar-Interact; None: none).
         stream: CUDA streams for group offloading (prefetch: two blocks resident).
         scoring: per step, activation bytes a K/V budget's scoring adds to the step's forward (an estimate).
     """
@@ -97,6 +98,7 @@ class PlanInputs:
     stream: bool = True
     notes: list[str] = field(default_factory=list)
     scoring: dict[int, int] = field(default_factory=dict)
+    reference_encode: int | None = None
 
 
 @dataclass
@@ -108,7 +110,8 @@ class MemoryEstimate:
         weights: bytes per component (for the planned dtype / quantization).
         kv: the cache per step (:class:`~.kv_timeline.KVStep`); ``kv_peak`` and ``kv_peak_step``.
         activations: per step, the largest activation total of its phases (without weights and cache).
-        decode, text_encoder: activations of decoding and of encoding the prompt.
+        decode, text_encoder: activations of decoding and of encoding the prompt; ``reference_encode``: of
+            encoding a reference video (InfinityStar-Interact).
         plans: per offload mode, every phase and the peak.
     """
 
@@ -120,6 +123,7 @@ class MemoryEstimate:
     text_encoder: int | None
     plans: dict[str, OffloadPlan]
     notes: list[str] = field(default_factory=list)
+    reference_encode: int | None = None
 
     @property
     def kv_peak(self) -> int:
@@ -151,6 +155,7 @@ class MemoryEstimate:
             "activations_largest": self.activations[self.largest_step],
             "decode": self.decode,
             "text_encoder": self.text_encoder,
+            "reference_encode": self.reference_encode,
             "plans": {m: {"peak": p.peak.total, "phase": p.peak.name, "step": p.peak.step,
                           "weights": p.peak.weights, "kv": p.peak.kv, "activations": p.peak.activations}
                       for m, p in self.plans.items()},
@@ -222,6 +227,8 @@ def build_estimate(inputs: PlanInputs) -> MemoryEstimate:
     carry = 0
     if inputs.encode is not None:
         phase_parts.append(("encode prompt", "encode", None, 0, inputs.encode))
+    if inputs.reference_encode is not None:  # the VAE alone, like decoding
+        phase_parts.append(("encode reference video", "decode", None, 0, inputs.reference_encode))
     for record, step in zip(inputs.timeline, inputs.steps):
         kept, transient = _step_logits(inputs, record, step)
         state = inputs.state(step.index, inputs.batch)
@@ -251,4 +258,5 @@ def build_estimate(inputs: PlanInputs) -> MemoryEstimate:
         text_encoder=inputs.encode,
         plans=plans,
         notes=list(inputs.notes),
+        reference_encode=inputs.reference_encode,
     )

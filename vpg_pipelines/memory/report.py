@@ -32,6 +32,8 @@ def format_estimate(estimate: Any) -> str:
     lines.append(f"  activations, largest    {gib(estimate.activations[step]):>12}  (step {step})")
     if estimate.text_encoder is not None:
         lines.append(f"  text encoder (activ.)   {gib(estimate.text_encoder):>12}")
+    if getattr(estimate, "reference_encode", None) is not None:
+        lines.append(f"  reference encode (act.) {gib(estimate.reference_encode):>12}")
     lines.append(f"  decode (activations)    {gib(estimate.decode):>12}")
     lines.append("  offload      peak        at")
     for mode, plan in estimate.plans.items():
