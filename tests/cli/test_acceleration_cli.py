@@ -54,7 +54,8 @@ def test_memory_plans_a_preset_on_the_released_model(tmp_path):
 
 @pytest.mark.parametrize(("model", "value", "named"), [
     ("demo", "fastvar", "no accelerator applies to var models"),
-    ("star", "scalekv", "no accelerator applies to infinity_star models"),
+    ("star", "scalekv", "--acceleration scalekv applies to infinity models, not infinity_star; use one of ['none', "
+                        "'fastervar', 'fastervar-cfg0']"),
     ("infinity", "fast", "'fast'"),
     ("infinity", '{"method": "fastvar", "ratio": 2}', "takes the settings ['prune_ratios', 'skip_scales'"),
     ("infinity", "scalekv", "--acceleration 'scalekv' has budget tables for Infinity-2B (32 blocks)"),
@@ -69,7 +70,8 @@ def test_refusals_name_the_flag_and_write_nothing(model, value, named, infinity_
     err = " ".join(capsys.readouterr().err.split())
     assert "--acceleration" in err and named in err, err
     if model != "infinity" or value.startswith("{") or value == "fast":  # refused before loading, naming the choice
-        assert "leave it out" in err or "['none', 'fastvar', 'scalekv', 'scalekv-2b', 'scalekv-8b']" in err
+        allowed = "['none', 'fastvar', 'scalekv', 'scalekv-2b', 'scalekv-8b', 'fastervar', 'fastervar-cfg0']"
+        assert "leave it out" in err or "use one of" in err or allowed in err
     assert not out.exists()
 
 
