@@ -13,9 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comfy_nodes.kinds import DEMO_CHOICE  # noqa: E402
-
 from comfy_nodes.extension import NODES  # noqa: E402
+from comfy_nodes.sources import DEMO_CHOICE  # noqa: E402
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 NODE_INFO = {info["name"]: info for info in (cls.GET_NODE_INFO_V1() for cls in NODES)}
@@ -38,6 +37,8 @@ NO_FILES = ["none", "none", "fp32", *AUTO_MEMORY]  # vae_file, text_encoder, dty
 TINY_INFINITY = "vpg-tiny-infinity/model_index.json"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar/model_index.json"
 """Saved folders written by tests/comfy/make_standin_models.py (from the parity fixtures)."""
+FASTVAR_TINY = '{"method": "fastvar", "blocks": [0, 2]}'
+"""VPG Accelerate's ``config`` for the 2-block tiny Infinity: FastVAR's released rule, pruning both blocks."""
 
 
 class Graph:
@@ -197,31 +198,37 @@ def var_d16() -> dict:
 
 
 def text_chain(g: Graph, loader_widgets: list, prompt: str, guidance: tuple[str, list], vpg: list,
-               sampler_type: str, sampler: list, loader_models: list[dict] | None = None) -> int:
-    """Loader -> Text Encode, Loader -> CFG/APG -> Prefix -> sampler; returns the sampler."""
+               sampler_type: str, sampler: list, loader_models: list[dict] | None = None,
+               accelerate: list | None = None) -> int:
+    """Loader -> Text Encode, Loader -> CFG/APG -> Prefix [-> Accelerate] -> sampler; returns the sampler."""
     loader = g.add("VPGModelLoader", (20, 40), loader_widgets, size=(380, 210), models=loader_models)
     enc = g.add("VPGTextEncode", (440, 300), [prompt, ""], size=(360, 200))
     cfg_node = g.add(guidance[0], (440, 40), guidance[1], size=(320, 90))
     prefix = g.add("VPGPrefixGuidance", (840, 40), vpg, size=(320, 180))
-    samp = g.add(sampler_type, (1200, 40), sampler, size=(340, 280))
     g.link(loader, 0, enc, "model")
     g.link(loader, 0, cfg_node, "model")
     g.link(cfg_node, 0, prefix, "model")
-    g.link(prefix, 0, samp, "model")
+    last, x = prefix, 1200
+    if accelerate is not None:
+        last = g.add("VPGAccelerate", (x, 40), accelerate, size=(340, 200))
+        g.link(prefix, 0, last, "model")
+        x += 380
+    samp = g.add(sampler_type, (x, 40), sampler, size=(340, 280))
+    g.link(last, 0, samp, "model")
     g.link(enc, 0, samp, "conditioning")
     return samp
 
 
-def _image_outputs(g: Graph, samp: int, prefix: str, upscale: float | None = None) -> None:
+def _image_outputs(g: Graph, samp: int, prefix: str, upscale: float | None = None, x: int = 1580) -> None:
     source, slot = samp, 0
     if upscale:
-        up = g.add("ImageScaleBy", (1580, 40), ["nearest-exact", upscale], size=(300, 90))
+        up = g.add("ImageScaleBy", (x, 40), ["nearest-exact", upscale], size=(300, 90))
         g.link(samp, 0, up, "image")
         source = up
-    save = g.add("SaveImage", (1920 if upscale else 1580, 40), [prefix], size=(400, 300))
+    save = g.add("SaveImage", (x + 340 if upscale else x, 40), [prefix], size=(400, 300))
     g.link(source, slot, save, "images")
-    gmap = g.add("VPGGuidanceMap", (1580, 420), ["per scale", 128], size=(300, 110))
-    save_map = g.add("SaveImage", (1920, 420), [prefix + "_guidance_map"], size=(600, 300))
+    gmap = g.add("VPGGuidanceMap", (x, 420), ["per scale", 128], size=(300, 110))
+    save_map = g.add("SaveImage", (x + 340, 420), [prefix + "_guidance_map"], size=(600, 300))
     g.link(samp, 1, gmap, "guidance")
     g.link(gmap, 0, save_map, "images")
 
@@ -240,6 +247,18 @@ def infinity_tiny() -> dict:
                       ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "default", 2, 0.5, 0, 900, 0.97])
     _image_outputs(g, samp, "vpg_infinity_tiny")
+    return g.to_json()
+
+
+def infinity_tiny_fastvar() -> dict:
+    """The tiny Infinity fixture with CFG 3 + Prefix Guidance + VPG Accelerate (FastVAR) at 512x512. The
+    released FastVAR preset prunes blocks 3-27 of the 32-block 2B; the fixture has 2 blocks, so ``config``
+    prunes both (on a released model, clear ``config`` to use the preset)."""
+    g = Graph()
+    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_MEMORY], "a red cat on the beach",
+                      ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
+                      [0, "fixed", "512x512", 1, 0.5, 0, 900, 0.97], accelerate=["fastvar", FASTVAR_TINY])
+    _image_outputs(g, samp, "vpg_infinity_tiny_fastvar", x=1960)
     return g.to_json()
 
 
@@ -289,6 +308,7 @@ WORKFLOWS = {
     "vpg_demo_guidance_stack.json": demo_guidance_stack,
     "vpg_var_d16.json": var_d16,
     "vpg_infinity_tiny.json": infinity_tiny,
+    "vpg_infinity_tiny_fastvar.json": infinity_tiny_fastvar,
     "vpg_infinity_2b.json": infinity_2b,
     "vpg_infinitystar_tiny.json": infinitystar_tiny,
     "vpg_infinitystar_720p.json": infinitystar_720p,

@@ -25,6 +25,7 @@ RUNS = {  # run_headless.sh's --out folder of each shipped workflow
     "vpg_demo_guidance_stack": "guidance_stack",
     "vpg_var_d16": "var_standin",
     "vpg_infinity_tiny": "infinity_tiny",
+    "vpg_infinity_tiny_fastvar": "infinity_tiny_fastvar",
     "vpg_infinity_2b": "infinity_2b_standin",
     "vpg_infinitystar_tiny": "star_tiny",
     "vpg_infinitystar_720p": "star_standin",

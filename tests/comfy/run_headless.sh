@@ -78,6 +78,8 @@ STAR=workflows/vpg_infinitystar_tiny.json
 STAR720=workflows/vpg_infinitystar_720p.json
 check "Infinity tiny (saved folder), CFG + Prefix Guidance" workflows/vpg_infinity_tiny.json \
     --out "$WORK/out/infinity_tiny"
+check "Infinity tiny, CFG + Prefix Guidance + Accelerate (FastVAR on both blocks, 512x512)" \
+    workflows/vpg_infinity_tiny_fastvar.json --out "$WORK/out/infinity_tiny_fastvar"
 check "Infinity 2B workflow (stand-in official files + T5 folder)" "$INF" --set '5.size="default"' --set '1.dtype="fp32"' \
     --out "$WORK/out/infinity_2b_standin"
 check "InfinityStar tiny (saved folder), APG + Prefix Guidance -> SaveVideo" "$STAR" --out "$WORK/out/star_tiny"

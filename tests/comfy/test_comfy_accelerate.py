@@ -1,23 +1,29 @@
 """The VPG Accelerate node without ComfyUI: a patched copy carrying the accelerator, the sampler's pipeline call
-with it (the same image as the pipeline's ``acceleration=``), and refusals in the node's words."""
+with it (the same image as the pipeline's ``acceleration=``), refusals in the node's words, and the shipped
+workflow that chains it after Prefix Guidance executed node by node with the node classes."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from comfy_nodes.accelerate import VPGAccelerate
 from comfy_nodes.conditioning import VPGTextEncode
+from comfy_nodes.extension import NODES
 from comfy_nodes.guidance import VPGPrefixGuidance
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGTextImageSampler
 from comfy_nodes.sources import DEMO_CHOICE, NO_COMPANION
 from tests.comfy import make_standin_models as standins
-from tests.helpers.comfy import load, run
+from tests.helpers import comfy_workflow as wf
+from tests.helpers.comfy import REPO, load, node_defs, run
 from vpg_pipelines.acceleration import FastVAR, ScaleKV
 
 PROMPT = "a red cat on the beach"
 FASTVAR_TINY = '{"method": "fastvar", "blocks": [0, 2]}'  # the tiny model's 2 blocks prune
+ACCELERATED = REPO / "workflows" / "vpg_infinity_tiny_fastvar.json"
 
 
 def _no_files(name):
@@ -91,3 +97,53 @@ def test_refusals_name_the_node_and_the_widget(infinity):
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+# -- the shipped workflow ----------------------------------------------------------------------------------
+def _prompt() -> dict:
+    ui = json.loads(ACCELERATED.read_text(encoding="utf-8"))
+    return wf.to_api(ui, node_defs(ui))
+
+
+def test_the_workflow_chains_cfg_prefix_accelerate():
+    prompt = _prompt()
+    sampler = next(v for v in prompt.values() if v["class_type"] == "VPGTextImageSampler")["inputs"]
+    order, ref = [], sampler["model"]
+    while ref is not None:
+        node = prompt[ref[0]]
+        order.append(node["class_type"])
+        ref = node["inputs"].get("model")
+    assert order[::-1] == ["VPGModelLoader", "VPGCFG", "VPGPrefixGuidance", "VPGAccelerate"]
+    accelerate_inputs = next(v for v in prompt.values() if v["class_type"] == "VPGAccelerate")["inputs"]
+    assert json.loads(accelerate_inputs["config"]) == json.loads(FASTVAR_TINY)
+    assert sampler["size"] == "512x512"  # the 0.25M schedule reaches FastVAR's first pruned scale (32x32)
+
+
+def test_the_workflow_runs_through_the_node_classes(infinity):
+    """Execute the workflow's API prompt as ComfyUI does (each node's ``execute`` by input name; the loader's
+    output is the loaded tiny model): the pipeline's own FastVAR image, which differs from the image without it."""
+    prompt = _prompt()
+    classes = {cls.GET_SCHEMA().node_id: cls for cls in NODES}
+    done: dict[str, tuple] = {}
+
+    def output(key, slot):
+        if key not in done:
+            node = prompt[key]
+            if node["class_type"] == "VPGModelLoader":
+                done[key] = (infinity,)
+            else:
+                inputs = {k: (output(*v) if isinstance(v, list) else v) for k, v in node["inputs"].items()}
+                done[key] = run(classes[node["class_type"]], **inputs)
+        return done[key][slot]
+
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "VPGTextImageSampler")
+    images = output(sampler, 0)
+    assert output(prompt[sampler]["inputs"]["model"][0], 0).acceleration == FastVAR(blocks=(0, 2))
+    settings = dict(height=512, width=512, guidance_scale=3.0, tau=0.5, top_k=900, top_p=0.97, vpg_scale=1.5,
+                    vpg_corruption=0.5, vpg_mode="full", vpg_refresh="persistent", vpg_scales="all",
+                    output_type="pt")
+    ref = infinity.pipeline(PROMPT, acceleration=FastVAR(blocks=(0, 2)),
+                            generator=[torch.Generator().manual_seed(0)], **settings).images
+    torch.testing.assert_close(images, ref.permute(0, 2, 3, 1), atol=0, rtol=0)  # the same computation
+    plain = infinity.pipeline(PROMPT, generator=[torch.Generator().manual_seed(0)], **settings).images
+    assert not torch.equal(ref, plain)

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE = {k: v for k, v in json.loads((REPO / "tests/comfy/core_object_info.json").read_text()).items()
         if not k.startswith("_")}
-TINY = {"vpg_infinity_tiny.json": "vpg-tiny-infinity", "vpg_infinitystar_tiny.json": "vpg-tiny-infinitystar"}
+TINY = {"vpg_infinity_tiny.json": "vpg-tiny-infinity", "vpg_infinity_tiny_fastvar.json": "vpg-tiny-infinity",
+        "vpg_infinitystar_tiny.json": "vpg-tiny-infinitystar"}
 """Workflows of the tiny saved folders that tests/comfy/make_standin_models.py writes (no download exists)."""
 T5_FOLDER = "flan-t5-xl"
 """The one text encoder folder the workflows may name: the docs' place for google/flan-t5-xl."""
@@ -54,7 +55,7 @@ def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
     tiny saved folders of make_standin_models.py, a shard folder when the workflow declares its VAE, and
     models/text_encoders holds the flan-T5-XL folder."""
     files = [m["name"] for m in declared_models(ui)]
-    files += [f"{folder}/model_index.json" for folder in TINY.values()]
+    files += [f"{folder}/model_index.json" for folder in dict.fromkeys(TINY.values())]  # two workflows share one
     if "infinitystar_videovae.pth" in files:
         files.append("infinitystar_8b_720p_weights/model.safetensors.index.json")
     with listed_files({host.MODELS: files, host.TEXT_ENCODERS: [f"{T5_FOLDER}/model.safetensors"]}):
