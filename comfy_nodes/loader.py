@@ -59,26 +59,30 @@ class VPGModelLoader(io.ComfyNode):
                                tooltip="none: all on the GPU; model: the text encoder leaves before sampling; group: "
                                        "transformer blocks streamed in; sequential: layer by layer (slowest). auto: "
                                        "the sampler plans each run and picks the least costly mode that fits."),
+                io.Combo.Input("variant", options=sources.variant_choices(), default=sources.AUTO_VARIANT,
+                               tooltip="Official InfinityStar checkpoints: the official script to run it like (720p: "
+                                       "5 s at 720p; 480p: 5 or 10 s at 480p and video continuation; interact). "
+                                       "auto: from the file name (..._480p_... -> 480p). Other models: auto."),
             ],
             outputs=[VPG_MODEL.Output(display_name="model")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str, quantization: str,
-                           offload: str) -> str:
+                           offload: str, variant: str = sources.AUTO_VARIANT) -> str:
         """Reload when a chosen file changes on disk (same name, new contents)."""
         stamps = [_stamp(model_name, (host.MODELS,)), _stamp(vae_file, (host.MODELS,)),
                   _stamp(text_encoder, (host.TEXT_ENCODERS, host.MODELS))]
-        return "|".join([*stamps, dtype, quantization, offload])
+        return "|".join([*stamps, dtype, quantization, offload, variant])
 
     @classmethod
     def execute(cls, model_name: str, vae_file: str, text_encoder: str, dtype: str, quantization: str,
-                offload: str) -> io.NodeOutput:
-        check_widgets(cls, dtype=dtype, quantization=quantization, offload=offload)
+                offload: str, variant: str = sources.AUTO_VARIANT) -> io.NodeOutput:
+        check_widgets(cls, dtype=dtype, quantization=quantization, offload=offload, variant=variant)
         with translated(title(cls)):
             pipe = sources.load_choice(
                 model_name, vae_file, lambda name: host.find(name, (host.MODELS,)), dtype, text_encoder,
-                lambda name: host.find(name, (host.TEXT_ENCODERS, host.MODELS)))
+                lambda name: host.find(name, (host.TEXT_ENCODERS, host.MODELS)), variant)
             applied = quantize_loaded(pipe, quantization, host.free_bytes(), host.torch_device())
         placement = Placement(handle=host.management_handle(pipe.weight_modules))
         return io.NodeOutput(VPGModel(pipe, kind_of(pipe), model_name, offload=offload, quantization=applied,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import Any
 
@@ -230,6 +231,32 @@ def start_images(node_title: str, start_image: Any, batch_size: int) -> list[tor
     return [img.permute(2, 0, 1) for img in channels]
 
 
+def continuation_video(node_title: str, video: Any) -> tuple[torch.Tensor, float] | None:
+    """A ComfyUI ``VIDEO`` (Load Video, Create Video ...) as the pipeline's ``video=`` frames ``(F, 3, H, W)``
+    in [0, 1] and ``video_fps`` (its frame rate)."""
+    if video is None:
+        return None
+    if not callable(getattr(video, "get_components", None)):
+        raise fail(node_title, f"`video` must be a VIDEO (e.g. from Load Video), got {type(video).__name__}")
+    try:
+        components = video.get_components()
+    except Exception as err:  # a file ComfyUI cannot decode: av / OSError / ValueError, by backend
+        raise fail(node_title, f"`video` cannot be read as frames ({err})") from err
+    images, rate = components.images, components.frame_rate
+    ok = isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[-1] in (1, 3, 4)
+    if not ok or min(images.shape[:3]) < 1:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise fail(node_title, f"`video` must hold frames (F, H, W, 1/3/4 channels), got {got}")
+    fps = float(rate) if rate is not None else 0.0
+    if not (math.isfinite(fps) and fps > 0):
+        raise fail(node_title, f"`video` must have a positive frame rate, got {rate!r}")
+    pixels = images.detach().float().cpu()
+    if not bool(torch.isfinite(pixels).all()):
+        raise fail(node_title, "`video` holds NaN or infinite values; expected pixels in [0, 1]")
+    rgb = pixels.expand(*pixels.shape[:3], 3) if pixels.shape[-1] == 1 else pixels[..., :3]
+    return rgb.permute(0, 3, 1, 2), fps
+
+
 class VPGVideoSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -237,9 +264,9 @@ class VPGVideoSampler(io.ComfyNode):
             node_id="VPGVideoSampler",
             display_name="VPG Video Sampler",
             category=CATEGORY,
-            description="Samples a text-to-video model (InfinityStar) with its guidance chain, or image-to-video from "
-                        "an optional start_image: the frames as an IMAGE batch and a VIDEO (at the model's fps) for "
-                        "Save Video.",
+            description="Samples a text-to-video model (InfinityStar) with its guidance chain, image-to-video from "
+                        "an optional start_image, or continues an optional video (480p model): the frames as an IMAGE "
+                        "batch and a VIDEO (at the model's fps) for Save Video.",
             inputs=[
                 model_input(),
                 VPG_COND.Input("conditioning", tooltip="From VPG Text Encode (same loader as the model)."),
@@ -258,6 +285,9 @@ class VPGVideoSampler(io.ComfyNode):
                 io.Image.Input("start_image", optional=True,
                                tooltip="Optional: image-to-video. The first frame (cropped to the video size); one "
                                        "image for all videos or one per video (batch_size images)."),
+                io.Video.Input("video", optional=True,
+                               tooltip="Optional: video continuation (the 480p model). Its first 5 s (at its own "
+                                       "frame rate) are kept and the next 5 s generated: set num_frames to 161."),
             ],
             outputs=[io.Image.Output(display_name="frames"), io.Video.Output(display_name="video")],
         )
@@ -265,12 +295,13 @@ class VPGVideoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model: VPGModel, conditioning: TextConditioning, seed: int, num_frames: int, size: str,
                 batch_size: int, tau_image: float, tau_video: float,
-                start_image: torch.Tensor | None = None) -> io.NodeOutput:
+                start_image: torch.Tensor | None = None, video: Any = None) -> io.NodeOutput:
         node_title = title(cls)
         model = _model_for(node_title, model, conditioning, "video")
         check_widgets(cls, seed=seed, num_frames=num_frames, size=size, batch_size=batch_size, tau_image=tau_image,
                       tau_video=tau_video)
         starts = start_images(node_title, start_image, batch_size)
+        continued = continuation_video(node_title, video)
         pipe = model.pipeline
         hw = parse_size(node_title, size)
         height, width = hw if hw is not None else pipe.default_size
@@ -289,9 +320,11 @@ class VPGVideoSampler(io.ComfyNode):
             tau_video=float(tau_video), **model.prefix_kwargs(), guiders=list(model.guiders),
             generator=generators(seed, batch_size), output_type="pt", acceleration=model.acceleration,
         )
+        if continued is not None:
+            call |= {"video": continued[0], "video_fps": continued[1]}
         call["callback_on_step_end"] = video_step_callback(model, Progress(len(resolve(node_title, model, call).steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))
-        video = out.frames.float().cpu()  # (B, F, 3, H, W)
-        frames = video.permute(0, 1, 3, 4, 2).reshape(-1, video.shape[-2], video.shape[-1], 3).contiguous()
+        clips = out.frames.float().cpu()  # (B, F, 3, H, W)
+        frames = clips.permute(0, 1, 3, 4, 2).reshape(-1, clips.shape[-2], clips.shape[-1], 3).contiguous()
         frames = frames.to(host.intermediate_device())
         return io.NodeOutput(frames, host.video(frames, int(pipe.fps)))

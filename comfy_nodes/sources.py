@@ -18,7 +18,7 @@ import torch
 from vpg_pipelines.loading.auto import SourceError, attach_text_encoder, demo_path, is_saved_folder, load_official
 from vpg_pipelines.loading.auto import load_saved as load_saved_folder
 from vpg_pipelines.loading.auto import saved_kind as saved_folder_kind
-from vpg_pipelines.registry import kind_for_official_file
+from vpg_pipelines.registry import KINDS, kind_for_official_file
 
 from .files import check_readable, explain_refusal
 
@@ -27,6 +27,8 @@ DEMO_CHOICE = "bundled demo (VAR, 30 emoji classes)"
 NO_COMPANION = "none"
 """The ``vae_file`` / ``text_encoder`` entry for sources that need no second file."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_VARIANT = "auto"
+"""The ``variant`` entry that takes the variant from the checkpoint's name (as the Python loader does)."""
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 WIDGET_OF_SOURCE = {"source": "model_name", "config": "model_name", "companion": "vae_file",
                     "text_encoder": "text_encoder"}
@@ -90,6 +92,11 @@ def text_encoder_choices(filenames: list[str]) -> list[str]:
     return [NO_COMPANION, *sorted(found)]
 
 
+def variant_choices() -> list[str]:
+    """``variant``: :data:`AUTO_VARIANT` and InfinityStar's released variants (the registry's names)."""
+    return [AUTO_VARIANT, *KINDS["infinity_star"].variants]
+
+
 # -- loading a choice --------------------------------------------------------------------------------------
 def _resolve(resolve: Callable[[str], Path], widget: str, name: str) -> Path:
     """The path of a listed name, checked for files cut short."""
@@ -113,7 +120,8 @@ def _in_widget_words(err: SourceError) -> str:
 
 
 def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtype: str = "fp32",
-                text_encoder: str = NO_COMPANION, resolve_text: Callable[[str], Path] | None = None) -> Any:
+                text_encoder: str = NO_COMPANION, resolve_text: Callable[[str], Path] | None = None,
+                variant: str = AUTO_VARIANT) -> Any:
     """The pipeline behind the loader's widgets (on the CPU, progress bars off).
 
     Args:
@@ -125,6 +133,8 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
         text_encoder: a T5 folder from :func:`text_encoder_choices` for the text kinds' official files (or a
             saved folder stored without one), or :data:`NO_COMPANION`.
         resolve_text: maps a ``text_encoder`` choice to its folder (default: ``resolve``).
+        variant: an official InfinityStar checkpoint's script (:func:`variant_choices`); :data:`AUTO_VARIANT`:
+            the one its name says.
 
     Raises ``ValueError`` naming the widget and what to change.
     """
@@ -139,14 +149,17 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
         path = _resolve(resolve, "model_name", choice)
         folder = path.parent if path.name == "model_index.json" else path
         chosen = {folder: ("model_name", choice)}
+    picked = None if variant in (None, "", AUTO_VARIANT) else variant
     try:
         if choice == DEMO_CHOICE or is_saved_folder(folder):
+            _check_no_variant(choice, picked)
             pipe = _load_saved(choice, folder, has_vae, vae_file, encoder, torch_dtype)
         else:
+            _check_variant(choice, folder, picked)
             vae = _official_vae(choice, folder, vae_file, resolve)
             if vae is not None:
                 chosen[vae] = ("vae_file", vae_file)
-            pipe = load_official(folder, vae, text_encoder=encoder, dtype=torch_dtype)
+            pipe = load_official(folder, vae, text_encoder=encoder, dtype=torch_dtype, variant=picked)
     except SourceError as err:
         raise ValueError(_in_widget_words(err)) from err
     except ChoiceError:
@@ -155,6 +168,27 @@ def load_choice(choice: str, vae_file: str, resolve: Callable[[str], Path], dtyp
         raise ValueError(explain_refusal(err, chosen) or f"cannot load {choice!r}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _check_no_variant(choice: str, variant: str | None) -> None:
+    """The demo and saved folders bring their settings: only ``auto`` applies."""
+    if variant is not None:
+        name = "the bundled demo" if choice == DEMO_CHOICE else f"`model_name` {choice!r} (a saved pipeline folder)"
+        raise ChoiceError(f"`variant` {variant!r} is for official InfinityStar checkpoints; {name} brings its own "
+                          f"settings: set `variant` to {AUTO_VARIANT}")
+
+
+def _check_variant(choice: str, folder: Path, variant: str | None) -> None:
+    """A variant other than ``auto`` only for a kind that has variants (InfinityStar) and one of its names."""
+    if variant is None:
+        return
+    allowed = variant_choices()
+    if variant not in allowed:
+        raise ChoiceError(f"`variant` must be one of {', '.join(repr(v) for v in allowed)}, got {variant!r}")
+    kind = kind_for_official_file(folder)
+    if kind is not None and not kind.variants:
+        raise ChoiceError(f"`variant` {variant!r} is for official InfinityStar checkpoints; `model_name` {choice!r} "
+                          f"is an official {kind.name} checkpoint: set `variant` to {AUTO_VARIANT}")
 
 
 def _official_vae(choice: str, folder: Path, vae_file: str, resolve: Callable[[str], Path]) -> Path | None:

@@ -33,7 +33,8 @@ HF_INFINITY_STAR = "https://huggingface.co/FoundationVision/InfinityStar/resolve
 T5_FOLDER = "flan-t5-xl"
 """Where the docs tell users to put google/flan-t5-xl (models/text_encoders/flan-t5-xl)."""
 AUTO_MEMORY = ["auto", "auto"]  # the loader's quantization and offload: planned against the free VRAM
-NO_FILES = ["none", "none", "fp32", *AUTO_MEMORY]  # vae_file, text_encoder, dtype, quantization, offload
+AUTO_LOADER = [*AUTO_MEMORY, "auto"]  # quantization, offload and variant (InfinityStar: from the file name)
+NO_FILES = ["none", "none", "fp32", *AUTO_LOADER]  # vae_file, text_encoder, dtype, quantization, offload, variant
 TINY_INFINITY = "vpg-tiny-infinity/model_index.json"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar/model_index.json"
 """Saved folders written by tests/comfy/make_standin_models.py (from the parity fixtures)."""
@@ -184,7 +185,7 @@ def var_d16() -> dict:
         {"name": "vae_ch160v4096z32.pth", "url": HF_VAR + "vae_ch160v4096z32.pth", "directory": "vpg"},
     ]
     g = Graph()
-    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "none", "fp32", *AUTO_MEMORY],
+    _, _, samp = chain(g, ["var_d16.pth", "vae_ch160v4096z32.pth", "none", "fp32", *AUTO_LOADER],
                        "golden retriever, 980, volcano",
                        1.5, [3.0, 0.5, "full", "persistent", "all"], [0, "fixed", 1, 900, 0.96],
                        loader_models=models)
@@ -243,7 +244,7 @@ def _video_outputs(g: Graph, samp: int, prefix: str) -> None:
 def infinity_tiny() -> dict:
     """The tiny Infinity fixture (saved folder): CFG 3 + Prefix Guidance, default size (256x256)."""
     g = Graph()
-    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_MEMORY], "a red cat on the beach",
+    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_LOADER], "a red cat on the beach",
                       ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "default", 2, 0.5, 0, 900, 0.97])
     _image_outputs(g, samp, "vpg_infinity_tiny")
@@ -269,7 +270,7 @@ def infinity_2b() -> dict:
         {"name": "infinity_vae_d32reg.pth", "url": HF_INFINITY + "infinity_vae_d32reg.pth", "directory": "vpg"},
     ]
     g = Graph()
-    samp = text_chain(g, ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER, "bf16", *AUTO_MEMORY],
+    samp = text_chain(g, ["infinity_2b_reg.pth", "infinity_vae_d32reg.pth", T5_FOLDER, "bf16", *AUTO_LOADER],
                       "a wax seal embossed with the letters VPG, photo", ("VPGCFG", [3.0]),
                       [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "1024x1024", 1, 0.5, 0, 900, 0.97], loader_models=models)
@@ -280,7 +281,7 @@ def infinity_2b() -> dict:
 def infinitystar_tiny() -> dict:
     """The tiny InfinityStar fixture (saved folder): APG + Prefix Guidance (semantic scales, p 0.1), 17 frames."""
     g = Graph()
-    samp = text_chain(g, [TINY_INFINITY_STAR, "none", "none", "fp32", *AUTO_MEMORY], "a red fox running on the beach",
+    samp = text_chain(g, [TINY_INFINITY_STAR, "none", "none", "fp32", *AUTO_LOADER], "a red fox running on the beach",
                       ("VPGAPG", [34.0, 0.05]), [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
                       [0, "fixed", 17, "default", 1, 1.0, 0.4])
     _video_outputs(g, samp, "vpg_infinitystar_tiny")
@@ -294,7 +295,7 @@ def infinitystar_720p() -> dict:
                "directory": "vpg"}]
     g = Graph()
     samp = text_chain(g, ["infinitystar_8b_720p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16",
-                          *AUTO_MEMORY],
+                          *AUTO_LOADER],
                       "a red fox running through fresh snow, close-up", ("VPGAPG", [34.0, 0.05]),
                       [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
                       [0, "fixed", 81, "720x1280", 1, 1.0, 0.4], loader_models=models)

@@ -7,6 +7,8 @@ Models: the tiny official-format fixtures of ``shared/parity``, laid out by
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -15,6 +17,7 @@ import torch
 from comfy_nodes import host, sources
 from comfy_nodes.conditioning import TextConditioning, VPGClassConditioning, VPGTextEncode
 from comfy_nodes.guidance import VPGAPG, VPGCFG, VPGPrefixGuidance
+from comfy_nodes.loader import VPGModelLoader
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGSampler, VPGTextImageSampler, VPGVideoSampler, infinity_sizes, infinity_star_sizes
 from comfy_nodes.sampling import generators
@@ -134,6 +137,42 @@ def test_official_star_shard_folder_loads(resolve, star):
     assert kind.name == "infinity_star" and pipe.default_size == star.pipeline.default_size
     a, b = pipe.transformer.state_dict(), star.pipeline.transformer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_variant_widget_picks_the_official_script(resolve):
+    """auto: from the name (this stand-in's says 720p); a chosen variant is passed to the one loader."""
+    assert sources.variant_choices() == ["auto", "720p", "480p", "interact"]
+    files = ("infinitystar_8b_720p_weights", "infinitystar_videovae.pth", resolve)
+    auto, _ = load(*files, text_encoder="tiny-t5-d64")
+    picked, kind = load(*files, text_encoder="tiny-t5-d64", variant="480p")
+    assert auto.variant == "720p" and picked.variant == "480p" and kind.name == "infinity_star"
+    assert type(picked).__name__ == "VPGInfinityStarPipeline"
+
+
+@pytest.mark.parametrize(("args", "variant", "message"), [
+    (("var_d16.pth", "vae_ch160v4096z32.pth"), "480p",
+     "`variant` '480p' is for official InfinityStar checkpoints; `model_name` 'var_d16.pth' is an official var "
+     "checkpoint: set `variant` to auto"),
+    (("vpg-tiny-infinitystar/model_index.json", NO_COMPANION), "720p",
+     "`variant` '720p' is for official InfinityStar checkpoints; `model_name` 'vpg-tiny-infinitystar/model_index.json' "
+     "(a saved pipeline folder) brings its own settings: set `variant` to auto"),
+    (("infinitystar_8b_720p_weights", "infinitystar_videovae.pth"), "1080p",
+     "`variant` must be one of 'auto', '720p', '480p', 'interact', got '1080p'"),
+])
+def test_variant_refusals_name_the_widget(resolve, args, variant, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load(*args, resolve, variant=variant)
+
+
+def test_loader_node_refuses_a_variant_in_its_own_words(models, monkeypatch):
+    monkeypatch.setattr(host, "folder_list", lambda folder: [models / "vpg"] if folder == host.MODELS else [])
+    with pytest.raises(ValueError, match=r"^VPG Load Model: `variant` '480p' is for official InfinityStar "
+                                         r"checkpoints; `model_name` 'var_d16.pth' is an official var checkpoint"):
+        run(VPGModelLoader, model_name="var_d16.pth", vae_file="vae_ch160v4096z32.pth", text_encoder="none",
+            dtype="fp32", quantization="none", offload="none", variant="480p")
+    with pytest.raises(ValueError, match=r"^VPG Load Model: `variant` must be one of 'auto', '720p'"):
+        run(VPGModelLoader, model_name="var_d16.pth", vae_file="vae_ch160v4096z32.pth", text_encoder="none",
+            dtype="fp32", quantization="none", offload="none", variant="8k")
 
 
 @pytest.mark.parametrize(("args", "kwargs", "message"), [

@@ -47,9 +47,9 @@ def test_every_model_file_is_declared_with_a_download(path):
     for node in ui["nodes"]:
         if node["type"] != "VPGModelLoader":
             continue
-        model_name, vae_file, text_encoder, _, quantization, offload = node["widgets_values"]
+        model_name, vae_file, text_encoder, _, quantization, offload, variant = node["widgets_values"]
         assert text_encoder in ("none", T5_FOLDER)
-        assert (quantization, offload) == ("auto", "auto")  # the planner picks against the free VRAM
+        assert (quantization, offload, variant) == ("auto", "auto", "auto")  # planned; variant from the file name
         if path.name in TINY:
             assert (model_name, vae_file) == (f"{TINY[path.name]}/model_index.json", "none")
             continue

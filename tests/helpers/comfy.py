@@ -78,7 +78,7 @@ def progress_hook():
 
 
 def load(choice: str, vae_file: str, resolve: Any, dtype: str = "fp32",
-         text_encoder: str = "none") -> tuple[Any, ModelKind]:
+         text_encoder: str = "none", variant: str = "auto") -> tuple[Any, ModelKind]:
     """The loader node's loading (:func:`comfy_nodes.sources.load_choice`) and the kind of what it loaded."""
-    pipe = sources.load_choice(choice, vae_file, resolve, dtype, text_encoder)
+    pipe = sources.load_choice(choice, vae_file, resolve, dtype, text_encoder, variant=variant)
     return pipe, kind_of(pipe)
