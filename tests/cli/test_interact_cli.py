@@ -123,11 +123,12 @@ def test_generate_interact_refuses_bad_flags_before_loading(interact_folder, ref
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_video_is_refused_for_models_without_a_reference(reference_file, tmp_path, capsys, monkeypatch):
+def test_video_is_refused_for_models_that_take_no_video(reference_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vpg_cli, "load_pipeline", no_loading)
     assert main(["generate", "--model", "demo", "--prompt", "plant", "--video", str(reference_file),
                  "--out", str(tmp_path / "a.png")]) == 2
-    assert "--video applies to InfinityStar-Interact models only" in capsys.readouterr().err
+    # --video is InfinityStar's: a 480p continuation's input or an Interact model's reference
+    assert "--video and --variant apply to InfinityStar only" in capsys.readouterr().err
 
 
 def test_memory_plans_one_interact_clip(interact_folder, reference_file, tmp_path, capsys):

@@ -33,9 +33,10 @@ def test_every_kind_is_found_by_pipeline_class_name_and_file_name(var_pipe):
 
 def test_released_names_are_grouped_by_kind():
     names = released_names()
-    assert names[0] == "var-d16" and "infinity-2b" in names and names[-1] == "infinity-star-8b-480p"
+    assert names[0] == "var-d16" and "infinity-2b" in names
+    assert names[-3:] == ["infinity-star-8b-720p", "infinity-star-8b-480p", "infinity-star-8b-interact"]
     kind, spec = released_model("infinity-star-8b-480p")
-    assert kind.name == "infinity_star" and spec.official_args["pn"] == "0.40M" and "480p" in spec.sizes
+    assert kind.name == "infinity_star" and spec.official_args["pn"] == "0.40M" and "480p 10 s" in spec.sizes
     with pytest.raises(ValueError, match="unknown released model 'var-d99'; known: var-d16"):
         released_model("var-d99")
 

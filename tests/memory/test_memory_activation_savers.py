@@ -31,7 +31,7 @@ def test_chunked_replay_equals_the_real_chunked_infinity_star_forward(fast_pipe)
     chunked = copy.deepcopy(fast_pipe.transformer)
     chunked.enable_forward_chunking(40)
     adapter = InfinityStarAdapter(chunked, fast_pipe.vae)
-    steps = adapter.steps(SimpleNamespace(plan=plan))
+    steps = adapter.steps(SimpleNamespace(plan=plan, conditioning_steps=0))
     text = 12
     state = adapter.prepare(plan, [torch.randn(text, chunked.config.text_channels)], None, with_null=True)
     replay = InfinityStarStepReplay(fast_pipe.transformer, steps, 2, torch.float32, plan=plan, text_tokens=text,

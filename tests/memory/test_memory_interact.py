@@ -82,7 +82,7 @@ def test_replayed_prefill_and_steps_equal_the_real_forwards(fast_interact_pipe):
     pipe = fast_interact_pipe
     plan = pipe.plan(192, 336)
     adapter = InfinityStarInteractAdapter(pipe.transformer, pipe.vae)
-    steps = adapter.steps(type("S", (), {"plan": plan})())
+    steps = adapter.steps(type("S", (), {"plan": plan, "conditioning_steps": 0})())
     text = 12
     features = [torch.randn(text, pipe.transformer.config.text_channels)]
     context = torch.randn(1, 64, 21, 12, 21)

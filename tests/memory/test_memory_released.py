@@ -126,7 +126,7 @@ def test_released_cache_geometry_is_what_a_full_forward_allocates(name):
         from vpg_pipelines.models.infinity_star.adapter import InfinityStarAdapter
 
         plan = pipe.plan(1, *pipe.default_size)
-        steps = InfinityStarAdapter(pipe.transformer, pipe.vae).steps(SimpleNamespace(plan=plan))
+        steps = InfinityStarAdapter(pipe.transformer, pipe.vae).steps(SimpleNamespace(plan=plan, conditioning_steps=0))
         replay = InfinityStarStepReplay(pipe.transformer, steps, 2, torch.bfloat16, plan=plan, text_tokens=16,
                                         batch=1)
     forward = replay._first_call()

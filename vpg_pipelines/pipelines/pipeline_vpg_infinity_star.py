@@ -485,8 +485,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         return InfinityStarCall(
             arguments=frozen(a), batch=batch, steps=steps, num_scales=num_scales, guidance=guidance,
             with_null=guidance.chain.uses_conditions(scales, num_scales), callback_tensor_inputs=tuple(tensor_inputs),
-            plan=plan, num_prompts=num_prompts, forced_codes=forced, condition_video=video,
-            conditioning_steps=conditioning,
+            plan=plan, num_prompts=num_prompts, forced_codes=forced, acceleration=acceleration,
+            schedule_steps=all_steps, condition_video=video, conditioning_steps=conditioning,
         )
 
     @property
