@@ -256,7 +256,7 @@ def infinity_tiny_fastvar() -> dict:
     released FastVAR preset prunes blocks 3-27 of the 32-block 2B; the fixture has 2 blocks, so ``config``
     prunes both (on a released model, clear ``config`` to use the preset)."""
     g = Graph()
-    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_MEMORY], "a red cat on the beach",
+    samp = text_chain(g, [TINY_INFINITY, "none", "none", "fp32", *AUTO_LOADER], "a red cat on the beach",
                       ("VPGCFG", [3.0]), [1.5, 0.5, "full", "persistent", "all"], "VPGTextImageSampler",
                       [0, "fixed", "512x512", 1, 0.5, 0, 900, 0.97], accelerate=["fastvar", FASTVAR_TINY])
     _image_outputs(g, samp, "vpg_infinity_tiny_fastvar", x=1960)
