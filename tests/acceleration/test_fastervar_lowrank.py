@@ -54,7 +54,10 @@ def _replay(tensors, prefix: str, chunks: int, tokens: int, rows: int, generator
         assert torch.equal(drawn, stored), f"{prefix} chunk {c}: positions"
         sketch = gaussian_sketch(rows, tokens, rank, generator)
         assert sketch.shape == (rows, tokens, rank)
-        assert torch.equal(sketch[:, :4, :4], tensors[f"{prefix}.chunk{c}.q_corner"]), f"{prefix} chunk {c}: sketch"
+        # the same draws from the same generator state, but torch.randn's vectorised and scalar Box-Muller paths
+        # (AVX2 vs ATEN_CPU_CAPABILITY=default) round the last bits differently: equal up to float32 rounding
+        torch.testing.assert_close(sketch[:, :4, :4], tensors[f"{prefix}.chunk{c}.q_corner"], atol=1e-6, rtol=1e-5,
+                                   msg=f"{prefix} chunk {c}: sketch")
         # the sum of ~N*r normals / sqrt(r): only the summation order can differ (threads), ~1e-5 of rounding
         torch.testing.assert_close(sketch.sum(dim=(1, 2)), tensors[f"{prefix}.chunk{c}.q_sum"], atol=1e-3, rtol=0)
 

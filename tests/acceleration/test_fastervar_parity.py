@@ -27,6 +27,9 @@ from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.sampling.next_scale import SamplerTrace, run_next_scale
 
 ATOL = 1e-4  # the bound; measured here: <= 6.5e-5 (Infinity, CFG gain 5 at the low-rank scale), 1.2e-5
+LOW_RANK_ATOL = 5e-4  # the low-rank scale mixes 1600 tokens through a torch.randn sketch, whose vectorised and
+# scalar paths (ATEN_CPU_CAPABILITY=default in CI's second mode) round the last bits differently; times the CFG
+# gain: measured <= 6.5e-5 natively, 2.5e-4 with the scalar kernels; the bits still equal theirs (asserted below)
 APG_VIDEO_ATOL = 5e-4  # InfinityStar video steps through APG: gain 67 x 1/tau 2.5 on ~7e-6 of raw rounding, the
 # shared fixture's tolerance (tests/sampling/test_infinity_star_replay.py); measured <= 2.5e-4 here
 
@@ -55,7 +58,8 @@ def test_infinity_equals_the_authors_code(index):
         cfg = case["cfg_list"][k]
         assert_greedy_margin(expected, layout_atol(expected, cfg_gain(cfg) if cfg else 1.0), classes=2)
         err = (trace.guided[k].reshape(expected.shape) - expected).abs().max().item()
-        assert err <= ATOL, f"{tag} scale {k}: guided logits {err:.2e} from theirs"
+        atol = LOW_RANK_ATOL if k == max(case["processed_scales"]) else ATOL  # the last run scale is the low-rank one
+        assert err <= atol, f"{tag} scale {k}: guided logits {err:.2e} from theirs"
         assert torch.equal(state.bits[k].to(torch.int8), tensors[f"{tag}.bits.scale{k}"]), f"{tag} scale {k}: bits"
         # CFG off ("cfg 0"): the conditional row has left the batch
         assert trace.rows[k] == (1 if cfg == 0 else 2)

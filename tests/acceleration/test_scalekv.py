@@ -117,13 +117,15 @@ def test_ties_go_to_the_lowest_index():
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_selection_on_their_unit_tensors(layer):
-    """The first eviction (scale 7, cache = the 921 uncompressed tokens): pooled scores bit for bit, kept set."""
+    """The first eviction (scale 7, cache = the 921 uncompressed tokens): pooled scores up to rounding, kept set."""
     cases = scalekv_fixture()[0]
     prefix = f"unit.b1_cfg4_tau1.layer{layer}.scale7"
     keys, queries = cases[f"{prefix}.key_states"], cases[f"{prefix}.query_states"]
     window = torch.tensor(window_positions((20, 20), 16))
     pooled = pooled_scores(keys, queries[:, :, window], 521 + window, 5)
-    assert torch.equal(pooled, cases[f"{prefix}.masked_pooled_scores"])
+    # softmax(q k^T) pooled: the same computation as theirs, equal up to the kernels' float32 rounding (the scalar
+    # kernels of CI's second mode differ from the vectorised ones in the last bits); the kept set must still be theirs
+    torch.testing.assert_close(pooled, cases[f"{prefix}.masked_pooled_scores"], atol=1e-6, rtol=1e-5)
     step = scale_steps(schedule_from_template(1.0, "1M"))[7]
     case, _, _, accel = _setup("b1_cfg4_tau1")
     budget = accel.kv_budget(step)
