@@ -19,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vpg_pipelines import VPGInfinityStarPipeline  # noqa: E402
+from vpg_pipelines import VPGInfinityStarInteractPipeline, VPGInfinityStarPipeline  # noqa: E402
 from vpg_pipelines.loading.auto import released_pipeline  # noqa: E402
 from vpg_pipelines.memory import OFFLOAD_MODES  # noqa: E402
 from vpg_pipelines.memory.choose import CANDIDATES, SAVER_STEPS, usable  # noqa: E402
@@ -27,6 +27,7 @@ from vpg_pipelines.memory.planner import combine_savers  # noqa: E402
 from vpg_pipelines.models.infinity.adapter import scale_steps as infinity_steps  # noqa: E402
 from vpg_pipelines.models.infinity_star.adapter import plan_scale_steps  # noqa: E402
 from vpg_pipelines.models.var.adapter import scale_steps as var_steps  # noqa: E402
+from vpg_pipelines.pipelines.pipeline_vpg_infinity_star_interact import CONTEXT_FRAMES  # noqa: E402
 from vpg_pipelines.registry import released_model, released_names  # noqa: E402
 
 GIB = 1024**3
@@ -52,8 +53,6 @@ TARGETS = [
      {"height": 480, "width": 848, "num_frames": 161, **CONFIGS["VPG semantic"]}, 12),
     ("VAR-d30, 256 px, batch 16, VPG", "var-d30", {"class_labels": list(range(16)), "vpg_scale": 1.3}, 12),
 ]
-EXTRA_SIZES = {"infinity-star-8b-480p": {"480p, 161 frames": {"height": 480, "width": 848, "num_frames": 161}}}
-"""Rows beyond the registry's sizes: the 480p script's 10-second videos."""
 LEAN = {"forward_chunking": True, "vae_tiling": True}
 """The activation savers at their defaults (InfinityStar: 4096-token chunks, 512-pixel tiles every 384)."""
 SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling"}
@@ -66,6 +65,10 @@ def gib(n: float) -> str:
 def _call(pipe, size: dict, config: dict) -> dict:
     size = {k: v for k, v in size.items() if k != "official_args"}
     base = {"class_labels": [0]} if type(pipe).__name__ == "VPGVARPipeline" else {"prompt": "a photo"}
+    if isinstance(pipe, VPGInfinityStarInteractPipeline):  # one clip of a story continued from its context
+        height, width = size.get("height", pipe.default_size[0]), size.get("width", pipe.default_size[1])
+        context = torch.empty(1, pipe.vae.codebook_dim, CONTEXT_FRAMES, height // 16, width // 16, device="meta")
+        base = {"prompt": ["a photo", "a photo"], "context_latents": context}
     return {**base, **size, **config}
 
 
@@ -127,7 +130,7 @@ def tables() -> tuple[str, dict]:
     lines, data = [], {}
     for name in released_names():
         spec = released_model(name)[1]
-        sizes = {**spec.sizes, **EXTRA_SIZES.get(name, {})}
+        sizes = spec.sizes
         lines.append(f"\n### {name}\n")
         lines.append("| size | guidance | weights | K/V peak | " + " | ".join(f"{m}" for m in OFFLOAD_MODES) + " |")
         lines.append("|---|---|---|---|" + "---|" * len(OFFLOAD_MODES))
