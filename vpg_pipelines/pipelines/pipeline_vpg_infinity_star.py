@@ -276,25 +276,8 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
         sample_posterior: Any = False,
     ) -> int:
         """Validate every argument that does not need the schedule; return the number of prompts."""
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `prompt`: {prompt!r} and `prompt_embeds`. Please make sure to only forward one "
-                "of the two."
-            )
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("Provide either `prompt` or `prompt_embeds`.")
         channels = self.transformer.config.text_channels
-        if prompt is not None:
-            if isinstance(prompt, str):
-                batch = 1
-            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-                batch = len(prompt)
-            else:
-                raise TypeError(f"`prompt` has to be of type `str` or a non-empty list of `str` but is {prompt!r}")
-            if self.text_encoder is None or self.tokenizer is None:
-                raise ValueError("`prompt` needs a `text_encoder` and a `tokenizer`; pass `prompt_embeds` instead")
-        else:
-            batch = _check_embeds("prompt_embeds", prompt_embeds, prompt_attention_mask, channels)
+        batch = count_prompts(prompt, prompt_embeds, prompt_attention_mask, channels, self.text_encoder, self.tokenizer)
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Cannot forward both `negative_prompt` and `negative_prompt_embeds`; pass one of the two.")
         if negative_prompt is not None:
@@ -899,6 +882,27 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def count_prompts(prompt: Any, embeds: Any, mask: Any, channels: int, text_encoder: Any, tokenizer: Any,
+                  each: str = "") -> int:
+    """How many prompts ``prompt`` / ``prompt_embeds`` give (exactly one of them; texts need the text encoder);
+    ``each`` says what one prompt is for in the messages (Interact: " (one per clip)")."""
+    if prompt is not None and embeds is not None:
+        raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+    if prompt is None and embeds is None:
+        raise ValueError(f"Provide `prompt`{each} or `prompt_embeds`.")
+    if embeds is not None:
+        return _check_embeds("prompt_embeds", embeds, mask, channels)
+    if isinstance(prompt, str):
+        count = 1
+    elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        count = len(prompt)
+    else:
+        raise TypeError(f"`prompt` must be a `str` or a non-empty list of `str`{each}, got {prompt!r}")
+    if text_encoder is None or tokenizer is None:
+        raise ValueError("`prompt` needs a `text_encoder` and a `tokenizer`; pass `prompt_embeds` instead")
+    return count
 
 
 def _check_embeds(name: str, embeds: Any, mask: Any, channels: int) -> int:

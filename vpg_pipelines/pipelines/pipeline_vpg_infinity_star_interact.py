@@ -49,6 +49,7 @@ from .pipeline_vpg_infinity_star import (
     GUIDANCE,
     VPGInfinityStarPipeline,
     _check_embeds,
+    count_prompts,
 )
 from .reference_video import ReferenceInfo, inspect_reference, reference_frames
 
@@ -220,22 +221,9 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
     def _check_interact_inputs(self, a: dict[str, Any]) -> tuple[int, ReferenceInfo | None]:
         """Every argument that does not need the clip schedule; returns (clips, reference info)."""
         prompt, embeds = a["prompt"], a["prompt_embeds"]
-        if prompt is not None and embeds is not None:
-            raise ValueError("Pass either `prompt` (one per clip) or `prompt_embeds`, not both.")
-        if prompt is None and embeds is None:
-            raise ValueError("Provide `prompt` (one text per clip) or `prompt_embeds`.")
         channels = self.transformer.config.text_channels
-        if prompt is not None:
-            if isinstance(prompt, str):
-                clips = 1
-            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-                clips = len(prompt)
-            else:
-                raise TypeError(f"`prompt` must be a `str` or a non-empty list of `str` (one per clip), got {prompt!r}")
-            if self.text_encoder is None or self.tokenizer is None:
-                raise ValueError("`prompt` needs a `text_encoder` and a `tokenizer`; pass `prompt_embeds` instead")
-        else:
-            clips = _check_embeds("prompt_embeds", embeds, a["prompt_attention_mask"], channels)
+        clips = count_prompts(prompt, embeds, a["prompt_attention_mask"], channels, self.text_encoder, self.tokenizer,
+                              each=" (one per clip)")
         if a["prompt_attention_mask"] is not None and embeds is None:
             raise ValueError("`prompt_attention_mask` was given without `prompt_embeds`")
         negative, negative_embeds = a["negative_prompt"], a["negative_prompt_embeds"]
