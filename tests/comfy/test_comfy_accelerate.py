@@ -11,14 +11,13 @@ import torch
 
 from comfy_nodes.accelerate import VPGAccelerate
 from comfy_nodes.conditioning import VPGTextEncode
-from comfy_nodes.extension import NODES
 from comfy_nodes.guidance import VPGPrefixGuidance
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGTextImageSampler
 from comfy_nodes.sources import DEMO_CHOICE, NO_COMPANION
 from tests.comfy import make_standin_models as standins
 from tests.helpers import comfy_workflow as wf
-from tests.helpers.comfy import REPO, load, node_defs, run
+from tests.helpers.comfy import REPO, load, node_defs, prompt_runner, run
 from vpg_pipelines.acceleration import FastVAR, ScaleKV
 
 PROMPT = "a red cat on the beach"
@@ -123,18 +122,7 @@ def test_the_workflow_runs_through_the_node_classes(infinity):
     """Execute the workflow's API prompt as ComfyUI does (each node's ``execute`` by input name; the loader's
     output is the loaded tiny model): the pipeline's own FastVAR image, which differs from the image without it."""
     prompt = _prompt()
-    classes = {cls.GET_SCHEMA().node_id: cls for cls in NODES}
-    done: dict[str, tuple] = {}
-
-    def output(key, slot):
-        if key not in done:
-            node = prompt[key]
-            if node["class_type"] == "VPGModelLoader":
-                done[key] = (infinity,)
-            else:
-                inputs = {k: (output(*v) if isinstance(v, list) else v) for k, v in node["inputs"].items()}
-                done[key] = run(classes[node["class_type"]], **inputs)
-        return done[key][slot]
+    output = prompt_runner(prompt, infinity)
 
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "VPGTextImageSampler")
     images = output(sampler, 0)

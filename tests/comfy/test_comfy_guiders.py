@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from comfy_nodes.conditioning import VPGClassConditioning
-from comfy_nodes.extension import NODES
 from comfy_nodes.guidance import VPGCFG, VPGIGG, VPGSSG, VPGEntropyTemperature, VPGPrefixGuidance
 from comfy_nodes.model import VPGModel
 from comfy_nodes.samplers import VPGSampler
 from comfy_nodes.sampling import generators
 from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers import comfy_workflow as wf
-from tests.helpers.comfy import load, node_defs, run
+from tests.helpers.comfy import load, node_defs, prompt_runner, run
 from vpg_pipelines.guidance.igg import InformationGroundingGuidance
 from vpg_pipelines.guidance.ssg import ScaledSpatialGuidance
 from vpg_pipelines.guidance.temperature import ENTROPY_TEMPERATURE_DEFAULTS, EntropyAwareTemperature
@@ -123,18 +122,7 @@ def test_stack_workflow_runs_through_the_node_classes(demo):
     loader's output is the already loaded demo)."""
     ui = json.loads(STACK.read_text())
     prompt = wf.to_api(ui, node_defs(ui))
-    classes = {cls.GET_SCHEMA().node_id: cls for cls in NODES}
-    done: dict[str, tuple] = {}
-
-    def output(key, slot):
-        if key not in done:
-            node = prompt[key]
-            if node["class_type"] == "VPGModelLoader":
-                done[key] = (demo,)
-            else:
-                inputs = {k: (output(*v) if isinstance(v, list) else v) for k, v in node["inputs"].items()}
-                done[key] = run(classes[node["class_type"]], **inputs)
-        return done[key][slot]
+    output = prompt_runner(prompt, demo)
 
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "VPGSampler")
     got, _ = output(sampler, 0), output(sampler, 1)

@@ -77,6 +77,25 @@ def progress_hook():
     host.set_progress_bar_global_hook(None)
 
 
+def prompt_runner(prompt: dict, loaded: Any):
+    """``output(key, slot)`` executing an API prompt as ComfyUI does: each node class's ``execute`` by input name,
+    every node once; the loader's output is the already ``loaded`` model."""
+    classes = {cls.GET_SCHEMA().node_id: cls for cls in NODES}
+    done: dict[str, tuple] = {}
+
+    def output(key: str, slot: int) -> Any:
+        if key not in done:
+            node = prompt[key]
+            if node["class_type"] == "VPGModelLoader":
+                done[key] = (loaded,)
+            else:
+                inputs = {k: (output(*v) if isinstance(v, list) else v) for k, v in node["inputs"].items()}
+                done[key] = run(classes[node["class_type"]], **inputs)
+        return done[key][slot]
+
+    return output
+
+
 def load(choice: str, vae_file: str, resolve: Any, dtype: str = "fp32",
          text_encoder: str = "none", variant: str = "auto") -> tuple[Any, ModelKind]:
     """The loader node's loading (:func:`comfy_nodes.sources.load_choice`) and the kind of what it loaded."""
