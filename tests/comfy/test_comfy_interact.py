@@ -57,6 +57,11 @@ def as_video(frames: np.ndarray, fps: float):
     return host.video(torch.from_numpy(frames).float() / 255, fps)
 
 
+def as_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``(F, 3, H, W)`` in [0, 1] -> ``(F, H, W, 3)`` uint8."""
+    return (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+
 def sample(model, prompts="a cat walks in\nit sits down", **inputs):
     return run(VPGInteractSampler, model=model, prompts=prompts, **{**WIDGETS, **inputs})
 
@@ -75,13 +80,35 @@ def recorded(monkeypatch) -> dict:
 
 
 def test_prompt_lines_reference_and_guidance_chain_reach_the_pipeline(model, monkeypatch):
-    """One prompt per non-blank line; the reference's 81 frames are the ones the pipeline reads from the same video
-    as a file (its last 5 s at its own 24 fps); CFG -> Prefix Guidance become the pipeline's arguments."""
-    imageio = pytest.importorskip("imageio.v2", reason="the `video` extra (imageio, imageio-ffmpeg) is not installed")
+    """One prompt per non-blank line; the reference's 81 frames are the ones the pipeline itself picks from the same
+    frames at 16 fps (its last 5 s, the official rule); CFG -> Prefix Guidance become the pipeline's arguments."""
     seen = recorded(monkeypatch)
     guided = run(VPGPrefixGuidance, model=run(VPGCFG, model=model, cfg=3.0)[0], vpg_scale=1.5, corruption=0.1,
                  mode="full", refresh="persistent", scales="semantic")[0]
-    if api.COMFYUI:  # what Load Video gives: ComfyUI's own VIDEO of the file, decoded by PyAV
+    source = uint8_frames(100)  # 6.25 s at 16 fps
+    frames, clip, story = sample(guided, prompts="  a cat walks in\n\n it sits down \n", video=as_video(source, 16),
+                                 seed=5, batch_size=2)
+    assert seen["prompt"] == ["a cat walks in", "it sits down"] and seen["negative_prompt"] is None
+    assert seen["num_videos_per_prompt"] == 2 and [g.initial_seed() for g in seen["generator"]] == [5, 6]
+    assert (seen["guidance_scale"], seen["guidance"], seen["tau"]) == (3.0, "cfg", 0.5)
+    assert (seen["vpg_scale"], seen["vpg_corruption"], seen["vpg_scales"]) == (1.5, 0.1, "semantic")
+    assert seen["context_latents"] is None and seen["output_type"] == "pt"
+    official = np.stack([np.asarray(f) for f in reference_frames(source, 81, 5, default_fps=16)])
+    assert np.array_equal(as_uint8(seen["video"]), official)
+    assert frames.shape == (160, 4, 4, 3) and clip.get_components().frame_rate == 16
+    assert isinstance(story, Story) and story.source == SOURCE
+    # the call the node makes resolves (ComfyUI's GPU planning takes the same call; planning it costs seconds here)
+    call = {k: v for k, v in seen.items() if not k.startswith("callback")}
+    assert model.pipeline.resolve_call(**call).total_steps == 22  # 11 steps per clip
+
+
+def test_a_video_file_gives_the_frames_the_pipeline_reads_from_that_file(model, monkeypatch):
+    """The reference is chosen at the VIDEO's own rate (24 fps here), as the pipeline chooses from the file: with
+    ComfyUI, its own VIDEO of the file (what Load Video gives, decoded by PyAV)."""
+    imageio = pytest.importorskip("imageio.v2", reason="the `video` extra (imageio, imageio-ffmpeg) is not installed: "
+                                                       "the pipeline cannot read the file to compare with")
+    seen = recorded(monkeypatch)
+    if api.COMFYUI:
         from comfy_api.latest import InputImpl
 
         video = InputImpl.VideoFromFile(str(VIDEO_FILE))
@@ -89,21 +116,9 @@ def test_prompt_lines_reference_and_guidance_chain_reach_the_pipeline(model, mon
         reader = imageio.get_reader(str(VIDEO_FILE), format="FFMPEG")
         video = as_video(np.stack(list(reader.iter_data())), reader.get_meta_data()["fps"])
         reader.close()
-    frames, clip, story = sample(guided, prompts="  a cat walks in\n\n it sits down \n", video=video, seed=5,
-                                 batch_size=2)
-    assert seen["prompt"] == ["a cat walks in", "it sits down"] and seen["negative_prompt"] is None
-    assert seen["num_videos_per_prompt"] == 2 and [g.initial_seed() for g in seen["generator"]] == [5, 6]
-    assert (seen["guidance_scale"], seen["guidance"], seen["tau"]) == (3.0, "cfg", 0.5)
-    assert (seen["vpg_scale"], seen["vpg_corruption"], seen["vpg_scales"]) == (1.5, 0.1, "semantic")
-    assert seen["context_latents"] is None and seen["output_type"] == "pt"
-    ours = (seen["video"].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    sample(model, video=video)
     official = np.stack([np.asarray(f) for f in reference_frames(str(VIDEO_FILE), 81, 5, default_fps=16)])
-    assert ours.shape == (81, 40, 80, 3) and np.array_equal(ours, official)
-    assert frames.shape == (160, 4, 4, 3) and clip.get_components().frame_rate == 16
-    assert isinstance(story, Story) and story.source == SOURCE
-    # the call the node makes resolves (ComfyUI's GPU planning takes the same call; planning it costs seconds here)
-    call = {k: v for k, v in seen.items() if not k.startswith("callback")}
-    assert model.pipeline.resolve_call(**call).total_steps == 22  # 11 steps per clip
+    assert official.shape == (81, 40, 80, 3) and np.array_equal(as_uint8(seen["video"]), official)
 
 
 def test_a_story_is_continued_and_apg_and_negative_reach_the_pipeline(model, story, monkeypatch):
