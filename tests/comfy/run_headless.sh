@@ -100,9 +100,9 @@ STANDIN=(--set '1.text_encoder="tiny-t5-d64"' --set '1.dtype="fp32"')
 check "InfinityStar 480p image-to-video workflow (stand-in shard folder, Load Image example.png)" "$I2V" \
     "${STANDIN[@]}" --set '5.size="default"' --out "$WORK/out/star480_i2v_standin"
 check "InfinityStar 480p continuation workflow (stand-in, Load Video: 6 s at 24 fps -> 10 s)" "$V2V" \
-    "${STANDIN[@]}" --set '5.size="default"' --out "$WORK/out/star480_continuation_standin"
+    "${STANDIN[@]}" --set '5.size="default"' --timeout 1200 --out "$WORK/out/star480_continuation_standin"
 check "InfinityStar-Interact workflow (stand-in, Load Video, 3 prompts -> 3 clips)" "$INTERACT" "${STANDIN[@]}" \
-    --out "$WORK/out/interact_standin"
+    --timeout 1200 --out "$WORK/out/interact_standin"  # ~8 min on 2 shared cores: 3 clips + their decodes
 check "Interact: no prompt" "$INTERACT" "${STANDIN[@]}" --set '5.prompts=" \n \n"' \
     --expect-error "VPG Interact Sampler: \`prompts\` is empty; write one prompt per line"
 check "Interact Sampler on the 480p model" "$INTERACT" "${STANDIN[@]}" \
