@@ -35,10 +35,12 @@ WIDGET_OF_ARGUMENT: dict[str, tuple[str, str | None]] = {
     "class_labels": ("classes", "VPG Class Conditioning"),
     "prompt": ("prompt", "VPG Text Encode"),
     "acceleration": ("preset", "VPG Accelerate"),
+    "context_latents": ("story", None),
 }
 """A pipeline argument -> the widget that sets it, and the node that widget is on (``None``: the node
 running the pipeline)."""
 MAX_LISTED_CHOICES = 8
+Widgets = dict[str, tuple[str, str | None]]
 
 
 def title(node: type[io.ComfyNode]) -> str:
@@ -108,21 +110,23 @@ def index_ranges(indices: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def in_widget_names(message: str, node_title: str) -> str:
-    """A pipeline's message with its argument names replaced by the widgets that set them."""
+def in_widget_names(message: str, node_title: str, widgets: Widgets | None = None) -> str:
+    """A pipeline's message with its argument names replaced by the widgets that set them (``widgets``: the
+    node's own entries over :data:`WIDGET_OF_ARGUMENT`)."""
+    names = {**WIDGET_OF_ARGUMENT, **(widgets or {})}
 
     def widget(match: re.Match) -> str:
         name = match.group(1)
-        if name not in WIDGET_OF_ARGUMENT:
+        if name not in names:
             return match.group(0)
-        widget_name, owner = WIDGET_OF_ARGUMENT[name]
+        widget_name, owner = names[name]
         return f"`{widget_name}`" + (f" (of {owner})" if owner and owner != node_title else "")
 
     return re.sub(r"`(\w+)`", widget, message)
 
 
 @contextlib.contextmanager
-def translated(node_title: str) -> Iterator[None]:
+def translated(node_title: str, widgets: Widgets | None = None) -> Iterator[None]:
     """Re-raise a pipeline's ``ValueError`` / ``TypeError`` as the node's: its title, the widget names.
 
     Errors that already carry the title (the node's own checks) pass unchanged.
@@ -133,13 +137,13 @@ def translated(node_title: str) -> Iterator[None]:
         text = str(err)
         if text.startswith(f"{node_title}: "):
             raise
-        raise ValueError(f"{node_title}: {in_widget_names(text, node_title)}") from err
+        raise ValueError(f"{node_title}: {in_widget_names(text, node_title, widgets)}") from err
 
 
 def run_pipeline(node_title: str, pipeline: Any, call: dict[str, Any],
-                 prepare: Callable[[dict[str, Any]], None] | None = None) -> Any:
+                 prepare: Callable[[dict[str, Any]], None] | None = None, widgets: Widgets | None = None) -> Any:
     """``prepare(call)`` (memory planning), then ``pipeline(**call)``, their errors in the node's language."""
-    with translated(node_title):
+    with translated(node_title, widgets):
         if prepare is not None:
             prepare(call)
         return pipeline(**call)

@@ -8,12 +8,14 @@ from .accelerate import VPGAccelerate
 from .api import ComfyExtension, io
 from .conditioning import VPGClassConditioning, VPGTextEncode
 from .guidance import VPGAPG, VPGCFG, VPGIGG, VPGSSG, VPGEntropyTemperature, VPGGuidanceMap, VPGPrefixGuidance
+from .interact import VPGInteractSampler
 from .loader import VPGModelLoader
 from .samplers import VPGSampler, VPGTextImageSampler, VPGVideoSampler
 
 NODES: list[type[io.ComfyNode]] = [
     VPGModelLoader, VPGClassConditioning, VPGTextEncode, VPGCFG, VPGAPG, VPGPrefixGuidance, VPGIGG, VPGSSG,
-    VPGEntropyTemperature, VPGAccelerate, VPGSampler, VPGTextImageSampler, VPGVideoSampler, VPGGuidanceMap,
+    VPGEntropyTemperature, VPGAccelerate, VPGSampler, VPGTextImageSampler, VPGVideoSampler, VPGInteractSampler,
+    VPGGuidanceMap,
 ]
 
 

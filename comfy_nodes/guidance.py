@@ -185,7 +185,7 @@ class VPGPrefixGuidance(io.ComfyNode):
         check_widgets(cls, vpg_scale=vpg_scale, corruption=corruption, mode=mode, refresh=refresh, scales=scales)
         scale_list = parse_scales(node_title, scales)
         with translated(node_title):
-            num_scales = model.pipeline.resolve_call(**default_call(model.kind)).num_scales
+            num_scales = model.pipeline.resolve_call(**default_call(model.pipeline)).num_scales
         check_scale_indices(node_title, scale_list, num_scales)
         with translated(node_title):
             prefix = PrefixGuidance(float(vpg_scale), float(corruption), mode, refresh, scale_list)

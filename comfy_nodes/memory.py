@@ -25,7 +25,6 @@ from vpg_pipelines.memory.offload import apply_offload
 from vpg_pipelines.memory.planner import MemoryEstimate
 from vpg_pipelines.memory.quantization import apply_quantization
 from vpg_pipelines.memory.report import gib
-from vpg_pipelines.registry import kind_of
 
 from . import host
 from .model import VPGModel, default_call
@@ -44,7 +43,7 @@ def loader_quantization(pipeline: Any, choice: str, free_bytes: int | None, devi
     if free_bytes is None:
         return "none"
     allowed = tuple(q for q in ("none", "int8", "nf4") if q in savers(device))
-    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(kind_of(pipeline))).quantization
+    return choose_savers(pipeline, free_bytes, quantizations=allowed, **default_call(pipeline)).quantization
 
 
 def quantize_loaded(pipeline: Any, choice: str, free_bytes: int | None, device: torch.device) -> str:
@@ -140,7 +139,7 @@ def place_for_text_encoding(model: VPGModel) -> None:
         return
     offload = model.offload
     if offload == "auto":
-        wanted = model.pipeline.estimate_memory(**default_call(model.kind)).peak("none")
+        wanted = model.pipeline.estimate_memory(**default_call(model.pipeline)).peak("none")
         host.free_memory(wanted)
         offload = "none" if wanted <= usable(host.free_bytes() or 0) else "model"
     if offload == "none":

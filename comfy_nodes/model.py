@@ -10,11 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from vpg_pipelines.acceleration import Acceleration
 from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.guidance.prefix import PrefixGuidance
-from vpg_pipelines.registry import ModelKind
+from vpg_pipelines.pipelines.pipeline_vpg_infinity_star_interact import CONTEXT_FRAMES
+from vpg_pipelines.registry import ModelKind, kind_of
 
 from .api import io
 from .errors import fail
@@ -22,6 +25,9 @@ from .errors import fail
 VPG_MODEL = io.Custom("VPG_MODEL")
 VPG_COND = io.Custom("VPG_COND")
 VPG_GUIDANCE = io.Custom("VPG_GUIDANCE")
+VPG_STORY = io.Custom("VPG_STORY")
+INTERACT = "interact"
+"""The InfinityStar variant of the released Interact checkpoint (``registry``: its own pipeline class)."""
 CATEGORY = "sampling/vpg"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -38,6 +44,23 @@ class Placement:
 
     handle: Any = None
     offload: str | None = None
+
+
+@dataclass(frozen=True)
+class Story:
+    """What flows through the ``VPG_STORY`` socket: where a VPG Interact Sampler's stories ended, to continue them.
+
+    Attributes:
+        context_latents: the pipeline's ``context_latents`` ``(stories, 64, 22, h, w)`` on the CPU.
+        source: the loader's choice that made them (a story continues with the same model).
+    """
+
+    context_latents: torch.Tensor
+    source: str
+
+    @property
+    def stories(self) -> int:
+        return int(self.context_latents.shape[0])
 
 
 @dataclass(frozen=True)
@@ -91,12 +114,25 @@ class VPGModel:
         return f"{self.source} ({cfg}, {vpg}{others}{accel})"
 
 
-def default_call(kind: ModelKind) -> dict[str, Any]:
+def is_interact(pipeline: Any) -> bool:
+    """Whether ``pipeline`` is InfinityStar-Interact (one clip per prompt from a reference video)."""
+    kind = kind_of(pipeline)
+    return INTERACT in kind.variants and isinstance(pipeline, kind.pipeline_class_for(INTERACT))
+
+
+def default_call(pipeline: Any) -> dict[str, Any]:
     """The call a loader plans with and the Prefix Guidance node checks scale indices against: one sample of
-    the model's first class or a short prompt, every other argument at the model's default."""
-    if kind.conditioning == "class":
+    the model's first class or a short prompt, every other argument at the model's default. InfinityStar-Interact
+    always continues something: one clip from a story's context at the model's default size (on the meta device,
+    as ``vpg memory`` plans it: only its shape is read)."""
+    if kind_of(pipeline).conditioning == "class":
         return {"class_labels": [0]}
-    return {"prompt": "a photo of a fox in the snow"}
+    call: dict[str, Any] = {"prompt": "a photo of a fox in the snow"}
+    if is_interact(pipeline):
+        height, width = pipeline.default_size
+        call["context_latents"] = torch.empty(1, pipeline.vae.codebook_dim, CONTEXT_FRAMES, height // 16,
+                                              width // 16, device="meta")
+    return call
 
 
 def model_input() -> Any:

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
 from typing import Any
 
 import torch
 
-from vpg_pipelines.guidance.apg import AdaptiveProjectedGuidance
 from vpg_pipelines.models.infinity.schedules import PIXEL_BUDGETS, TEMPLATE_GRIDS, schedule_from_template
 from vpg_pipelines.models.infinity_star.settings import resolve_args, supported_sizes
 from vpg_pipelines.pipelines.call import ResolvedCall
@@ -23,8 +21,17 @@ from .errors import check_widgets, fail, run_pipeline, title, translated
 from .guidance import check_scale_indices
 from .guidance_map import GuidanceMaps
 from .memory import prepare_run
-from .model import CATEGORY, SEED_MAX, VPG_COND, VPG_GUIDANCE, VPGModel, model_input, vpg_model
-from .sampling import Progress, generators, image_step_callback, video_step_callback
+from .model import CATEGORY, VPG_COND, VPG_GUIDANCE, VPGModel, is_interact, model_input, vpg_model
+from .sampling import (
+    Progress,
+    generators,
+    image_step_callback,
+    read_video,
+    seed_input,
+    video_guidance,
+    video_outputs,
+    video_step_callback,
+)
 
 DEFAULT_SIZE = "default"
 """The size entry that generates the pipeline's own default size (the saved / configured one)."""
@@ -101,11 +108,6 @@ def _maps(maps: dict[int, torch.Tensor], grids: list[tuple[int, int]], batch: in
     return [maps.get(k, torch.zeros(batch, *grid)) for k, grid in enumerate(grids)]
 
 
-def _seed_input(what: str) -> Any:
-    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                        tooltip=f"{what} i of the batch uses seed + i.")
-
-
 class VPGSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -117,7 +119,7 @@ class VPGSampler(io.ComfyNode):
             inputs=[
                 model_input(),
                 VPG_COND.Input("conditioning", tooltip="From VPG Class Conditioning (same loader as the model)."),
-                _seed_input("Image"),
+                seed_input("Image"),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per class."),
                 io.Int.Input("top_k", default=900, min=0, max=100000,
                              tooltip="Keep the k most likely tokens (0 = off). VAR evaluation: 900."),
@@ -165,7 +167,7 @@ class VPGTextImageSampler(io.ComfyNode):
             inputs=[
                 model_input(),
                 VPG_COND.Input("conditioning", tooltip="From VPG Text Encode (same loader as the model)."),
-                _seed_input("Image"),
+                seed_input("Image"),
                 io.Combo.Input("size", options=infinity_sizes(), default=DEFAULT_SIZE,
                                tooltip="height x width of the official schedules; default: the model's (1024x1024 "
                                        "for the released models)."),
@@ -231,32 +233,6 @@ def start_images(node_title: str, start_image: Any, batch_size: int) -> list[tor
     return [img.permute(2, 0, 1) for img in channels]
 
 
-def continuation_video(node_title: str, video: Any) -> tuple[torch.Tensor, float] | None:
-    """A ComfyUI ``VIDEO`` (Load Video, Create Video ...) as the pipeline's ``video=`` frames ``(F, 3, H, W)``
-    in [0, 1] and ``video_fps`` (its frame rate)."""
-    if video is None:
-        return None
-    if not callable(getattr(video, "get_components", None)):
-        raise fail(node_title, f"`video` must be a VIDEO (e.g. from Load Video), got {type(video).__name__}")
-    try:
-        components = video.get_components()
-    except Exception as err:  # a file ComfyUI cannot decode: av / OSError / ValueError, by backend
-        raise fail(node_title, f"`video` cannot be read as frames ({err})") from err
-    images, rate = components.images, components.frame_rate
-    ok = isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[-1] in (1, 3, 4)
-    if not ok or min(images.shape[:3]) < 1:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise fail(node_title, f"`video` must hold frames (F, H, W, 1/3/4 channels), got {got}")
-    fps = float(rate) if rate is not None else 0.0
-    if not (math.isfinite(fps) and fps > 0):
-        raise fail(node_title, f"`video` must have a positive frame rate, got {rate!r}")
-    pixels = images.detach().float().cpu()
-    if not bool(torch.isfinite(pixels).all()):
-        raise fail(node_title, "`video` holds NaN or infinite values; expected pixels in [0, 1]")
-    rgb = pixels.expand(*pixels.shape[:3], 3) if pixels.shape[-1] == 1 else pixels[..., :3]
-    return rgb.permute(0, 3, 1, 2), fps
-
-
 class VPGVideoSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -270,7 +246,7 @@ class VPGVideoSampler(io.ComfyNode):
             inputs=[
                 model_input(),
                 VPG_COND.Input("conditioning", tooltip="From VPG Text Encode (same loader as the model)."),
-                _seed_input("Video"),
+                seed_input("Video"),
                 io.Int.Input("num_frames", default=81, min=1, max=1025,
                              tooltip="1 (an image) or 1 + 16 k up to the model's length (81 = 5 s at 16 fps)."),
                 io.Combo.Input("size", options=infinity_star_sizes(), default=DEFAULT_SIZE,
@@ -298,16 +274,17 @@ class VPGVideoSampler(io.ComfyNode):
                 start_image: torch.Tensor | None = None, video: Any = None) -> io.NodeOutput:
         node_title = title(cls)
         model = _model_for(node_title, model, conditioning, "video")
+        if is_interact(model.pipeline):
+            raise fail(node_title, f"{model.source} is InfinityStar-Interact (one 5 s clip per prompt, continuing a "
+                                   "reference video); use VPG Interact Sampler.")
         check_widgets(cls, seed=seed, num_frames=num_frames, size=size, batch_size=batch_size, tau_image=tau_image,
                       tau_video=tau_video)
         starts = start_images(node_title, start_image, batch_size)
-        continued = continuation_video(node_title, video)
+        continued = read_video(node_title, video)
         pipe = model.pipeline
         hw = parse_size(node_title, size)
         height, width = hw if hw is not None else pipe.default_size
-        guidance: dict[str, Any] = {"guidance_scale": model.cfg_strength(off=1.0), "guidance": "cfg"}
-        if isinstance(model.cfg, AdaptiveProjectedGuidance):
-            guidance |= {"guidance": "apg", "apg_norm_threshold": float(model.cfg.norm_threshold)}
+        guidance = video_guidance(model)
         prompt: str | list[str] = conditioning.prompt
         per_prompt, image = batch_size, None
         if starts is not None and len(starts) > 1:  # one image per video: the pipeline pairs images with prompts
@@ -324,7 +301,4 @@ class VPGVideoSampler(io.ComfyNode):
             call |= {"video": continued[0], "video_fps": continued[1]}
         call["callback_on_step_end"] = video_step_callback(model, Progress(len(resolve(node_title, model, call).steps)))
         out = run_pipeline(node_title, pipe, call, prepare=lambda c: prepare_run(model, node_title, c))
-        clips = out.frames.float().cpu()  # (B, F, 3, H, W)
-        frames = clips.permute(0, 1, 3, 4, 2).reshape(-1, clips.shape[-2], clips.shape[-1], 3).contiguous()
-        frames = frames.to(host.intermediate_device())
-        return io.NodeOutput(frames, host.video(frames, int(pipe.fps)))
+        return io.NodeOutput(*video_outputs(out.frames, int(pipe.fps)))

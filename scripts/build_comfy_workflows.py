@@ -22,9 +22,9 @@ NODE_INFO = {info["name"]: info for info in (cls.GET_NODE_INFO_V1() for cls in N
 
 # output types of the ComfyUI core nodes used here (inputs are listed per graph below)
 CORE_OUTPUTS = {"SaveImage": [], "PreviewImage": [], "ImageScaleBy": ["IMAGE"], "ImageStitch": ["IMAGE"],
-                "SaveVideo": []}
+                "SaveVideo": [], "LoadImage": ["IMAGE", "MASK"], "LoadVideo": ["VIDEO"]}
 CORE_SOCKETS = {"SaveImage": ["images"], "PreviewImage": ["images"], "ImageScaleBy": ["image"],
-                "ImageStitch": ["image1", "image2"], "SaveVideo": ["video"]}
+                "ImageStitch": ["image1", "image2"], "SaveVideo": ["video"], "LoadImage": [], "LoadVideo": []}
 CORE_SOCKET_TYPES = {"images": "IMAGE", "image": "IMAGE", "image1": "IMAGE", "image2": "IMAGE", "video": "VIDEO"}
 
 HF_VAR = "https://huggingface.co/FoundationVision/var/resolve/main/"
@@ -40,6 +40,15 @@ TINY_INFINITY_STAR = "vpg-tiny-infinitystar/model_index.json"
 """Saved folders written by tests/comfy/make_standin_models.py (from the parity fixtures)."""
 FASTVAR_TINY = '{"method": "fastvar", "blocks": [0, 2]}'
 """VPG Accelerate's ``config`` for the 2-block tiny Infinity: FastVAR's released rule, pruning both blocks."""
+START_IMAGE = "example.png"
+"""The picture every ComfyUI install has in its input folder (Load Image's default)."""
+REFERENCE_VIDEO = "reference.mp4"
+"""The video the continuation and Interact workflows load from ComfyUI's input folder (the user's own, >= 5 s)."""
+UPLOAD = "image"
+"""What the frontend saves for a Load Image / Load Video node's upload button (after the file's name)."""
+INTERACT_PROMPTS = ("The man turns to the camera and smiles.\n"
+                    "He picks up the guitar and starts to play.\n"
+                    "He stops playing and waves goodbye.")
 
 
 class Graph:
@@ -303,6 +312,61 @@ def infinitystar_720p() -> dict:
     return g.to_json()
 
 
+def _star_video_vae() -> list[dict]:
+    return [{"name": "infinitystar_videovae.pth", "url": HF_INFINITY_STAR + "infinitystar_videovae.pth",
+             "directory": "vpg"}]
+
+
+def infinitystar_480p_i2v() -> dict:
+    """The released InfinityStar-8B 480p checkpoint, image-to-video: Load Image -> start_image, 81 frames (5 s) at
+    480x848, the 480p script's settings (APG 34 / 0.05, tau 1.0 / 0.4) + VPG (semantic, p 0.1). The transformer is
+    a shard folder (no single-file download)."""
+    g = Graph()
+    samp = text_chain(g, ["infinitystar_8b_480p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16",
+                          *AUTO_LOADER],
+                      "the scene comes to life: a gentle breeze, soft light, the camera slowly pushes in",
+                      ("VPGAPG", [34.0, 0.05]), [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
+                      [0, "fixed", 81, "480x848", 1, 1.0, 0.4], loader_models=_star_video_vae())
+    image = g.add("LoadImage", (840, 300), [START_IMAGE, UPLOAD], size=(320, 340))
+    g.link(image, 0, samp, "start_image")
+    _video_outputs(g, samp, "vpg_infinitystar_480p_i2v")
+    return g.to_json()
+
+
+def infinitystar_480p_continuation() -> dict:
+    """The released 480p checkpoint continuing a video (the script's V2V): Load Video -> video, its first 5 s kept
+    and 5 s more made, 161 frames (10 s) at 480x848, the 480p script's settings + VPG."""
+    g = Graph()
+    samp = text_chain(g, ["infinitystar_8b_480p_weights", "infinitystar_videovae.pth", T5_FOLDER, "bf16",
+                          *AUTO_LOADER],
+                      "the scene goes on: the subject keeps moving, the camera follows smoothly",
+                      ("VPGAPG", [34.0, 0.05]), [1.5, 0.1, "full", "persistent", "semantic"], "VPGVideoSampler",
+                      [0, "fixed", 161, "480x848", 1, 1.0, 0.4], loader_models=_star_video_vae())
+    video = g.add("LoadVideo", (840, 300), [REFERENCE_VIDEO, UPLOAD], size=(320, 420))
+    g.link(video, 0, samp, "video")
+    _video_outputs(g, samp, "vpg_infinitystar_480p_continuation")
+    return g.to_json()
+
+
+def infinitystar_interact() -> dict:
+    """The released InfinityStar-Interact checkpoint: Load Video (the reference) -> VPG Interact Sampler, one 5 s clip
+    per line of prompts, the Interact script's settings (CFG 3, tau 0.5) + VPG (semantic, p 0.1)."""
+    g = Graph()
+    loader = g.add("VPGModelLoader", (20, 40), ["InfinityStarInteract_24K_iters", "infinitystar_videovae.pth",
+                                                T5_FOLDER, "bf16", *AUTO_LOADER], size=(380, 210),
+                   models=_star_video_vae())
+    cfg_node = g.add("VPGCFG", (440, 40), [3.0], size=(320, 60))
+    prefix = g.add("VPGPrefixGuidance", (800, 40), [1.5, 0.1, "full", "persistent", "semantic"], size=(320, 180))
+    video = g.add("LoadVideo", (800, 300), [REFERENCE_VIDEO, UPLOAD], size=(320, 420))
+    samp = g.add("VPGInteractSampler", (1160, 40), [INTERACT_PROMPTS, "", 0, "fixed", 1, 0.5], size=(380, 380))
+    g.link(loader, 0, cfg_node, "model")
+    g.link(cfg_node, 0, prefix, "model")
+    g.link(prefix, 0, samp, "model")
+    g.link(video, 0, samp, "video")
+    _video_outputs(g, samp, "vpg_infinitystar_interact")
+    return g.to_json()
+
+
 WORKFLOWS = {
     "vpg_demo_cfg_prefix.json": demo_cfg_prefix,
     "vpg_demo_side_by_side.json": demo_side_by_side,
@@ -313,6 +377,9 @@ WORKFLOWS = {
     "vpg_infinity_2b.json": infinity_2b,
     "vpg_infinitystar_tiny.json": infinitystar_tiny,
     "vpg_infinitystar_720p.json": infinitystar_720p,
+    "vpg_infinitystar_480p_i2v.json": infinitystar_480p_i2v,
+    "vpg_infinitystar_480p_continuation.json": infinitystar_480p_continuation,
+    "vpg_infinitystar_interact.json": infinitystar_interact,
 }
 
 

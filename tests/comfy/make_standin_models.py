@@ -13,6 +13,8 @@ Needs the parity fixtures of ``shared/parity`` (``VPG_SHARED`` or ``../shared``)
 * **stand-ins under the official file names**, so the official workflows' loading path runs:
   ``var_d16.pth`` + ``vae_ch160v4096z32.pth``; ``infinity_2b_reg.pth`` + ``infinity_vae_d32reg.pth``;
   ``infinitystar_8b_720p_weights/`` (a shard folder with its ``*.index.json``) + ``infinitystar_videovae.pth``;
+  ``infinitystar_8b_480p_weights/`` (the 480p fixture of ``tests/fixtures``) and ``InfinityStarInteract_24K_iters/``
+  (the InfinityStar fixture in the Interact fixture's settings), which use the same video VAE;
   each transformer with the ``<name>.json`` sidecar its non-standard sizes need. They are the tiny
   fixtures, not the released models.
 * ``../text_encoders/flan-t5-xl/`` (a random T5 of the tiny Infinity's 128 channels, standing in for
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from vpg_pipelines import VPGInfinityPipeline, VPGInfinityStarPipeline  # noqa: E402
 from vpg_pipelines.testing import STAR_PARITY_ARGS, tiny_t5  # noqa: E402
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY_INFINITY = "vpg-tiny-infinity"
 TINY_INFINITY_STAR = "vpg-tiny-infinitystar"
 
@@ -86,6 +89,32 @@ def tiny_infinity_star():
     return pipe
 
 
+def star480_config() -> dict:
+    """The 480p fixture's settings (``tests/fixtures/infinity_star_480p``: 0.06M budget, 192 x 336)."""
+    config = json.loads((FIXTURES / "infinity_star_480p" / "config.json").read_text())
+    return {"args": config["args"], "text_maxlen": config["text_maxlen"]}
+
+
+def interact_config() -> dict:
+    """The Interact fixture's settings (``tests/fixtures/infinity_star_interact``, on the InfinityStar weights)."""
+    config = json.loads((FIXTURES / "infinity_star_interact" / "config.json").read_text())
+    return {"args": config["args_overrides"], "text_maxlen": config["text_maxlen"]}
+
+
+def write_shards(checkpoint: Path, folder: Path) -> None:
+    """``checkpoint`` as a transformers-style shard folder (two shards and the ``*.index.json``), as released."""
+    folder.mkdir(exist_ok=True)
+    state = load_file(checkpoint)
+    keys = sorted(state)
+    half = len(keys) // 2
+    weight_map = {}
+    for i, part in enumerate((keys[:half], keys[half:])):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: state[k].contiguous() for k in part}, str(folder / name))
+        weight_map |= dict.fromkeys(part, name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 def write_tiny(target: Path) -> None:
     tiny_infinity().save_pretrained(target / TINY_INFINITY)
     tiny_infinity_star().save_pretrained(target / TINY_INFINITY_STAR)
@@ -104,19 +133,15 @@ def write_official_standins(target: Path) -> None:
     shutil.copy(inf / "config.json", target / "infinity_2b_reg.json")
 
     star = parity / "infinity_star"
-    shards = target / "infinitystar_8b_720p_weights"
-    shards.mkdir(exist_ok=True)
-    state = load_file(star / "infinity_star.safetensors")
-    keys = sorted(state)
-    half = len(keys) // 2
-    weight_map = {}
-    for i, part in enumerate((keys[:half], keys[half:])):
-        name = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({k: state[k].contiguous() for k in part}, str(shards / name))
-        weight_map |= dict.fromkeys(part, name)
-    (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    write_shards(star / "infinity_star.safetensors", target / "infinitystar_8b_720p_weights")
     torch.save(load_file(star / "videovae.safetensors"), target / "infinitystar_videovae.pth")
     (target / "infinitystar_8b_720p_weights.json").write_text(json.dumps(star_config(), indent=1))
+    # the 480p and Interact checkpoints use the same video VAE; their names pick their scripts (variant auto)
+    write_shards(FIXTURES / "infinity_star_480p" / "infinity_star_480p.safetensors",
+                 target / "infinitystar_8b_480p_weights")
+    (target / "infinitystar_8b_480p_weights.json").write_text(json.dumps(star480_config(), indent=1))
+    write_shards(star / "infinity_star.safetensors", target / "InfinityStarInteract_24K_iters")
+    (target / "InfinityStarInteract_24K_iters.json").write_text(json.dumps(interact_config(), indent=1))
 
     encoders = target.parent / "text_encoders"
     for name, channels in (("flan-t5-xl", 128), ("tiny-t5-d64", 64)):

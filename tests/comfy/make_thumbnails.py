@@ -29,6 +29,9 @@ RUNS = {  # run_headless.sh's --out folder of each shipped workflow
     "vpg_infinity_2b": "infinity_2b_standin",
     "vpg_infinitystar_tiny": "star_tiny",
     "vpg_infinitystar_720p": "star_standin",
+    "vpg_infinitystar_480p_i2v": "star480_i2v_standin",
+    "vpg_infinitystar_480p_continuation": "star480_continuation_standin",
+    "vpg_infinitystar_interact": "interact_standin",
 }
 SIDE = 512
 

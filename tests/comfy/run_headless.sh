@@ -15,9 +15,13 @@ WORK=${WORK:-$(mktemp -d /tmp/vpg-comfy.XXXXXX)}
 URL=http://127.0.0.1:$PORT
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-mkdir -p "$WORK/custom_nodes" "$WORK/out"
+mkdir -p "$WORK/custom_nodes" "$WORK/out" "$WORK/input"
 ln -sfn "$REPO" "$WORK/custom_nodes/vpg-pipelines"
 "$PY" "$REPO/tests/comfy/make_standin_models.py" "$WORK/models/vpg"
+# the input files the 480p and Interact workflows load: ComfyUI's own example.png (Load Image's default) and,
+# as reference.mp4, the 480p fixture's synthetic video (6 s at 24 fps, 80x40)
+cp "$COMFY/input/example.png" "$WORK/input/example.png"
+cp "$REPO/tests/fixtures/infinity_star_480p/input_video.mp4" "$WORK/input/reference.mp4"
 
 cd "$COMFY"
 PYTHONUNBUFFERED=1 "$PY" main.py --cpu --listen 127.0.0.1 --port "$PORT" --base-directory "$WORK" \
@@ -87,6 +91,27 @@ check "InfinityStar 720p workflow (stand-in shard folder + T5 folder)" "$STAR720
     --set '1.text_encoder="tiny-t5-d64"' --set '1.dtype="fp32"' --set '5.size="default"' --set 5.num_frames=17 \
     --out "$WORK/out/star_standin"
 check "Cancel mid-video leaves no output" "$STAR" --set 5.seed=1 --interrupt-after 2
+# 480p and Interact (stand-in shard folders under the released names; the same overrides as the 720p workflow).
+# Node ids: 480p as above, 6 Load Image / Load Video; Interact: 1 loader, 2 CFG, 3 prefix, 4 Load Video, 5 sampler.
+I2V=workflows/vpg_infinitystar_480p_i2v.json
+V2V=workflows/vpg_infinitystar_480p_continuation.json
+INTERACT=workflows/vpg_infinitystar_interact.json
+STANDIN=(--set '1.text_encoder="tiny-t5-d64"' --set '1.dtype="fp32"')
+check "InfinityStar 480p image-to-video workflow (stand-in shard folder, Load Image example.png)" "$I2V" \
+    "${STANDIN[@]}" --set '5.size="default"' --out "$WORK/out/star480_i2v_standin"
+check "InfinityStar 480p continuation workflow (stand-in, Load Video: 6 s at 24 fps -> 10 s)" "$V2V" \
+    "${STANDIN[@]}" --set '5.size="default"' --timeout 1200 --out "$WORK/out/star480_continuation_standin"
+check "InfinityStar-Interact workflow (stand-in, Load Video, 3 prompts -> 3 clips)" "$INTERACT" "${STANDIN[@]}" \
+    --timeout 1200 --out "$WORK/out/interact_standin"  # ~8 min on 2 shared cores: 3 clips + their decodes
+check "Interact: no prompt" "$INTERACT" "${STANDIN[@]}" --set '5.prompts=" \n \n"' \
+    --expect-error "VPG Interact Sampler: \`prompts\` is empty; write one prompt per line"
+check "Interact Sampler on the 480p model" "$INTERACT" "${STANDIN[@]}" \
+    --set '1.model_name="infinitystar_8b_480p_weights"' \
+    --expect-error "is not InfinityStar-Interact (kind infinity_star, variant '480p')"
+check "Video Sampler on the Interact model" "$V2V" "${STANDIN[@]}" --set '5.size="default"' \
+    --set '1.model_name="InfinityStarInteract_24K_iters"' --expect-error "use VPG Interact Sampler"
+check "continuation at 5 s" "$V2V" "${STANDIN[@]}" --set '5.size="default"' --set 5.num_frames=81 \
+    --expect-error "\`num_frames\` must be 161 (10 s) with \`video\`"
 check "Infinity VAE picked as the model" "$INF" --set '1.model_name="infinity_vae_d32reg.pth"' \
     --set '1.vae_file="infinity_2b_reg.pth"' --expect-error "is the infinity VAE: pick the transformer"
 check "InfinityStar VAE with the Infinity transformer" "$INF" --set '1.vae_file="infinitystar_videovae.pth"' \

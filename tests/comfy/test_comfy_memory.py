@@ -21,7 +21,6 @@ from comfy_nodes.sampling import generators
 from comfy_nodes.sources import DEMO_CHOICE
 from tests.helpers.comfy import load, run
 from vpg_pipelines.memory.choose import MARGIN_BYTES, usable
-from vpg_pipelines.registry import kind_of
 
 pytest.importorskip("torchao", reason="TorchAO (the int8 back end) is in the test extra")
 
@@ -59,7 +58,7 @@ def test_loader_quantization_choices(demo_model):
     assert loader_quantization(pipe, "auto", 80 * 1024**3, CPU) == "none"
     with pytest.raises(ValueError, match="nf4"):
         loader_quantization(pipe, "nf4", None, CPU)
-    call = default_call(kind_of(pipe))
+    call = default_call(pipe)
     plain = pipe.estimate_memory(**call)
     int8 = pipe.estimate_memory(quantization="int8", **call)
     full = min(plain.peak(m) for m in ("none", "model", "group"))

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from comfy_nodes import host, sources
 from comfy_nodes.conditioning import TextConditioning, VPGClassConditioning, VPGTextEncode
@@ -147,6 +148,27 @@ def test_variant_widget_picks_the_official_script(resolve):
     picked, kind = load(*files, text_encoder="tiny-t5-d64", variant="480p")
     assert auto.variant == "720p" and picked.variant == "480p" and kind.name == "infinity_star"
     assert type(picked).__name__ == "VPGInfinityStarPipeline"
+
+
+def test_480p_and_interact_shard_folders_load_as_their_scripts(resolve, models):
+    """The stand-ins under the released 480p and Interact names (the shared video VAE): ``variant`` auto takes the
+    script from the name, Interact with its own pipeline class; the weights are the fixtures'."""
+    choices = sources.loader_choices(listed(models, "vpg"))
+    assert {"infinitystar_8b_480p_weights", "InfinityStarInteract_24K_iters"} <= set(choices)
+    loaded = {}
+    for name, fixture in (("infinitystar_8b_480p_weights", standins.FIXTURES / "infinity_star_480p" /
+                           "infinity_star_480p.safetensors"),
+                          ("InfinityStarInteract_24K_iters", shared_path("parity", "infinity_star",
+                                                                         "infinity_star.safetensors"))):
+        pipe, kind = load(name, "infinitystar_videovae.pth", resolve, text_encoder="tiny-t5-d64")
+        expected = load_file(fixture)
+        state = pipe.transformer.state_dict()
+        assert kind.name == "infinity_star" and all(torch.equal(state[k], expected[k]) for k in expected), name
+        loaded[name] = pipe
+    star480, story = loaded["infinitystar_8b_480p_weights"], loaded["InfinityStarInteract_24K_iters"]
+    assert star480.variant == "480p" and type(star480).__name__ == "VPGInfinityStarPipeline"
+    assert story.variant == "interact" and type(story).__name__ == "VPGInfinityStarInteractPipeline"
+    assert star480.default_size == story.default_size == (192, 336)  # the fixtures' 0.06M budget
 
 
 @pytest.mark.parametrize(("args", "variant", "message"), [

@@ -21,7 +21,16 @@ from comfy_nodes.extension import NODES
 from comfy_nodes.sources import DEMO_CHOICE
 from tests.comfy import make_thumbnails
 from tests.helpers import comfy_workflow as wf
-from tests.helpers.comfy import REPO, T5_FOLDER, TINY, WORKFLOWS, declared_models, node_defs, node_infos
+from tests.helpers.comfy import (
+    REPO,
+    SHARD_FOLDERS,
+    T5_FOLDER,
+    TINY,
+    WORKFLOWS,
+    declared_models,
+    node_defs,
+    node_infos,
+)
 
 
 def load(path: Path) -> dict:
@@ -31,7 +40,9 @@ def load(path: Path) -> dict:
 def test_the_workflows_are_shipped():
     assert {p.name for p in WORKFLOWS} >= {"vpg_demo_cfg_prefix.json", "vpg_demo_side_by_side.json",
                                            "vpg_var_d16.json", "vpg_infinity_tiny.json", "vpg_infinity_2b.json",
-                                           "vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json"}
+                                           "vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json",
+                                           "vpg_infinitystar_480p_i2v.json", "vpg_infinitystar_480p_continuation.json",
+                                           "vpg_infinitystar_interact.json"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -54,7 +65,7 @@ def test_every_model_file_is_declared_with_a_download(path):
             assert (model_name, vae_file) == (f"{TINY[path.name]}/model_index.json", "none")
             continue
         for name in (model_name, vae_file):
-            if name in (DEMO_CHOICE, "none") or name == "infinitystar_8b_720p_weights":  # a shard folder
+            if name in (DEMO_CHOICE, "none") or name in SHARD_FOLDERS:  # no single file to download
                 continue
             assert name in declared, f"{name} has no properties.models entry (the frontend offers no download)"
             assert declared[name]["directory"] == "vpg" and declared[name]["url"].endswith("/" + name)
@@ -96,11 +107,43 @@ def test_text_workflows_point_at_the_official_files_and_settings(name, files, sa
         assert (apg["cfg"], apg["norm_threshold"]) == (34.0, 0.05)
 
 
-@pytest.mark.parametrize("name", ["vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json"])
+@pytest.mark.parametrize(("name", "inputs", "apg"), [
+    ("vpg_infinitystar_480p_i2v.json", {"num_frames": 81, "start_image": ["6", 0]}, True),
+    ("vpg_infinitystar_480p_continuation.json", {"num_frames": 161, "video": ["6", 0]}, True),
+    ("vpg_infinitystar_interact.json", {"tau": 0.5, "video": ["4", 0]}, False),
+])
+def test_480p_and_interact_workflows_run_their_scripts_from_an_input_file(name, inputs, apg):
+    """480p (i2v: Load Image's example.png; continuation: Load Video, 10 s) with the 480p script's settings at
+    480x848; Interact from Load Video with its script's CFG 3, one clip per prompt line; VPG on the semantic scales."""
+    ui = load(REPO / "workflows" / name)
+    prompt = wf.to_api(ui, node_defs(ui))
+    loader = next(v["inputs"] for v in prompt.values() if v["class_type"] == "VPGModelLoader")
+    checkpoint = "InfinityStarInteract_24K_iters" if "interact" in name else "infinitystar_8b_480p_weights"
+    files = (checkpoint, "infinitystar_videovae.pth", T5_FOLDER)
+    assert (loader["model_name"], loader["vae_file"], loader["text_encoder"]) == files
+    sampler = next(v["inputs"] for v in prompt.values() if v["class_type"] in ("VPGVideoSampler", "VPGInteractSampler"))
+    assert {k: sampler[k] for k in inputs} == inputs
+    source = prompt[next(iter(v for k, v in inputs.items() if k in ("start_image", "video")))[0]]
+    assert source["class_type"] == ("LoadImage" if "start_image" in inputs else "LoadVideo")
+    assert set(source["inputs"]) == {"image" if "start_image" in inputs else "file"}  # not the upload button
+    prefix = next(v["inputs"] for v in prompt.values() if v["class_type"] == "VPGPrefixGuidance")
+    assert (prefix["vpg_scale"], prefix["corruption"], prefix["scales"]) == (1.5, 0.1, "semantic")
+    if apg:
+        assert sampler["size"] == "480x848" and (sampler["tau_image"], sampler["tau_video"]) == (1.0, 0.4)
+        guidance = next(v["inputs"] for v in prompt.values() if v["class_type"] == "VPGAPG")
+        assert (guidance["cfg"], guidance["norm_threshold"]) == (34.0, 0.05)
+    else:
+        assert next(v["inputs"] for v in prompt.values() if v["class_type"] == "VPGCFG")["cfg"] == 3.0
+        assert len(sampler["prompts"].splitlines()) == 3
+
+
+@pytest.mark.parametrize("name", ["vpg_infinitystar_tiny.json", "vpg_infinitystar_720p.json",
+                                  "vpg_infinitystar_480p_i2v.json", "vpg_infinitystar_480p_continuation.json",
+                                  "vpg_infinitystar_interact.json"])
 def test_video_workflows_save_the_video_and_the_frames(name):
     ui = load(REPO / "workflows" / name)
     prompt = wf.to_api(ui, node_defs(ui))
-    sampler = next(k for k, v in prompt.items() if v["class_type"] == "VPGVideoSampler")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] in ("VPGVideoSampler", "VPGInteractSampler"))
     save_video = next(v for v in prompt.values() if v["class_type"] == "SaveVideo")
     save_frames = next(v for v in prompt.values() if v["class_type"] == "SaveImage")
     assert save_video["inputs"]["video"] == [sampler, 1] and save_frames["inputs"]["images"] == [sampler, 0]

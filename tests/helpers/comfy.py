@@ -9,6 +9,7 @@ capture of a running server's ``/object_info``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import pytest
 from comfy_nodes import host, sources
 from comfy_nodes.extension import NODES
 from tests.helpers import comfy_workflow as wf
+from vpg_pipelines.models.infinity_star.settings import VARIANT_CHECKPOINTS
 from vpg_pipelines.registry import ModelKind, kind_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +34,8 @@ TINY = {"vpg_infinity_tiny.json": "vpg-tiny-infinity", "vpg_infinity_tiny_fastva
 """Workflows of the tiny saved folders that tests/comfy/make_standin_models.py writes (no download exists)."""
 T5_FOLDER = "flan-t5-xl"
 """The one text encoder folder the workflows may name: the docs' place for google/flan-t5-xl."""
+SHARD_FOLDERS = tuple(VARIANT_CHECKPOINTS.values())
+"""The released InfinityStar transformers: shard folders (``*.index.json``), which the frontend cannot download."""
 
 
 def declared_models(ui: dict) -> list[dict]:
@@ -52,15 +56,25 @@ def node_infos() -> dict[str, dict[str, Any]]:
 
 def node_defs(ui: dict) -> dict[str, wf.NodeDef]:
     """Definitions as a ComfyUI whose models/vpg folder holds exactly the files the workflow declares, the
-    tiny saved folders of make_standin_models.py, a shard folder when the workflow declares its VAE, and
-    models/text_encoders holds the flan-T5-XL folder."""
+    tiny saved folders of make_standin_models.py, the shard folders the workflow's loaders name, and
+    models/text_encoders holds the flan-T5-XL folder; its input folder holds the files the workflow's Load Image /
+    Load Video nodes name."""
     files = [m["name"] for m in declared_models(ui)]
     files += [f"{folder}/model_index.json" for folder in dict.fromkeys(TINY.values())]  # two workflows share one
-    if "infinitystar_videovae.pth" in files:
-        files.append("infinitystar_8b_720p_weights/model.safetensors.index.json")
+    loaded = {n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "VPGModelLoader"}
+    files += [f"{folder}/model.safetensors.index.json" for folder in SHARD_FOLDERS if folder in loaded]
     with listed_files({host.MODELS: files, host.TEXT_ENCODERS: [f"{T5_FOLDER}/model.safetensors"]}):
         ours = node_infos()
-    return {**wf.defs_from_object_info(CORE), **wf.defs_from_object_info(ours)}
+    core = {name: with_input_files(ndef, ui) for name, ndef in wf.defs_from_object_info(CORE).items()}
+    return {**core, **wf.defs_from_object_info(ours)}
+
+
+def with_input_files(ndef: wf.NodeDef, ui: dict) -> wf.NodeDef:
+    """``ndef`` with each file list of an upload widget (ComfyUI's input folder) holding the files ``ui``'s nodes of
+    that type name."""
+    named = tuple(sorted({n["widgets_values"][0] for n in ui["nodes"] if n["type"] == ndef.node_id}))
+    inputs = tuple(dataclasses.replace(i, options=named) if i.upload else i for i in ndef.inputs)
+    return dataclasses.replace(ndef, inputs=inputs)
 
 
 def run(node: type, **inputs: Any) -> tuple:

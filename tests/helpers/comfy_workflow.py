@@ -17,6 +17,9 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 FRONTEND_ONLY = ("Note", "MarkdownNote")
 """Node types that exist only in the frontend (never sent to the server)."""
+UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "file_upload")
+"""Options that give a file list an upload button (Load Image, Load Video ...): the frontend saves that button as
+one more widget value (``"image"``) after the file's, and never sends it to the server."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class InputDef:
     min: float | None = None
     max: float | None = None
     control_after_generate: bool = False
+    upload: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ def defs_from_object_info(object_info: Mapping[str, Any]) -> dict[str, NodeDef]:
                     options = tuple(opts.get("options", ()))
                 widget = kind in WIDGET_TYPES and not opts.get("forceInput", False)
                 inputs.append(InputDef(name, kind, widget, group == "optional", options, opts.get("min"),
-                                       opts.get("max"), bool(opts.get("control_after_generate", False))))
+                                       opts.get("max"), bool(opts.get("control_after_generate", False)),
+                                       any(opts.get(key) for key in UPLOAD_KEYS)))
         out[node_id] = NodeDef(node_id, tuple(inputs), tuple(info.get("output", ())))
     return out
 
@@ -90,7 +95,8 @@ def _value_error(inp: InputDef, value: Any) -> str | None:
 
 
 def widget_values(node: Mapping[str, Any], ndef: NodeDef) -> tuple[dict[str, Any], list[str]]:
-    """Map a UI node's ``widgets_values`` list to input names (skipping seeds' control values)."""
+    """Map a UI node's ``widgets_values`` list to input names (skipping seeds' control values and upload
+    buttons)."""
     values = list(node.get("widgets_values") or [])
     named, errors, pos = {}, [], 0
     for inp in ndef.widgets:
@@ -103,6 +109,11 @@ def widget_values(node: Mapping[str, Any], ndef: NodeDef) -> tuple[dict[str, Any
             if pos >= len(values) or values[pos] not in CONTROL_VALUES:
                 got = values[pos] if pos < len(values) else "nothing"
                 errors.append(f"{inp.name!r} is followed by its control value {CONTROL_VALUES}, got {got!r}")
+            pos += 1
+        elif inp.upload:  # the upload button's value (the frontend writes "image" for every kind of file)
+            if pos >= len(values) or not isinstance(values[pos], str):
+                got = values[pos] if pos < len(values) else "nothing"
+                errors.append(f"{inp.name!r} is followed by its upload button's value ('image'), got {got!r}")
             pos += 1
     if pos < len(values) and not errors:
         errors.append(f"widgets_values has {len(values)} entries, the node's widgets take {pos}")
