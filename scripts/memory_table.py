@@ -55,7 +55,8 @@ TARGETS = [
 ]
 LEAN = {"forward_chunking": True, "vae_tiling": True}
 """The activation savers at their defaults (InfinityStar: 4096-token chunks, 512-pixel tiles every 384)."""
-SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling"}
+SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling",
+               "kv": "chunking + tiling + K/V cache in host memory"}
 
 
 def gib(n: float) -> str:
@@ -72,9 +73,11 @@ def _call(pipe, size: dict, config: dict) -> dict:
     return {**base, **size, **config}
 
 
-def _plan(pipe, call: dict, quantization: str | None, lean: bool = False):
+def _plan(pipe, call: dict, quantization: str | None, lean: bool = False, kv: bool = False):
     dtype = torch.bfloat16
     savers = (LEAN if _tiles(pipe) else {"forward_chunking": True}) if lean else {}
+    if kv:
+        savers = {**savers, "kv_cache_offload": True}
     return pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=TEXT_TOKENS, **savers, **call)
 
 
@@ -98,15 +101,18 @@ def _linear_params(module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def speed(pipe, estimate, sites: dict[int, int], offload: str) -> dict:
-    """Estimated seconds of a call: transformer compute, plus weight transfers where they are not hidden."""
+def speed(pipe, estimate, sites: dict[int, int], offload: str, kv_offload: bool = False) -> dict:
+    """Estimated seconds of a call: transformer compute, plus weight transfers where they are not hidden. With
+    the K/V cache in host memory each forward also copies the cache it attends to (bounded by the whole cache
+    then) over the same bus, overlapped with compute (the next layer's copy is prefetched)."""
     t = pipe.transformer
     cfg = t.config
     params = _linear_params(t)
     width, depth = int(cfg.embed_dim), int(cfg.depth)
-    forwards = [f for s in estimate.kv for _, _, f in s.events if f is not None]
-    compute = []
-    for f in forwards:
+    forwards = [(f, alive) for s in estimate.kv for _, alive, f in s.events if f is not None]
+    compute, cache_copy = [], []
+    for f, alive in forwards:
+        cache_copy.append(alive / PINNED_BPS if kv_offload else 0.0)
         tokens = sum(sites[i] for i in f.steps) if f.steps else f.last_tokens or 1
         keys = f.cached + tokens
         flops = 2 * params * tokens * f.rows + 4 * depth * width * tokens * keys * f.rows
@@ -114,15 +120,16 @@ def speed(pipe, estimate, sites: dict[int, int], offload: str) -> dict:
     weights = estimate.weights["transformer"]
     text = estimate.weights.get("text_encoder", 0)
     base = sum(compute)
+    hidden = sum(max(c, k) for c, k in zip(compute, cache_copy))  # the cache copies overlap compute
     if offload == "none":
-        total = base
+        total = hidden
     elif offload == "model":  # text encoder and transformer moved in and out once per call
-        total = base + 2 * (weights + text) / PAGEABLE_BPS
+        total = hidden + 2 * (weights + text) / PAGEABLE_BPS
     elif offload == "group":  # every block in per forward, overlapped with that block's compute
         per = weights / PINNED_BPS
-        total = sum(max(c, per) for c in compute) + text / PINNED_BPS
+        total = sum(max(c, per + k) for c, k in zip(compute, cache_copy)) + text / PINNED_BPS
     else:  # sequential: every layer's weights copied synchronously at every forward
-        total = base + len(compute) * weights / PAGEABLE_BPS + text / PAGEABLE_BPS
+        total = hidden + len(compute) * weights / PAGEABLE_BPS + text / PAGEABLE_BPS
     return {"seconds": total, "compute_seconds": base}
 
 
@@ -150,10 +157,12 @@ def tables() -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
-def _candidates(plain, lean, offload: str, tileable: bool, budget: int) -> tuple[int, str | None, int]:
+def _candidates(plain, lean, kv_lean, offload: str, tileable: bool, budget: int) -> tuple[int, str | None, int]:
     """``(peak without savers, the savers auto adds (None: none fit), peak with them)`` for one candidate, in
-    auto's order (:data:`SAVER_STEPS`); without a fitting combination, the one with the smallest peak."""
+    auto's order (:data:`SAVER_STEPS`, then the cache in host memory); without a fitting combination, the one
+    with the smallest peak."""
     tried = [((c, t), combine_savers(plain, lean, c, t).peak(offload)) for c, t in SAVER_STEPS if tileable or not t]
+    tried.append(("kv", kv_lean.peak(offload)))
     for savers, peak in tried:
         if peak <= budget:
             return plain.peak(offload), SAVER_NAMES[savers], peak
@@ -170,18 +179,21 @@ def targets() -> tuple[str, dict]:
         budget = usable(int((target - CUDA_CONTEXT_GIB) * GIB))
         plans = {q: _plan(pipe, call, None if q == "none" else q) for q in ("none", "int8", "nf4")}
         leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True) for q in plans}
+        kv_leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True, kv=True) for q in plans}
         sites = {s.index: s.num_sites for s in plan_steps(pipe, plans["none"])}
         rows, chosen, smallest = [], None, None
         baseline = speed(pipe, plans["none"], sites, "none")["seconds"]
         for quantization, offload in CANDIDATES:
             estimate = plans[quantization]
-            plain_peak, savers, saved_peak = _candidates(estimate, leans[quantization], offload, tileable, budget)
-            timing = speed(pipe, estimate, sites, offload)
+            plain_peak, savers, saved_peak = _candidates(estimate, leans[quantization], kv_leans[quantization], offload,
+                                                         tileable, budget)
+            timing = speed(pipe, estimate, sites, offload, kv_offload=savers == SAVER_NAMES["kv"])
             if chosen is None and plain_peak <= budget:
                 chosen = (quantization, offload, None, plain_peak, timing["seconds"])
             elif chosen is None and savers is not None:
                 chosen = (quantization, offload, savers, saved_peak, timing["seconds"])
-            lean_peak = leans[quantization].plans[offload].peak
+            lean_peak = min(leans[quantization].plans[offload].peak, kv_leans[quantization].plans[offload].peak,
+                            key=lambda p: p.total)
             if smallest is None or lean_peak.total < smallest[2]:
                 smallest = (quantization, offload, lean_peak.total, lean_peak)
             fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
@@ -199,11 +211,11 @@ def targets() -> tuple[str, dict]:
                          f"{plans['none'].plans['none'].peak.name}.\n")
         else:
             q, o, peak, phase = smallest
-            lines.append(f"**Not met**: the smallest plan (weights `{q}`, offload `{o}`, chunking + tiling) peaks at "
+            lines.append(f"**Not met**: the smallest plan (weights `{q}`, offload `{o}`, every saver) peaks at "
                          f"**{gib(peak)} GiB**, {gib(peak - budget)} GiB over the budget, at {phase.name}: weights "
                          f"{gib(phase.weights)} + K/V cache {gib(phase.kv)} + activations {gib(phase.activations)} "
                          f"GiB.\n")
-        lines.append("| weights | offload | planned peak (GiB) | with chunking / tiling (GiB) | fits | "
+        lines.append("| weights | offload | planned peak (GiB) | with the savers (GiB) | fits | "
                      "estimated time per call |")
         lines.append("|---|---|---|---|---|---|")
         lines.extend(rows)
