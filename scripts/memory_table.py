@@ -56,7 +56,7 @@ TARGETS = [
 LEAN = {"forward_chunking": True, "vae_tiling": True}
 """The activation savers at their defaults (InfinityStar: 4096-token chunks, 512-pixel tiles every 384)."""
 SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling",
-               "kv": "chunking + tiling + K/V cache in host memory"}
+               "kv": "chunking + tiling + the K/V cache in host memory"}
 
 
 def gib(n: float) -> str:
@@ -157,12 +157,10 @@ def tables() -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
-def _candidates(plain, lean, kv_lean, offload: str, tileable: bool, budget: int) -> tuple[int, str | None, int]:
+def _candidates(plain, lean, offload: str, tileable: bool, budget: int) -> tuple[int, str | None, int]:
     """``(peak without savers, the savers auto adds (None: none fit), peak with them)`` for one candidate, in
-    auto's order (:data:`SAVER_STEPS`, then the cache in host memory); without a fitting combination, the one
-    with the smallest peak."""
+    auto's order (:data:`SAVER_STEPS`); without a fitting combination, the one with the smallest peak."""
     tried = [((c, t), combine_savers(plain, lean, c, t).peak(offload)) for c, t in SAVER_STEPS if tileable or not t]
-    tried.append(("kv", kv_lean.peak(offload)))
     for savers, peak in tried:
         if peak <= budget:
             return plain.peak(offload), SAVER_NAMES[savers], peak
@@ -181,26 +179,32 @@ def targets() -> tuple[str, dict]:
         leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True) for q in plans}
         kv_leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True, kv=True) for q in plans}
         sites = {s.index: s.num_sites for s in plan_steps(pipe, plans["none"])}
-        rows, chosen, smallest = [], None, None
+        rows, chosen, last_resort, smallest = [], None, None, None
         baseline = speed(pipe, plans["none"], sites, "none")["seconds"]
         for quantization, offload in CANDIDATES:
             estimate = plans[quantization]
-            plain_peak, savers, saved_peak = _candidates(estimate, leans[quantization], kv_leans[quantization], offload,
-                                                         tileable, budget)
-            timing = speed(pipe, estimate, sites, offload, kv_offload=savers == SAVER_NAMES["kv"])
+            plain_peak, savers, saved_peak = _candidates(estimate, leans[quantization], offload, tileable, budget)
+            kv_peak = kv_leans[quantization].peak(offload)
+            timing = speed(pipe, estimate, sites, offload)
             if chosen is None and plain_peak <= budget:
                 chosen = (quantization, offload, None, plain_peak, timing["seconds"])
             elif chosen is None and savers is not None:
                 chosen = (quantization, offload, savers, saved_peak, timing["seconds"])
+            fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
+            if plain_peak > budget and savers is None and kv_peak <= budget:
+                timing = speed(pipe, estimate, sites, offload, kv_offload=True)
+                fits = f"with {SAVER_NAMES['kv']}"
+                if last_resort is None:
+                    last_resort = (quantization, offload, SAVER_NAMES["kv"], kv_peak, timing["seconds"])
             lean_peak = min(leans[quantization].plans[offload].peak, kv_leans[quantization].plans[offload].peak,
                             key=lambda p: p.total)
             if smallest is None or lean_peak.total < smallest[2]:
                 smallest = (quantization, offload, lean_peak.total, lean_peak)
-            fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
             slow = timing["seconds"] / baseline
             note = " (int8/nf4 compute: see text)" if quantization != "none" else ""
-            rows.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {fits} | "
-                        f"{timing['seconds']:.1f} s ({slow:.2f}x){note} |")
+            rows.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {gib(kv_peak)} | "
+                        f"{fits} | {timing['seconds']:.1f} s ({slow:.2f}x){note} |")
+        chosen = chosen or last_resort
         lines.append(f"\n#### {title}: target {target} GB (plan must stay under {gib(budget)} GiB)\n")
         if chosen is not None:
             q, o, savers, peak, seconds = chosen
@@ -215,9 +219,9 @@ def targets() -> tuple[str, dict]:
                          f"**{gib(peak)} GiB**, {gib(peak - budget)} GiB over the budget, at {phase.name}: weights "
                          f"{gib(phase.weights)} + K/V cache {gib(phase.kv)} + activations {gib(phase.activations)} "
                          f"GiB.\n")
-        lines.append("| weights | offload | planned peak (GiB) | with the savers (GiB) | fits | "
-                     "estimated time per call |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| weights | offload | planned peak (GiB) | with chunking / tiling (GiB) | + K/V cache in host "
+                     "memory (GiB) | fits | estimated time per call |")
+        lines.append("|---|---|---|---|---|---|---|")
         lines.extend(rows)
         data[title] = {"target_gb": target, "budget": budget, "baseline_seconds": baseline,
                        "chosen": None if chosen is None else dict(zip(("quantization", "offload", "savers", "peak",

@@ -15,10 +15,10 @@ Within each candidate, when it does not fit as the pipeline is set, the activati
 the next candidate, cheapest first: forward chunking (``transformer.enable_forward_chunking``: the same
 computation in token chunks, outputs equal up to rounding, about the same speed), then tiled decoding
 (``vae.enable_tiling``, InfinityStar: some decoder work repeated where tiles overlap, a seam error far below
-the 8-bit output step), then both. They cost less than any move down the list. Last within a candidate, with
-both on: the K/V cache kept in host memory (``pipe.enable_kv_cache_offload``: outputs unchanged, the cache
-crosses the bus once per step, the next layer's entries copied while a layer computes), for the long videos
-whose cache outgrows the card.
+the 8-bit output step), then both. They cost less than any move down the list. When no candidate fits
+with them, the candidates are tried again in the same order with both savers and the K/V cache kept in host
+memory (``pipe.enable_kv_cache_offload``: outputs unchanged, but the attended cache crosses the bus at every
+step, the next layer's entries copied while a layer computes): the long videos whose cache outgrows the card.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def choose_savers(
 
     budget = usable(free_bytes)
     best: Choice | None = None
+    last_resort = []  # the K/V cache in host memory: tried only when nothing else fits (it costs bus time per step)
     for quantization, offload in CANDIDATES:
         if quantization not in quantizations or offload not in offloads:
             continue
@@ -140,7 +141,7 @@ def choose_savers(
                 options.append((combine_savers(plain, lean, chunked, tiled), chunk_lean if chunked else chunk_now,
                                 tiles_lean if tiled else tiles_now, kv_now))
             if not kv_now:
-                options.append((estimate(quantization, True, True), chunk_lean, tiles_lean, True))
+                last_resort.append((label, offload, quantization, chunk_lean, tiles_lean))
         for planned, chunk, tiles, kv in options:
             peak = planned.peak(offload)
             choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles, kv)
@@ -148,6 +149,14 @@ def choose_savers(
                 return choice
             if best is None or peak < best.peak:
                 best = choice
+    for label, offload, quantization, chunk, tiles in last_resort:
+        planned = estimate(quantization, True, True)
+        peak = planned.peak(offload)
+        choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles, True)
+        if choice.fits:
+            return choice
+        if peak < best.peak:
+            best = choice
     if best is None:
         raise ValueError(f"no candidate among quantizations {quantizations} and offloads {offloads}")
     return best

@@ -314,6 +314,7 @@ class KVCache:
         if self.offloaded:  # scored where the queries are
             keys = keys.to(self._device, non_blocking=True)
         index = self.budget.select(layer, keys, queries, capacity)
+        del keys  # a view of the storage: keep_entries frees the storage it replaces
         self.keep_entries(layer, index)
 
     def keep_entries(self, layer: int, index: torch.Tensor) -> None:
