@@ -191,20 +191,24 @@ def targets() -> tuple[str, dict]:
             elif chosen is None and savers is not None:
                 chosen = (quantization, offload, savers, saved_peak, timing["seconds"])
             fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
-            if plain_peak > budget and savers is None and kv_peak <= budget:
-                timing = speed(pipe, estimate, sites, offload, kv_offload=True)
-                fits = f"with {SAVER_NAMES['kv']}"
-                if last_resort is None:
-                    last_resort = (quantization, offload, SAVER_NAMES["kv"], kv_peak, timing["seconds"])
+            kv_timing = speed(pipe, estimate, sites, offload, kv_offload=True)
+            if plain_peak > budget and savers is None and kv_peak <= budget and last_resort is None:
+                last_resort = (quantization, offload, SAVER_NAMES["kv"], kv_peak, kv_timing["seconds"])
             lean_peak = min(leans[quantization].plans[offload].peak, kv_leans[quantization].plans[offload].peak,
                             key=lambda p: p.total)
             if smallest is None or lean_peak.total < smallest[2]:
                 smallest = (quantization, offload, lean_peak.total, lean_peak)
+            rows.append((quantization, offload, plain_peak, saved_peak, kv_peak, fits, timing, kv_timing))
+        kv_needed = chosen is None  # the cache goes to host memory only when nothing fits otherwise (auto's order)
+        chosen = chosen or last_resort
+        table = []
+        for quantization, offload, plain_peak, saved_peak, kv_peak, fits, timing, kv_timing in rows:
+            if kv_needed and fits == "no" and kv_peak <= budget:
+                fits, timing = f"with {SAVER_NAMES['kv']}", kv_timing
             slow = timing["seconds"] / baseline
             note = " (int8/nf4 compute: see text)" if quantization != "none" else ""
-            rows.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {gib(kv_peak)} | "
-                        f"{fits} | {timing['seconds']:.1f} s ({slow:.2f}x){note} |")
-        chosen = chosen or last_resort
+            table.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {gib(kv_peak)} | "
+                         f"{fits} | {timing['seconds']:.1f} s ({slow:.2f}x){note} |")
         lines.append(f"\n#### {title}: target {target} GB (plan must stay under {gib(budget)} GiB)\n")
         if chosen is not None:
             q, o, savers, peak, seconds = chosen
@@ -222,7 +226,7 @@ def targets() -> tuple[str, dict]:
         lines.append("| weights | offload | planned peak (GiB) | with chunking / tiling (GiB) | + K/V cache in host "
                      "memory (GiB) | fits | estimated time per call |")
         lines.append("|---|---|---|---|---|---|---|")
-        lines.extend(rows)
+        lines.extend(table)
         data[title] = {"target_gb": target, "budget": budget, "baseline_seconds": baseline,
                        "chosen": None if chosen is None else dict(zip(("quantization", "offload", "savers", "peak",
                                                                        "seconds"), chosen)),

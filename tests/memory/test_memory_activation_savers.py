@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tests.memory.test_memory_planner import _assert_replay_is_real, _real_forward_peak
-from vpg_pipelines.memory.choose import SAVER_STEPS, choose_savers, fit_to_memory, usable
+from vpg_pipelines.loading.auto import released_pipeline
+from vpg_pipelines.memory.choose import SAVER_STEPS, apply_activation_savers, choose_savers, fit_to_memory, usable
 from vpg_pipelines.memory.decode import decode_bytes
 from vpg_pipelines.memory.kv_timeline import Forward
 from vpg_pipelines.memory.meter import TensorMeter
@@ -196,3 +197,29 @@ def test_offloaded_cache_plan_moves_the_cache_off_the_accelerator(fast_pipe):
         fast_pipe.disable_kv_cache_offload()
     with pytest.raises(ValueError, match="`kv_cache_offload` must be"):
         fast_pipe.estimate_memory(kv_cache_offload="yes", **STAR_CALL)
+
+
+def test_auto_keeps_the_cache_in_host_memory_only_when_nothing_else_fits():
+    """Infinity-2B at 1024 px with all-scale VPG (the released architecture on meta weights): its cache is the
+    largest part of the plan; with memory for the plan only once the cache is in host memory, ``auto`` takes
+    that (after chunking / tiling alone did not fit) and turns it on as ``fit_to_memory`` does; with memory for the
+    plain plan it does not."""
+    pipe = released_pipeline("infinity-2b")
+    call = dict(prompt="a fox", height=1024, width=1024, vpg_scale=1.5, vpg_scales="all", text_tokens=16)
+    plain = pipe.estimate_memory(**call)
+    kv = pipe.estimate_memory(forward_chunking=True, kv_cache_offload=True, **call)
+    assert kv.peak("none") < plain.peak("none")
+    free = int(kv.peak("none") / 0.95) + 2  # usable(free) keeps 5 % free
+    assert kv.peak("none") <= usable(free) < plain.peak("none")
+    choice = choose_savers(pipe, free, quantizations=("none",), offloads=("none",), **call)
+    assert choice.fits and choice.kv_cache_offload and choice.peak == kv.peak("none")
+    assert "K/V cache in host memory" in choice.savers()
+    roomy = choose_savers(pipe, plain.peak("none") * 2, quantizations=("none",), offloads=("none",), **call)
+    assert roomy.fits and not roomy.kv_cache_offload
+    try:
+        apply_activation_savers(pipe, choice.forward_chunking, choice.vae_tiling, choice.kv_cache_offload)
+        assert pipe.kv_cache_device == torch.device("cpu")  # what fit_to_memory applies (meta weights stay put here)
+        assert pipe.estimate_memory(**call).peak("none") == choice.peak
+    finally:
+        pipe.disable_kv_cache_offload()
+        pipe.disable_forward_chunking()
