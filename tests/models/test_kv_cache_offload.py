@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers.numerics import assert_same_steps, layout_atol, record_draws
+from tests.helpers.shared import cuda_only
 from tests.helpers.star import SIZE
 from vpg_pipelines.models.kv_cache import KVCache
 from vpg_pipelines.sampling.next_scale import SamplerTrace
@@ -105,3 +106,31 @@ def test_pipeline_with_offloaded_cache_samples_the_same_video(fast_pipe):  # noq
     assert reference.corrupted, "VPG's corrupted rows ran"
     assert_same_steps(reference, offloaded, replayed, gain=2.0)
     torch.testing.assert_close(frames, plain, atol=layout_atol(plain), rtol=0)
+
+
+@cuda_only("the side-stream prefetch and pinned host storage need CUDA")
+def test_offloaded_cache_on_cuda_prefetches_and_matches(fast_pipe):  # noqa: F811
+    """On CUDA: the storage is pinned host memory, copies come from a side stream, and the run takes the same
+    steps as with the cache on the GPU (scripts/gpu_check.sh runs the cuda-marked tests)."""
+    fast_pipe.to("cuda")
+    kw = dict(prompt="a cat", num_frames=17, **SIZE, vpg_scale=2.0, output_type="latent")
+    reference, offloaded = SamplerTrace(), SamplerTrace()
+    try:
+        with record_draws() as draws:
+            fast_pipe(**kw, generator=torch.Generator("cuda").manual_seed(0), trace=reference)
+        fast_pipe.enable_kv_cache_offload()
+        with record_draws(draws) as replayed:
+            fast_pipe(**kw, generator=torch.Generator("cuda").manual_seed(0), trace=offloaded)
+        assert_same_steps(reference, offloaded, replayed, gain=2.0)
+        cache = KVCache(2, 1, 8, storage_device="cpu")
+        first, second = torch.randn(1, 2, 3, 4, device="cuda"), torch.randn(1, 2, 2, 4, device="cuda")
+        for layer in range(2):
+            cache.append(layer, first, first)
+        assert cache.keys[1].is_pinned() and cache.keys[1].device.type == "cpu"
+        cache.append(0, second, second)
+        assert cache._stream is not None and cache._next is not None  # layer 1 is being copied meanwhile
+        out_k, _ = cache.append(1, second, second)
+        assert out_k.device.type == "cuda" and torch.equal(out_k, torch.cat([first, second], dim=2))
+    finally:
+        fast_pipe.disable_kv_cache_offload()
+        fast_pipe.to("cpu")
