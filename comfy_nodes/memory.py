@@ -20,7 +20,7 @@ import torch
 
 from vpg_pipelines.devices import check_saver, constraints, savers
 from vpg_pipelines.memory import OFFLOAD_MODES
-from vpg_pipelines.memory.choose import CANDIDATES, choose_savers, usable
+from vpg_pipelines.memory.choose import CANDIDATES, Choice, apply_activation_savers, choose_savers, usable
 from vpg_pipelines.memory.offload import apply_offload
 from vpg_pipelines.memory.planner import MemoryEstimate
 from vpg_pipelines.memory.quantization import apply_quantization
@@ -63,10 +63,12 @@ class RunPlan:
     peak: int
     free: int
     estimate: MemoryEstimate
+    choice: Choice | None = None
 
     def describe(self) -> str:
         p = self.estimate.plans[self.offload].peak
-        return (f"planned GPU peak {gib(self.peak)} of {gib(self.free)} free (offload {self.offload}; "
+        extra = "".join(f", {s}" for s in self.choice.savers()) if self.choice is not None else ""
+        return (f"planned GPU peak {gib(self.peak)} of {gib(self.free)} free (offload {self.offload}{extra}; "
                 f"at {p.name}: weights {gib(p.weights)} + K/V cache {gib(p.kv)} + activations {gib(p.activations)})")
 
 
@@ -117,6 +119,8 @@ def plan_run(model: VPGModel, call: dict[str, Any], free_bytes: int, node: str) 
     else:
         choice = choose_savers(pipe, free_bytes, quantizations=("none",), **call)
         offload, peak, estimate = choice.offload, choice.peak, choice.estimate
+        if peak <= budget:
+            return RunPlan(offload, peak, free_bytes, estimate, choice)
     if peak > budget:
         tips = _alternatives(model, call, budget, applied)
         advice = ("To make it fit, set " + "; or ".join(tips) + ".") if tips else (
@@ -170,3 +174,6 @@ def prepare_run(model: VPGModel, node: str, call: dict[str, Any]) -> None:
     elif placement.offload is None:
         apply_offload(model.pipeline, plan.offload, host.torch_device())
     placement.offload = plan.offload
+    if plan.choice is not None:  # what the plan counted on: chunking, tiled decoding, the cache in host memory
+        apply_activation_savers(model.pipeline, plan.choice.forward_chunking, plan.choice.vae_tiling,
+                                plan.choice.kv_cache_offload)

@@ -55,7 +55,8 @@ TARGETS = [
 ]
 LEAN = {"forward_chunking": True, "vae_tiling": True}
 """The activation savers at their defaults (InfinityStar: 4096-token chunks, 512-pixel tiles every 384)."""
-SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling"}
+SAVER_NAMES = {(True, False): "chunking", (False, True): "tiling", (True, True): "chunking + tiling",
+               "kv": "chunking + tiling + the K/V cache in host memory"}
 
 
 def gib(n: float) -> str:
@@ -72,9 +73,11 @@ def _call(pipe, size: dict, config: dict) -> dict:
     return {**base, **size, **config}
 
 
-def _plan(pipe, call: dict, quantization: str | None, lean: bool = False):
+def _plan(pipe, call: dict, quantization: str | None, lean: bool = False, kv: bool = False):
     dtype = torch.bfloat16
     savers = (LEAN if _tiles(pipe) else {"forward_chunking": True}) if lean else {}
+    if kv:
+        savers = {**savers, "kv_cache_offload": True}
     return pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=TEXT_TOKENS, **savers, **call)
 
 
@@ -98,15 +101,18 @@ def _linear_params(module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def speed(pipe, estimate, sites: dict[int, int], offload: str) -> dict:
-    """Estimated seconds of a call: transformer compute, plus weight transfers where they are not hidden."""
+def speed(pipe, estimate, sites: dict[int, int], offload: str, kv_offload: bool = False) -> dict:
+    """Estimated seconds of a call: transformer compute, plus weight transfers where they are not hidden. With
+    the K/V cache in host memory each forward also copies the cache it attends to (bounded by the whole cache
+    then) over the same bus, overlapped with compute (the next layer's copy is prefetched)."""
     t = pipe.transformer
     cfg = t.config
     params = _linear_params(t)
     width, depth = int(cfg.embed_dim), int(cfg.depth)
-    forwards = [f for s in estimate.kv for _, _, f in s.events if f is not None]
-    compute = []
-    for f in forwards:
+    forwards = [(f, alive) for s in estimate.kv for _, alive, f in s.events if f is not None]
+    compute, cache_copy = [], []
+    for f, alive in forwards:
+        cache_copy.append(alive / PINNED_BPS if kv_offload else 0.0)
         tokens = sum(sites[i] for i in f.steps) if f.steps else f.last_tokens or 1
         keys = f.cached + tokens
         flops = 2 * params * tokens * f.rows + 4 * depth * width * tokens * keys * f.rows
@@ -114,15 +120,16 @@ def speed(pipe, estimate, sites: dict[int, int], offload: str) -> dict:
     weights = estimate.weights["transformer"]
     text = estimate.weights.get("text_encoder", 0)
     base = sum(compute)
+    hidden = sum(max(c, k) for c, k in zip(compute, cache_copy))  # the cache copies overlap compute
     if offload == "none":
-        total = base
+        total = hidden
     elif offload == "model":  # text encoder and transformer moved in and out once per call
-        total = base + 2 * (weights + text) / PAGEABLE_BPS
+        total = hidden + 2 * (weights + text) / PAGEABLE_BPS
     elif offload == "group":  # every block in per forward, overlapped with that block's compute
         per = weights / PINNED_BPS
-        total = sum(max(c, per) for c in compute) + text / PINNED_BPS
+        total = sum(max(c, per + k) for c, k in zip(compute, cache_copy)) + text / PINNED_BPS
     else:  # sequential: every layer's weights copied synchronously at every forward
-        total = base + len(compute) * weights / PAGEABLE_BPS + text / PAGEABLE_BPS
+        total = hidden + len(compute) * weights / PAGEABLE_BPS + text / PAGEABLE_BPS
     return {"seconds": total, "compute_seconds": base}
 
 
@@ -170,25 +177,38 @@ def targets() -> tuple[str, dict]:
         budget = usable(int((target - CUDA_CONTEXT_GIB) * GIB))
         plans = {q: _plan(pipe, call, None if q == "none" else q) for q in ("none", "int8", "nf4")}
         leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True) for q in plans}
+        kv_leans = {q: _plan(pipe, call, None if q == "none" else q, lean=True, kv=True) for q in plans}
         sites = {s.index: s.num_sites for s in plan_steps(pipe, plans["none"])}
-        rows, chosen, smallest = [], None, None
+        rows, chosen, last_resort, smallest = [], None, None, None
         baseline = speed(pipe, plans["none"], sites, "none")["seconds"]
         for quantization, offload in CANDIDATES:
             estimate = plans[quantization]
             plain_peak, savers, saved_peak = _candidates(estimate, leans[quantization], offload, tileable, budget)
+            kv_peak = kv_leans[quantization].peak(offload)
             timing = speed(pipe, estimate, sites, offload)
             if chosen is None and plain_peak <= budget:
                 chosen = (quantization, offload, None, plain_peak, timing["seconds"])
             elif chosen is None and savers is not None:
                 chosen = (quantization, offload, savers, saved_peak, timing["seconds"])
-            lean_peak = leans[quantization].plans[offload].peak
+            fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
+            kv_timing = speed(pipe, estimate, sites, offload, kv_offload=True)
+            if plain_peak > budget and savers is None and kv_peak <= budget and last_resort is None:
+                last_resort = (quantization, offload, SAVER_NAMES["kv"], kv_peak, kv_timing["seconds"])
+            lean_peak = min(leans[quantization].plans[offload].peak, kv_leans[quantization].plans[offload].peak,
+                            key=lambda p: p.total)
             if smallest is None or lean_peak.total < smallest[2]:
                 smallest = (quantization, offload, lean_peak.total, lean_peak)
-            fits = "yes" if plain_peak <= budget else (f"with {savers}" if savers else "no")
+            rows.append((quantization, offload, plain_peak, saved_peak, kv_peak, fits, timing, kv_timing))
+        kv_needed = chosen is None  # the cache goes to host memory only when nothing fits otherwise (auto's order)
+        chosen = chosen or last_resort
+        table = []
+        for quantization, offload, plain_peak, saved_peak, kv_peak, fits, timing, kv_timing in rows:
+            if kv_needed and fits == "no" and kv_peak <= budget:
+                fits, timing = f"with {SAVER_NAMES['kv']}", kv_timing
             slow = timing["seconds"] / baseline
             note = " (int8/nf4 compute: see text)" if quantization != "none" else ""
-            rows.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {fits} | "
-                        f"{timing['seconds']:.1f} s ({slow:.2f}x){note} |")
+            table.append(f"| {quantization} | {offload} | {gib(plain_peak)} | {gib(saved_peak)} | {gib(kv_peak)} | "
+                         f"{fits} | {timing['seconds']:.1f} s ({slow:.2f}x){note} |")
         lines.append(f"\n#### {title}: target {target} GB (plan must stay under {gib(budget)} GiB)\n")
         if chosen is not None:
             q, o, savers, peak, seconds = chosen
@@ -199,14 +219,14 @@ def targets() -> tuple[str, dict]:
                          f"{plans['none'].plans['none'].peak.name}.\n")
         else:
             q, o, peak, phase = smallest
-            lines.append(f"**Not met**: the smallest plan (weights `{q}`, offload `{o}`, chunking + tiling) peaks at "
+            lines.append(f"**Not met**: the smallest plan (weights `{q}`, offload `{o}`, every saver) peaks at "
                          f"**{gib(peak)} GiB**, {gib(peak - budget)} GiB over the budget, at {phase.name}: weights "
                          f"{gib(phase.weights)} + K/V cache {gib(phase.kv)} + activations {gib(phase.activations)} "
                          f"GiB.\n")
-        lines.append("| weights | offload | planned peak (GiB) | with chunking / tiling (GiB) | fits | "
-                     "estimated time per call |")
-        lines.append("|---|---|---|---|---|---|")
-        lines.extend(rows)
+        lines.append("| weights | offload | planned peak (GiB) | with chunking / tiling (GiB) | + K/V cache in host "
+                     "memory (GiB) | fits | estimated time per call |")
+        lines.append("|---|---|---|---|---|---|---|")
+        lines.extend(table)
         data[title] = {"target_gb": target, "budget": budget, "baseline_seconds": baseline,
                        "chosen": None if chosen is None else dict(zip(("quantization", "offload", "savers", "peak",
                                                                        "seconds"), chosen)),

@@ -94,6 +94,9 @@ def _add_memory_args(p: argparse.ArgumentParser, planning: bool = False) -> None
                    help="transformer weights: int8 (TorchAO), nf4 (bitsandbytes: CUDA, ROCm, XPU), fp8 (layerwise "
                         "casting; not on mps or xpu); "
                         "see docs/memory.md" + ("" if planning else " (default: as loaded)"))
+    p.add_argument("--kv-cache-offload", action="store_true",
+                   help="keep the sampler's K/V cache in host memory, each layer's entries copied to the GPU as it "
+                        "attends (outputs unchanged; for long videos whose cache outgrows the card; docs/memory.md)")
     if not planning:
         p.add_argument("--offload", choices=["none", "model", "group", "sequential", "auto"], default="none",
                        help="offload mode (docs/memory.md); auto: the least costly one the planner fits in the "
@@ -375,13 +378,16 @@ def _place(pipe, args: argparse.Namespace, device: torch.device, call: dict) -> 
     """``--quantization`` then ``--offload`` (``auto``: planned against the device's free memory; on the CPU
     there is nothing to plan and nothing is offloaded)."""
     check_quantization(args.quantization, device, argument="--quantization")
+    if args.kv_cache_offload:
+        pipe.enable_kv_cache_offload()
     if args.offload == "auto" and device_memory(device) is not None:
         apply_quantization(pipe, args.quantization)  # a given format is kept; auto may add one otherwise
         fixed = None if args.quantization is None else ("none",)
         choice = fit_to_memory(pipe, device=device, quantizations=fixed, **call)
         verdict = "fits" if choice.fits else "does NOT fit (the smallest plan)"
+        extra = "".join(f", {s}" for s in choice.savers())
         print(f"memory: planned peak {gib(choice.peak)} {verdict}: quantization {choice.quantization}, "
-              f"offload {choice.offload}")
+              f"offload {choice.offload}{extra}")
         return
     apply_quantization(pipe, args.quantization)
     apply_offload(pipe, "none" if args.offload == "auto" else args.offload, device)
@@ -528,6 +534,8 @@ def _memory(args: argparse.Namespace) -> None:
         kwargs["context_latents"] = torch.empty(1, pipe.vae.codebook_dim, CONTEXT_FRAMES, height // 16, width // 16,
                                                 device="meta")
     call = {"prompt": prompts, **kwargs, **_vpg_settings(pipe, args)}
+    if args.kv_cache_offload:
+        pipe.enable_kv_cache_offload()
     estimate = pipe.estimate_memory(dtype=dtype, quantization=quantization, text_tokens=args.text_tokens, **call)
     print(estimate)
     if args.free_gib is not None:
@@ -535,7 +543,8 @@ def _memory(args: argparse.Namespace) -> None:
         fixed = None if quantization is None else (quantization,)
         choice = choose_savers(pipe, free, quantizations=fixed, dtype=dtype, text_tokens=args.text_tokens, **call)
         verdict = "fits" if choice.fits else "does NOT fit; the smallest plan"
-        print(f"auto for {gib(free)} free: quantization {choice.quantization}, offload {choice.offload}, "
+        extra = "".join(f", {s}" for s in choice.savers())
+        print(f"auto for {gib(free)} free: quantization {choice.quantization}, offload {choice.offload}{extra}, "
               f"planned peak {gib(choice.peak)} ({verdict})")
     if args.json:
         Path(args.json).write_text(json.dumps(estimate.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")

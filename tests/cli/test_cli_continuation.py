@@ -84,3 +84,18 @@ def test_memory_knows_the_three_variants_and_refuses_other_lengths(capsys):
     assert main(["memory", "--model", "infinity-star-8b-480p", "--num-frames", "97"]) == 2
     err = capsys.readouterr().err
     assert "`num_frames` must be 81 (5 s) or 161 (10 s)" in err and err.count("\n") == 1
+
+
+def test_memory_plans_the_10s_video_with_the_cache_in_host_memory(capsys, tmp_path):
+    """``--kv-cache-offload``: the 10 s cache (the largest part of that plan) leaves the accelerator."""
+    plans = {}
+    for flag in ([], ["--kv-cache-offload"]):
+        out = tmp_path / f"plan{len(flag)}.json"
+        assert main(["memory", "--model", "infinity-star-8b-480p", "--num-frames", "161", "--text-tokens", "16",
+                     "--vpg-scale", "1.5", "--json", str(out), *flag]) == 0
+        plans[bool(flag)] = json.loads(out.read_text())
+    assert "in host memory (offloaded)" in capsys.readouterr().out
+    on, off = plans[False], plans[True]
+    assert off["settings"]["kv_cache"] == "host (offloaded)" and off["kv_peak"] == on["kv_peak"]
+    assert off["plans"]["none"]["kv"] == 0 and on["plans"]["none"]["kv"] > 0
+    assert off["plans"]["none"]["peak"] < on["plans"]["none"]["peak"] - on["kv_peak"] // 2

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.memory.test_memory_planner import _assert_replay_is_real
-from vpg_pipelines.memory.choose import SAVER_STEPS, choose_savers, fit_to_memory, usable
+from tests.memory.test_memory_planner import _assert_replay_is_real, _real_forward_peak
+from vpg_pipelines.loading.auto import released_pipeline
+from vpg_pipelines.memory.choose import SAVER_STEPS, apply_activation_savers, choose_savers, fit_to_memory, usable
 from vpg_pipelines.memory.decode import decode_bytes
 from vpg_pipelines.memory.kv_timeline import Forward
 from vpg_pipelines.memory.meter import TensorMeter
@@ -148,3 +149,77 @@ def test_planned_saver_arguments_are_checked(fast_pipe, var_pipe):
         fast_pipe.estimate_memory(vae_tiling={"tile_sample_min_height": 40}, **STAR_CALL)
     with pytest.raises(ValueError, match="`vae_tiling` is available for InfinityStar"):
         var_pipe.estimate_memory(class_labels=[0], vae_tiling=True)
+
+
+def test_offloaded_cache_replay_bounds_the_real_offloaded_forward(fast_pipe):
+    """An offloaded cache: the replay counts each layer's copy of its visible entries and the next layer's
+    prefetched copy. Real multi-layer forward with prefetching (done at once on the CPU; a side stream on CUDA):
+    the plan is at least what it allocates and at most one copy more (the prefetched copy is added to the
+    forward's peak, wherever in the forward that peak falls)."""
+    plan = fast_pipe.plan(17, 192, 336)
+    adapter = InfinityStarAdapter(fast_pipe.transformer, fast_pipe.vae)
+    steps = adapter.steps(SimpleNamespace(plan=plan, conditioning_steps=0))
+    text = 12
+    state = adapter.prepare(plan, [torch.randn(text, fast_pipe.transformer.config.text_channels)], None,
+                            with_null=True)
+    replay = InfinityStarStepReplay(fast_pipe.transformer, steps, 2, torch.float32, plan=plan, text_tokens=text,
+                                    batch=1, kv_offload=True)
+    plain = InfinityStarStepReplay(fast_pipe.transformer, steps, 2, torch.float32, plan=plan, text_tokens=text,
+                                   batch=1)
+    replay.real_adapter = adapter
+    stored = [s for s in steps if s.store_kv]
+    last = stored[-1].index
+    cached = text + sum(s.num_sites for s in stored if s.index < last)
+    forward = Forward(4, (last,), cached)
+    planned, real = replay.activation(forward), _real_forward_peak(replay, forward, state, offload=True)
+    g = replay.geometry()
+    one_copy = 2 * g.unit(4, cached + steps[last].num_sites)  # keys + values of a layer, all entries visible at most
+    assert real <= planned <= real + one_copy + 16 * (steps[last].num_sites + 4), (planned, real)
+    assert planned > plain.activation(forward)  # the copies cost activations ...
+
+
+def test_offloaded_cache_plan_moves_the_cache_off_the_accelerator(fast_pipe):
+    """... and the cache leaves the accelerator: every phase holds no cache, the timeline is host memory."""
+    on_device = fast_pipe.estimate_memory(**STAR_CALL)
+    offloaded = fast_pipe.estimate_memory(kv_cache_offload=True, **STAR_CALL)
+    assert offloaded.settings["kv_cache"] == "host (offloaded)" and on_device.settings["kv_cache"] == "accelerator"
+    assert all(p.kv == 0 for p in offloaded.plans["none"].phases)
+    assert [s.peak for s in offloaded.kv] == [s.peak for s in on_device.kv]
+    pairs = list(zip(on_device.plans["none"].phases, offloaded.plans["none"].phases))
+    assert all(off.activations >= dev.activations for dev, off in pairs)  # the copies (a 2-block model: not
+    # smaller than its whole cache; the saving at the released depths is in docs/memory.md)
+    assert any(dev.kv > 0 for dev, _ in pairs)
+    assert "in host memory" in str(offloaded)
+    fast_pipe.enable_kv_cache_offload()
+    try:
+        assert fast_pipe.estimate_memory(**STAR_CALL).settings["kv_cache"] == "host (offloaded)"
+    finally:
+        fast_pipe.disable_kv_cache_offload()
+    with pytest.raises(ValueError, match="`kv_cache_offload` must be"):
+        fast_pipe.estimate_memory(kv_cache_offload="yes", **STAR_CALL)
+
+
+def test_auto_keeps_the_cache_in_host_memory_only_when_nothing_else_fits():
+    """Infinity-2B at 1024 px with all-scale VPG (the released architecture on meta weights): its cache is the
+    largest part of the plan; with memory for the plan only once the cache is in host memory, ``auto`` takes
+    that (after chunking / tiling alone did not fit) and turns it on as ``fit_to_memory`` does; with memory for the
+    plain plan it does not."""
+    pipe = released_pipeline("infinity-2b")
+    call = dict(prompt="a fox", height=1024, width=1024, vpg_scale=1.5, vpg_scales="all", text_tokens=16)
+    plain = pipe.estimate_memory(**call)
+    kv = pipe.estimate_memory(forward_chunking=True, kv_cache_offload=True, **call)
+    assert kv.peak("none") < plain.peak("none")
+    free = int(kv.peak("none") / 0.95) + 2  # usable(free) keeps 5 % free
+    assert kv.peak("none") <= usable(free) < plain.peak("none")
+    choice = choose_savers(pipe, free, quantizations=("none",), offloads=("none",), **call)
+    assert choice.fits and choice.kv_cache_offload and choice.peak == kv.peak("none")
+    assert "K/V cache in host memory" in choice.savers()
+    roomy = choose_savers(pipe, plain.peak("none") * 2, quantizations=("none",), offloads=("none",), **call)
+    assert roomy.fits and not roomy.kv_cache_offload
+    try:
+        apply_activation_savers(pipe, choice.forward_chunking, choice.vae_tiling, choice.kv_cache_offload)
+        assert pipe.kv_cache_device == torch.device("cpu")  # what fit_to_memory applies (meta weights stay put here)
+        assert pipe.estimate_memory(**call).peak("none") == choice.peak
+    finally:
+        pipe.disable_kv_cache_offload()
+        pipe.disable_forward_chunking()

@@ -177,10 +177,12 @@ def _assert_replay_is_real(replay, forward: Forward, state) -> None:
     assert 0 <= planned - real <= 16 * (tokens + forward.rows), (forward, planned, real)
 
 
-def _real_forward_peak(replay, forward: Forward, state) -> int:
-    """What the real CPU model allocates for ``forward`` with a filled cache of every layer."""
+def _real_forward_peak(replay, forward: Forward, state, offload: bool = False) -> int:
+    """What the real CPU model allocates for ``forward`` with a filled cache of every layer (``offload``: an
+    offloaded cache prefetching the next layer, as on CUDA)."""
     g = replay.geometry()
-    cache = KVCache(g.layers, forward.rows, replay.capacity)
+    cache = KVCache(g.layers, forward.rows, replay.capacity, storage_device="cpu" if offload else None,
+                    prefetch=offload)
     for layer in range(g.layers):
         shape = (forward.rows, g.heads, replay.capacity, g.head_dim)
         cache.keys[layer] = torch.randn(shape).to(replay.kv_dtype)

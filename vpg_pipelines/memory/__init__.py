@@ -37,6 +37,7 @@ def estimate_memory(
     stream: bool = True,
     forward_chunking: bool | int | None = None,
     vae_tiling: bool | dict | None = None,
+    kv_cache_offload: bool | None = None,
     **call_kwargs: Any,
 ) -> MemoryEstimate:
     """Plan the accelerator memory of ``pipe(**call_kwargs)`` without running it.
@@ -54,8 +55,10 @@ def estimate_memory(
             this: ``None`` as it is now, ``False`` off, ``True`` the default chunk, or tokens per chunk.
         vae_tiling: plan InfinityStar's decode with tiling (``vae.enable_tiling``): ``None`` as it is now,
             ``False`` off, ``True`` the VAE's tile sizes, or a dict of ``enable_tiling``'s arguments.
+        kv_cache_offload: plan with the K/V cache in host memory (``enable_kv_cache_offload``): ``None`` as the
+            pipeline is set now. The estimate's ``kv`` timeline is then host memory.
         **call_kwargs: the arguments of the call, checked like the call checks them.
     """
     return build_estimate(plan_inputs(pipe, call_kwargs, dtype=dtype, quantization=quantization,
                                       text_tokens=text_tokens, stream=stream, forward_chunking=forward_chunking,
-                                      vae_tiling=vae_tiling))
+                                      vae_tiling=vae_tiling, kv_cache_offload=kv_cache_offload))

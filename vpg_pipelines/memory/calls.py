@@ -85,6 +85,7 @@ def plan_inputs(
     stream: bool = True,
     forward_chunking: bool | int | None = None,
     vae_tiling: bool | dict | None = None,
+    kv_cache_offload: bool | None = None,
 ) -> PlanInputs:
     """Resolve one call of ``pipe`` for the planner (see :func:`vpg_pipelines.memory.estimate_memory`)."""
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -105,7 +106,8 @@ def plan_inputs(
     else:
         vae_dtype = getattr(type(pipe), "vae_dtype", None) or planned_dtype
     notes: list[str] = []
-    savers = {"chunk_size": chunk_size, "tiling": tiling}
+    kv_offload = planned_kv_offload(pipe, kv_cache_offload)
+    savers = {"chunk_size": chunk_size, "tiling": tiling, "kv_offload": kv_offload}
     parts = plan_model(pipe, call, call_kwargs, planned_dtype, vae_dtype, text_tokens, notes, savers)
     layouts = _layouts(pipe, dtype, quantization, vae_dtype)
     steps, vpg, cfg = list(call.steps), call.prefix, call.with_null
@@ -134,6 +136,7 @@ def plan_inputs(
         "vae_tiling": "off" if tiling is None else f"{tiling.min_height}x{tiling.min_width} every "
                                                    f"{tiling.stride_height}x{tiling.stride_width}",
         "acceleration": accel.name if accel is not None else "none",
+        "kv_cache": "host (offloaded)" if kv_offload else "accelerator",
         **parts.pop("describe"),
     }
     return PlanInputs(
@@ -141,7 +144,7 @@ def plan_inputs(
         activation=replay.activation, state=replay.run_state_bytes, vocab=replay.vocab, cfg=cfg,
         guided=guided, refresh=refresh, scoring=scoring,
         sampling_bytes=parts["sampling_bytes"], decode=parts["decode"], encode=parts["encode"], stream=stream,
-        notes=notes, reference_encode=parts.get("reference_encode"),
+        notes=notes, reference_encode=parts.get("reference_encode"), kv_on_host=kv_offload,
     )
 
 
@@ -184,6 +187,17 @@ def planned_chunking(transformer: nn.Module, forward_chunking: bool | int | None
     except ValueError:
         raise ValueError(f"`forward_chunking` must be True, False, None or a positive number of tokens, "
                          f"got {forward_chunking!r}") from None
+
+
+def planned_kv_offload(pipe: Any, kv_cache_offload: bool | None) -> bool:
+    """Whether to plan with the K/V cache in host memory: ``None`` as the pipeline is set
+    (``enable_kv_cache_offload``), else this."""
+    if kv_cache_offload is None:
+        device = getattr(pipe, "kv_cache_device", None)
+        return device is not None and device.type == "cpu"
+    if not isinstance(kv_cache_offload, bool):
+        raise ValueError(f"`kv_cache_offload` must be True, False or None, got {kv_cache_offload!r}")
+    return kv_cache_offload
 
 
 def planned_tiling(vae: nn.Module, vae_tiling: bool | dict | None) -> TileSettings | None:
@@ -246,7 +260,7 @@ def _var(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -> dic
     rows = call.batch * (2 if call.with_null else 1)
     steps = list(call.steps)
     replay = VARStepReplay(pipe.transformer, steps, rows, dtype, latent_dtype=vae_dtype,
-                           chunk_size=savers["chunk_size"])
+                           chunk_size=savers["chunk_size"], kv_offload=savers["kv_offload"])
     side = steps[-1].grid[0]
     latents = (call.batch, int(pipe.vae.Cvae), side, side)
     pixels = side * 2 ** (len(pipe.vae.config.ch_mult) - 1)
@@ -269,7 +283,7 @@ def _infinity(pipe, call, given, dtype, vae_dtype, text_tokens, notes, savers) -
         tokens = _tokens(pipe, texts + [n for n in negatives if n], None, fallback, notes)
     rows = call.batch * (2 if call.with_null else 1)
     replay = InfinityStepReplay(pipe.transformer, list(call.steps), rows, dtype, text_tokens=tokens,
-                                chunk_size=savers["chunk_size"],
+                                chunk_size=savers["chunk_size"], kv_offload=savers["kv_offload"],
                                 final_grid=call.schedule.grids[-1])
     schedule = call.schedule
     h, w = schedule.vae_grids[-1]
@@ -301,7 +315,8 @@ def _infinity_star(pipe, call, given, dtype, vae_dtype, text_tokens, notes, save
         tokens = _tokens(pipe, captions + [n for n in negatives if n], None, text_tokens or 512, notes)
     rows = call.batch * (2 if call.with_null else 1)
     replay = InfinityStarStepReplay(pipe.transformer, list(call.steps), rows, dtype, plan=plan, text_tokens=tokens,
-                                    batch=call.batch, chunk_size=savers["chunk_size"])
+                                    batch=call.batch, chunk_size=savers["chunk_size"],
+                                    kv_offload=savers["kv_offload"])
     frames = sum(plan.clip_grid(c)[0] for c in range(plan.num_clips))
     _, h, w = plan.schedule[-1]
     latents = (call.batch, int(pipe.vae.codebook_dim), frames, h, w)

@@ -15,7 +15,10 @@ Within each candidate, when it does not fit as the pipeline is set, the activati
 the next candidate, cheapest first: forward chunking (``transformer.enable_forward_chunking``: the same
 computation in token chunks, outputs equal up to rounding, about the same speed), then tiled decoding
 (``vae.enable_tiling``, InfinityStar: some decoder work repeated where tiles overlap, a seam error far below
-the 8-bit output step), then both. They cost less than any move down the list.
+the 8-bit output step), then both. They cost less than any move down the list. When no candidate fits
+with them, the candidates are tried again in the same order with both savers and the K/V cache kept in host
+memory (``pipe.enable_kv_cache_offload``: outputs unchanged, but the attended cache crosses the bus at every
+step, the next layer's entries copied while a layer computes): the long videos whose cache outgrows the card.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from ..devices import describe, device_memory, pick_device, savers
 from ..models.infinity_star.vae_tiling import TileSettings
-from .calls import current_quantization, planned_chunking, planned_tiling
+from .calls import current_quantization, planned_chunking, planned_kv_offload, planned_tiling
 from .offload import apply_offload
 from .planner import MemoryEstimate, combine_savers
 from .quantization import apply_quantization
@@ -69,6 +72,16 @@ class Choice:
     estimate: MemoryEstimate
     forward_chunking: int | None = None
     vae_tiling: TileSettings | None = None
+    kv_cache_offload: bool = False
+
+    def savers(self) -> list[str]:
+        """The activation / cache savers the choice runs with, readable (empty: none)."""
+        out = [f"forward chunking {self.forward_chunking}"] if self.forward_chunking is not None else []
+        if self.vae_tiling is not None:
+            out.append(f"tiled decoding {self.vae_tiling.min_height}x{self.vae_tiling.min_width}")
+        if self.kv_cache_offload:
+            out.append("K/V cache in host memory")
+        return out
 
 
 def choose_savers(
@@ -101,22 +114,24 @@ def choose_savers(
     tileable = hasattr(pipe.vae, "enable_tiling")
     lean_kwargs = {"forward_chunking": chunk_now or True, "vae_tiling": True if tileable and tiles_now is None
                    else None}
-    estimates: dict[tuple[str, bool], MemoryEstimate] = {}
+    kv_now = planned_kv_offload(pipe, None)
+    estimates: dict[tuple[str, bool, bool], MemoryEstimate] = {}
 
-    def estimate(quantization: str, lean: bool) -> MemoryEstimate:
-        if (quantization, lean) not in estimates:
+    def estimate(quantization: str, lean: bool, kv: bool = False) -> MemoryEstimate:
+        if (quantization, lean, kv) not in estimates:
             planned = None if quantization == "none" else quantization
-            extra = lean_kwargs if lean else {}
-            estimates[quantization, lean] = pipe.estimate_memory(quantization=planned, **extra, **call_kwargs)
-        return estimates[quantization, lean]
+            extra = {**(lean_kwargs if lean else {}), **({"kv_cache_offload": True} if kv else {})}
+            estimates[quantization, lean, kv] = pipe.estimate_memory(quantization=planned, **extra, **call_kwargs)
+        return estimates[quantization, lean, kv]
 
     budget = usable(free_bytes)
     best: Choice | None = None
+    last_resort = []  # the K/V cache in host memory: tried only when nothing else fits (it costs bus time per step)
     for quantization, offload in CANDIDATES:
         if quantization not in quantizations or offload not in offloads:
             continue
         label = current if quantization == "none" else quantization
-        options = [(estimate(quantization, False), chunk_now, tiles_now)]
+        options = [(estimate(quantization, False), chunk_now, tiles_now, kv_now)]
         if activation_savers:
             plain, lean = options[0][0], estimate(quantization, True)
             chunk_lean, tiles_lean = planned_chunking_of(lean), planned_tiling(pipe.vae, True) if tileable else None
@@ -124,14 +139,24 @@ def choose_savers(
                 if tiled and not tileable:
                     continue
                 options.append((combine_savers(plain, lean, chunked, tiled), chunk_lean if chunked else chunk_now,
-                                tiles_lean if tiled else tiles_now))
-        for planned, chunk, tiles in options:
+                                tiles_lean if tiled else tiles_now, kv_now))
+            if not kv_now:
+                last_resort.append((label, offload, quantization, chunk_lean, tiles_lean))
+        for planned, chunk, tiles, kv in options:
             peak = planned.peak(offload)
-            choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles)
+            choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles, kv)
             if choice.fits:
                 return choice
             if best is None or peak < best.peak:
                 best = choice
+    for label, offload, quantization, chunk, tiles in last_resort:
+        planned = estimate(quantization, True, True)
+        peak = planned.peak(offload)
+        choice = Choice(label, offload, peak, peak <= budget, planned, chunk, tiles, True)
+        if choice.fits:
+            return choice
+        if peak < best.peak:
+            best = choice
     if best is None:
         raise ValueError(f"no candidate among quantizations {quantizations} and offloads {offloads}")
     return best
@@ -143,8 +168,11 @@ def planned_chunking_of(estimate: MemoryEstimate) -> int | None:
     return None if value == "off" else int(value)
 
 
-def apply_activation_savers(pipe: Any, forward_chunking: int | None, vae_tiling: TileSettings | None) -> None:
+def apply_activation_savers(pipe: Any, forward_chunking: int | None, vae_tiling: TileSettings | None,
+                            kv_cache_offload: bool = False) -> None:
     """Turn on what a :class:`Choice` runs with (what is already on stays on)."""
+    if kv_cache_offload and pipe.kv_cache_device is None:
+        pipe.enable_kv_cache_offload()
     if forward_chunking is not None:
         pipe.transformer.enable_forward_chunking(forward_chunking)
     if vae_tiling is not None:
@@ -180,5 +208,5 @@ def fit_to_memory(
     if choice.quantization != current:
         apply_quantization(pipe, choice.quantization)
     apply_offload(pipe, choice.offload, device)
-    apply_activation_savers(pipe, choice.forward_chunking, choice.vae_tiling)
+    apply_activation_savers(pipe, choice.forward_chunking, choice.vae_tiling, choice.kv_cache_offload)
     return choice

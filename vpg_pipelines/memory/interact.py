@@ -110,7 +110,8 @@ def plan_interact_clip(pipe: Any, call: Any, given: dict[str, Any], dtype: torch
     rows = call.batch * (2 if call.with_null else 1)
     savers = savers or {}
     replay = InfinityStarInteractStepReplay(pipe.transformer, list(call.steps), rows, dtype, plan=plan,
-                                            text_tokens=tokens, batch=call.batch, chunk_size=savers.get("chunk_size"))
+                                            text_tokens=tokens, batch=call.batch, chunk_size=savers.get("chunk_size"),
+                                            kv_offload=savers.get("kv_offload", False))
     _, h, w = plan.schedule[-1]
     encoder, encode = pipe.text_encoder, None
     if prompt is not None and encoder is not None:  # one prompt at a time, padded to text_maxlen (official)

@@ -12,7 +12,8 @@ from . import MemoryEstimate, estimate_memory
 class MemorySaversMixin:
     """The pipeline-level switches of diffusers pipelines for activation memory: forward chunking of the
     transformer and tiled / sliced decoding of the VAE (each delegates to the component, which diffusers now
-    recommends calling directly: ``pipe.transformer.enable_forward_chunking()``, ``pipe.vae.enable_tiling()``)."""
+    recommends calling directly: ``pipe.transformer.enable_forward_chunking()``, ``pipe.vae.enable_tiling()``);
+    and the K/V cache's place (the sampler's, so the pipeline's switch)."""
 
     def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 1) -> None:
         """``self.transformer.enable_forward_chunking(chunk_size, dim)``: the per-token parts of every block on
@@ -21,6 +22,21 @@ class MemorySaversMixin:
 
     def disable_forward_chunking(self) -> None:
         self.transformer.disable_forward_chunking()
+
+    def enable_kv_cache_offload(self, device: torch.device | str = "cpu") -> None:
+        """Keep the sampler's K/V cache on ``device`` (host memory by default) instead of the accelerator: each
+        layer's attention gets a copy of the entries it sees, the next layer's copied meanwhile on a side CUDA
+        stream (transformers' ``OffloadedCache``). Outputs are unchanged; the accelerator holds two layers'
+        entries instead of all of them, the host the whole cache (``docs/memory.md``)."""
+        self._kv_cache_device = torch.device(device)
+
+    def disable_kv_cache_offload(self) -> None:
+        self._kv_cache_device = None
+
+    @property
+    def kv_cache_device(self) -> torch.device | None:
+        """Where the sampler keeps its K/V cache (``enable_kv_cache_offload``); ``None``: on the model's device."""
+        return getattr(self, "_kv_cache_device", None)
 
     def enable_vae_tiling(self, **tile_kwargs: Any) -> None:
         """``self.vae.enable_tiling(**tile_kwargs)``: decode in overlapping spatial tiles (InfinityStar's video VAE)."""
@@ -56,6 +72,7 @@ class MemoryPlanningMixin(MemorySaversMixin):
         stream: bool = True,
         forward_chunking: bool | int | None = None,
         vae_tiling: bool | dict | None = None,
+        kv_cache_offload: bool | None = None,
         **call_kwargs: Any,
     ) -> MemoryEstimate:
         """Plan the accelerator memory of ``self(**call_kwargs)`` before running it.
@@ -70,11 +87,12 @@ class MemoryPlanningMixin(MemorySaversMixin):
                 (``"none"``, ``"int8"``, ``"nf4"``, ``"fp8"``) than the loaded one.
             text_tokens: prompt length to plan with when there is no tokenizer.
             stream: group offloading with CUDA streams (two blocks resident).
-            forward_chunking, vae_tiling: plan with these savers set otherwise than they are now (see
+            forward_chunking, vae_tiling, kv_cache_offload: plan with these savers set otherwise than they are now (see
                 :func:`vpg_pipelines.memory.estimate_memory`).
             **call_kwargs: the arguments the call would get (checked like the call checks them).
         """
         return estimate_memory(self, dtype=dtype, quantization=quantization, text_tokens=text_tokens,
                                stream=stream, forward_chunking=forward_chunking, vae_tiling=vae_tiling,
+                               kv_cache_offload=kv_cache_offload,
                                **call_kwargs)
 

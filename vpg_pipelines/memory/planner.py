@@ -79,6 +79,8 @@ class PlanInputs:
             ``reference_encode``: of encoding a reference video with the VAE (InfinityStar-Interact; None: none).
         stream: CUDA streams for group offloading (prefetch: two blocks resident).
         scoring: per step, activation bytes a K/V budget's scoring adds to the step's forward (an estimate).
+        kv_on_host: the cache's storage lives in host memory (``enable_kv_cache_offload``): the timeline is
+            host memory, the accelerator holds only the copies the replayed forwards make.
     """
 
     settings: dict[str, Any]
@@ -99,6 +101,7 @@ class PlanInputs:
     notes: list[str] = field(default_factory=list)
     scoring: dict[int, int] = field(default_factory=dict)
     reference_encode: int | None = None
+    kv_on_host: bool = False
 
 
 @dataclass
@@ -246,7 +249,8 @@ def build_estimate(inputs: PlanInputs) -> MemoryEstimate:
     phase_parts.append(("decode", "decode", None, 0, inputs.decode))
     plans = {}
     for mode in OFFLOAD_MODES:
-        phases = [Phase(name, step, _resident(inputs.weights, mode, kind, inputs.stream), kv, act)
+        phases = [Phase(name, step, _resident(inputs.weights, mode, kind, inputs.stream),
+                        0 if inputs.kv_on_host else kv, act)
                   for name, kind, step, kv, act in phase_parts]
         plans[mode] = OffloadPlan(mode, phases)
     return MemoryEstimate(

@@ -81,6 +81,8 @@ class StepReplay:
         condition_rows: the sampler's condition rows.
         dtype: the compute dtype.
         chunk_size (keyword): forward chunking of the planned model (``None``: off).
+        kv_offload (keyword): the cache kept in host memory (``enable_kv_cache_offload``): each layer's attention
+            reads a copy of its visible entries, and the next layer's copy is prefetched meanwhile.
     """
 
     def __init__(self, transformer: nn.Module, steps: Sequence[ScaleStep], condition_rows: int,
@@ -164,7 +166,8 @@ class StepReplay:
         """Peak bytes the call allocates besides the cache storage (its logits included)."""
         if forward not in self._cache:
             g = self.geometry()
-            cache = KVCache(1, forward.rows, self.capacity)
+            offload = bool(self.extra.get("kv_offload"))  # storage on meta too: only the copies are counted
+            cache = KVCache(1, forward.rows, self.capacity, storage_device=META if offload else None, prefetch=False)
             shape = (forward.rows, g.heads, self.capacity, g.head_dim)
             cache.keys[0] = torch.empty(shape, device=META, dtype=self.kv_dtype)
             cache.values[0] = torch.empty(shape, device=META, dtype=self.kv_dtype)
@@ -174,7 +177,9 @@ class StepReplay:
             if batch is not None:
                 batch.cond_index = batch.cond_index.to(META)
             peak, _ = peak_of(self._run, forward, cache, batch)
-            self._cache[forward] = peak
+            # offloaded: the next layer's copy (the same size) is prefetched while this layer computes; added
+            # to the whole forward's peak, which bounds it by at most that copy
+            self._cache[forward] = peak + cache.gathered_bytes
         return self._cache[forward]
 
     def _rows_index(self, rows: int) -> torch.Tensor:

@@ -27,7 +27,8 @@ def format_estimate(estimate: Any) -> str:
     for name, nbytes in estimate.weights.items():
         lines.append(f"  weights  {name:<13} {gib(nbytes):>12}")
     kv_step = estimate.kv_peak_step
-    lines.append(f"  K/V cache peak          {gib(estimate.kv_peak):>12}  (step {kv_step})")
+    where = "  in host memory (offloaded)" if s.get("kv_cache", "").startswith("host") else ""
+    lines.append(f"  K/V cache peak          {gib(estimate.kv_peak):>12}  (step {kv_step}){where}")
     step = estimate.largest_step
     lines.append(f"  activations, largest    {gib(estimate.activations[step]):>12}  (step {step})")
     if estimate.text_encoder is not None:

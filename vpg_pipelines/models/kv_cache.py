@@ -20,14 +20,22 @@ computed at the first step and reused (:meth:`memo_for`). Copies of the cache sh
 **row state**: per-row tensors an accelerator keeps beside the cache (e.g. FastVAR's cached sub-layer
 outputs), which follow the rows through :meth:`select_rows` / :meth:`extend_rows` like the keys do.
 
+An **offloaded** cache (``storage_device="cpu"``, what transformers calls an ``OffloadedCache``) keeps the
+keys and values in host memory (pinned where CUDA is present) and hands each layer's attention a copy of
+the entries it sees on the device of the step's keys, so the accelerator holds one or two layers' entries
+instead of all of them. With ``prefetch`` the next layer's entries are copied while this layer computes
+(on a side CUDA stream). The values are the same; only where they live changes.
+
 The object is passed to the transformer as a keyword argument. Accelerate's offload hooks call
 ``.to()`` on arguments that have it and rebuild lists/dicts, so this class moves its tensors in
-place and returns itself (see ``spec/diffusers_conventions.md`` §4).
+place and returns itself (see ``spec/diffusers_conventions.md`` §4); an offloaded cache's storage stays
+where it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -50,6 +58,15 @@ class KVBudget(Protocol):
         this step's tokens."""
 
 
+@dataclass
+class _Prefetched:
+    """A layer's visible entries copied ahead of its append (``event``: when a CUDA side stream finishes)."""
+
+    key: tuple
+    pair: tuple[torch.Tensor, torch.Tensor]
+    event: object | None
+
+
 def per_layer(capacity: int | Sequence[int], num_layers: int) -> list[int]:
     """One capacity per layer from one value or a sequence of ``num_layers`` values."""
     if isinstance(capacity, int):
@@ -69,9 +86,14 @@ class KVCache:
         capacity: maximum number of cached tokens per row: one value, or one per layer.
         grow: hold each layer at exactly its length (appends reallocate, :meth:`keep_entries` shrinks)
             instead of preallocating ``capacity``.
+        storage_device: keep the keys and values on this device (e.g. ``"cpu"``) instead of the device of
+            the keys the layers append; ``None``: where they come from.
+        prefetch: with ``storage_device``, copy the next layer's visible entries to the compute device while a
+            layer computes (``None``: on CUDA only, where a side stream overlaps the copy).
     """
 
-    def __init__(self, num_layers: int, rows: int, capacity: int | Sequence[int], grow: bool = False) -> None:
+    def __init__(self, num_layers: int, rows: int, capacity: int | Sequence[int], grow: bool = False,
+                 storage_device: torch.device | str | None = None, prefetch: bool | None = None) -> None:
         self.num_layers = num_layers
         self.rows = rows
         self.capacities = per_layer(capacity, num_layers)
@@ -87,6 +109,24 @@ class KVCache:
         self.memo: dict = {}
         self._memo_owner: object | None = None
         self.row_state: dict[Hashable, torch.Tensor] = {}
+        self.storage_device = None if storage_device is None else torch.device(storage_device)
+        self.prefetch = prefetch
+        self.gathered_bytes = 0  # the largest device copy one offloaded append handed out (keys + values)
+        self._next: _Prefetched | None = None
+        self._stream = None
+        self._device: torch.device | None = None
+
+    @property
+    def offloaded(self) -> bool:
+        return self.storage_device is not None
+
+    def _empty(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """New storage shaped ``shape``, of ``like``'s dtype, on the storage device (pinned host memory where
+        CUDA copies from it) or on ``like``'s device."""
+        if not self.offloaded:
+            return like.new_empty(shape)
+        pin = self.storage_device.type == "cpu" and torch.cuda.is_available()
+        return torch.empty(shape, dtype=like.dtype, device=self.storage_device, pin_memory=pin)
 
     @property
     def capacity(self) -> int:
@@ -115,6 +155,8 @@ class KVCache:
         """
         if k.shape[0] != self.rows:
             raise RuntimeError(f"KVCache holds {self.rows} rows but got keys for {k.shape[0]} rows")
+        if self.offloaded:
+            return self._append_offloaded(layer, k, v, store)
         start, n = self.lengths[layer], k.shape[2]
         if store:
             if self.grow:
@@ -124,9 +166,7 @@ class KVCache:
                     raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
                                        f"({start} + {n} tokens)")
                 if self.keys[layer] is None:
-                    shape = (self.rows, k.shape[1], self.capacities[layer], k.shape[3])
-                    self.keys[layer] = k.new_empty(shape)
-                    self.values[layer] = v.new_empty((self.rows, v.shape[1], self.capacities[layer], v.shape[3]))
+                    self._allocate(layer, k, v)
             self.keys[layer][:, :, start : start + n] = k
             self.values[layer][:, :, start : start + n] = v
             self.lengths[layer] = start + n
@@ -141,6 +181,101 @@ class KVCache:
         old_k, old_v = self._visible(layer)
         return torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
 
+    def _allocate(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """The preallocated storage of ``layer`` (its first append)."""
+        self.keys[layer] = self._empty((self.rows, k.shape[1], self.capacities[layer], k.shape[3]), k)
+        self.values[layer] = self._empty((self.rows, v.shape[1], self.capacities[layer], v.shape[3]), v)
+
+    # -- offloaded storage ----------------------------------------------------------------------------------
+    def _append_offloaded(self, layer: int, k: torch.Tensor, v: torch.Tensor, store: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`append` of an offloaded cache: the visible entries copied to ``k``'s device (prefetched or
+        now), this step's entries after them, and (``store``) this step's entries written to the storage."""
+        start, n = self.lengths[layer], k.shape[2]
+        self._device = k.device
+        if self.keys[layer] is None and not store:
+            return k, v
+        gathered = self._take_prefetched(layer, k) or self._gather(layer, k, v)
+        out_k, out_v = gathered
+        out_k[:, :, out_k.shape[2] - n :] = k
+        out_v[:, :, out_v.shape[2] - n :] = v
+        if store:
+            if self.grow:
+                self._reserve(layer, start + n, k, v)
+            else:
+                if start + n > self.capacities[layer]:
+                    raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
+                                       f"({start} + {n} tokens)")
+                if self.keys[layer] is None:
+                    self._allocate(layer, k, v)
+            # a blocking copy: the host storage is read by the next gather and by the row operations
+            self.keys[layer][:, :, start : start + n] = k
+            self.values[layer][:, :, start : start + n] = v
+            self.lengths[layer] = start + n
+        self.gathered_bytes = max(self.gathered_bytes, 2 * out_k.numel() * out_k.element_size())
+        if self._prefetching(k.device) and layer + 1 < self.num_layers:
+            self._launch_prefetch(layer + 1, k, v)
+        return out_k, out_v
+
+    def _ranges(self, layer: int) -> list[tuple[int, int]]:
+        end = self.lengths[layer]
+        if self.visible is None:
+            return [(0, end)] if end else []
+        return [(a, b) for a, b in self.visible if b > a]
+
+    def _gather(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """New tensors on ``k``'s device holding ``layer``'s visible entries followed by room for ``k.shape[2]``
+        entries (shaped, typed and placed like ``k`` / ``v``)."""
+        ranges = self._ranges(layer) if self.keys[layer] is not None else []
+        total, n = sum(b - a for a, b in ranges), k.shape[2]
+        out = []
+        for store, new in ((self.keys, k), (self.values, v)):
+            dst = new.new_empty((self.rows, new.shape[1], total + n, new.shape[3]))
+            position = 0
+            for a, b in ranges:
+                dst[:, :, position : position + b - a].copy_(store[layer][:, :, a:b], non_blocking=True)
+                position += b - a
+            out.append(dst)
+        return out[0], out[1]
+
+    def _prefetching(self, device: torch.device) -> bool:
+        return self.prefetch if self.prefetch is not None else device.type == "cuda"
+
+    def _key_of(self, layer: int, k: torch.Tensor) -> tuple:
+        """What a gathered copy of ``layer`` depends on: its entries, the rows and the step's key layout."""
+        return (layer, self.lengths[layer], self.rows, tuple(self._ranges(layer)), tuple(k.shape), k.dtype, k.device)
+
+    def _launch_prefetch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Start copying ``layer``'s visible entries to ``k``'s device, with room for a step like ``k`` / ``v``
+        (on CUDA on a side stream; elsewhere now)."""
+        self._next = None
+        if self.keys[layer] is None:
+            return
+        device, key = k.device, self._key_of(layer, k)
+        if device.type != "cuda":
+            self._next = _Prefetched(key, self._gather(layer, k, v), None)
+            return
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self._stream):
+            pair = self._gather(layer, k, v)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        self._next = _Prefetched(key, pair, event)
+
+    def _take_prefetched(self, layer: int, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The prefetched copy of ``layer`` if it is still what this append needs (same entries, rows, step)."""
+        ready, self._next = self._next, None
+        if ready is None or ready.key != self._key_of(layer, k):
+            return None
+        if ready.event is not None:
+            stream = torch.cuda.current_stream(k.device)
+            stream.wait_event(ready.event)
+            for t in ready.pair:
+                t.record_stream(stream)
+        return ready.pair
+
     def _reserve(self, layer: int, size: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Grow a ``grow`` cache's layer to ``size`` entries: keys, then values, each copied and replaced."""
         end = self.lengths[layer]
@@ -148,7 +283,7 @@ class KVCache:
             old = store[layer]
             if old is not None and old.shape[2] >= size:
                 continue
-            grown = new.new_empty((self.rows, new.shape[1], size, new.shape[3]))
+            grown = self._empty((self.rows, new.shape[1], size, new.shape[3]), new)
             if old is not None:
                 grown[:, :, :end] = old[:, :, :end]
             store[layer] = grown
@@ -175,12 +310,17 @@ class KVCache:
         capacity = self.budget.capacity(layer, length)
         if capacity is None or capacity >= length:
             return
-        index = self.budget.select(layer, self.keys[layer][:, :, :length], queries, capacity)
+        keys = self.keys[layer][:, :, :length]
+        if self.offloaded:  # scored where the queries are
+            keys = keys.to(self._device, non_blocking=True)
+        index = self.budget.select(layer, keys, queries, capacity)
+        del keys  # a view of the storage: keep_entries frees the storage it replaces
         self.keep_entries(layer, index)
 
     def keep_entries(self, layer: int, index: torch.Tensor) -> None:
         """Keep only the entries ``index`` ``(rows, heads, n)`` of ``layer`` (per row and head), in that order."""
         length = self.lengths[layer]
+        self._next = None
         index = index.to(self.keys[layer].device, torch.long)
         for store in (self.keys, self.values):
             old = store[layer]
@@ -222,6 +362,7 @@ class KVCache:
         larger of the two layouts. The row state follows, one tensor at a time, after the layers.
         """
         index = torch.as_tensor(index, dtype=torch.long)
+        self._next = None
         capacities = self.capacities if capacity is None else per_layer(capacity, self.num_layers)
         for layer, (cap, length) in enumerate(zip(capacities, self.lengths)):
             if cap < length:
@@ -232,7 +373,7 @@ class KVCache:
                 if old is None:
                     continue
                 idx = index.to(old.device)
-                new = old.new_empty((len(index), old.shape[1], self._size(layer, capacities), old.shape[3]))
+                new = self._empty((len(index), old.shape[1], self._size(layer, capacities), old.shape[3]), old)
                 end = self.lengths[layer]
                 new[:, :, :end] = old[idx, :, :end]
                 store[layer] = new
@@ -249,7 +390,8 @@ class KVCache:
         """A new cache holding the first ``length`` tokens of rows ``index`` (no row state: it belongs to
         later tokens)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        new = KVCache(self.num_layers, len(index), capacity, grow=self.grow)
+        new = KVCache(self.num_layers, len(index), capacity, grow=self.grow, storage_device=self.storage_device,
+                      prefetch=self.prefetch)
         for layer in range(self.num_layers):
             if self.keys[layer] is None:
                 continue
@@ -257,7 +399,7 @@ class KVCache:
             size = length if self.grow else new.capacities[layer]
             for src, dst in ((self.keys, new.keys), (self.values, new.values)):
                 old = src[layer]
-                dst[layer] = old.new_empty((len(index), old.shape[1], size, old.shape[3]))
+                dst[layer] = new._empty((len(index), old.shape[1], size, old.shape[3]), old)
                 dst[layer][:, :, :length] = old[idx, :, :length]
             new.lengths[layer] = length
         new.visible = self.visible
@@ -272,6 +414,7 @@ class KVCache:
         if set(other.row_state) != set(self.row_state):
             raise RuntimeError("cannot stack caches with different row states")
         capacities = self.capacities if capacity is None else per_layer(capacity, self.num_layers)
+        self._next = None
         for layer in range(self.num_layers):
             end = self.lengths[layer]
             for mine, theirs in ((self.keys, other.keys), (self.values, other.values)):
@@ -279,7 +422,7 @@ class KVCache:
                 if a is None:
                     continue
                 size = self._size(layer, capacities)
-                new = a.new_empty((a.shape[0] + b.shape[0], a.shape[1], size, a.shape[3]))
+                new = self._empty((a.shape[0] + b.shape[0], a.shape[1], size, a.shape[3]), a)
                 new[: a.shape[0], :, :end] = a[:, :, :end]
                 new[a.shape[0] :, :, :end] = b[:, :, :end]
                 mine[layer] = new
@@ -291,8 +434,9 @@ class KVCache:
         return self
 
     def to(self, *args, **kwargs) -> KVCache:
-        """Move the stored tensors in place (keeps the object identity for offload hooks)."""
-        for store in (self.keys, self.values):
+        """Move the stored tensors in place (keeps the object identity for offload hooks); an offloaded cache's
+        keys and values stay on its storage device."""
+        for store in () if self.offloaded else (self.keys, self.values):
             for i, t in enumerate(store):
                 if t is not None:
                     store[i] = t.to(*args, **kwargs)

@@ -553,7 +553,7 @@ class VPGInfinityPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallState
                 return self.interrupt
 
             run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
-                           acceleration=call.acceleration)
+                           acceleration=call.acceleration, kv_cache_device=self.kv_cache_device)
 
         if output_type == "latent":
             images = state.latents.squeeze(2)

@@ -729,7 +729,7 @@ class VPGInfinityStarPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallS
                 return self.interrupt
 
             run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
-                           acceleration=call.acceleration)
+                           acceleration=call.acceleration, kv_cache_device=self.kv_cache_device)
 
         latents = adapter.latents(state)
         if output_type == "latent":

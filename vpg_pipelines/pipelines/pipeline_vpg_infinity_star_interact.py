@@ -576,7 +576,7 @@ class VPGInfinityStarInteractPipeline(VPGInfinityStarPipeline):
 
                 clip_generator = _clip_generator(generator, reseed_each_clip)
                 run_next_scale(adapter, state, guiders=chain.chain, generator=clip_generator, on_step=on_step,
-                               trace=clip_trace)
+                               trace=clip_trace, kv_cache_device=self.kv_cache_device)
                 if clip_trace is not None:
                     trace.append(clip_trace)
                 latents = adapter.latents(state)

@@ -392,7 +392,7 @@ class VPGVARPipeline(GuidanceStrengthsMixin, MemoryPlanningMixin, CallStateMixin
                 return self.interrupt
 
             run_next_scale(adapter, state, guiders=guidance.chain, generator=generator, on_step=on_step, trace=trace,
-                           acceleration=call.acceleration)
+                           acceleration=call.acceleration, kv_cache_device=self.kv_cache_device)
 
         if output_type == "latent":
             images = state.latents

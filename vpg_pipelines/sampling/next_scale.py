@@ -67,7 +67,7 @@ class _Run:
     """State of one sampling run (kept off the public function for readability)."""
 
     def __init__(self, adapter, state, chain: GuidanceChain, generator, trace, keep_corrupted_rows,
-                 acceleration: Acceleration | None = None):
+                 acceleration: Acceleration | None = None, kv_cache_device: torch.device | str | None = None):
         self.adapter, self.state, self.generator, self.trace = adapter, state, generator, trace
         self.schedule_steps: list[ScaleStep] = adapter.steps(state)
         self.num_scales = self.schedule_steps[-1].scale + 1
@@ -113,7 +113,8 @@ class _Run:
         self.full_capacity = self.lengths.capacity(len(self.steps) - 1)
         limit = self.last if self.persistent and not keep_corrupted_rows else len(self.steps) - 1
         grow = acceleration is not None and acceleration.grows_cache
-        self.cache = KVCache(adapter.num_layers, self.layout.condition_rows, self.lengths.capacity(limit), grow=grow)
+        self.cache = KVCache(adapter.num_layers, self.layout.condition_rows, self.lengths.capacity(limit), grow=grow,
+                             storage_device=kv_cache_device)
         if hasattr(adapter, "prefill"):
             adapter.prefill(state, self.cache)
         self.history: list[StepInput] = []
@@ -306,6 +307,7 @@ def run_next_scale(
     trace: SamplerTrace | None = None,
     keep_corrupted_rows: bool = False,
     acceleration: Acceleration | None = None,
+    kv_cache_device: torch.device | str | None = None,
 ) -> Any:
     """Sample every step of ``adapter`` into ``state`` and return it.
 
@@ -323,7 +325,10 @@ def run_next_scale(
             ignored); only useful to test that dropping them changes nothing.
         acceleration: an accelerator (``vpg_pipelines.acceleration``), checked by the caller against the
             model and the schedule (a pipeline's ``resolve_call`` does).
+        kv_cache_device: keep the K/V cache on this device (e.g. ``"cpu"``: an offloaded cache, see
+            ``models/kv_cache.py``) instead of the model's; ``None``: the model's.
     """
     extra = list(guiders.terms) if isinstance(guiders, GuidanceChain) else list(guiders or [])
     chain = GuidanceChain([cfg, vpg, *extra])
-    return _Run(adapter, state, chain, generator, trace, keep_corrupted_rows, acceleration).run(on_step)
+    return _Run(adapter, state, chain, generator, trace, keep_corrupted_rows, acceleration, kv_cache_device
+                ).run(on_step)
