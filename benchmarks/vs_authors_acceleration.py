@@ -5,6 +5,8 @@ ships with this package), with the CPU stand-ins of ``benchmarks/official_stubs.
 
 * ``fastvar``: the ``Infinity/`` folder of https://github.com/csguoh/FastVAR (its own ``Infinity`` class,
   hard-wired pruning: blocks 3-27, 40 % / 50 % of the 32 / 40 scales, the 48 and 64 scales skipped);
+* ``fastervar``: the ``Infinity/`` folder of https://github.com/sen-mao/FasterVAR (its ``autoregressive_infer_cfg``
+  with ``alpha``, CFG 0 on the last three scales; the 48 and 64 scales skipped, the 40 one low-rank);
 * ``scalekv``: the root of https://github.com/StargazerX0/ScaleKV (the official ``Infinity`` it ships, wrapped by
   ``enable_scale_kv_2b.enable_scale_kv`` with the released arguments and ``budgets/2b_10%_budget.json``; its
   code is hard-wired to the 1:1 1M schedule).
@@ -40,7 +42,14 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import 
 from benchmarks import official_stubs
 from benchmarks import vs_official_infinity as voi
 from benchmarks.common import CLOCKS, count_params, interleaved, machine_info, markdown_table, run_header, write_outputs
-from vpg_pipelines.acceleration import INFINITY_2B_10, AccelerationTarget, FastVAR, ScaleKV
+from vpg_pipelines.acceleration import (
+    INFINITY_2B_10,
+    RANK_RATIO_PRESETS,
+    AccelerationTarget,
+    FasterVAR,
+    FastVAR,
+    ScaleKV,
+)
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.models.infinity.adapter import InfinityAdapter, scale_steps
 from vpg_pipelines.models.infinity.schedules import PIXEL_BUDGETS, schedule_from_template
@@ -52,7 +61,21 @@ METHODS: dict[str, tuple[tuple[str, ...], Any, str | None]] = {
     # their code looks the capacities up by block index: our blocks get the released 2B blocks' ones
     "scalekv": (("scale_kv.py", "enable_scale_kv_2b.py", "budgets/2b_10%_budget.json"),
                 lambda depth: ScaleKV(budget=INFINITY_2B_10.first_blocks(depth)), "1M"),
+    # the released 2B setting (tools/interactive_infer.py): alpha 0.96, cfg 0 on the last 3 scales; their low-rank
+    # draws come from the process-wide generator seeded right before the call, ours from a generator of that seed.
+    # Their ratios go by block chunk (chunk c takes entry c: at depth 4, chunks of one block, entries 0-3), ours by
+    # eighth of the depth (block i: entry 8i/depth); the same where theirs was released (8 chunks): the chunk's
+    # entries are given explicitly here so that both run the same ratios
+    "fastervar": (("infinity/utils/rank_ratio.py", "utils/low_rank_feature.py"),
+                  lambda depth: FasterVAR(rank_ratio=_chunk_ratios(depth), cfg0_last_scales=3, seed=FASTERVAR_SEED),
+                  None),
 }
+FASTERVAR_ALPHA, FASTERVAR_SEED = "0.96", 1234
+
+
+def _chunk_ratios(depth: int) -> tuple[float, ...]:
+    """The authors' ratio of each block chunk (``block_chunks`` = gcd(depth, 8), as ``vs_official_infinity``)."""
+    return RANK_RATIO_PRESETS[FASTERVAR_ALPHA][: voi.block_chunks(depth)]
 SCALEKV_ARGS = {"window_size": 16, "max_capacity": 650, "kernel_size": 5, "pooling": "maxpool"}
 """``enable_scale_kv``'s arguments in the authors' ``infer_2b.py:104``."""
 
@@ -170,12 +193,18 @@ def make_runs(model: Any, vae: Any, pipe: Any, authors: dict[str, Any], args: ar
     adapter = InfinityAdapter(pipe.transformer, pipe.vae)
     accel = resolved(args, schedule)
 
+    cfg_list, extra = [args.guidance_scale] * n, {}
+    if args.method == "fastervar":
+        cfg_list, extra = [args.guidance_scale] * (n - 3) + [0.0] * 3, {"alpha": FASTERVAR_ALPHA}
+
     def theirs() -> None:
+        if args.method == "fastervar":
+            torch.manual_seed(FASTERVAR_SEED)
         with torch.inference_mode():
             model.autoregressive_infer_cfg(
                 vae=vae, scale_schedule=theirs_schedule, label_B_or_BLT=(features, lens_t, cu_seqlens, max(lens)),
-                B=1, g_seed=args.seed, cfg_list=[args.guidance_scale] * n, tau_list=[args.tau] * n, top_k=1, top_p=0.0,
-                returns_vemb=1, cfg_insertion_layer=[0], vae_type=voi.BITS, ret_img=False, inference_mode=True)
+                B=1, g_seed=args.seed, cfg_list=cfg_list, tau_list=[args.tau] * n, top_k=1, top_p=0.0,
+                returns_vemb=1, cfg_insertion_layer=[0], vae_type=voi.BITS, ret_img=False, inference_mode=True, **extra)
 
     def ours_state() -> Any:
         cfg = ClassifierFreeGuidance(guidance_scale=args.guidance_scale, schedule="constant", layer=0)
