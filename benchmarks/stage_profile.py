@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(markdown)
             return result
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", default="var", choices=("var", "infinity"),
+                   help="var (these arguments) or infinity (the arguments of vs_official_infinity.py)")
     p.add_argument("--reference-repo", required=True, help="local checkout of the official VAR repository")
     p.add_argument("--model", default="d16", help="'tiny' (the parity model) or d16/d20/d24/d30 (random weights)")
     p.add_argument("--batch", type=int, default=4)
