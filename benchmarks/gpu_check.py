@@ -11,6 +11,8 @@ leaves what it measured, marked ``"complete": false``):
 * ``offload`` — time and peak of each offload mode and weight format (Infinity-2B, 1024 px, VPG).
 * ``benchmarks`` — the GPU rows of ``docs/benchmarks.md`` (``vpg_overhead.py`` at d16 / d30 in fp16 and
   bf16, ``infinity_star_clip.py`` at 480p), with fewer repetitions than the documented commands.
+* ``accelerated`` — Infinity-2B at 1024² (random weights, bf16): time and peak of CFG alone, semantic VPG alone
+  and semantic VPG with each accelerator (FastVAR, FasterVAR, ScaleKV; docs/acceleration.md), one warm-up each.
 
 ``--dry-run`` lists what each part would run and runs tiny versions of them on the CPU (the bundled
 demo model and the parity fixtures) into a temporary folder: what CI checks.
@@ -45,9 +47,10 @@ from vpg_pipelines.memory.quantization import apply_quantization, quantize_trans
 from vpg_pipelines.memory.replay import cast_floating
 from vpg_pipelines.registry import released_model
 
-PARTS = ("cuda_tests", "precision", "planner", "offload", "benchmarks")
-TIMEOUTS = {"cuda_tests": 70, "precision": 60, "planner": 150, "offload": 110, "benchmarks": 80}
-"""Seconds per part in ``scripts/gpu_check.sh``: 470 s together, inside the 8 minutes of the issue."""
+PARTS = ("cuda_tests", "precision", "planner", "offload", "benchmarks", "accelerated")
+TIMEOUTS = {"cuda_tests": 70, "precision": 60, "planner": 130, "offload": 95, "benchmarks": 80, "accelerated": 45}
+"""Seconds per part in ``scripts/gpu_check.sh``: 480 s together, the 8 minutes of the issue (the accelerated rows'
+45 s came out of the planner's and the offload part's limits; none of these limits has been timed on a GPU yet)."""
 
 
 class Results:
@@ -284,8 +287,53 @@ def part_benchmarks(opts: argparse.Namespace, results: Results) -> None:
         _guarded(results, what, lambda main=main, argv=argv: {"argv": argv, "ran": bool(main(argv) or True)})
 
 
+# (row name, call settings): CFG alone is the baseline the issue compares with (issue 23: <= 0.5x of its time)
+ACCELERATED_ROWS = (
+    ("cfg only", {"vpg_scale": 1.0, "acceleration": None}),
+    ("semantic vpg", {"vpg_scale": 1.5, "vpg_scales": "semantic", "acceleration": None}),
+    ("semantic vpg + fastvar", {"vpg_scale": 1.5, "vpg_scales": "semantic", "acceleration": "fastvar"}),
+    ("semantic vpg + fastervar", {"vpg_scale": 1.5, "vpg_scales": "semantic", "acceleration": "fastervar"}),
+    ("semantic vpg + scalekv", {"vpg_scale": 1.5, "vpg_scales": "semantic", "acceleration": "scalekv"}),
+)
+
+
+def part_accelerated(opts: argparse.Namespace, results: Results) -> None:
+
+    if opts.dry_run:  # the parity fixture's plain Infinity (depth 2, no decode); ScaleKV: its first 2 blocks' budgets
+        from benchmarks.parity_logits import infinity_logits
+
+        pipe = infinity_logits()[0]
+        scalekv = {"method": "scalekv", "budget": f"infinity-2b-10%[:{pipe.transformer.config.depth}]"}
+        rows = [(name, {**call, "acceleration": scalekv} if call["acceleration"] == "scalekv" else call)
+                for name, call in ACCELERATED_ROWS if call["acceleration"]]  # CI's time: the accelerated rows only
+        warmup = 0
+    else:
+        pipe = _random_released("infinity-2b", opts.device, torch.bfloat16)
+        rows, warmup = list(ACCELERATED_ROWS), 1
+    pipe.to(opts.device)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.transformer.config
+    tokens = min(32, config.text_maxlen)  # the fixture model takes 16
+    embeds = torch.randn(1, tokens, config.text_channels, generator=torch.Generator().manual_seed(0))
+    base = {"height": 1024, "width": 1024, "guidance_scale": 3.0, "output_type": "latent" if opts.dry_run else "pt",
+            "prompt_embeds": embeds.to(opts.device, next(pipe.transformer.parameters()).dtype)}
+    for name, settings in rows:
+        def measure(settings=settings):
+            call = {**base, **settings}
+            for _ in range(warmup):
+                pipe(**call, generator=torch.Generator().manual_seed(0))
+            _reset_peak(opts.device)
+            start = time.perf_counter()
+            pipe(**call, generator=torch.Generator().manual_seed(0))
+            _sync(opts.device)
+            return {"call": {k: v for k, v in settings.items()}, "call_seconds": time.perf_counter() - start,
+                    "measured_peak": _peak(opts.device)}
+
+        _guarded(results, f"accelerated {name}", measure)
+
+
 PART_FUNCTIONS = {"cuda_tests": part_cuda_tests, "precision": part_precision, "planner": part_planner,
-                  "offload": part_offload, "benchmarks": part_benchmarks}
+                  "offload": part_offload, "benchmarks": part_benchmarks, "accelerated": part_accelerated}
 
 
 def main(argv: list[str] | None = None) -> int:

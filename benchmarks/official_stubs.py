@@ -185,6 +185,8 @@ def install() -> list[str]:
                       "torchvision.transforms": transforms, "torchvision.models": models})
     if _missing("tap"):
         stubs["tap"] = _module("tap", Tap=Tap)
+    if _missing("cv2"):  # imported at the top of FastVAR's infinity.py, used only to write images
+        stubs["cv2"] = _module("cv2")
     sys.modules.update(stubs)
     return sorted(stubs)
 
@@ -209,7 +211,7 @@ def exact_attention_casts(module: types.ModuleType) -> None:
     module.torch = _Float32Torch()
 
 
-STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision", "tap")
+STUBBED_TOP_LEVEL = ("flash_attn", "timm", "torchvision", "tap", "cv2")
 """Top-level names :func:`install` may put in ``sys.modules`` (besides ``infinity.models.fused_op``)."""
 
 

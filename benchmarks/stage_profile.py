@@ -1,6 +1,7 @@
-"""Where a VAR call spends its time, ours against the official sampler, split by stage (``torch.profiler``).
+"""Where a VAR or Infinity call spends its time, ours against the official sampler, split by stage (``torch.profiler``).
 
-Both samplers run the same call as ``vs_official.py`` (same weights, CFG, greedy, decode included).
+Both samplers run the same call as ``vs_official.py`` (VAR: same weights, CFG, greedy, decode included) or
+``vs_official_infinity.py`` (``--family infinity``: its arguments, e.g. ``--pn 0.25M --depth 4``).
 Each stage is marked by wrapping the modules and functions that implement it in
 ``torch.profiler.record_function`` for the duration of the profile (nothing is changed in either
 code base); every profiled operator's own CPU time is charged to the innermost stage around it, so the
@@ -9,6 +10,8 @@ SDPA kernel, the q/k/v and output projections, and the key/value cache (ours: ``
 the official code: its ``torch.cat`` of the cached and new keys/values).
 
     python benchmarks/stage_profile.py --reference-repo /path/to/VAR --model d16 --batch 4 --threads 2
+    python benchmarks/stage_profile.py --family infinity --reference-repo /path/to/Infinity --pn 0.25M \\
+        --depth 4 --text-len 64 --no-decode --threads 1
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from vpg_pipelines.models.var.adapter import VARAdapter
 
 PREFIX = "stage:"
 STAGES = ("embedding", "block: norms, AdaLN, residual", "attention: q/k/v + output projections",
-          "attention: SDPA", "attention: K/V cache writes and reads", "attention: other", "mlp", "head",
-          "guidance", "sampling", "next-scale input", "decode", "other")
+          "attention: SDPA", "attention: K/V cache writes and reads", "attention: other",
+          "cross-attention", "mlp", "head", "guidance", "sampling", "next-scale input", "decode", "other")
 
 
 @contextlib.contextmanager
@@ -90,6 +93,36 @@ def official_marks(official) -> list[tuple[Any, str, str]]:
     return marks
 
 
+def infinity_ours_marks(pipe) -> list[tuple[Any, str, str]]:
+    """Our Infinity transformer, adapter and guidance chain (``--family infinity``)."""
+    from vpg_pipelines.models.infinity.adapter import InfinityAdapter
+
+    model = pipe.transformer
+    marks = [(model.word_embed, "forward", "embedding"), (model.head_nm, "forward", "head"),
+             (model.head, "forward", "head")]
+    for block in model.iter_blocks():
+        marks += [(block, "forward", "block: norms, AdaLN, residual"), (block.sa, "forward", "attention: other"),
+                  (block.ca, "forward", "cross-attention"), (block.ffn, "forward", "mlp")]
+    marks += [(KVCache, "append", "attention: K/V cache writes and reads"), (InfinityAdapter, "sample", "sampling"),
+              (InfinityAdapter, "update", "next-scale input"), (InfinityAdapter, "step_input", "next-scale input"),
+              (GuidanceChain, "reduce_conditions", "guidance"), (GuidanceChain, "reduce_prefix", "guidance"),
+              (GuidanceChain, "reduce_logits", "guidance"), (InfinityAdapter, "decode", "decode")]
+    return marks
+
+
+def infinity_official_marks(model, vae) -> list[tuple[Any, str, str]]:
+    """The official ``Infinity`` (its loop's inline CFG and interpolations fall under "other")."""
+    module = sys.modules[type(model).__module__]
+    marks = [(model.word_embed, "forward", "embedding"), (model, "add_lvl_embeding", "embedding"),
+             (model.head_nm, "forward", "head"), (model.head, "forward", "head")]
+    for block in model.unregistered_blocks:
+        marks += [(block, "forward", "block: norms, AdaLN, residual"), (block.sa, "forward", "attention: other"),
+                  (block.ca, "forward", "cross-attention"), (block.ffn, "forward", "mlp")]
+    marks += [(module, "sample_with_top_k_top_p_also_inplace_modifying_logits_", "sampling"),
+              (vae.quantizer.lfq, "indices_to_codes", "next-scale input"), (vae, "decode", "decode")]
+    return marks
+
+
 def _kind(op: str) -> str:
     """Which attention sub-stage an operator directly under the attention range belongs to."""
     if "scaled_dot_product" in op or "flash_attention" in op:
@@ -136,7 +169,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     head = (f"**{result['model']}** ({result['params'] / 1e6:.1f} M transformer parameters), batch {a['batch']}, "
             f"float32 on the CPU; one profiled call each after {a['warmup']} warm-up; {m['date']}; {m['cpu']}, "
             f"{m['cores']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}; cfg {a['guidance_scale']}, "
-            f"top-k {a['top_k']}; no VPG, VQVAE decode included.")
+            f"top-k {a['top_k']}; no VPG, {'decode not profiled' if a.get('decode') is False else 'decode included'}.")
     names = list(result["profiles"])
     rows = []
     for stage in STAGES:
@@ -154,8 +187,49 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join([head, "", markdown_table(header, rows)])
 
 
+def infinity_main(argv: list[str]) -> dict[str, Any]:
+    """``--family infinity``: the models and calls of ``vs_official_infinity.py`` (its arguments)."""
+    from benchmarks import vs_official_infinity as voi
+
+    args = voi.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    official = voi.import_official(args.reference_repo)
+    model, vae, pipe = voi.build_models(official, args)
+    runs, _ = voi.make_runs(model, vae, pipe, official, args)
+    plan = {"official": infinity_official_marks(model, vae), "ours-sampler": infinity_ours_marks(pipe)}
+    for _ in range(args.warmup):
+        for name in plan:
+            runs[name]()
+    h, w = voi.schedule_from_template(args.h_div_w, args.pn).image_size
+    result: dict[str, Any] = {
+        "benchmark": "stage_profile", "family": "infinity",
+        "model": f"Infinity-2B block at depth {args.depth}, width {args.width}, {args.pn} ({h}x{w} px), random weights",
+        "params": count_params(pipe.transformer), "device": "cpu", "machine": machine_info("cpu"),
+        "args": vars(args), "profiles": {name: profile_call(runs[name], marks) for name, marks in plan.items()},
+    }
+    result["args"]["decode"] = not args.no_decode
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--family" in argv:
+        at = argv.index("--family")
+        family = argv[at + 1] if at + 1 < len(argv) else ""
+        if family not in ("var", "infinity"):
+            raise SystemExit(f"--family must be 'var' or 'infinity', got {family!r}")
+        argv = argv[:at] + argv[at + 2:]
+        if family == "infinity":
+            out_json, out_md = _pop(argv, "--out-json"), _pop(argv, "--out-md")
+            result = infinity_main(argv)
+            markdown = to_markdown(result)
+            write_outputs(result, markdown, out_json, out_md)
+            print(markdown)
+            return result
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", default="var", choices=("var", "infinity"),
+                   help="var (these arguments) or infinity (the arguments of vs_official_infinity.py)")
     p.add_argument("--reference-repo", required=True, help="local checkout of the official VAR repository")
     p.add_argument("--model", default="d16", help="'tiny' (the parity model) or d16/d20/d24/d30 (random weights)")
     p.add_argument("--batch", type=int, default=4)
@@ -188,6 +262,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_outputs(result, markdown, args.out_json, args.out_md)
     print(markdown)
     return result
+
+
+def _pop(argv: list[str], flag: str) -> str | None:
+    """Remove ``flag VALUE`` from ``argv`` and return the value (outputs are written here, not by the runs)."""
+    if flag not in argv:
+        return None
+    at = argv.index(flag)
+    value = argv[at + 1]
+    del argv[at : at + 2]
+    return value
 
 
 if __name__ == "__main__":

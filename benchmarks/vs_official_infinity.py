@@ -56,6 +56,13 @@ NEEDED = ("einops", "pytz")
 OURS = ("ours", "ours-sampler")
 NAMES = {"official": "official `autoregressive_infer_cfg`", "ours": "ours: `VPGInfinityPipeline.__call__`",
          "ours-sampler": "ours: `run_next_scale` + decode"}
+VPG_PREFIX = "ours-vpg-semantic+"
+
+
+def vpg_name(preset: str) -> str:
+    """Row name of an accelerated semantic-VPG run (``--vpg-accelerated``)."""
+    return f"ours: pipeline, semantic VPG + `acceleration={preset!r}`" if preset != "none" else \
+        "ours: pipeline, semantic VPG, no accelerator"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=1, help="1 = greedy (outputs must agree)")
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--no-pipeline", action="store_true", help="time the sampler only, not the pipeline")
+    p.add_argument("--no-sampler", action="store_true", help="time the pipeline only, not the bare sampler")
+    p.add_argument("--vpg-accelerated", nargs="*", default=[], metavar="PRESET",
+                   help="also time our pipeline with semantic VPG (--vpg-scale) and each of these accelerator presets "
+                        "(e.g. fastvar fastervar; 'none': VPG alone) against the official CFG-only sampler; their "
+                        "outputs differ from the official ones by design and are not compared")
+    p.add_argument("--vpg-scale", type=float, default=1.5, help="VPG scale of the --vpg-accelerated runs")
     p.add_argument("--no-decode", action="store_true",
                    help="time the samplers without the VAE decode (the agreement check still decodes once)")
     p.add_argument("--seed", type=int, default=0)
@@ -240,9 +253,23 @@ def make_runs(model: Any, vae: Any, pipe: VPGInfinityPipeline, official: dict[st
                     guidance_scale=args.guidance_scale, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
                     vpg_scale=1.0, generator=torch.Generator().manual_seed(args.seed), output_type=output_type).images
 
-    runs = {"official": theirs, "ours-sampler": ours_sampler}
+    def vpg_accelerated(preset: str) -> Any:
+        def run() -> torch.Tensor:
+            return pipe(prompt_embeds=embeds, prompt_attention_mask=mask, height=height, width=width,
+                        guidance_scale=args.guidance_scale, tau=args.tau, top_k=args.top_k, top_p=args.top_p,
+                        vpg_scale=args.vpg_scale, vpg_scales="semantic",
+                        acceleration=None if preset == "none" else preset,
+                        generator=torch.Generator().manual_seed(args.seed),
+                        output_type="latent" if args.no_decode else "pt").images
+        return run
+
+    runs = {"official": theirs}
+    if not args.no_sampler:
+        runs["ours-sampler"] = ours_sampler
     if not args.no_pipeline:
         runs["ours"] = ours
+    for preset in args.vpg_accelerated:
+        runs[VPG_PREFIX + preset] = vpg_accelerated(preset)
     return runs, sampler_state
 
 
@@ -276,8 +303,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     agree = result["agreement"]
     header = ["sampler", "median [min–max]", "our speed vs official (paired median [range])",
               "max abs image diff vs official ([-1, 1] scale)"]
-    names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else NAMES
-    rows = speed_rows(result["times"], result["speedup"], names, agree["max_abs_image_diff"])
+    names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else dict(NAMES)
+    diffs = dict(agree["max_abs_image_diff"])
+    for preset in a.get("vpg_accelerated", []):
+        names[VPG_PREFIX + preset] = vpg_name(preset)
+        diffs[VPG_PREFIX + preset] = float("nan")  # a different (guided, accelerated) image by design
+    rows = speed_rows(result["times"], result["speedup"], names, diffs)
+    for row in rows:
+        if row[-1] == "nan":
+            row[-1] = "— (guided + accelerated: a different image by design)"
     lines = [head, "", markdown_table(header, rows), "",
              f"Agreement: greedy bits {'equal' if agree['agree'] else 'DIFFERENT'} at every scale "
              f"({agree['bits_total']} bits; differing per scale {agree['bits_differ_per_scale']}); "

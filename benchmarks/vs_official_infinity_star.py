@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import official_stubs
+from benchmarks import vs_official_infinity as voi_names
 from benchmarks.common import (
     CLOCKS,
     count_params,
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--guidance-scale", type=float, default=1.5, help="plain CFG strength (low: see the docstring)")
     p.add_argument("--no-pipeline", action="store_true", help="time the sampler only, not the pipeline")
+    p.add_argument("--no-sampler", action="store_true", help="time the pipeline only, not the bare sampler")
+    p.add_argument("--vpg-accelerated", nargs="*", default=[], metavar="PRESET",
+                   help="also time our pipeline with semantic VPG (--vpg-scale) and each of these accelerator presets "
+                        "(e.g. fastervar; 'none': VPG alone) against the official sampler; their outputs differ from "
+                        "the official ones by design and are not compared")
+    p.add_argument("--vpg-scale", type=float, default=1.5, help="VPG scale of the --vpg-accelerated runs")
     p.add_argument("--no-decode", action="store_true",
                    help="time the samplers without the VAE decode (the agreement check still decodes once)")
     p.add_argument("--seed", type=int, default=0)
@@ -293,9 +300,22 @@ def make_runs(model: Any, vae: Any, a: Any, pipe: VPGInfinityStarPipeline, offic
                     guidance_scale=args.guidance_scale, guidance="cfg", vpg_scale=1.0,
                     generator=torch.Generator().manual_seed(args.seed), output_type=output_type).frames
 
-    runs = {"official": theirs, "ours-sampler": ours_sampler}
+    def vpg_accelerated(preset: str) -> Any:
+        def run() -> torch.Tensor:
+            return pipe(prompt_embeds=features[None], num_frames=args.frames, height=height, width=width,
+                        guidance_scale=args.guidance_scale, guidance="cfg", vpg_scale=args.vpg_scale,
+                        vpg_scales="semantic", acceleration=None if preset == "none" else preset,
+                        generator=torch.Generator().manual_seed(args.seed),
+                        output_type="latent" if args.no_decode else "pt").frames
+        return run
+
+    runs = {"official": theirs}
+    if not args.no_sampler:
+        runs["ours-sampler"] = ours_sampler
     if not args.no_pipeline:
         runs["ours"] = ours
+    for preset in args.vpg_accelerated:
+        runs[voi_names.VPG_PREFIX + preset] = vpg_accelerated(preset)
     return runs, sampler_state
 
 
@@ -338,8 +358,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     agree = result["agreement"]
     header = ["sampler", "median [min–max]", "our speed vs official (paired median [range])",
               "max abs video diff vs official ([-1, 1] scale)"]
-    names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else NAMES
-    rows = speed_rows(result["times"], result["speedup"], names, agree["max_abs_video_diff"])
+    names = {**NAMES, "ours-sampler": "ours: `run_next_scale`"} if a["no_decode"] else dict(NAMES)
+    diffs = dict(agree["max_abs_video_diff"])
+    for preset in a.get("vpg_accelerated", []):
+        names[voi_names.VPG_PREFIX + preset] = voi_names.vpg_name(preset)
+        diffs[voi_names.VPG_PREFIX + preset] = float("nan")
+    rows = speed_rows(result["times"], result["speedup"], names, diffs)
+    for row in rows:
+        if row[-1] == "nan":
+            row[-1] = "— (guided + accelerated: a different video by design)"
     lines = [head, "", markdown_table(header, rows), "",
              "Agreement (same seeded generator, multinomial per bit): bits "
              f"{'equal' if agree['agree'] else 'DIFFERENT'} "

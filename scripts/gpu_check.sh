@@ -2,7 +2,7 @@
 # The prepared GPU check (issue 12): every part under its own timeout, results in docs/results/gpu_*.json
 # (rewritten after every measurement, so a part stopped by its timeout keeps what it measured).
 #
-#   scripts/gpu_check.sh                 # on one CUDA GPU: about 8 minutes at most (the timeouts add up to 470 s)
+#   scripts/gpu_check.sh                 # on one CUDA GPU: 8 minutes at most (the timeouts add up to 480 s)
 #   scripts/gpu_check.sh --dry-run       # on the CPU: lists the parts and runs tiny versions (what CI runs)
 #   scripts/gpu_check.sh --out DIR       # results elsewhere
 #
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 export PYTHONUNBUFFERED=1
-parts="cuda_tests:70 precision:60 planner:150 offload:110 benchmarks:80"
+parts="cuda_tests:70 precision:60 planner:130 offload:95 benchmarks:80 accelerated:45"
 if [ "$dry_run" = 1 ]; then
   [ "$out" = docs/results ] && out="$(mktemp -d)"
   echo "gpu_check --dry-run: on a GPU this would run, each under its timeout (seconds):"

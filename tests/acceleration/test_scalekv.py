@@ -26,7 +26,14 @@ from tests.helpers.acceleration import (
 from tests.helpers.infinity import load_fixture, report
 from tests.helpers.numerics import assert_greedy_margin
 from tests.helpers.shared import shared_path
-from vpg_pipelines.acceleration import INFINITY_2B_10, INFINITY_8B_10, AccelerationTarget, ScaleKV, top_indices
+from vpg_pipelines.acceleration import (
+    INFINITY_2B_10,
+    INFINITY_8B_10,
+    AccelerationError,
+    AccelerationTarget,
+    ScaleKV,
+    top_indices,
+)
 from vpg_pipelines.acceleration.scalekv import pooled_scores, window_positions
 from vpg_pipelines.guidance.cfg import ClassifierFreeGuidance
 from vpg_pipelines.loading.infinity import load_official_infinity
@@ -159,3 +166,9 @@ def test_forced_selection_reproduces_their_logits():
     tracker = PositionTracker(scalekv_fixture()[1]["scale_starts"])
     trace = _run(adapter, state, case, accel.with_selection(forced_kv_selection(stored_positions(tag), tracker)))
     _assert_outputs(tag, state, trace)
+
+
+def test_an_unresolved_budget_is_refused_by_the_sampler():
+    """Unresolved (no first compressed scale), the run would compress nothing and look like an ordinary one."""
+    with pytest.raises(AccelerationError, match="resolved"):
+        ScaleKV(budget=INFINITY_2B_10).start(1, None)

@@ -151,3 +151,30 @@ def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, of
         assert agree["max_abs_video_diff"][name] < 1e-3
         assert result["speedup"][name][0] > 0
     assert "official `autoregressive_infer`" in out_md.read_text()
+
+
+FASTVAR_REFERENCE_REPO = Path(os.environ.get("FASTVAR_REFERENCE_REPO", REPO.parent / "ref" / "FastVAR" / "Infinity"))
+
+
+def test_vs_authors_acceleration_checks_its_arguments(tmp_path):
+    from benchmarks import vs_authors_acceleration
+
+    with pytest.raises(ValueError, match="--reference-repo"):
+        vs_authors_acceleration.import_authors(vs_authors_acceleration.parse_args(
+            ["--method", "fastvar", "--reference-repo", str(tmp_path)]))
+    with pytest.raises(SystemExit):  # ScaleKV's code is hard-wired to the 1M schedule
+        vs_authors_acceleration.parse_args(["--method", "scalekv", "--reference-repo", str(tmp_path), "--pn", "0.25M"])
+
+
+def test_vs_authors_acceleration_fastvar_agrees_with_theirs(tmp_path, official_infinity_removed_afterwards):
+    from benchmarks import vs_authors_acceleration
+
+    if not (FASTVAR_REFERENCE_REPO / "infinity" / "models" / "fastvar_basic.py").is_file():
+        pytest.skip(f"no FastVAR checkout at {FASTVAR_REFERENCE_REPO} (set FASTVAR_REFERENCE_REPO)")
+    result = vs_authors_acceleration.main([
+        "--method", "fastvar", "--reference-repo", str(FASTVAR_REFERENCE_REPO), "--depth", "4", "--width", "128",
+        "--text-len", "5", "--repeats", "1", "--threads", "1"])
+    agree = result["agreement"]
+    assert agree["agree"] and agree["scales_run"]["theirs"] == [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40]  # 48, 64 skipped
+    assert sorted(result["per_scale"]["ours"]) == sorted(result["per_scale"]["theirs"]) == agree["scales_run"]["ours"]
+    assert result["speedup"][0] > 0

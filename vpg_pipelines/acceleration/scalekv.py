@@ -235,6 +235,14 @@ class ScaleKV(Acceleration):
                 raise self.refuse(f"needs grids of at least {math.isqrt(self.window)} sites a side to place its "
                                   f"window, scale {step.scale} has {step.grid}")
 
+    def start(self, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> ScaleKV:
+        """Refuse a setting that was not resolved for its call: unresolved, no scale would be compressed and the
+        run would silently be an ordinary one (``run_next_scale`` takes what the pipelines resolved)."""
+        if self.budget is None or self.first_scale is None:
+            raise self.refuse("must be resolved for the call first (`ScaleKV(...).resolve(target)`, as the pipelines "
+                              "do); unresolved it would compress nothing")
+        return self
+
     # -- what it needs from a step -----------------------------------------------------------------------
     def compresses(self, step: ScaleStep) -> bool:
         """Whether the cache is compressed after ``step``'s attention: from the first scale whose cache exceeds

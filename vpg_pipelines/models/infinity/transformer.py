@@ -50,6 +50,22 @@ def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
 
 
+def _modulate(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``h * (1 + scale) + shift``, in place on the fresh ``h`` when no gradient is recorded (as the official
+    ``mul(...).add_(...)``: one full-size temporary fewer per sub-layer)."""
+    if torch.is_grad_enabled() or h.dtype != torch.promote_types(h.dtype, scale.dtype):
+        return h * (scale + 1) + shift
+    return h.mul_(scale + 1).add_(shift)
+
+
+def _gate(out: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``out * gamma``, in place on the fresh ``out`` when no gradient is recorded (and the product keeps
+    ``out``'s dtype: a bf16 sub-layer output times the float32 gate stays float32, as before)."""
+    if torch.is_grad_enabled() or out.dtype != torch.promote_types(out.dtype, gamma.dtype):
+        return out * gamma
+    return out.mul_(gamma)
+
+
 def ffn_hidden_width(embed_dim: int, mlp_ratio: float) -> int:
     """``round(C * mlp_ratio / 256) * 256`` (Python's half-to-even ``round``), as the official blocks."""
     return round(embed_dim * mlp_ratio / 256) * 256
@@ -204,7 +220,8 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         rows, n, dim = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = (self.mat_qkv(x) + bias).view(rows, n, 3, self.num_heads, self.head_dim)
+        # the bias inside the matmul (one addmm, as the official F.linear), not a second pass over 3C outputs
+        qkv = self.mat_qkv(x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (R, H, N, hd)
         if self.cos_attn:
             scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
@@ -325,16 +342,16 @@ class InfinityBlock(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)
 
         def attention(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
-            h = _layer_norm(tokens, self.eps) * (scale1 + 1) + shift1
+            h = _modulate(_layer_norm(tokens, self.eps), scale1, shift1)
             angles = rope if kept is None else gather_rope(rope, kept)
-            return self.sa(h, angles, layer, kv_cache, attn_mask, store) * gamma1
+            return _gate(self.sa(h, angles, layer, kv_cache, attn_mask, store), gamma1)
 
         def cross(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
             return self.ca(self.ca_norm(tokens), condition.memory, condition.mask, cond_index, memo, layer).float()
 
         def ffn(tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
-            h = _layer_norm(tokens, self.eps) * (scale2 + 1) + shift2
-            return self.ffn(h) * gamma2
+            h = _modulate(_layer_norm(tokens, self.eps), scale2, shift2)
+            return _gate(self.ffn(h), gamma2)
 
         if token_plan is None:
             x = x + attention(x, None)
