@@ -203,7 +203,7 @@ def test_offload_auto_plans_against_the_devices_free_memory(monkeypatch, capsys)
     fake = lambda device: asked.append(torch.device(device)) or DeviceMemory(free, 2 * free)  # noqa: E731
     monkeypatch.setattr(cli, "device_memory", fake)
     monkeypatch.setattr(choose, "device_memory", fake)
-    args = argparse.Namespace(quantization=None, offload="auto")
+    args = argparse.Namespace(quantization=None, offload="auto", kv_cache_offload=False)
     cli._place(pipe, args, torch.device("cpu"), call)
     assert asked and all(d == torch.device("cpu") for d in asked)
     out = capsys.readouterr().out
