@@ -27,6 +27,15 @@ class Linear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, bias.to(self.weight.dtype))
 
 
+def linear_plus_bias(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``layer(x) + bias`` for a bias-free ``layer``: one fused matmul where ``layer`` is our :class:`Linear`; a
+    quantizer's replacement (bitsandbytes' ``Linear4bit`` takes ``x`` only) gets the bias added after it."""
+    if type(layer) is Linear:
+        return layer(x, bias)
+    out = layer(x)
+    return out + bias.to(out.dtype)
+
+
 def step_causal_mask(token_steps: torch.Tensor, cached: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Additive attention mask for new tokens attending to ``cached`` tokens plus themselves.
 

@@ -28,7 +28,7 @@ from torch import nn
 from ..adapter import SUBLAYERS, HiddenHook, StreamPlan, TokenPlan
 from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens
 from ..kv_cache import KVCache
-from ..layers import Linear, cached_attention, step_causal_mask
+from ..layers import Linear, cached_attention, linear_plus_bias, step_causal_mask
 from .schedules import ROPE_GRID, InfinitySchedule, custom_schedule
 
 DERIVED_KEYS = re.compile(r"(^|\.)zero_k_bias$")
@@ -221,7 +221,7 @@ class SelfAttention(nn.Module):
         rows, n, dim = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         # the bias inside the matmul (one addmm, as the official F.linear), not a second pass over 3C outputs
-        qkv = self.mat_qkv(x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
+        qkv = linear_plus_bias(self.mat_qkv, x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (R, H, N, hd)
         if self.cos_attn:
             scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()

@@ -22,7 +22,7 @@ from torch import nn
 from ..adapter import HiddenHook
 from ..chunking import ChunkedFeedForward, ForwardChunkingMixin, chunked_over_tokens
 from ..kv_cache import KVCache
-from ..layers import Linear, cached_attention, step_causal_mask
+from ..layers import Linear, cached_attention, linear_plus_bias, step_causal_mask
 
 DERIVED_BUFFERS = re.compile(r"^(lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias)$")
 """Keys of the official files that hold no learned values (rebuilt from the config)."""
@@ -69,7 +69,7 @@ class VARAttention(nn.Module):
     ) -> torch.Tensor:
         rows, n, dim = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = self.mat_qkv(x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
+        qkv = linear_plus_bias(self.mat_qkv, x, bias).view(rows, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (R, H, N, hd)
         if self.l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().to(q.dtype)
