@@ -20,7 +20,7 @@ from vpg_pipelines.sampling.next_scale import SamplerTrace
 LAYERS, ROWS, HEADS, DIM = 3, 2, 2, 4
 
 
-def _steps(seed: int = 0) -> list[tuple[int, bool, list[tuple[int, int]] | None]]:
+def _steps() -> list[tuple[int, bool, list[tuple[int, int]] | None]]:
     """(new tokens, store, visible ranges) per step: stored scales, a repetition that is not stored, and
     steps that see only some earlier ranges (InfinityStar's ``ref_sids``)."""
     return [(1, True, None), (4, True, None), (4, False, None), (9, True, [(0, 1), (5, 5)]), (16, True, [(1, 12)])]

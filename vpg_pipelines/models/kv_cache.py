@@ -159,17 +159,7 @@ class KVCache:
             return self._append_offloaded(layer, k, v, store)
         start, n = self.lengths[layer], k.shape[2]
         if store:
-            if self.grow:
-                self._reserve(layer, start + n, k, v)
-            else:
-                if start + n > self.capacities[layer]:
-                    raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
-                                       f"({start} + {n} tokens)")
-                if self.keys[layer] is None:
-                    self._allocate(layer, k, v)
-            self.keys[layer][:, :, start : start + n] = k
-            self.values[layer][:, :, start : start + n] = v
-            self.lengths[layer] = start + n
+            self._store(layer, k, v)
             if self.visible is None:
                 return self.keys[layer][:, :, : start + n], self.values[layer][:, :, : start + n]
             old_k, old_v = self._visible(layer)
@@ -181,6 +171,21 @@ class KVCache:
         old_k, old_v = self._visible(layer)
         return torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
 
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write this step's entries after ``layer``'s stored ones (growing or allocating its storage first)."""
+        start, n = self.lengths[layer], k.shape[2]
+        if self.grow:
+            self._reserve(layer, start + n, k, v)
+        else:
+            if start + n > self.capacities[layer]:
+                raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
+                                   f"({start} + {n} tokens)")
+            if self.keys[layer] is None:
+                self._allocate(layer, k, v)
+        self.keys[layer][:, :, start : start + n] = k
+        self.values[layer][:, :, start : start + n] = v
+        self.lengths[layer] = start + n
+
     def _allocate(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """The preallocated storage of ``layer`` (its first append)."""
         self.keys[layer] = self._empty((self.rows, k.shape[1], self.capacities[layer], k.shape[3]), k)
@@ -191,7 +196,7 @@ class KVCache:
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`append` of an offloaded cache: the visible entries copied to ``k``'s device (prefetched or
         now), this step's entries after them, and (``store``) this step's entries written to the storage."""
-        start, n = self.lengths[layer], k.shape[2]
+        n = k.shape[2]
         self._device = k.device
         if self.keys[layer] is None and not store:
             return k, v
@@ -199,19 +204,8 @@ class KVCache:
         out_k, out_v = gathered
         out_k[:, :, out_k.shape[2] - n :] = k
         out_v[:, :, out_v.shape[2] - n :] = v
-        if store:
-            if self.grow:
-                self._reserve(layer, start + n, k, v)
-            else:
-                if start + n > self.capacities[layer]:
-                    raise RuntimeError(f"KVCache capacity {self.capacities[layer]} of layer {layer} exceeded "
-                                       f"({start} + {n} tokens)")
-                if self.keys[layer] is None:
-                    self._allocate(layer, k, v)
-            # a blocking copy: the host storage is read by the next gather and by the row operations
-            self.keys[layer][:, :, start : start + n] = k
-            self.values[layer][:, :, start : start + n] = v
-            self.lengths[layer] = start + n
+        if store:  # a blocking copy: the host storage is read by the next gather and by the row operations
+            self._store(layer, k, v)
         self.gathered_bytes = max(self.gathered_bytes, 2 * out_k.numel() * out_k.element_size())
         if self._prefetching(k.device) and layer + 1 < self.num_layers:
             self._launch_prefetch(layer + 1, k, v)
