@@ -218,6 +218,58 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int, d
     return series
 
 
+class ScaleClock:
+    """When each scale's codes were sampled in a call: ``(key, seconds since the call began)`` on both clocks.
+
+    The key names the scale (its grid width, or its index in the schedule); a scale stamped several
+    times in a call (InfinityStar's repetitions) adds up in :meth:`per_scale`.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[list[tuple[int, float, float]]]] = {}
+        self._start: tuple[float, float] | None = None
+        self._stamps: list[tuple[int, float, float]] = []
+
+    @property
+    def running(self) -> bool:
+        """Whether a timed call is under way (stamps outside one are not recorded)."""
+        return self._start is not None
+
+    def stamp(self, key: int) -> None:
+        if self._start is None:
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+        self._stamps.append((key, wall - self._start[0], cpu - self._start[1]))
+
+    def stamps(self) -> int:
+        """Stamps so far in the current call."""
+        return len(self._stamps)
+
+    def around(self, name: str, fn: Any) -> Any:
+        def run(*a: Any, **kw: Any) -> Any:
+            self._start, self._stamps = (time.perf_counter(), time.process_time()), []
+            try:
+                out = fn(*a, **kw)
+            finally:
+                self._start = None
+            self.calls.setdefault(name, []).append(self._stamps)
+            return out
+        return run
+
+    def per_scale(self, name: str, clock: str, skip: int) -> dict[int, float]:
+        """Median seconds per scale (by key) over the calls after the first ``skip`` ones."""
+        column = 1 if clock == "wall" else 2
+        per: dict[int, list[float]] = {}
+        for stamps in self.calls.get(name, [])[skip:]:
+            before, call = 0.0, {}
+            for stamp in stamps:
+                call[stamp[0]] = call.get(stamp[0], 0.0) + stamp[column] - before
+                before = stamp[column]
+            for key, seconds in call.items():
+                per.setdefault(key, []).append(seconds)
+        return {key: statistics.median(v) for key, v in per.items()}
+
+
 def paired_ratios(series: dict[str, Series], baseline: str) -> dict[str, list[float]]:
     """Per-round ratio to the baseline of the same round (robust to load drifting between rounds)."""
     base = series[baseline].times

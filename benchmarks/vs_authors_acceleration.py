@@ -30,7 +30,6 @@ import io
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,16 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: import 
 
 from benchmarks import official_stubs
 from benchmarks import vs_official_infinity as voi
-from benchmarks.common import CLOCKS, count_params, interleaved, machine_info, markdown_table, run_header, write_outputs
+from benchmarks.common import (
+    CLOCKS,
+    ScaleClock,
+    count_params,
+    interleaved,
+    machine_info,
+    markdown_table,
+    run_header,
+    write_outputs,
+)
 from vpg_pipelines.acceleration import (
     INFINITY_2B_10,
     RANK_RATIO_PRESETS,
@@ -146,38 +154,6 @@ def enable_theirs(authors: dict[str, Any], model: Any, args: argparse.Namespace)
             authors["enable_scale_kv"](model, **SCALEKV_ARGS)
         finally:
             os.chdir(cwd)
-
-
-class ScaleClock:
-    """When each scale's codes were sampled in a call: ``(grid, seconds since the call began)`` on both clocks."""
-
-    def __init__(self) -> None:
-        self.calls: dict[str, list[list[tuple[int, float, float]]]] = {}
-        self._start: tuple[float, float] | None = None
-        self._stamps: list[tuple[int, float, float]] = []
-
-    def stamp(self, grid: int) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        self._stamps.append((grid, wall - self._start[0], cpu - self._start[1]))
-
-    def around(self, name: str, fn: Any) -> Any:
-        def run(*a: Any, **kw: Any) -> Any:
-            self._start, self._stamps = (time.perf_counter(), time.process_time()), []
-            out = fn(*a, **kw)
-            self.calls.setdefault(name, []).append(self._stamps)
-            return out
-        return run
-
-    def per_scale(self, name: str, clock: str, skip: int) -> dict[int, float]:
-        """Median seconds per scale (by grid width) over the calls after the first ``skip`` ones."""
-        column = 1 if clock == "wall" else 2
-        per: dict[int, list[float]] = {}
-        for stamps in self.calls.get(name, [])[skip:]:
-            before = 0.0
-            for stamp in stamps:
-                per.setdefault(stamp[0], []).append(stamp[column] - before)
-                before = stamp[column]
-        return {grid: statistics.median(v) for grid, v in per.items()}
 
 
 def make_runs(model: Any, vae: Any, pipe: Any, authors: dict[str, Any], args: argparse.Namespace, clock: ScaleClock

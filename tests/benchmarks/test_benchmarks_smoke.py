@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import vpg_overhead, vs_official
 from tests.helpers.shared import REPO, shared_path
@@ -129,7 +130,22 @@ def test_vs_official_infinity_star_rejects_a_wrong_checkout(tmp_path):
         vs_official_infinity_star.import_official(tmp_path)
 
 
-def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards):
+def test_vs_official_infinity_star_settings_pick_the_released_480p_call():
+    from benchmarks import vs_official_infinity_star as voist
+
+    released = voist.parse_args(["--reference-repo", "x", "--settings", "480p"])
+    assert (released.frames, released.guidance, released.guidance_scale) == (81, "apg", 34.0)  # infer_video_480p.py
+    assert voist.SETTINGS["480p"]["pn"] == "0.40M" and voist.SETTINGS["480p"]["video_scale_repetition"][-2:] == [2, 1]
+    reduced = voist.parse_args(["--reference-repo", "x"])
+    assert (reduced.frames, reduced.guidance, reduced.guidance_scale) == (17, "cfg", 1.5)
+    for bad in (["--frames", "81"], ["--guidance-scale", "34"], ["--settings", "480p", "--guidance-scale", "0.5"]):
+        with pytest.raises(SystemExit):  # argparse's error names the argument and the allowed values
+            voist.parse_args(["--reference-repo", "x", *bad])
+
+
+@pytest.mark.parametrize("settings", ["reduced", "480p"])
+def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, official_infinity_removed_afterwards,
+                                                                    settings):
     from benchmarks import vs_official_infinity_star
 
     if not (INFINITY_STAR_REFERENCE_REPO / "infinity" / "schedules" / "infinity_elegant.py").is_file():
@@ -141,7 +157,8 @@ def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, of
     out_md = tmp_path / "r.md"
     result = vs_official_infinity_star.main([
         "--reference-repo", str(INFINITY_STAR_REFERENCE_REPO), "--depth", "2", "--width", "512", "--frames", "1",
-        "--vae-channels", "32,32,32,32,32", "--text-len", "5", "--repeats", "1", "--warmup", "0", "--threads", "1",
+        "--settings", settings, "--vae-channels", "32,32,32,32,32", "--text-len", "5", "--repeats", "1",
+        "--warmup", "0", "--threads", "1",
         "--no-decode", "--out-md", str(out_md)])
     agree = result["agreement"]
     assert agree["agree"] and agree["bits_total"] > 0  # the same seeded draws from the same logits
@@ -150,6 +167,9 @@ def test_vs_official_infinity_star_agrees_with_the_official_sampler(tmp_path, of
         # float32 decoders of the same codes: differently ordered convolutions, ~1e-6 seen
         assert agree["max_abs_video_diff"][name] < 1e-3
         assert result["speedup"][name][0] > 0
+    for name, per_scale in result["per_scale"].items():  # every scale stamped once per call, in both code bases
+        assert sorted(per_scale) == list(range(len(result["scales"]))), name
+        assert sum(per_scale.values()) <= result["times"][name][0] + 1e-6
     assert "official `autoregressive_infer`" in out_md.read_text()
 
 
@@ -178,3 +198,20 @@ def test_vs_authors_acceleration_fastvar_agrees_with_theirs(tmp_path, official_i
     assert agree["agree"] and agree["scales_run"]["theirs"] == [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40]  # 48, 64 skipped
     assert sorted(result["per_scale"]["ours"]) == sorted(result["per_scale"]["theirs"]) == agree["scales_run"]["ours"]
     assert result["speedup"][0] > 0
+
+
+def test_vs_official_infinity_star_counts_cpu_attention_and_projects_by_width():
+    import torch.nn.functional as F
+
+    from benchmarks import vs_official_infinity_star as voist
+
+    q, k = torch.randn(2, 4, 6, 8), torch.randn(2, 2, 10, 8)
+    w = torch.randn(16, 8)
+    calls = {"official": lambda: F.linear(q, w),
+             "ours": lambda: F.scaled_dot_product_attention(q, k, k, enable_gqa=True)}
+    counts = voist.count_flops(calls)
+    assert counts["official"] == {"attention": 0.0, "matmul": 2.0 * 2 * 4 * 6 * 8 * 16}
+    assert counts["ours"] == {"attention": 4.0 * 2 * 4 * 6 * 10 * 8, "matmul": 0.0}  # query heads count (GQA)
+    ratios = voist.projected_ratios({"official": {"matmul": 4.0, "attention": 4.0},
+                                     "ours": {"matmul": 2.0, "attention": 1.0}}, 512, [512, 1024])
+    assert ratios["ours"][512] == 3 / 8 and ratios["ours"][1024] == (8 + 2) / (16 + 8)  # matmuls x4, attention x2
