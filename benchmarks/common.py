@@ -230,13 +230,8 @@ class ScaleClock:
         self._start: tuple[float, float] | None = None
         self._stamps: list[tuple[int, float, float]] = []
 
-    @property
-    def running(self) -> bool:
-        """Whether a timed call is under way (stamps outside one are not recorded)."""
-        return self._start is not None
-
     def stamp(self, key: int) -> None:
-        if self._start is None:
+        if self._start is None:  # outside a timed call (an agreement check): not recorded
             return
         wall, cpu = time.perf_counter(), time.process_time()
         self._stamps.append((key, wall - self._start[0], cpu - self._start[1]))

@@ -374,7 +374,9 @@ def install_clock(clock: ScaleClock, vae: Any, plan: StepPlan) -> contextlib.Exi
     stack = contextlib.ExitStack()
     for lfq in (vae.quantizer.lfq_detail, vae.quantizer.lfq_semantic):
         def stamped(indices, *a, _fn=lfq.indices_to_codes, **kw):
-            clock.stamp(plan.steps[min(clock.stamps(), len(plan.steps) - 1)].scale)
+            done = clock.stamps()
+            if done < len(plan.steps):  # a later call (none seen) would not be a sampling step
+                clock.stamp(plan.steps[done].scale)
             return _fn(indices, *a, **kw)
 
         lfq.indices_to_codes = stamped
@@ -452,14 +454,15 @@ def _cpu_attention_flops(query: Any, key: Any, *_: Any, out_shape: Any = None, *
     return 4 * b * h * length * key[-2] * e
 
 
-ATTENTION_OPS = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math")
+CPU_ATTENTION = "_scaled_dot_product_flash_attention_for_cpu"
 
 
 def count_flops(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Each call once under ``FlopCounterMode``: its attention FLOPs and every other matmul's."""
+    """Each call once under ``FlopCounterMode``: its attention FLOPs (SDPA's CPU kernel) and every other
+    matmul's (an attention that falls back to SDPA's math path would count as matmuls: none does here)."""
     from torch.utils import flop_counter
 
-    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    op = getattr(torch.ops.aten, CPU_ATTENTION)
     if op not in flop_counter.flop_registry and op.default not in flop_counter.flop_registry:
         flop_counter.register_flop_formula(op)(_cpu_attention_flops)
     counts = {}
@@ -467,7 +470,7 @@ def count_flops(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
         with flop_counter.FlopCounterMode(display=False) as counter:
             run()
         by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
-        attention = sum(v for k, v in by_op.items() if any(a in k for a in ATTENTION_OPS))
+        attention = sum(v for k, v in by_op.items() if CPU_ATTENTION in k)
         counts[name] = {"attention": float(attention), "matmul": float(sum(by_op.values()) - attention)}
     return counts
 
@@ -522,9 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": "cpu",
         "machine": machine_info("cpu"),
         "args": {**vars(args), "device": "cpu", "dtype": "float32", "top_k": 0, "top_p": 0.0},  # full multinomial
-        "schedule": (f"{len(schedule)} scales ({len(plan.steps)} steps), "
-                     f"{args.frames} frame(s) at "
-                     f"{schedule[-1][1] * 16}x{schedule[-1][2] * 16} px"),
+        "schedule": (f"{len(schedule)} scales ({len(plan.steps)} steps), {args.frames} frame(s) at "
+                     f"{pixels[0]}x{pixels[1]} px"),
         "agreement": agree,
         "times": {name: s.times for name, s in series.items()},
         "wall": {name: s.wall for name, s in series.items()},
